@@ -1,0 +1,2 @@
+export * from './keyhole.config';
+export * from './config.module';

@@ -1,0 +1,5 @@
+export * from './keyhole.error';
+export * from './clock';
+export * from './secrets';
+export * from './core.module';
+export * from './console-types';
