@@ -1,0 +1,124 @@
+import { DataSource, Repository } from 'typeorm';
+import { ConsoleAuthTokenEntity } from './console-auth-token.entity';
+
+export type NewConsoleAuthTokenRow = Pick<
+  ConsoleAuthTokenEntity,
+  | 'tokenHash'
+  | 'consoleType'
+  | 'host'
+  | 'port'
+  | 'tlsPort'
+  | 'internalAccessPath'
+  | 'instanceUuid'
+  | 'expires'
+  | 'accessUrlBase'
+  | 'objectVersion'
+  | 'issuedBy'
+>;
+
+export interface TokenListFilter {
+  instanceUuid?: string;
+  /** Only rows with an id greater than this (keyset pagination). */
+  afterId?: number;
+  limit: number;
+}
+
+/** Every side effect on one cell's `console_auth_tokens`. Built per cell by the cell registry. */
+export class ConsoleAuthTokenRepository {
+  private readonly rows: Repository<ConsoleAuthTokenEntity>;
+
+  constructor(readonly cellName: string, dataSource: DataSource) {
+    this.rows = dataSource.getRepository(ConsoleAuthTokenEntity);
+  }
+
+  /** Inserts one row and returns it as stored. A duplicate hash surfaces as a unique violation. */
+  async insert(row: NewConsoleAuthTokenRow): Promise<ConsoleAuthTokenEntity> {
+    const result = await this.rows
+      .createQueryBuilder()
+      .insert()
+      .values(row)
+      .returning('*')
+      .execute();
+    return this.fromRaw((result.raw as Record<string, unknown>[])[0]);
+  }
+
+  /** The row whose hash matches and whose `expires` is strictly after `nowSeconds` (Nova's rule). */
+  findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
+    return this.rows
+      .createQueryBuilder('t')
+      .where('t.token_hash = :tokenHash AND t.expires > :now', { tokenHash, now: nowSeconds })
+      .getOne();
+  }
+
+  findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
+    return this.rows.findOneBy({ id });
+  }
+
+  list(filter: TokenListFilter): Promise<ConsoleAuthTokenEntity[]> {
+    const query = this.rows.createQueryBuilder('t').orderBy('t.id', 'ASC').limit(filter.limit);
+    if (filter.instanceUuid !== undefined) {
+      query.andWhere('t.instance_uuid = :instanceUuid', { instanceUuid: filter.instanceUuid });
+    }
+    if (filter.afterId !== undefined) query.andWhere('t.id > :afterId', { afterId: filter.afterId });
+    return query.getMany();
+  }
+
+  /** Deletes one token whatever its expiry; returns whether it existed. */
+  async deleteById(id: number): Promise<boolean> {
+    const result = await this.rows.manager.query(
+      'DELETE FROM console_auth_tokens WHERE id = $1 RETURNING id',
+      [id],
+    );
+    return (result as unknown[][])[0].length > 0;
+  }
+
+  /** Deletes every token of an instance whatever its expiry; returns the deleted ids. */
+  async deleteAllByInstance(instanceUuid: string): Promise<number[]> {
+    const [rows] = (await this.rows.manager.query(
+      'DELETE FROM console_auth_tokens WHERE instance_uuid = $1 RETURNING id',
+      [instanceUuid],
+    )) as [{ id: string }[], number];
+    return rows.map((row) => Number(row.id));
+  }
+
+  /**
+   * Deletes at most `batchSize` expired rows (`expires <= nowSeconds`), optionally of one host,
+   * and returns how many. Rows locked by a concurrent purge are skipped, not waited for, and the
+   * batch is picked through the `expires` (or `host, expires`) index.
+   */
+  async deleteExpiredBatch(nowSeconds: number, batchSize: number, host?: string): Promise<number> {
+    const hostClause = host === undefined ? '' : 'AND host = $3';
+    const parameters: unknown[] = [nowSeconds, batchSize];
+    if (host !== undefined) parameters.push(host);
+    const [, count] = (await this.rows.manager.query(
+      `DELETE FROM console_auth_tokens WHERE id IN (
+         SELECT id FROM console_auth_tokens
+          WHERE expires <= $1 ${hostClause}
+          ORDER BY expires
+          LIMIT $2
+          FOR UPDATE SKIP LOCKED)`,
+      parameters,
+    )) as [unknown[], number];
+    return count;
+  }
+
+  private fromRaw(raw: Record<string, unknown>): ConsoleAuthTokenEntity {
+    const entity = new ConsoleAuthTokenEntity();
+    entity.id = Number(raw.id);
+    entity.tokenHash = raw.token_hash as string;
+    entity.consoleType = raw.console_type as string;
+    entity.host = raw.host as string;
+    entity.port = raw.port as number;
+    entity.tlsPort = (raw.tls_port as number | null) ?? null;
+    entity.internalAccessPath = (raw.internal_access_path as string | null) ?? null;
+    entity.instanceUuid = raw.instance_uuid as string;
+    entity.expires = Number(raw.expires);
+    entity.accessUrlBase = (raw.access_url_base as string | null) ?? null;
+    entity.createdAt = (raw.created_at as Date | null) ?? null;
+    entity.updatedAt = (raw.updated_at as Date | null) ?? null;
+    entity.rowVersion = raw.row_version as number;
+    entity.objectVersion = (raw.object_version as string | null) ?? null;
+    entity.issuedBy = (raw.issued_by as string | null) ?? null;
+    return entity;
+  }
+}

@@ -1,0 +1,16 @@
+import { ValueTransformer } from 'typeorm';
+
+/**
+ * pg returns int8 as a string (it may exceed 2^53). keyhole's int8 columns (ids, epoch seconds,
+ * byte counts) stay far below 2^53, so they are read as numbers; a value beyond that is refused
+ * rather than silently rounded.
+ */
+export const bigintAsNumber: ValueTransformer = {
+  to: (value: number | null | undefined) => value,
+  from: (value: string | number | null) => {
+    if (value === null || value === undefined) return value;
+    const parsed = Number(value);
+    if (!Number.isSafeInteger(parsed)) throw new RangeError('int8 value beyond 2^53');
+    return parsed;
+  },
+};

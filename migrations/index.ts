@@ -1,0 +1,10 @@
+import { CreateCellSchema1795316000000 } from './cell/1795316000000-CreateCellSchema';
+import { CreateControlSchema1795316000000 } from './control/1795316000000-CreateControlSchema';
+
+/**
+ * Migrations are listed here explicitly (not globbed) so the same list works under ts-node, jest
+ * and the compiled build. Append new ones; never edit or reorder a committed one.
+ */
+export const CONTROL_MIGRATIONS = [CreateControlSchema1795316000000];
+
+export const CELL_MIGRATIONS = [CreateCellSchema1795316000000];
