@@ -1,0 +1,14 @@
+import { DataSource } from 'typeorm';
+import { ConsoleAuthTokenRepository } from '@keyhole/db';
+
+/** One cell's database: its pool and the repositories over it. Every cell query goes through one. */
+export class CellDatabase {
+  readonly tokens: ConsoleAuthTokenRepository;
+
+  constructor(
+    readonly name: string,
+    readonly dataSource: DataSource,
+  ) {
+    this.tokens = new ConsoleAuthTokenRepository(name, dataSource);
+  }
+}

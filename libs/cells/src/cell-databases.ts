@@ -1,0 +1,70 @@
+import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
+import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
+import { APPLICATION_NAME, ControlDatabase, createDataSource, redactDatabaseUrl } from '@keyhole/db';
+import { CellDatabase } from './cell-database';
+import { cellDatabaseUnreachable, cellNotFound } from './cells.errors';
+
+/**
+ * Opens one pool per cell on first use and keeps it. The URL comes from the control database's
+ * `cells` row; an unknown cell is CELL_NOT_FOUND, a cell whose database does not answer is
+ * CELL_DATABASE_UNREACHABLE (and the next call tries again).
+ */
+@Injectable()
+export class CellDatabases implements OnApplicationShutdown {
+  private readonly logger = new Logger(CellDatabases.name);
+  private readonly open = new Map<string, Promise<CellDatabase>>();
+
+  constructor(
+    @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
+    @Inject(APPLICATION_NAME) private readonly applicationName: string,
+    private readonly control: ControlDatabase,
+  ) {}
+
+  get(cellName: string): Promise<CellDatabase> {
+    let pending = this.open.get(cellName);
+    if (!pending) {
+      pending = this.connect(cellName);
+      this.open.set(cellName, pending);
+      // A failed open is forgotten so that the next request retries instead of failing forever.
+      pending.catch(() => this.open.delete(cellName));
+    }
+    return pending;
+  }
+
+  /** Opens a pool for a database URL that is not registered yet (cell registration). */
+  async connectUrl(cellName: string, url: string): Promise<CellDatabase> {
+    const dataSource = createDataSource('cell', {
+      url,
+      poolSize: this.config.database.poolSize,
+      connectTimeoutMs: this.config.database.connectTimeoutMs,
+      statementTimeoutMs: this.config.database.statementTimeoutMs,
+      applicationName: `${this.applicationName}:${cellName}`,
+    });
+    try {
+      await dataSource.initialize();
+    } catch (error) {
+      throw cellDatabaseUnreachable(cellName, error);
+    }
+    this.logger.log({ cell: cellName, database: redactDatabaseUrl(url) }, 'cell database connected');
+    return new CellDatabase(cellName, dataSource);
+  }
+
+  /** Closes and forgets a cell's pool (after the cell is removed). */
+  async close(cellName: string): Promise<void> {
+    const pending = this.open.get(cellName);
+    this.open.delete(cellName);
+    if (!pending) return;
+    const database = await pending.catch(() => undefined);
+    if (database?.dataSource.isInitialized) await database.dataSource.destroy();
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await Promise.all([...this.open.keys()].map((name) => this.close(name)));
+  }
+
+  private async connect(cellName: string): Promise<CellDatabase> {
+    const cell = await this.control.cells.findByName(cellName);
+    if (!cell) throw cellNotFound(cellName);
+    return this.connectUrl(cellName, cell.databaseUrl);
+  }
+}

@@ -1,0 +1,135 @@
+import { Injectable, Logger } from '@nestjs/common';
+import { ConsoleType, KeyholeError } from '@keyhole/core';
+import { CellEntity, ControlDatabase, migrateDatabase, postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
+import { CellDatabases } from './cell-databases';
+import { cellNotFound } from './cells.errors';
+
+export interface RegisterCellInput {
+  name: string;
+  databaseUrl: string;
+  proxyUrl: string;
+  accessUrlBases?: Partial<Record<ConsoleType, string>>;
+}
+
+/** What the API and CLI show of a cell: never its database URL, which may hold a password. */
+export interface CellView {
+  name: string;
+  proxyUrl: string;
+  accessUrlBases: Record<ConsoleType, string>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/**
+ * Default access URL bases, relative to the cell's proxy URL: the pages the keyhole proxy serves.
+ * noVNC's lite page takes the websocket path from `?path=`; the serial and SPICE pages take `?token=`.
+ */
+const DEFAULT_CLIENT_PAGES: Record<ConsoleType, string> = {
+  novnc: 'vnc_lite.html',
+  'spice-html5': 'spice_auto.html',
+  serial: 'serial.html',
+};
+
+/** The cells registry of the control database, and the schema of every cell database. */
+@Injectable()
+export class CellsService {
+  private readonly logger = new Logger(CellsService.name);
+
+  constructor(
+    private readonly control: ControlDatabase,
+    private readonly databases: CellDatabases,
+  ) {}
+
+  /**
+   * Registers a cell: connects to its database and migrates it first, so a registered cell is
+   * always usable; then records it. Nothing is recorded when the database cannot be reached.
+   */
+  async register(input: RegisterCellInput): Promise<CellView> {
+    if (await this.control.cells.findByName(input.name)) throw cellExists(input.name);
+    const database = await this.databases.connectUrl(input.name, input.databaseUrl);
+    try {
+      const applied = await migrateDatabase(database.dataSource);
+      this.logger.log({ cell: input.name, migrations: applied }, 'cell database migrated');
+    } finally {
+      await database.dataSource.destroy();
+    }
+    try {
+      const row = await this.control.cells.insert({
+        name: input.name,
+        databaseUrl: input.databaseUrl,
+        proxyUrl: input.proxyUrl,
+        accessUrlBases: input.accessUrlBases ?? {},
+      });
+      return toView(row);
+    } catch (error) {
+      if (postgresErrorCode(error) === UNIQUE_VIOLATION) throw cellExists(input.name);
+      throw error;
+    }
+  }
+
+  async list(): Promise<CellView[]> {
+    return (await this.control.cells.listAll()).map(toView);
+  }
+
+  async get(name: string): Promise<CellView> {
+    return toView(await this.getRow(name));
+  }
+
+  /** The access URL base of a console type in a cell (stored in each token row, as Nova does). */
+  async accessUrlBase(name: string, consoleType: ConsoleType): Promise<string> {
+    return toView(await this.getRow(name)).accessUrlBases[consoleType];
+  }
+
+  /**
+   * Removes a cell from the registry and revokes the credentials scoped to it, in one transaction.
+   * The cell database itself is left untouched.
+   */
+  async remove(name: string): Promise<{ revokedCredentials: number }> {
+    const revokedCredentials = await this.control.dataSource.transaction(async (manager) => {
+      const [, deleted] = (await manager.query('DELETE FROM cells WHERE name = $1', [name])) as [unknown, number];
+      if (deleted === 0) throw cellNotFound(name);
+      const [, revoked] = (await manager.query(
+        'UPDATE api_credentials SET revoked_at = now() WHERE cell_name = $1 AND revoked_at IS NULL',
+        [name],
+      )) as [unknown, number];
+      return revoked;
+    });
+    await this.databases.close(name);
+    return { revokedCredentials };
+  }
+
+  /** Migrates every registered cell database; returns the migrations applied per cell. */
+  async migrateAll(): Promise<Record<string, string[]>> {
+    const applied: Record<string, string[]> = {};
+    for (const cell of await this.control.cells.listAll()) {
+      const database = await this.databases.get(cell.name);
+      applied[cell.name] = await migrateDatabase(database.dataSource);
+    }
+    return applied;
+  }
+
+  private async getRow(name: string): Promise<CellEntity> {
+    const row = await this.control.cells.findByName(name);
+    if (!row) throw cellNotFound(name);
+    return row;
+  }
+}
+
+function cellExists(name: string): KeyholeError {
+  return new KeyholeError('CELL_EXISTS', `Cell '${name}' is already registered`, { details: { cell: name } });
+}
+
+function toView(row: CellEntity): CellView {
+  const proxyUrl = row.proxyUrl.replace(/\/+$/, '');
+  const accessUrlBases = {} as Record<ConsoleType, string>;
+  for (const [type, page] of Object.entries(DEFAULT_CLIENT_PAGES) as [ConsoleType, string][]) {
+    accessUrlBases[type] = row.accessUrlBases[type] ?? `${proxyUrl}/${page}`;
+  }
+  return {
+    name: row.name,
+    proxyUrl,
+    accessUrlBases,
+    createdAt: row.createdAt.toISOString(),
+    updatedAt: row.updatedAt.toISOString(),
+  };
+}

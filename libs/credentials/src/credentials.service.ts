@@ -1,0 +1,156 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import * as argon2 from 'argon2';
+import { CellsService } from '@keyhole/cells';
+import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
+import { CLOCK, Clock, constantTimeEqual, sha256Hex } from '@keyhole/core';
+import { ApiCredentialEntity, ControlDatabase, CredentialRole } from '@keyhole/db';
+import { generateApiKey, parseApiKey } from './api-key';
+import { credentialNotFound, unauthenticated } from './credentials.errors';
+
+/** Who is calling, once their key is verified. */
+export interface Principal {
+  credentialId: string;
+  name: string;
+  role: CredentialRole;
+  /** The only cell this principal may act on; null for an operator of every cell. */
+  cellName: string | null;
+}
+
+export interface CredentialView {
+  id: string;
+  name: string;
+  role: CredentialRole;
+  cell: string | null;
+  createdAt: string;
+  lastUsedAt: string | null;
+  revokedAt: string | null;
+}
+
+export interface CreateCredentialInput {
+  name: string;
+  role: CredentialRole;
+  cellName: string | null;
+}
+
+interface VerifiedEntry {
+  /** sha256 of the secret that argon2 accepted; a later request must present the same. */
+  secretDigest: string;
+  verifiedAtMs: number;
+}
+
+/** Remembered verifications are bounded so random secrets cannot grow memory. */
+const MAX_CACHED_VERIFICATIONS = 10_000;
+/** `last_used_at` is written at most this often per credential. */
+const LAST_USED_WRITE_INTERVAL_MS = 60_000;
+
+/**
+ * API credentials of agents and operators. The key's secret is checked with argon2id once; a
+ * success is remembered for `cacheTtlMs` (by a SHA-256 digest compared in constant time) so
+ * requests do not pay argon2 each time. The row itself is read on every request, so a revoked key
+ * stops working at once on every replica.
+ */
+@Injectable()
+export class CredentialsService {
+  private readonly logger = new Logger(CredentialsService.name);
+  private readonly verified = new Map<string, VerifiedEntry>();
+  private readonly lastUsedWrittenAtMs = new Map<string, number>();
+
+  constructor(
+    @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
+    @Inject(CLOCK) private readonly clock: Clock,
+    private readonly control: ControlDatabase,
+    private readonly cells: CellsService,
+  ) {}
+
+  /** Creates a credential and returns its key: the only time the key exists outside its holder. */
+  async create(input: CreateCredentialInput): Promise<{ credential: CredentialView; key: string }> {
+    if (input.cellName !== null) await this.cells.get(input.cellName);
+    const { id, secret, key } = generateApiKey();
+    const { memoryKib, timeCost, parallelism } = this.config.credentials.argon2;
+    const secretHash = await argon2.hash(secret, { type: argon2.argon2id, memoryCost: memoryKib, timeCost, parallelism });
+    const row = await this.control.credentials.insert({
+      id,
+      name: input.name,
+      role: input.role,
+      cellName: input.cellName,
+      secretHash,
+    });
+    this.logger.log({ credentialId: id, role: input.role, cell: input.cellName }, 'API credential created');
+    return { credential: toView(row), key };
+  }
+
+  /** The principal of a presented key; UNAUTHENTICATED for any failure, whatever its reason. */
+  async authenticate(presented: string | undefined): Promise<Principal> {
+    const parsed = presented === undefined ? null : parseApiKey(presented);
+    if (!parsed) throw unauthenticated();
+    const row = await this.control.credentials.findById(parsed.id);
+    if (!row || row.revokedAt !== null) throw unauthenticated();
+    if (!(await this.secretMatches(row, parsed.secret))) throw unauthenticated();
+    this.noteUse(row.id);
+    return { credentialId: row.id, name: row.name, role: row.role, cellName: row.cellName };
+  }
+
+  async list(options: { includeRevoked: boolean; cellName?: string | null }): Promise<CredentialView[]> {
+    const rows = await this.control.credentials.listAll(options.includeRevoked);
+    return rows.filter((row) => options.cellName == null || row.cellName === options.cellName).map(toView);
+  }
+
+  async get(id: string): Promise<CredentialView> {
+    const row = await this.control.credentials.findById(id);
+    if (!row) throw credentialNotFound(id);
+    return toView(row);
+  }
+
+  /** Revokes a credential; it is refused from the next request on. */
+  async revoke(id: string): Promise<void> {
+    const revoked = await this.control.credentials.markRevoked(id);
+    this.verified.delete(id);
+    if (!revoked) throw credentialNotFound(id);
+    this.logger.log({ credentialId: id }, 'API credential revoked');
+  }
+
+  private async secretMatches(row: ApiCredentialEntity, secret: string): Promise<boolean> {
+    const digest = sha256Hex(secret);
+    const cached = this.verified.get(row.id);
+    const now = this.clock.nowMs();
+    if (cached && now - cached.verifiedAtMs < this.config.credentials.cacheTtlMs) {
+      if (constantTimeEqual(cached.secretDigest, digest)) return true;
+    }
+    let matches: boolean;
+    try {
+      matches = await argon2.verify(row.secretHash, secret);
+    } catch (error) {
+      this.logger.error({ credentialId: row.id, err: error }, 'stored credential hash cannot be verified');
+      return false;
+    }
+    if (matches && this.config.credentials.cacheTtlMs > 0) {
+      if (this.verified.size >= MAX_CACHED_VERIFICATIONS) this.verified.clear();
+      this.verified.set(row.id, { secretDigest: digest, verifiedAtMs: now });
+    }
+    return matches;
+  }
+
+  private noteUse(id: string): void {
+    const now = this.clock.nowMs();
+    const last = this.lastUsedWrittenAtMs.get(id);
+    if (last !== undefined && now - last < LAST_USED_WRITE_INTERVAL_MS) return;
+    if (this.lastUsedWrittenAtMs.size >= MAX_CACHED_VERIFICATIONS) this.lastUsedWrittenAtMs.clear();
+    this.lastUsedWrittenAtMs.set(id, now);
+    // Bookkeeping only: a failed write must not fail the request it belongs to.
+    this.control.credentials.touchLastUsed(id).catch((error: unknown) => {
+      this.logger.warn({ credentialId: id, err: error }, 'could not record credential use');
+    });
+  }
+}
+
+function toView(row: ApiCredentialEntity): CredentialView {
+  return {
+    id: row.id,
+    name: row.name,
+    role: row.role,
+    cell: row.cellName,
+    createdAt: row.createdAt.toISOString(),
+    lastUsedAt: row.lastUsedAt?.toISOString() ?? null,
+    revokedAt: row.revokedAt?.toISOString() ?? null,
+  };
+}

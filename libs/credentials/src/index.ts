@@ -1,0 +1,4 @@
+export * from './api-key';
+export * from './credentials.errors';
+export * from './credentials.service';
+export * from './credentials.module';

@@ -1,0 +1,5 @@
+export * from './console-auth-token.object';
+export * from './token-generator';
+export * from './tokens.errors';
+export * from './tokens.service';
+export * from './tokens.module';

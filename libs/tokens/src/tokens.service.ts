@@ -1,0 +1,165 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { CellDatabases } from '@keyhole/cells';
+import { CellsService } from '@keyhole/cells';
+import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
+import { CLOCK, Clock, ConsoleType, KeyholeError, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
+import { postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
+import { ConsoleAuthToken, CURRENT_OBJECT_VERSION } from './console-auth-token.object';
+import { invalidToken, tokenIdNotFound, tokenInUse } from './tokens.errors';
+import { MAX_PRESENTED_TOKEN_LENGTH, TOKEN_GENERATOR, TokenGenerator } from './token-generator';
+
+export interface AuthorizeInput {
+  instanceUuid: string;
+  consoleType: ConsoleType;
+  /** Where the console listens (the hypervisor's address), not the compute service name. */
+  host: string;
+  port: number;
+  tlsPort?: number | null;
+  internalAccessPath?: string | null;
+  /** Lifetime; the configured default when absent. */
+  ttlSeconds?: number;
+  /** Public id of the API credential asking. */
+  issuedBy: string | null;
+}
+
+export interface ListTokensInput {
+  instanceUuid?: string;
+  afterId?: number;
+  limit: number;
+}
+
+export interface PurgeInput {
+  /** Only this console host's expired rows. */
+  host?: string;
+  /** Rows per DELETE statement. */
+  batchSize: number;
+}
+
+/** The ConsoleAuthToken lifecycle in a cell database: authorize, validate, revoke, purge. */
+@Injectable()
+export class TokensService {
+  private readonly logger = new Logger(TokensService.name);
+
+  constructor(
+    @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
+    @Inject(CLOCK) private readonly clock: Clock,
+    @Inject(TOKEN_GENERATOR) private readonly generateToken: TokenGenerator,
+    private readonly cells: CellsService,
+    private readonly databases: CellDatabases,
+  ) {}
+
+  /**
+   * Creates a token for an instance console and returns it with its plaintext, once. Only
+   * sha256(token) is stored; the row is committed before this returns.
+   */
+  async authorize(cellName: string, input: AuthorizeInput): Promise<ConsoleAuthToken> {
+    const ttlSeconds = input.ttlSeconds ?? this.config.tokens.defaultTtlSeconds;
+    if (ttlSeconds > this.config.tokens.maxTtlSeconds) {
+      throw new KeyholeError('INVALID_INPUT', `ttlSeconds must not exceed ${this.config.tokens.maxTtlSeconds}`, {
+        details: { fields: [{ field: 'ttlSeconds', message: `at most ${this.config.tokens.maxTtlSeconds}` }] },
+      });
+    }
+    const accessUrlBase = await this.cells.accessUrlBase(cellName, input.consoleType);
+    const database = await this.databases.get(cellName);
+    const token = this.generateToken();
+    const tokenHash = sha256Hex(token);
+    try {
+      const row = await database.tokens.insert({
+        tokenHash,
+        consoleType: input.consoleType,
+        host: input.host,
+        port: input.port,
+        tlsPort: input.tlsPort ?? null,
+        internalAccessPath: input.internalAccessPath ?? null,
+        instanceUuid: input.instanceUuid,
+        expires: nowSeconds(this.clock) + ttlSeconds,
+        accessUrlBase,
+        objectVersion: CURRENT_OBJECT_VERSION,
+        issuedBy: input.issuedBy,
+      });
+      this.logger.log(
+        { cell: cellName, tokenId: row.id, fingerprint: fingerprintOfHash(tokenHash), instance: row.instanceUuid, consoleType: row.consoleType },
+        'console token issued',
+      );
+      return ConsoleAuthToken.fromRow(cellName, row, token);
+    } catch (error) {
+      if (postgresErrorCode(error) === UNIQUE_VIOLATION) throw tokenInUse();
+      throw error;
+    }
+  }
+
+  /**
+   * The authorization a presented token grants, if it is known and `expires > now`; otherwise
+   * TOKEN_NOT_FOUND, the same whether the token is unknown, expired or revoked.
+   */
+  async validate(cellName: string, token: string): Promise<ConsoleAuthToken> {
+    const database = await this.databases.get(cellName);
+    if (!isPlausibleToken(token)) throw invalidToken();
+    const row = await database.tokens.findValidByHash(sha256Hex(token), nowSeconds(this.clock));
+    if (!row) throw invalidToken();
+    return ConsoleAuthToken.fromRow(cellName, row, token);
+  }
+
+  /** Finds the cell among `cellNames` whose database holds a valid row for the token. */
+  async introspect(cellNames: string[], token: string): Promise<ConsoleAuthToken> {
+    if (!isPlausibleToken(token)) throw invalidToken();
+    const found = await Promise.all(
+      cellNames.map((cellName) =>
+        this.validate(cellName, token).catch((error: unknown) => {
+          if (error instanceof KeyholeError && error.code === 'TOKEN_NOT_FOUND') return null;
+          throw error;
+        }),
+      ),
+    );
+    const match = found.find((token): token is ConsoleAuthToken => token !== null);
+    if (!match) throw invalidToken();
+    return match;
+  }
+
+  /** A token's stored authorization (never its plaintext), whatever its expiry. */
+  async get(cellName: string, id: number): Promise<ConsoleAuthToken> {
+    const row = await (await this.databases.get(cellName)).tokens.findById(id);
+    if (!row) throw tokenIdNotFound(cellName, id);
+    return ConsoleAuthToken.fromRow(cellName, row);
+  }
+
+  async list(cellName: string, input: ListTokensInput): Promise<ConsoleAuthToken[]> {
+    const rows = await (await this.databases.get(cellName)).tokens.list(input);
+    return rows.map((row) => ConsoleAuthToken.fromRow(cellName, row));
+  }
+
+  async revokeById(cellName: string, id: number): Promise<void> {
+    const deleted = await (await this.databases.get(cellName)).tokens.deleteById(id);
+    if (!deleted) throw tokenIdNotFound(cellName, id);
+    this.logger.log({ cell: cellName, tokenId: id }, 'console token revoked');
+  }
+
+  /** Revokes every token of an instance (Nova's clean_console_auths_for_instance). */
+  async revokeByInstance(cellName: string, instanceUuid: string): Promise<number[]> {
+    const ids = await (await this.databases.get(cellName)).tokens.deleteAllByInstance(instanceUuid);
+    this.logger.log({ cell: cellName, instance: instanceUuid, revoked: ids.length }, 'instance console tokens revoked');
+    return ids;
+  }
+
+  /**
+   * Deletes expired rows (`expires <= now`, Nova's boundary), of every host or one, in batches
+   * of `batchSize` so no statement holds many row locks for long. Returns how many went.
+   */
+  async purgeExpired(cellName: string, input: PurgeInput): Promise<number> {
+    const database = await this.databases.get(cellName);
+    const now = nowSeconds(this.clock);
+    let total = 0;
+    for (;;) {
+      const deleted = await database.tokens.deleteExpiredBatch(now, input.batchSize, input.host);
+      total += deleted;
+      if (deleted < input.batchSize) break;
+    }
+    this.logger.log({ cell: cellName, host: input.host, purged: total }, 'expired console tokens purged');
+    return total;
+  }
+}
+
+function isPlausibleToken(token: string): boolean {
+  // Printable ASCII only: control characters or non-ASCII never belong to a token we could match.
+  return token.length > 0 && token.length <= MAX_PRESENTED_TOKEN_LENGTH && /^[\x21-\x7e]+$/.test(token);
+}
