@@ -1,0 +1,43 @@
+import { DynamicModule, MiddlewareConsumer, Module, NestModule } from '@nestjs/common';
+import { APP_FILTER, APP_GUARD } from '@nestjs/core';
+import { CellsModule } from '@keyhole/cells';
+import { ConfigModule, KeyholeConfig } from '@keyhole/config';
+import { CoreModule } from '@keyhole/core';
+import { CredentialsModule } from '@keyhole/credentials';
+import { DbModule } from '@keyhole/db';
+import { TokensModule } from '@keyhole/tokens';
+import { ApiExceptionFilter } from './http/api-exception.filter';
+import { AuthGuard } from './http/auth.guard';
+import { RequestContextMiddleware } from './http/request-context.middleware';
+import { CellsController } from './v1/cells.controller';
+import { CredentialsController } from './v1/credentials.controller';
+import { HealthController } from './v1/health.controller';
+import { OpenApiController } from './v1/openapi.controller';
+import { TokensController } from './v1/tokens.controller';
+
+/** The token API: wiring only; the rules live in the libs. */
+@Module({})
+export class TokenApiModule implements NestModule {
+  static forRoot(config: KeyholeConfig): DynamicModule {
+    return {
+      module: TokenApiModule,
+      imports: [
+        ConfigModule.forRoot(config),
+        CoreModule,
+        DbModule.forControl('keyhole-api'),
+        CellsModule,
+        TokensModule,
+        CredentialsModule,
+      ],
+      controllers: [TokensController, CellsController, CredentialsController, HealthController, OpenApiController],
+      providers: [
+        { provide: APP_GUARD, useClass: AuthGuard },
+        { provide: APP_FILTER, useClass: ApiExceptionFilter },
+      ],
+    };
+  }
+
+  configure(consumer: MiddlewareConsumer): void {
+    consumer.apply(RequestContextMiddleware).forRoutes('*path');
+  }
+}

@@ -1,0 +1,30 @@
+import { LoggerService } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { NestExpressApplication } from '@nestjs/platform-express';
+import { KeyholeConfig } from '@keyhole/config';
+import { TokenApiModule } from './app.module';
+
+/** Options Nest is created with; tests that override providers create the app with these too. */
+export function nestApplicationOptions(logger: LoggerService) {
+  return { bodyParser: false, logger, abortOnError: false } as const;
+}
+
+/** Builds the token API as production runs it. The caller listens. */
+export async function createTokenApi(config: KeyholeConfig, logger: LoggerService): Promise<NestExpressApplication> {
+  const app = await NestFactory.create<NestExpressApplication>(TokenApiModule.forRoot(config), nestApplicationOptions(logger));
+  return configureTokenApi(app, config, logger);
+}
+
+/**
+ * Everything the app needs besides its modules: JSON bodies up to the configured limit, proxy
+ * trust, shutdown hooks. Tests that build the app from a testing module call this as well, so they
+ * run the same HTTP stack as production.
+ */
+export function configureTokenApi(app: NestExpressApplication, config: KeyholeConfig, logger: LoggerService): NestExpressApplication {
+  app.useLogger(logger);
+  app.set('trust proxy', config.api.trustProxy);
+  app.disable('x-powered-by');
+  app.useBodyParser('json', { limit: config.api.bodyLimitBytes, strict: true });
+  app.enableShutdownHooks();
+  return app;
+}

@@ -1,0 +1,72 @@
+import { CanActivate, ExecutionContext, Injectable, SetMetadata, createParamDecorator } from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import type { Request } from 'express';
+import { KeyholeError } from '@keyhole/core';
+import { CredentialsService, Principal } from '@keyhole/credentials';
+import type { CredentialRole } from '@keyhole/db';
+import { principalOf, setPrincipal } from './request-context.middleware';
+
+const ROLES = 'keyhole:roles';
+const PUBLIC = 'keyhole:public';
+
+/** Roles allowed to call a handler (default: operators only). */
+export const Roles = (...roles: CredentialRole[]) => SetMetadata(ROLES, roles);
+/** A handler anyone may call: health probes and the OpenAPI document. */
+export const Public = () => SetMetadata(PUBLIC, true);
+
+/** The verified caller of the current request. */
+export const CurrentPrincipal = createParamDecorator((_: unknown, context: ExecutionContext): Principal => {
+  const principal = principalOf(context.switchToHttp().getRequest<Request>());
+  if (!principal) throw new KeyholeError('UNAUTHENTICATED', 'A valid API key is required (Authorization: Bearer khk_...)');
+  return principal;
+});
+
+/**
+ * Authenticates every request with its `Authorization: Bearer <API key>` header, then checks the
+ * handler's roles. A missing or bad key is 401 whatever the reason; a good key of the wrong role
+ * is 403. Cell scope is checked by `assertCellAccess` once the cell is known.
+ */
+@Injectable()
+export class AuthGuard implements CanActivate {
+  constructor(
+    private readonly reflector: Reflector,
+    private readonly credentials: CredentialsService,
+  ) {}
+
+  async canActivate(context: ExecutionContext): Promise<boolean> {
+    const targets = [context.getHandler(), context.getClass()];
+    if (this.reflector.getAllAndOverride<boolean>(PUBLIC, targets)) return true;
+    const request = context.switchToHttp().getRequest<Request>();
+    const principal = await this.credentials.authenticate(bearerToken(request.header('authorization')));
+    setPrincipal(request, principal);
+    const roles = this.reflector.getAllAndOverride<CredentialRole[] | undefined>(ROLES, targets) ?? ['operator'];
+    if (!roles.includes(principal.role)) {
+      throw new KeyholeError('FORBIDDEN', `This operation needs the role ${roles.join(' or ')}`, {
+        details: { role: principal.role },
+      });
+    }
+    return true;
+  }
+}
+
+/** Refuses a principal scoped to another cell. */
+export function assertCellAccess(principal: Principal, cellName: string): void {
+  if (principal.cellName !== null && principal.cellName !== cellName) {
+    throw new KeyholeError('FORBIDDEN', `This credential may only act on cell '${principal.cellName}'`, {
+      details: { cell: cellName },
+    });
+  }
+}
+
+/** Refuses a principal scoped to a cell for deployment-wide operations. */
+export function assertUnscoped(principal: Principal): void {
+  if (principal.cellName !== null) {
+    throw new KeyholeError('FORBIDDEN', 'This operation needs an operator credential for every cell');
+  }
+}
+
+function bearerToken(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const match = /^Bearer +(\S+)\s*$/i.exec(header);
+  return match ? match[1] : undefined;
+}

@@ -1,0 +1,23 @@
+import 'reflect-metadata';
+import { ConfigurationError, loadConfig } from '@keyhole/config';
+import { createLogger, PinoNestLogger } from '@keyhole/observability';
+import { createTokenApi } from './bootstrap';
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const logger = createLogger({ level: config.log.level, name: 'keyhole-api' });
+  const app = await createTokenApi(config, new PinoNestLogger(logger));
+  await app.listen(config.api.port, config.api.host);
+  const address = app.getHttpServer().address();
+  const port = typeof address === 'object' && address ? address.port : config.api.port;
+  logger.info({ host: config.api.host, port }, 'token API listening');
+}
+
+main().catch((error: unknown) => {
+  if (error instanceof ConfigurationError) {
+    process.stderr.write(`${error.message}\n`);
+    process.exit(2);
+  }
+  process.stderr.write(`keyhole-api failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});

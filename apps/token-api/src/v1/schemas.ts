@@ -1,0 +1,213 @@
+import { extendZodWithOpenApi } from '@asteasolutions/zod-to-openapi';
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { CONSOLE_TYPES, ERROR_CODES } from '@keyhole/core';
+import { OBJECT_VERSIONS } from '@keyhole/tokens';
+
+extendZodWithOpenApi(z);
+
+/*
+ * Every request and response shape of /v1, used both to validate requests and to generate the
+ * OpenAPI document, so the two cannot drift apart.
+ */
+
+const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
+export const cellNameSchema = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63')
+  .openapi({ example: 'cell1' });
+
+export const instanceUuidSchema = z.uuid('must be a UUID').transform((value) => value.toLowerCase());
+
+export const tokenIdSchema = z
+  .string()
+  .regex(/^[1-9][0-9]{0,14}$/, 'must be a positive integer')
+  .transform(Number)
+  .openapi({ type: 'integer', example: 42 });
+
+/** A console endpoint: a hostname, an IPv4 address, or an IPv6 address without brackets. */
+export const consoleHostSchema = z
+  .string()
+  .max(255)
+  .refine((value) => isIP(value) !== 0 || HOSTNAME.test(value), 'must be a hostname or an IP address')
+  .openapi({ example: '192.0.2.10' });
+
+const portSchema = z.int('must be an integer').min(1).max(65535);
+
+const httpUrl = (schemes: string[]) =>
+  z
+    .string()
+    .max(255)
+    .refine((value) => {
+      try {
+        const url = new URL(value);
+        return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname !== '' && url.hash === '';
+      } catch {
+        return false;
+      }
+    }, `must be an absolute ${schemes.join('/')} URL without a fragment`);
+
+export const consoleTypeSchema = z.enum(CONSOLE_TYPES);
+
+export const issueTokenBodySchema = z
+  .strictObject({
+    instanceUuid: instanceUuidSchema,
+    consoleType: consoleTypeSchema,
+    host: consoleHostSchema,
+    port: portSchema,
+    tlsPort: portSchema.nullable().optional(),
+    internalAccessPath: z
+      .string()
+      .min(1)
+      .max(1024)
+      .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces')
+      .nullable()
+      .optional(),
+    ttlSeconds: z.int().min(1).max(31_536_000).optional(),
+  })
+  .openapi('IssueTokenRequest');
+
+export const listTokensQuerySchema = z
+  .strictObject({
+    instanceUuid: instanceUuidSchema.optional(),
+    after: tokenIdSchema.optional(),
+    limit: z
+      .string()
+      .regex(/^[0-9]{1,4}$/, 'must be an integer')
+      .transform(Number)
+      .pipe(z.number().min(1).max(1000))
+      .optional(),
+  })
+  .openapi('ListTokensQuery');
+
+export const purgeBodySchema = z
+  .strictObject({ host: consoleHostSchema.optional() })
+  .openapi('PurgeTokensRequest');
+
+export const introspectBodySchema = z
+  .strictObject({
+    token: z.string().min(1).max(256),
+    cell: cellNameSchema.optional(),
+  })
+  .openapi('IntrospectTokenRequest');
+
+export const registerCellBodySchema = z
+  .strictObject({
+    name: cellNameSchema,
+    databaseUrl: z
+      .string()
+      .max(2048)
+      .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL'),
+    proxyUrl: httpUrl(['http', 'https']),
+    accessUrlBases: z
+      .strictObject(
+        Object.fromEntries(CONSOLE_TYPES.map((type) => [type, httpUrl(['http', 'https', 'ws', 'wss']).optional()])) as Record<
+          (typeof CONSOLE_TYPES)[number],
+          z.ZodOptional<z.ZodString>
+        >,
+      )
+      .optional(),
+  })
+  .openapi('RegisterCellRequest');
+
+export const createCredentialBodySchema = z
+  .strictObject({
+    name: z.string().min(1).max(128).regex(/^[\x20-\x7e]+$/, 'printable ASCII'),
+    role: z.enum(['agent', 'operator']),
+    cell: cellNameSchema.nullable().optional(),
+  })
+  .refine((body) => body.role !== 'agent' || typeof body.cell === 'string', {
+    message: 'an agent credential needs a cell',
+    path: ['cell'],
+  })
+  .openapi('CreateCredentialRequest');
+
+export const credentialIdSchema = z.string().regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex characters');
+
+export const listCredentialsQuerySchema = z.strictObject({
+  includeRevoked: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
+});
+
+/* Responses (documentation only; handlers build them from lib views). */
+
+export const errorSchema = z
+  .object({
+    code: z.enum(ERROR_CODES),
+    message: z.string(),
+    details: z.record(z.string(), z.unknown()).optional(),
+    requestId: z.string(),
+  })
+  .openapi('Error');
+
+export const tokenSchema = z
+  .object({
+    objectVersion: z.enum(OBJECT_VERSIONS),
+    id: z.int(),
+    consoleType: z.string(),
+    host: z.string(),
+    port: z.int(),
+    internalAccessPath: z.string().nullable(),
+    instanceUuid: z.string(),
+    accessUrlBase: z.string().nullable(),
+    createdAt: z.string().nullable(),
+    updatedAt: z.string().nullable(),
+    expires: z.int().optional().openapi({ description: 'epoch seconds; since object version 1.2' }),
+    expiresAt: z.string().optional().openapi({ description: 'ISO 8601; since object version 1.2' }),
+    tlsPort: z.int().nullable().optional().openapi({ description: 'since object version 1.3' }),
+    issuedBy: z.string().nullable().optional().openapi({ description: 'since object version 1.4' }),
+    fingerprint: z.string().optional().openapi({ description: 'first 12 hex of sha256(token); since 1.4' }),
+  })
+  .openapi('ConsoleAuthToken');
+
+export const issuedTokenSchema = tokenSchema
+  .extend({
+    cell: z.string(),
+    token: z.string().openapi({ description: 'the plaintext token; shown once, never stored' }),
+    accessUrl: z.string(),
+  })
+  .openapi('IssuedToken');
+
+export const tokenListSchema = z
+  .object({ tokens: z.array(tokenSchema), nextAfter: z.int().nullable() })
+  .openapi('TokenList');
+
+export const introspectionSchema = z
+  .object({
+    cell: z.string(),
+    console: z.object({
+      instance_uuid: z.string(),
+      host: z.string(),
+      port: z.int(),
+      internal_access_path: z.string().nullable(),
+      tls_port: z.int().nullable().optional(),
+    }),
+    authorization: tokenSchema,
+  })
+  .openapi('TokenIntrospection');
+
+export const cellSchema = z
+  .object({
+    name: z.string(),
+    proxyUrl: z.string(),
+    accessUrlBases: z.record(z.string(), z.string()),
+    createdAt: z.string(),
+    updatedAt: z.string(),
+  })
+  .openapi('Cell');
+
+export const credentialSchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    role: z.enum(['agent', 'operator']),
+    cell: z.string().nullable(),
+    createdAt: z.string(),
+    lastUsedAt: z.string().nullable(),
+    revokedAt: z.string().nullable(),
+  })
+  .openapi('Credential');
+
+export const createdCredentialSchema = z
+  .object({ credential: credentialSchema, key: z.string().openapi({ description: 'shown once' }) })
+  .openapi('CreatedCredential');

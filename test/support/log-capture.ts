@@ -1,0 +1,15 @@
+import { Writable } from 'node:stream';
+import { createLogger, PinoNestLogger } from '@keyhole/observability';
+
+/** A real pino logger whose every line is kept in memory, to assert what logs do (not) contain. */
+export function captureLogs(name = 'keyhole-test'): { logger: PinoNestLogger; lines: string[]; text: () => string } {
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      callback();
+    },
+  });
+  const logger = new PinoNestLogger(createLogger({ level: 'trace', name, destination }));
+  return { logger, lines, text: () => lines.join('\n') };
+}

@@ -1,0 +1,68 @@
+import { NestExpressApplication } from '@nestjs/platform-express';
+import { Test } from '@nestjs/testing';
+import { KeyholeConfig } from '@keyhole/config';
+import { CLOCK, Clock } from '@keyhole/core';
+import { TOKEN_GENERATOR, TokenGenerator } from '@keyhole/tokens';
+import { configureTokenApi, nestApplicationOptions } from '../../apps/token-api/src/bootstrap';
+import { TokenApiModule } from '../../apps/token-api/src/app.module';
+import { captureLogs } from './log-capture';
+
+export interface RunningTokenApi {
+  app: NestExpressApplication;
+  baseUrl: string;
+  logs: () => string;
+  close: () => Promise<void>;
+}
+
+/**
+ * Boots the real token API (same module and HTTP configuration as production) on a free port, with
+ * optional clock and token generator overrides, logging into memory.
+ */
+export async function startTokenApi(
+  config: KeyholeConfig,
+  overrides: { clock?: Clock; tokenGenerator?: TokenGenerator } = {},
+): Promise<RunningTokenApi> {
+  const capture = captureLogs('keyhole-api');
+  const builder = Test.createTestingModule({ imports: [TokenApiModule.forRoot(config)] });
+  if (overrides.clock) builder.overrideProvider(CLOCK).useValue(overrides.clock);
+  if (overrides.tokenGenerator) builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);
+  const moduleRef = await builder.compile();
+  const app = moduleRef.createNestApplication<NestExpressApplication>(undefined, nestApplicationOptions(capture.logger));
+  configureTokenApi(app, config, capture.logger);
+  await app.listen(0, '127.0.0.1');
+  const address = app.getHttpServer().address() as { port: number };
+  return {
+    app,
+    baseUrl: `http://127.0.0.1:${address.port}`,
+    logs: capture.text,
+    close: () => app.close(),
+  };
+}
+
+/** A JSON request with an optional API key; returns status, headers and the parsed body. */
+export async function call(
+  baseUrl: string,
+  method: string,
+  path: string,
+  options: { key?: string; body?: unknown; rawBody?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; body: any; headers: Headers }> {
+  const headers: Record<string, string> = { ...options.headers };
+  if (options.key) headers.authorization = `Bearer ${options.key}`;
+  let body: string | undefined;
+  if (options.rawBody !== undefined) body = options.rawBody;
+  else if (options.body !== undefined) {
+    body = JSON.stringify(options.body);
+    headers['content-type'] ??= 'application/json';
+  }
+  const response = await fetch(`${baseUrl}${path}`, { method, headers, body });
+  const text = await response.text();
+  let parsed: unknown = undefined;
+  if (text) {
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = text;
+    }
+  }
+  return { status: response.status, body: parsed, headers: response.headers };
+}
