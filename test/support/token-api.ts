@@ -27,7 +27,7 @@ export async function startTokenApi(
   if (overrides.clock) builder.overrideProvider(CLOCK).useValue(overrides.clock);
   if (overrides.tokenGenerator) builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);
   const moduleRef = await builder.compile();
-  const app = moduleRef.createNestApplication<NestExpressApplication>(undefined, nestApplicationOptions(capture.logger));
+  const app = moduleRef.createNestApplication<NestExpressApplication>(nestApplicationOptions(capture.logger));
   configureTokenApi(app, config, capture.logger);
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpServer().address() as { port: number };

@@ -46,13 +46,7 @@ export class CellsService {
    */
   async register(input: RegisterCellInput): Promise<CellView> {
     if (await this.control.cells.findByName(input.name)) throw cellExists(input.name);
-    const database = await this.databases.connectUrl(input.name, input.databaseUrl);
-    try {
-      const applied = await migrateDatabase(database.dataSource);
-      this.logger.log({ cell: input.name, migrations: applied }, 'cell database migrated');
-    } finally {
-      await database.dataSource.destroy();
-    }
+    await this.migrateUrl(input.name, input.databaseUrl);
     try {
       const row = await this.control.cells.insert({
         name: input.name,
@@ -65,6 +59,17 @@ export class CellsService {
       if (postgresErrorCode(error) === UNIQUE_VIOLATION) throw cellExists(input.name);
       throw error;
     }
+  }
+
+  /**
+   * Points a cell at another database URL (moved server, new password); the new database is
+   * migrated first and the old pool closed after.
+   */
+  async updateDatabaseUrl(name: string, databaseUrl: string): Promise<void> {
+    await this.getRow(name);
+    await this.migrateUrl(name, databaseUrl);
+    await this.control.cells.updateDatabaseUrl(name, databaseUrl);
+    await this.databases.close(name);
   }
 
   async list(): Promise<CellView[]> {
@@ -106,6 +111,16 @@ export class CellsService {
       applied[cell.name] = await migrateDatabase(database.dataSource);
     }
     return applied;
+  }
+
+  private async migrateUrl(name: string, databaseUrl: string): Promise<void> {
+    const database = await this.databases.connectUrl(name, databaseUrl);
+    try {
+      const applied = await migrateDatabase(database.dataSource);
+      this.logger.log({ cell: name, migrations: applied }, 'cell database migrated');
+    } finally {
+      await database.dataSource.destroy();
+    }
   }
 
   private async getRow(name: string): Promise<CellEntity> {

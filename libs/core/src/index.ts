@@ -3,3 +3,4 @@ export * from './clock';
 export * from './secrets';
 export * from './core.module';
 export * from './console-types';
+export * from './field-schemas';

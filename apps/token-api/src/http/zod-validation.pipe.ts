@@ -1,6 +1,6 @@
 import { PipeTransform } from '@nestjs/common';
 import { z } from 'zod';
-import { KeyholeError } from '@keyhole/core';
+import { describeZodIssues, KeyholeError } from '@keyhole/core';
 
 /**
  * Validates one request part (body, query or a path parameter) against a zod schema and hands the
@@ -16,10 +16,7 @@ export class ZodValidationPipe<Schema extends z.ZodType> implements PipeTransfor
   transform(value: unknown): z.output<Schema> {
     const parsed = this.schema.safeParse(this.part === 'body' && value === undefined ? {} : value);
     if (parsed.success) return parsed.data;
-    const fields = parsed.error.issues.map((issue) => ({
-      field: [this.fieldPrefix, ...issue.path.map(String)].filter(Boolean).join('.') || this.part,
-      message: issue.message,
-    }));
+    const fields = describeZodIssues(parsed.error, this.fieldPrefix ?? (parsed.error.issues.some((i) => i.path.length) ? undefined : this.part));
     throw new KeyholeError('INVALID_INPUT', `Invalid ${this.part}: ${fields.map((f) => f.field).join(', ')}`, {
       details: { in: this.part, fields },
     });

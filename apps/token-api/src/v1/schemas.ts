@@ -1,7 +1,16 @@
 import { extendZodWithOpenApi } from '@asteasolutions/zod-to-openapi';
-import { isIP } from 'node:net';
 import { z } from 'zod';
-import { CONSOLE_TYPES, ERROR_CODES } from '@keyhole/core';
+import {
+  absoluteUrlSchema,
+  cellNameSchema as sharedCellNameSchema,
+  CONSOLE_TYPES,
+  consoleHostSchema as sharedConsoleHostSchema,
+  credentialNameSchema,
+  ERROR_CODES,
+  instanceUuidSchema as sharedInstanceUuidSchema,
+  portSchema,
+  postgresUrlSchema,
+} from '@keyhole/core';
 import { OBJECT_VERSIONS } from '@keyhole/tokens';
 
 extendZodWithOpenApi(z);
@@ -11,14 +20,10 @@ extendZodWithOpenApi(z);
  * OpenAPI document, so the two cannot drift apart.
  */
 
-const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+// Schemas from @keyhole/core were built before extendZodWithOpenApi ran: use them as they are.
+export const cellNameSchema = sharedCellNameSchema;
 
-export const cellNameSchema = z
-  .string()
-  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63')
-  .openapi({ example: 'cell1' });
-
-export const instanceUuidSchema = z.uuid('must be a UUID').transform((value) => value.toLowerCase());
+export const instanceUuidSchema = sharedInstanceUuidSchema;
 
 export const tokenIdSchema = z
   .string()
@@ -26,27 +31,9 @@ export const tokenIdSchema = z
   .transform(Number)
   .openapi({ type: 'integer', example: 42 });
 
-/** A console endpoint: a hostname, an IPv4 address, or an IPv6 address without brackets. */
-export const consoleHostSchema = z
-  .string()
-  .max(255)
-  .refine((value) => isIP(value) !== 0 || HOSTNAME.test(value), 'must be a hostname or an IP address')
-  .openapi({ example: '192.0.2.10' });
+export const consoleHostSchema = sharedConsoleHostSchema;
 
-const portSchema = z.int('must be an integer').min(1).max(65535);
-
-const httpUrl = (schemes: string[]) =>
-  z
-    .string()
-    .max(255)
-    .refine((value) => {
-      try {
-        const url = new URL(value);
-        return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname !== '' && url.hash === '';
-      } catch {
-        return false;
-      }
-    }, `must be an absolute ${schemes.join('/')} URL without a fragment`);
+const httpUrl = absoluteUrlSchema;
 
 export const consoleTypeSchema = z.enum(CONSOLE_TYPES);
 
@@ -95,10 +82,7 @@ export const introspectBodySchema = z
 export const registerCellBodySchema = z
   .strictObject({
     name: cellNameSchema,
-    databaseUrl: z
-      .string()
-      .max(2048)
-      .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL'),
+    databaseUrl: postgresUrlSchema,
     proxyUrl: httpUrl(['http', 'https']),
     accessUrlBases: z
       .strictObject(
@@ -113,7 +97,7 @@ export const registerCellBodySchema = z
 
 export const createCredentialBodySchema = z
   .strictObject({
-    name: z.string().min(1).max(128).regex(/^[\x20-\x7e]+$/, 'printable ASCII'),
+    name: credentialNameSchema,
     role: z.enum(['agent', 'operator']),
     cell: cellNameSchema.nullable().optional(),
   })

@@ -38,17 +38,6 @@ export class ApiCredentialRepository {
     return (result.affected ?? 0) > 0;
   }
 
-  /** Revokes every live credential scoped to a cell; returns how many. */
-  async markRevokedForCell(cellName: string): Promise<number> {
-    const result = await this.rows
-      .createQueryBuilder()
-      .update()
-      .set({ revokedAt: () => 'now()' })
-      .where('cell_name = :cellName AND revoked_at IS NULL', { cellName })
-      .execute();
-    return result.affected ?? 0;
-  }
-
   async touchLastUsed(id: string): Promise<void> {
     await this.rows
       .createQueryBuilder()

@@ -24,11 +24,11 @@ export class CellRepository {
     return (await this.findByName(row.name)) as CellEntity;
   }
 
-  async updateEndpoints(name: string, changes: Partial<Pick<CellEntity, 'proxyUrl' | 'accessUrlBases'>>): Promise<void> {
+  async updateDatabaseUrl(name: string, databaseUrl: string): Promise<void> {
     await this.rows
       .createQueryBuilder()
       .update()
-      .set({ ...changes, updatedAt: () => 'now()' })
+      .set({ databaseUrl, updatedAt: () => 'now()' })
       .where('name = :name', { name })
       .execute();
   }

@@ -1,0 +1,20 @@
+import { cellsAddCommand, cellsListCommand, cellsRemoveCommand } from './cells.command';
+import { Command } from './command';
+import { credentialsCreateCommand, credentialsListCommand, credentialsRevokeCommand } from './credentials.command';
+import { localCommand } from './local.command';
+import { migrateCommand } from './migrate.command';
+import { tokensListCommand, tokensPurgeCommand, tokensRevokeCommand } from './tokens.command';
+
+export const COMMANDS: Command[] = [
+  localCommand,
+  migrateCommand,
+  cellsAddCommand,
+  cellsListCommand,
+  cellsRemoveCommand,
+  credentialsCreateCommand,
+  credentialsListCommand,
+  credentialsRevokeCommand,
+  tokensListCommand,
+  tokensRevokeCommand,
+  tokensPurgeCommand,
+];

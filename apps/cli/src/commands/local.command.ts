@@ -1,0 +1,52 @@
+import path from 'node:path';
+import { z } from 'zod';
+import { LOCAL_CELLS, startLocalDeployment } from '../local/local-deployment';
+import { Command, parseFlags, validated } from './command';
+
+export const localCommand: Command = {
+  name: 'local',
+  usage: 'keyhole local [--data-dir DIR] [--api-port PORT]',
+  summary: 'run a whole deployment on this machine (what `npm start` does): PostgreSQL, two cells, the token API',
+  async run({ args, config, out }) {
+    const { values } = parseFlags(args, { 'data-dir': { type: 'string' }, 'api-port': { type: 'string' } });
+    const dataDir = path.resolve(values['data-dir'] ?? path.join(process.cwd(), '.keyhole', 'local'));
+    const apiPort = validated(z.coerce.number().int().min(0).max(65535), values['api-port'] ?? String(config.api.port), '--api-port');
+    const deployment = await startLocalDeployment({
+      dataDir,
+      databaseUrl: config.database.controlUrl,
+      apiPort,
+      environment: process.env,
+      onProgress: (line) => out(`  ${line}`),
+    });
+    const example = `curl -s -X POST ${deployment.apiUrl}/v1/cells/cell1/tokens \\\n    -H "Authorization: Bearer $KEYHOLE_AGENT_KEY" -H 'Content-Type: application/json' \\\n    -d '{"instanceUuid":"6f1c2b7e-3d4a-4b5c-9d8e-7f6a5b4c3d2e","consoleType":"novnc","host":"127.0.0.1","port":5900}'`;
+    out('');
+    out('keyhole is running');
+    out(`  token API:       ${deployment.apiUrl}`);
+    out(`  OpenAPI:         ${deployment.openApiUrl}`);
+    out(`  databases:       ${deployment.controlDatabase} (control + ${LOCAL_CELLS.map((cell) => cell.name).join(', ')}), data in ${dataDir}`);
+    for (const cell of deployment.cells) out(`  ${cell.name} proxy URL:  ${cell.proxyUrl} (where its access URLs point)`);
+    out(`  log:             ${deployment.logFile}`);
+    out('');
+    out('API keys (new at every start; the previous local keys are revoked):');
+    out(`  operator (every cell):  ${deployment.operatorKey}`);
+    for (const [cell, key] of Object.entries(deployment.agentKeys)) out(`  agent ${cell}:           ${key}`);
+    out('');
+    out('Try it:');
+    out(`  export KEYHOLE_AGENT_KEY=${deployment.agentKeys.cell1}`);
+    out(`  ${example}`);
+    out('');
+    out('Ctrl-C stops everything.');
+    await new Promise<void>((resolve) => {
+      const shutdown = () => {
+        process.off('SIGINT', shutdown);
+        process.off('SIGTERM', shutdown);
+        resolve();
+      };
+      process.on('SIGINT', shutdown);
+      process.on('SIGTERM', shutdown);
+    });
+    out('stopping...');
+    await deployment.stop();
+    return 0;
+  },
+};

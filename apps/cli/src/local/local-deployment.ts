@@ -1,0 +1,139 @@
+import { LoggerService } from '@nestjs/common';
+import { NestExpressApplication } from '@nestjs/platform-express';
+import { mkdir } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import path from 'node:path';
+import { CellsService } from '@keyhole/cells';
+import { KeyholeConfig, loadConfig } from '@keyhole/config';
+import { CredentialsService } from '@keyhole/credentials';
+import { ControlDatabase, createDatabaseIfMissing, migrateDatabase } from '@keyhole/db';
+import { createLogger, PinoNestLogger } from '@keyhole/observability';
+import { createTokenApi } from '../../../token-api/src/bootstrap';
+import { openServices } from '../services';
+import { EmbeddedPostgresHandle, startEmbeddedPostgres } from './embedded-postgres';
+
+/** The cells of a local deployment and the port their console proxies are meant to listen on. */
+export const LOCAL_CELLS = [
+  { name: 'cell1', proxyPort: 6081 },
+  { name: 'cell2', proxyPort: 6082 },
+] as const;
+
+export interface LocalDeploymentOptions {
+  /** Where the embedded cluster, its password and the logs live. */
+  dataDir: string;
+  /** A PostgreSQL server to use instead of the embedded one (its control database URL). */
+  databaseUrl?: string;
+  /** Token API port; 0 picks a free one. */
+  apiPort: number;
+  /** Settings for the processes, as from the environment (KEYHOLE_*). */
+  environment: NodeJS.ProcessEnv;
+  onProgress: (line: string) => void;
+}
+
+export interface LocalDeployment {
+  apiUrl: string;
+  openApiUrl: string;
+  controlDatabase: string;
+  cells: { name: string; proxyUrl: string }[];
+  operatorKey: string;
+  agentKeys: Record<string, string>;
+  logFile: string;
+  stop: () => Promise<void>;
+}
+
+/**
+ * A whole keyhole deployment on one machine: PostgreSQL (embedded unless a URL is given), the
+ * control database and two cells, migrated; fresh operator and agent keys (the previous local
+ * keys are revoked); the token API on 127.0.0.1.
+ */
+export async function startLocalDeployment(options: LocalDeploymentOptions): Promise<LocalDeployment> {
+  await mkdir(options.dataDir, { recursive: true });
+  let postgres: EmbeddedPostgresHandle | undefined;
+  let api: NestExpressApplication | undefined;
+  const stop = async () => {
+    await api?.close();
+    api = undefined;
+    await postgres?.stop();
+    postgres = undefined;
+  };
+  try {
+    let controlUrl: string;
+    let cellUrl: (cell: string) => string;
+    if (options.databaseUrl) {
+      controlUrl = options.databaseUrl;
+      const base = new URL(controlUrl);
+      const controlName = base.pathname.replace(/^\//, '') || 'keyhole';
+      cellUrl = (cell) => Object.assign(new URL(controlUrl), { pathname: `/${controlName}_${cell}` }).toString();
+    } else {
+      postgres = await startEmbeddedPostgres({ dataDir: path.join(options.dataDir, 'pgdata'), onProgress: options.onProgress });
+      controlUrl = postgres.urlFor('keyhole_control');
+      cellUrl = (cell) => (postgres as EmbeddedPostgresHandle).urlFor(`keyhole_${cell}`);
+    }
+    await createDatabaseIfMissing(controlUrl);
+    const config = loadConfig({ ...options.environment, KEYHOLE_DATABASE_URL: controlUrl, KEYHOLE_API_HOST: '127.0.0.1', KEYHOLE_API_PORT: String(options.apiPort) });
+    const logFile = path.join(options.dataDir, 'keyhole.log');
+    const logger = new PinoNestLogger(
+      createLogger({ level: config.log.level, name: 'keyhole-local', destination: createWriteStream(logFile, { flags: 'a' }) }),
+    );
+    const keys = await prepareDatabases(config, cellUrl, options.onProgress, logger);
+    api = await createTokenApi(config, logger);
+    await api.listen(config.api.port, config.api.host);
+    const { port } = api.getHttpServer().address() as { port: number };
+    const apiUrl = `http://127.0.0.1:${port}`;
+    return {
+      apiUrl,
+      openApiUrl: `${apiUrl}/v1/openapi.json`,
+      controlDatabase: postgres ? 'embedded PostgreSQL' : 'KEYHOLE_DATABASE_URL',
+      cells: LOCAL_CELLS.map((cell) => ({ name: cell.name, proxyUrl: localProxyUrl(cell.proxyPort) })),
+      ...keys,
+      logFile,
+      stop,
+    };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+function localProxyUrl(port: number): string {
+  return `http://127.0.0.1:${port}`;
+}
+
+/** Migrates the control database, registers the local cells once, and issues fresh local keys. */
+async function prepareDatabases(
+  config: KeyholeConfig,
+  cellUrl: (cell: string) => string,
+  onProgress: (line: string) => void,
+  logger: LoggerService,
+): Promise<{ operatorKey: string; agentKeys: Record<string, string> }> {
+  const services = await openServices(config, logger);
+  try {
+    await migrateDatabase(services.get(ControlDatabase).dataSource);
+    const cells = services.get(CellsService);
+    const registered = new Set((await cells.list()).map((cell) => cell.name));
+    for (const cell of LOCAL_CELLS) {
+      const url = cellUrl(cell.name);
+      await createDatabaseIfMissing(url);
+      if (registered.has(cell.name)) {
+        // The embedded server may listen on another port than last time.
+        await cells.updateDatabaseUrl(cell.name, url);
+      } else {
+        await cells.register({ name: cell.name, databaseUrl: url, proxyUrl: localProxyUrl(cell.proxyPort) });
+        onProgress(`registered ${cell.name}`);
+      }
+    }
+
+    const credentials = services.get(CredentialsService);
+    for (const old of await credentials.list({ includeRevoked: false })) {
+      if (old.name.startsWith('local-')) await credentials.revoke(old.id);
+    }
+    const operatorKey = (await credentials.create({ name: 'local-operator', role: 'operator', cellName: null })).key;
+    const agentKeys: Record<string, string> = {};
+    for (const cell of LOCAL_CELLS) {
+      agentKeys[cell.name] = (await credentials.create({ name: `local-agent-${cell.name}`, role: 'agent', cellName: cell.name })).key;
+    }
+    return { operatorKey, agentKeys };
+  } finally {
+    await services.close();
+  }
+}

@@ -1,0 +1,53 @@
+import { isIP } from 'node:net';
+import { z } from 'zod';
+
+/*
+ * The rules for values that reach keyhole from outside (API bodies, CLI flags), shared so that
+ * every entry point accepts and refuses exactly the same things.
+ */
+
+const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
+export const cellNameSchema = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63');
+
+export const instanceUuidSchema = z.uuid('must be a UUID').transform((value) => value.toLowerCase());
+
+/** A console endpoint: a hostname, an IPv4 address, or an IPv6 address without brackets. */
+export const consoleHostSchema = z
+  .string()
+  .max(255)
+  .refine((value) => isIP(value) !== 0 || HOSTNAME.test(value), 'must be a hostname or an IP address');
+
+export const portSchema = z.int('must be an integer').min(1).max(65535);
+
+export const postgresUrlSchema = z
+  .string()
+  .max(2048)
+  .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL');
+
+/** An absolute URL with one of `schemes`, a host, no fragment, at most 255 characters. */
+export function absoluteUrlSchema(schemes: string[]) {
+  return z
+    .string()
+    .max(255)
+    .refine((value) => {
+      try {
+        const url = new URL(value);
+        return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname !== '' && url.hash === '';
+      } catch {
+        return false;
+      }
+    }, `must be an absolute ${schemes.join('/')} URL without a fragment`);
+}
+
+export const credentialNameSchema = z.string().min(1).max(128).regex(/^[\x20-\x7e]+$/, 'printable ASCII');
+
+/** Describes every issue of a failed parse as `field: message`. */
+export function describeZodIssues(error: z.ZodError, prefix?: string): { field: string; message: string }[] {
+  return error.issues.map((issue) => ({
+    field: [prefix, ...issue.path.map(String)].filter(Boolean).join('.') || '(value)',
+    message: issue.message,
+  }));
+}

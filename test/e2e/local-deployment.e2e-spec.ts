@@ -1,0 +1,74 @@
+import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sha256Hex } from '@keyhole/core';
+import { LocalDeployment, startLocalDeployment } from '../../apps/cli/src/local/local-deployment';
+import { call } from '../support/token-api';
+
+/**
+ * What `npm start` runs, on a fresh machine with no configuration: an embedded PostgreSQL, the
+ * control database and two cells, keys, the token API. Started twice on the same data directory,
+ * as a developer would.
+ */
+describe('local deployment (npm start)', () => {
+  let dataDir: string;
+  let deployment: LocalDeployment | undefined;
+
+  beforeAll(async () => {
+    dataDir = await mkdtemp(path.join(os.tmpdir(), 'keyhole-local-'));
+    // As root, PostgreSQL runs as OS user postgres, which must be able to enter the directory.
+    await chmod(dataDir, 0o755);
+  });
+
+  afterAll(async () => {
+    await deployment?.stop();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  const start = () =>
+    startLocalDeployment({
+      dataDir,
+      apiPort: 0,
+      environment: { KEYHOLE_ARGON2_MEMORY_KIB: '64', KEYHOLE_ARGON2_TIME_COST: '1', KEYHOLE_LOG_LEVEL: 'debug' },
+      onProgress: () => undefined,
+    });
+
+  it('serves the printed URLs with the printed keys, and the keys of a previous start stop working', async () => {
+    deployment = await start();
+    expect((await call(deployment.apiUrl, 'GET', '/readyz')).status).toBe(200);
+    const openApi = await call(deployment.openApiUrl, 'GET', '');
+    expect(openApi.body.openapi).toBe('3.1.0');
+    expect(deployment.cells.map((cell) => cell.name)).toEqual(['cell1', 'cell2']);
+
+    const issued = await call(deployment.apiUrl, 'POST', '/v1/cells/cell2/tokens', {
+      key: deployment.agentKeys.cell2,
+      body: { instanceUuid: '0b6a3c52-1e0f-4a9d-8c7b-6d5e4f3a2b1c', consoleType: 'serial', host: '127.0.0.1', port: 10000 },
+    });
+    expect(issued.status).toBe(201);
+    expect(issued.body.accessUrl).toBe(`http://127.0.0.1:6082/serial.html?token=${issued.body.token}`);
+    const introspected = await call(deployment.apiUrl, 'POST', '/v1/tokens/introspect', {
+      key: deployment.operatorKey,
+      body: { token: issued.body.token },
+    });
+    expect(introspected.status).toBe(200);
+    expect(introspected.body.cell).toBe('cell2');
+
+    const firstOperatorKey = deployment.operatorKey;
+    await deployment.stop();
+    deployment = await start();
+    expect((await call(deployment.apiUrl, 'GET', '/v1/cells', { key: firstOperatorKey })).status).toBe(401);
+    const cells = await call(deployment.apiUrl, 'GET', '/v1/cells', { key: deployment.operatorKey });
+    expect(cells.body.cells.map((cell: { name: string }) => cell.name)).toEqual(['cell1', 'cell2']);
+    // The token issued before the restart is still valid: the data directory was kept.
+    const again = await call(deployment.apiUrl, 'POST', '/v1/tokens/introspect', {
+      key: deployment.operatorKey,
+      body: { token: issued.body.token },
+    });
+    expect(again.status).toBe(200);
+
+    const log = await readFile(deployment.logFile, 'utf8');
+    expect(log).toContain(sha256Hex(issued.body.token).slice(0, 12));
+    expect(log).not.toContain(issued.body.token);
+    expect(log).not.toContain(deployment.operatorKey.split('_')[2]);
+  }, 120_000);
+});
