@@ -91,12 +91,13 @@ export class CellsService {
    */
   async remove(name: string): Promise<{ revokedCredentials: number }> {
     const revokedCredentials = await this.control.dataSource.transaction(async (manager) => {
-      const [, deleted] = (await manager.query('DELETE FROM cells WHERE name = $1', [name])) as [unknown, number];
+      // TypeORM answers DELETE and UPDATE with [rows, affected count].
+      const [, deleted] = await manager.query<[unknown, number]>('DELETE FROM cells WHERE name = $1', [name]);
       if (deleted === 0) throw cellNotFound(name);
-      const [, revoked] = (await manager.query(
+      const [, revoked] = await manager.query<[unknown, number]>(
         'UPDATE api_credentials SET revoked_at = now() WHERE cell_name = $1 AND revoked_at IS NULL',
         [name],
-      )) as [unknown, number];
+      );
       return revoked;
     });
     await this.databases.close(name);

@@ -60,7 +60,10 @@ export function printRows(out: (line: string) => void, rows: Record<string, unkn
     return;
   }
   const columns = Object.keys(rows[0]);
-  const cell = (value: unknown) => (value === null || value === undefined ? '-' : String(value));
+  const cell = (value: unknown): string => {
+    if (value === null || value === undefined) return '-';
+    return typeof value === 'string' ? value : JSON.stringify(value);
+  };
   const widths = columns.map((column) => Math.max(column.length, ...rows.map((row) => cell(row[column]).length)));
   const line = (values: string[]) => values.map((value, index) => value.padEnd(widths[index])).join('  ').trimEnd();
   out(line(columns.map((column) => column.toUpperCase())));

@@ -190,7 +190,7 @@ async function ensureOsUser(progress: (line: string) => void): Promise<OsUser> {
     await execFileAsync('groupadd', ['--force', OS_USER]);
     await execFileAsync('useradd', ['--system', '--gid', OS_USER, '--no-create-home', OS_USER]);
   } catch (error) {
-    throw new Error(`could not create OS user "${OS_USER}" to run PostgreSQL as: ${errorMessage(error)}`);
+    throw new Error(`could not create OS user "${OS_USER}" to run PostgreSQL as: ${errorMessage(error)}`, { cause: error });
   }
   const created = await lookUpOsUser(OS_USER);
   if (!created) throw new Error(`OS user "${OS_USER}" still missing after useradd`);
@@ -270,6 +270,7 @@ async function readPassword(passwordFile: string, dataDir: string | undefined): 
       throw new Error(
         `${dataDir} holds a PostgreSQL cluster but its password file ${passwordFile} is missing; ` +
           `restore the file or delete ${dataDir} to start with an empty database`,
+        { cause: error },
       );
     }
     throw error;

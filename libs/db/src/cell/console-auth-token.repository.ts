@@ -65,19 +65,17 @@ export class ConsoleAuthTokenRepository {
 
   /** Deletes one token whatever its expiry; returns whether it existed. */
   async deleteById(id: number): Promise<boolean> {
-    const result = await this.rows.manager.query(
-      'DELETE FROM console_auth_tokens WHERE id = $1 RETURNING id',
-      [id],
-    );
-    return (result as unknown[][])[0].length > 0;
+    // TypeORM answers a DELETE with [rows, affected count].
+    const [, count] = await this.rows.manager.query<[unknown[], number]>('DELETE FROM console_auth_tokens WHERE id = $1', [id]);
+    return count > 0;
   }
 
   /** Deletes every token of an instance whatever its expiry; returns the deleted ids. */
   async deleteAllByInstance(instanceUuid: string): Promise<number[]> {
-    const [rows] = (await this.rows.manager.query(
+    const [rows] = await this.rows.manager.query<[{ id: string }[], number]>(
       'DELETE FROM console_auth_tokens WHERE instance_uuid = $1 RETURNING id',
       [instanceUuid],
-    )) as [{ id: string }[], number];
+    );
     return rows.map((row) => Number(row.id));
   }
 
@@ -90,7 +88,7 @@ export class ConsoleAuthTokenRepository {
     const hostClause = host === undefined ? '' : 'AND host = $3';
     const parameters: unknown[] = [nowSeconds, batchSize];
     if (host !== undefined) parameters.push(host);
-    const [, count] = (await this.rows.manager.query(
+    const [, count] = await this.rows.manager.query<[unknown[], number]>(
       `DELETE FROM console_auth_tokens WHERE id IN (
          SELECT id FROM console_auth_tokens
           WHERE expires <= $1 ${hostClause}
@@ -98,7 +96,7 @@ export class ConsoleAuthTokenRepository {
           LIMIT $2
           FOR UPDATE SKIP LOCKED)`,
       parameters,
-    )) as [unknown[], number];
+    );
     return count;
   }
 
