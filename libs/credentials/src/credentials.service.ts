@@ -1,10 +1,10 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import * as argon2 from 'argon2';
 import { CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, constantTimeEqual, sha256Hex } from '@keyhole/core';
 import { ApiCredentialEntity, ControlDatabase, CredentialRole } from '@keyhole/db';
 import { generateApiKey, parseApiKey } from './api-key';
+import { SecretHasher } from './secret-hasher';
 import { credentialNotFound, unauthenticated } from './credentials.errors';
 
 /** Who is calling, once their key is verified. */
@@ -60,14 +60,14 @@ export class CredentialsService {
     @Inject(CLOCK) private readonly clock: Clock,
     private readonly control: ControlDatabase,
     private readonly cells: CellsService,
+    private readonly hasher: SecretHasher,
   ) {}
 
   /** Creates a credential and returns its key: the only time the key exists outside its holder. */
   async create(input: CreateCredentialInput): Promise<{ credential: CredentialView; key: string }> {
     if (input.cellName !== null) await this.cells.get(input.cellName);
     const { id, secret, key } = generateApiKey();
-    const { memoryKib, timeCost, parallelism } = this.config.credentials.argon2;
-    const secretHash = await argon2.hash(secret, { type: argon2.argon2id, memoryCost: memoryKib, timeCost, parallelism });
+    const secretHash = await this.hasher.hash(secret);
     const row = await this.control.credentials.insert({
       id,
       name: input.name,
@@ -118,7 +118,7 @@ export class CredentialsService {
     }
     let matches: boolean;
     try {
-      matches = await argon2.verify(row.secretHash, secret);
+      matches = await this.hasher.verify(row.secretHash, secret);
     } catch (error) {
       this.logger.error({ credentialId: row.id, err: error }, 'stored credential hash cannot be verified');
       return false;

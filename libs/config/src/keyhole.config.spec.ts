@@ -1,0 +1,43 @@
+import { ConfigurationError, loadConfig } from './keyhole.config';
+
+describe('loadConfig', () => {
+  it('has documented defaults with nothing set', () => {
+    const config = loadConfig({});
+    expect(config.database.controlUrl).toBeUndefined();
+    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustProxy: false });
+    expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
+    expect(config.credentials.argon2).toEqual({ memoryKib: 19456, timeCost: 2, parallelism: 1 });
+  });
+
+  it('reads the variables it knows and treats empty ones as unset', () => {
+    const config = loadConfig({ KEYHOLE_API_PORT: '9000', KEYHOLE_API_TRUST_PROXY: 'yes', KEYHOLE_TOKEN_TTL_SECONDS: '' });
+    expect(config.api.port).toBe(9000);
+    expect(config.api.trustProxy).toBe(true);
+    expect(config.tokens.defaultTtlSeconds).toBe(600);
+  });
+
+  it('names every bad variable at once, without echoing values', () => {
+    let error: unknown;
+    try {
+      loadConfig({
+        KEYHOLE_DATABASE_URL: 'mysql://root:hunter2@db/x',
+        KEYHOLE_API_PORT: '70000',
+        KEYHOLE_LOG_LEVEL: 'loud',
+      });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(ConfigurationError);
+    const message = (error as ConfigurationError).message;
+    expect(message).toContain('KEYHOLE_DATABASE_URL');
+    expect(message).toContain('KEYHOLE_API_PORT');
+    expect(message).toContain('KEYHOLE_LOG_LEVEL');
+    expect(message).not.toContain('hunter2');
+  });
+
+  it('refuses a default TTL above the maximum', () => {
+    expect(() => loadConfig({ KEYHOLE_TOKEN_TTL_SECONDS: '100', KEYHOLE_TOKEN_MAX_TTL_SECONDS: '50' })).toThrow(
+      /KEYHOLE_TOKEN_TTL_SECONDS/,
+    );
+  });
+});

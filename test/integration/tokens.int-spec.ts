@@ -1,0 +1,142 @@
+import { INestApplicationContext } from '@nestjs/common';
+import { CellsService } from '@keyhole/cells';
+import { KeyholeError, ManualClock, sha256Hex } from '@keyhole/core';
+import { randomTokenGenerator, TokensService } from '@keyhole/tokens';
+import { testConfig } from '../support/config';
+import { createTestDatabase, queryDatabase } from '../support/databases';
+import { startServices } from '../support/services';
+
+const T0_MS = Date.UTC(2026, 10, 22, 12, 0, 0);
+const T0 = T0_MS / 1000;
+const INSTANCE_A = '11111111-1111-4111-8111-111111111111';
+const INSTANCE_B = '22222222-2222-4222-8222-222222222222';
+
+describe('TokensService on a real cell database', () => {
+  let control: Awaited<ReturnType<typeof createTestDatabase>>;
+  let cell: Awaited<ReturnType<typeof createTestDatabase>>;
+  let app: INestApplicationContext;
+  let tokens: TokensService;
+  let logs: () => string;
+  const clock = new ManualClock(T0_MS);
+  let nextToken: string | undefined;
+
+  beforeAll(async () => {
+    control = await createTestDatabase('control');
+    cell = await createTestDatabase('cell');
+    const started = await startServices(testConfig(control.url), {
+      clock,
+      tokenGenerator: () => nextToken ?? randomTokenGenerator(),
+    });
+    app = started.app;
+    logs = started.logs;
+    await app.get(CellsService).register({ name: 'cell1', databaseUrl: cell.url, proxyUrl: 'https://console.example.com' });
+    tokens = app.get(TokensService);
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await cell?.drop();
+    await control?.drop();
+  });
+
+  beforeEach(async () => {
+    clock.set(T0_MS);
+    nextToken = undefined;
+    await queryDatabase(cell.url, 'DELETE FROM console_auth_tokens');
+  });
+
+  const authorize = (overrides: Partial<Parameters<TokensService['authorize']>[1]> = {}) =>
+    tokens.authorize('cell1', { instanceUuid: INSTANCE_A, consoleType: 'novnc', host: 'hv1', port: 5900, issuedBy: null, ...overrides });
+
+  const codeOf = (promise: Promise<unknown>) =>
+    promise.then(
+      () => 'resolved',
+      (error: unknown) => (error instanceof KeyholeError ? error.code : String(error)),
+    );
+
+  it('is valid up to expires-1 and invalid at expires and after (expires > now)', async () => {
+    const issued = await authorize({ ttlSeconds: 10 });
+    expect(issued.row.expires).toBe(T0 + 10);
+    clock.set((T0 + 9) * 1000 + 999);
+    expect((await tokens.validate('cell1', issued.token!)).id).toBe(issued.id);
+    clock.set((T0 + 10) * 1000);
+    expect(await codeOf(tokens.validate('cell1', issued.token!))).toBe('TOKEN_NOT_FOUND');
+    clock.set((T0 + 11) * 1000);
+    expect(await codeOf(tokens.validate('cell1', issued.token!))).toBe('TOKEN_NOT_FOUND');
+  });
+
+  it('stores only the SHA-256 of the token, nowhere the token itself', async () => {
+    const issued = await authorize({ consoleType: 'serial', internalAccessPath: 'vm-42' });
+    const rows = await queryDatabase(cell.url, 'SELECT * FROM console_auth_tokens');
+    expect(rows).toHaveLength(1);
+    expect(rows[0].token_hash).toBe(sha256Hex(issued.token!));
+    expect(JSON.stringify(rows)).not.toContain(issued.token!);
+    expect(rows[0].object_version).toBe('1.4');
+    expect(logs()).not.toContain(issued.token!);
+    expect(logs()).toContain(issued.fingerprint);
+  });
+
+  it('refuses a duplicate hash: the database has a unique constraint, the service answers TOKEN_IN_USE', async () => {
+    nextToken = 'the-same-token-twice';
+    await authorize();
+    expect(await codeOf(authorize({ instanceUuid: INSTANCE_B }))).toBe('TOKEN_IN_USE');
+    const rows = await queryDatabase(cell.url, 'SELECT instance_uuid FROM console_auth_tokens');
+    expect(rows).toEqual([{ instance_uuid: INSTANCE_A }]);
+    await expect(
+      queryDatabase(
+        cell.url,
+        `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires)
+         VALUES ($1, 'novnc', 'h', 1, $2, 1)`,
+        [sha256Hex('the-same-token-twice'), INSTANCE_B],
+      ),
+    ).rejects.toThrow(/uniq_console_auth_tokens0token_hash/);
+  });
+
+  it('serves a token that Nova wrote into the same table (UUID token, Nova columns only)', async () => {
+    const novaToken = '5b0a0c9e-2d4f-4b8e-9a77-0f6c1d2e3f40';
+    await queryDatabase(
+      cell.url,
+      `INSERT INTO console_auth_tokens
+         (created_at, token_hash, console_type, host, port, internal_access_path, instance_uuid, expires, access_url_base)
+       VALUES (timezone('utc', now()), $1, 'serial', '192.0.2.7', 10000, NULL, $2, $3, 'ws://127.0.0.1:6083/')`,
+      [sha256Hex(novaToken), INSTANCE_B, T0 + 600],
+    );
+    const found = await tokens.validate('cell1', novaToken);
+    expect(found.toPrimitive()).toMatchObject({ host: '192.0.2.7', port: 10000, instanceUuid: INSTANCE_B, objectVersion: '1.4', issuedBy: null });
+    expect(found.row.objectVersion).toBeNull();
+    expect(found.accessUrl).toBe(`ws://127.0.0.1:6083/?token=${novaToken}`);
+  });
+
+  it('revokes by id and by instance, leaving other instances alone', async () => {
+    const a1 = await authorize();
+    const a2 = await authorize();
+    const b1 = await authorize({ instanceUuid: INSTANCE_B });
+    await tokens.revokeById('cell1', a1.id);
+    expect(await codeOf(tokens.validate('cell1', a1.token!))).toBe('TOKEN_NOT_FOUND');
+    expect(await codeOf(tokens.revokeById('cell1', a1.id))).toBe('TOKEN_NOT_FOUND');
+    expect(await tokens.revokeByInstance('cell1', INSTANCE_A)).toEqual([a2.id]);
+    expect(await codeOf(tokens.validate('cell1', a2.token!))).toBe('TOKEN_NOT_FOUND');
+    expect((await tokens.validate('cell1', b1.token!)).id).toBe(b1.id);
+    expect(await tokens.revokeByInstance('cell1', INSTANCE_A)).toEqual([]);
+  });
+
+  it('purges exactly the expired rows (expires <= now), in batches, of every host or of one', async () => {
+    for (let index = 0; index < 5; index += 1) await authorize({ host: index % 2 ? 'hv1' : 'hv2', ttlSeconds: 10 });
+    const boundary = await authorize({ host: 'hv1', ttlSeconds: 20 });
+    const valid = await authorize({ host: 'hv1', ttlSeconds: 21 });
+    clock.set((T0 + 20) * 1000);
+    expect(await tokens.purgeExpired('cell1', { host: 'hv1', batchSize: 1 })).toBe(3);
+    expect(await queryDatabase(cell.url, `SELECT count(*)::int AS n FROM console_auth_tokens WHERE host = 'hv2'`)).toEqual([{ n: 3 }]);
+    expect(await tokens.purgeExpired('cell1', { batchSize: 2 })).toBe(3);
+    const left = await queryDatabase(cell.url, 'SELECT id FROM console_auth_tokens');
+    expect(left).toEqual([{ id: String(valid.id) }]);
+    expect(boundary.row.expires).toBe(T0 + 20);
+  });
+
+  it('gives unknown, malformed and oversized tokens the same answer as expired ones', async () => {
+    for (const presented of ['', 'no such token', 'x'.repeat(257), 'tab\there', 'ünïcode']) {
+      expect(await codeOf(tokens.validate('cell1', presented))).toBe('TOKEN_NOT_FOUND');
+    }
+    expect(await codeOf(tokens.validate('nowhere', 'x'))).toBe('CELL_NOT_FOUND');
+  });
+});
