@@ -1,4 +1,4 @@
-import { DynamicModule, MiddlewareConsumer, Module, NestModule } from '@nestjs/common';
+import { DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 import { CellsModule } from '@keyhole/cells';
 import { ConfigModule, KeyholeConfig } from '@keyhole/config';
@@ -8,7 +8,6 @@ import { DbModule } from '@keyhole/db';
 import { TokensModule } from '@keyhole/tokens';
 import { ApiExceptionFilter } from './http/api-exception.filter';
 import { AuthGuard } from './http/auth.guard';
-import { RequestContextMiddleware } from './http/request-context.middleware';
 import { CellsController } from './v1/cells.controller';
 import { CredentialsController } from './v1/credentials.controller';
 import { HealthController } from './v1/health.controller';
@@ -17,7 +16,7 @@ import { TokensController } from './v1/tokens.controller';
 
 /** The token API: wiring only; the rules live in the libs. */
 @Module({})
-export class TokenApiModule implements NestModule {
+export class TokenApiModule {
   static forRoot(config: KeyholeConfig): DynamicModule {
     return {
       module: TokenApiModule,
@@ -35,9 +34,5 @@ export class TokenApiModule implements NestModule {
         { provide: APP_FILTER, useClass: ApiExceptionFilter },
       ],
     };
-  }
-
-  configure(consumer: MiddlewareConsumer): void {
-    consumer.apply(RequestContextMiddleware).forRoutes('*path');
   }
 }

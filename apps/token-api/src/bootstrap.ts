@@ -3,6 +3,7 @@ import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { KeyholeConfig } from '@keyhole/config';
 import { TokenApiModule } from './app.module';
+import { RequestContextMiddleware } from './http/request-context.middleware';
 
 /** Options Nest is created with; tests that override providers create the app with these too. */
 export function nestApplicationOptions(logger: LoggerService) {
@@ -24,6 +25,9 @@ export function configureTokenApi(app: NestExpressApplication, config: KeyholeCo
   app.useLogger(logger);
   app.set('trust proxy', config.api.trustProxy);
   app.disable('x-powered-by');
+  // Before the body parser, so requests it refuses still get a request id and an access line.
+  const requestContext = new RequestContextMiddleware();
+  app.use(requestContext.use.bind(requestContext));
   app.useBodyParser('json', { limit: config.api.bodyLimitBytes, strict: true });
   app.enableShutdownHooks();
   return app;

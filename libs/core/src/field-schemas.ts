@@ -46,8 +46,12 @@ export const credentialNameSchema = z.string().min(1).max(128).regex(/^[\x20-\x7
 
 /** Describes every issue of a failed parse as `field: message`. */
 export function describeZodIssues(error: z.ZodError, prefix?: string): { field: string; message: string }[] {
-  return error.issues.map((issue) => ({
-    field: [prefix, ...issue.path.map(String)].filter(Boolean).join('.') || '(value)',
-    message: issue.message,
-  }));
+  return error.issues.flatMap((issue) => {
+    // An unknown key is reported at its parent's path; name each unknown field instead.
+    const paths = issue.code === 'unrecognized_keys' ? issue.keys.map((key) => [...issue.path, key]) : [issue.path];
+    return paths.map((path) => ({
+      field: [prefix, ...path.map(String)].filter(Boolean).join('.') || '(value)',
+      message: issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message,
+    }));
+  });
 }

@@ -100,20 +100,22 @@ export class TokensService {
     return ConsoleAuthToken.fromRow(cellName, row, token);
   }
 
-  /** Finds the cell among `cellNames` whose database holds a valid row for the token. */
+  /**
+   * Finds the cell among `cellNames` whose database holds a valid row for the token. A cell that
+   * cannot be asked does not hide a token found in another; but when no cell has it and one could
+   * not be asked, the answer is that error, not "not found" (fail closed).
+   */
   async introspect(cellNames: string[], token: string): Promise<ConsoleAuthToken> {
     if (!isPlausibleToken(token)) throw invalidToken();
-    const found = await Promise.all(
-      cellNames.map((cellName) =>
-        this.validate(cellName, token).catch((error: unknown) => {
-          if (error instanceof KeyholeError && error.code === 'TOKEN_NOT_FOUND') return null;
-          throw error;
-        }),
-      ),
+    const results = await Promise.allSettled(cellNames.map((cellName) => this.validate(cellName, token)));
+    const found = results.find((result) => result.status === 'fulfilled');
+    if (found) return found.value;
+    const failure = results.find(
+      (result): result is PromiseRejectedResult =>
+        result.status === 'rejected' && !(result.reason instanceof KeyholeError && result.reason.code === 'TOKEN_NOT_FOUND'),
     );
-    const match = found.find((token): token is ConsoleAuthToken => token !== null);
-    if (!match) throw invalidToken();
-    return match;
+    if (failure) throw failure.reason;
+    throw invalidToken();
   }
 
   /** A token's stored authorization (never its plaintext), whatever its expiry. */

@@ -13,10 +13,8 @@ export const STATUS_OF_CODE: Record<ErrorCode, number> = {
   CELL_NOT_FOUND: 404,
   TOKEN_NOT_FOUND: 404,
   CREDENTIAL_NOT_FOUND: 404,
-  METHOD_NOT_ALLOWED: 405,
   CELL_EXISTS: 409,
   TOKEN_IN_USE: 409,
-  OBJECT_ACTION_ERROR: 409,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   INTERNAL: 500,
@@ -63,7 +61,8 @@ const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', '
 
 function toKeyholeError(exception: unknown): KeyholeError {
   if (exception instanceof KeyholeError) return exception;
-  const parserError = exception as { type?: unknown; status?: unknown };
+  // Nest wraps the body parser's errors in an HttpException whose cause is the parser's error.
+  const parserError = ((exception instanceof HttpException ? exception.cause : undefined) ?? exception) as { type?: unknown };
   if (parserError?.type === 'entity.too.large') {
     return new KeyholeError('PAYLOAD_TOO_LARGE', 'The request body is too large');
   }
@@ -76,7 +75,7 @@ function toKeyholeError(exception: unknown): KeyholeError {
   if (exception instanceof HttpException) {
     const status = exception.getStatus();
     if (status === 404) return new KeyholeError('NOT_FOUND', 'No such resource');
-    if (status === 405) return new KeyholeError('METHOD_NOT_ALLOWED', 'Method not allowed');
+    if (status === 415) return new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'The request body encoding is not supported');
     if (status === 413) return new KeyholeError('PAYLOAD_TOO_LARGE', 'The request body is too large');
     if (status >= 400 && status < 500) return new KeyholeError('INVALID_INPUT', 'The request is not valid');
   }

@@ -1,4 +1,4 @@
-import { Injectable, Logger, NestMiddleware } from '@nestjs/common';
+import { Logger } from '@nestjs/common';
 import type { NextFunction, Request, Response } from 'express';
 import { randomUUID } from 'node:crypto';
 import { KeyholeError } from '@keyhole/core';
@@ -30,11 +30,11 @@ export function principalOf(request: Request): Principal | undefined {
 
 /**
  * Gives each request an id (the caller's X-Request-Id when well-formed), refuses bodies that are
- * not JSON, and writes one access log line when the response is finished. The line carries the
- * path without its query string and never a header.
+ * not JSON, and writes one access log line when the response is finished. The line names the
+ * matched route template (`/v1/cells/:cell/tokens/:id`), never the path as sent: a client may put
+ * a token in it by mistake (Nova's API takes tokens in the path). No header is logged.
  */
-@Injectable()
-export class RequestContextMiddleware implements NestMiddleware {
+export class RequestContextMiddleware {
   private readonly logger = new Logger('HttpAccess');
 
   use(request: Request, response: Response, next: NextFunction): void {
@@ -49,7 +49,7 @@ export class RequestContextMiddleware implements NestMiddleware {
         {
           requestId,
           method: request.method,
-          path: request.path,
+          route: routeOf(request),
           status: response.statusCode,
           durationMs: Number(process.hrtime.bigint() - startedAt) / 1e6,
           credentialId: principal?.credentialId,
@@ -63,6 +63,12 @@ export class RequestContextMiddleware implements NestMiddleware {
     }
     next();
   }
+}
+
+function routeOf(request: Request): string | null {
+  // Express sets `route` (typed any) once a route matched; unmatched requests log no route.
+  const route = (request as { route?: unknown }).route as { path?: unknown } | undefined;
+  return typeof route?.path === 'string' ? `${request.baseUrl}${route.path}` : null;
 }
 
 function hasBody(request: Request): boolean {

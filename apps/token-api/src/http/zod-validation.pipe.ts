@@ -16,7 +16,9 @@ export class ZodValidationPipe<Schema extends z.ZodType> implements PipeTransfor
   transform(value: unknown): z.output<Schema> {
     const parsed = this.schema.safeParse(this.part === 'body' && value === undefined ? {} : value);
     if (parsed.success) return parsed.data;
-    const fields = describeZodIssues(parsed.error, this.fieldPrefix ?? (parsed.error.issues.some((i) => i.path.length) ? undefined : this.part));
+    const fields = describeZodIssues(parsed.error, this.fieldPrefix).map((issue) =>
+      issue.field === '(value)' ? { ...issue, field: this.part } : issue,
+    );
     throw new KeyholeError('INVALID_INPUT', `Invalid ${this.part}: ${fields.map((f) => f.field).join(', ')}`, {
       details: { in: this.part, fields },
     });
