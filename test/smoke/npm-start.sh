@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# Exit codes of the compiled CLI: 2 for a wrong call or missing configuration, 0 for help.
+expect_exit() {
+  local want=$1; shift
+  local got=0
+  env -u KEYHOLE_DATABASE_URL node bin/keyhole "$@" >/dev/null 2>&1 || got=$?
+  [ "$got" = "$want" ] || { echo "keyhole $* exited $got, expected $want"; exit 1; }
+}
+expect_exit 0 --help
+expect_exit 2 no-such-command
+expect_exit 2 tokens list --cell cell1
+
 workdir=$(mktemp -d /tmp/keyhole-smoke-XXXXXX)
 chmod 755 "$workdir" # as root, the embedded server runs as OS user postgres and must enter it
 out="$workdir/out.txt"
@@ -14,6 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: >"$out"
 env -u KEYHOLE_DATABASE_URL node dist/apps/cli/src/main.js local --data-dir "$workdir/local" --api-port 0 >"$out" 2>&1 &
 pid=$!
 

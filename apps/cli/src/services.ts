@@ -1,6 +1,6 @@
 import { INestApplicationContext, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { KeyholeConfig } from '@keyhole/config';
+import { KeyholeConfig, requireControlUrl } from '@keyhole/config';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 import { CliModule } from './cli.module';
 
@@ -9,6 +9,8 @@ import { CliModule } from './cli.module';
  * carries only the command's answer (keys, tables, JSON).
  */
 export function openServices(config: KeyholeConfig, logger?: LoggerService): Promise<INestApplicationContext> {
+  // Fail with the configuration message before Nest logs a stack trace about it.
+  requireControlUrl(config);
   logger ??= new PinoNestLogger(
     createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, name: 'keyhole-cli', destination: process.stderr }),
   );

@@ -1,10 +1,11 @@
 import 'reflect-metadata';
-import { ConfigurationError, loadConfig } from '@keyhole/config';
+import { ConfigurationError, loadConfig, requireControlUrl } from '@keyhole/config';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 import { createTokenApi } from './bootstrap';
 
 async function main(): Promise<void> {
   const config = loadConfig();
+  requireControlUrl(config);
   const logger = createLogger({ level: config.log.level, name: 'keyhole-api' });
   const app = await createTokenApi(config, new PinoNestLogger(logger));
   await app.listen(config.api.port, config.api.host);

@@ -15,6 +15,10 @@ const postgresUrl = z
   .min(1)
   .refine((value) => /^postgres(ql)?:\/\//.test(value), 'must be a postgres:// or postgresql:// URL');
 
+const commaList = z
+  .string()
+  .transform((value) => value.split(',').map((item) => item.trim()).filter(Boolean));
+
 export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_DATABASE_URL: postgresUrl.optional(),
   KEYHOLE_DB_POOL_SIZE: integer(1, 200).default(10),
@@ -32,6 +36,29 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_ARGON2_MEMORY_KIB: integer(8, 4_194_304).default(19_456),
   KEYHOLE_ARGON2_TIME_COST: integer(1, 100).default(2),
   KEYHOLE_ARGON2_PARALLELISM: integer(1, 64).default(1),
+  KEYHOLE_CELL_NAME: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63')
+    .optional(),
+  KEYHOLE_CELL_DATABASE_URL: postgresUrl.optional(),
+  KEYHOLE_PROXY_HOST: z.string().min(1).default('127.0.0.1'),
+  KEYHOLE_PROXY_PORT: integer(0, 65_535).default(6080),
+  KEYHOLE_PROXY_INSTANCE: z.string().min(1).max(255).optional(),
+  KEYHOLE_PROXY_ALLOWED_ORIGINS: commaList.default([]),
+  KEYHOLE_PROXY_CONSOLE_TYPES: commaList
+    .pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1))
+    .default(['novnc', 'spice-html5', 'serial']),
+  KEYHOLE_PROXY_TRUST_PROXY: booleanFromEnv.default(false),
+  KEYHOLE_PROXY_CONNECT_TIMEOUT_MS: integer(100, 120_000).default(5_000),
+  KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS: integer(1_000, 3_600_000).default(30_000),
+  KEYHOLE_PROXY_IDLE_TIMEOUT_MS: integer(0, 86_400_000).default(3_600_000),
+  KEYHOLE_PROXY_MAX_SESSION_MS: integer(0, 604_800_000).default(86_400_000),
+  KEYHOLE_PROXY_MAX_FRAME_BYTES: integer(1_024, 67_108_864).default(1_048_576),
+  KEYHOLE_PROXY_ENFORCE_TOKEN_EXPIRY: booleanFromEnv.default(false),
+  KEYHOLE_PROXY_DRAIN_GRACE_MS: integer(0, 3_600_000).default(60_000),
+  KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: integer(500, 600_000).default(5_000),
+  KEYHOLE_PROXY_SESSION_STALE_MS: integer(1_000, 3_600_000).default(30_000),
+  KEYHOLE_PROXY_SPICE_HTML5_DIR: z.string().default('/usr/share/spice-html5'),
 });
 
 export type Environment = z.input<typeof ENVIRONMENT_SCHEMA>;

@@ -32,6 +32,44 @@ export interface KeyholeConfig {
     /** Expired rows deleted per statement by a purge. Default 5000. */
     purgeBatchSize: number;
   };
+  proxy: {
+    /** The cell this console proxy serves (KEYHOLE_CELL_NAME); required by the proxy. */
+    cellName: string | undefined;
+    /** That cell's database (KEYHOLE_CELL_DATABASE_URL); the proxy needs nothing else. */
+    cellDatabaseUrl: string | undefined;
+    /** Default 127.0.0.1. */
+    host: string;
+    /** Default 6080 (Nova's noVNC proxy port); 0 picks a free port. */
+    port: number;
+    /** Name of this replica in session records; default `<hostname>:<pid>`. */
+    instance: string | undefined;
+    /** Extra hosts an Origin header may name, besides the request's own Host (Nova's allowed_origins). */
+    allowedOrigins: string[];
+    /** Console types this proxy serves; others get 404. Default all three. */
+    consoleTypes: ('novnc' | 'spice-html5' | 'serial')[];
+    /** Take the client address from X-Forwarded-For. Default false. */
+    trustProxy: boolean;
+    /** Upstream TCP (and CONNECT) timeout. Default 5000. */
+    connectTimeoutMs: number;
+    /** Websocket ping interval; a peer that misses one pong is dropped. Default 30000. */
+    heartbeatIntervalMs: number;
+    /** Close a session after this long without a byte either way; 0 = never. Default 3600000. */
+    idleTimeoutMs: number;
+    /** Longest session; 0 = unlimited. Default 86400000 (24 h). */
+    maxSessionMs: number;
+    /** Largest websocket message accepted from a browser. Default 1048576. */
+    maxFrameBytes: number;
+    /** End a session when its token expires (Nova's enforce_session_timeout). Default false. */
+    enforceTokenExpiry: boolean;
+    /** On SIGTERM, how long live sessions may go on before they are closed with 1001. Default 60000. */
+    drainGraceMs: number;
+    /** How often live sessions' last_seen_at and byte counts are written. Default 5000. */
+    sessionHeartbeatMs: number;
+    /** A live session not seen for this long is taken as dead (its proxy crashed). Default 30000. */
+    sessionStaleMs: number;
+    /** Where Debian's spice-html5 package keeps its files. Default /usr/share/spice-html5. */
+    spiceHtml5Dir: string;
+  };
   credentials: {
     /** How long a verified API key is remembered, sparing argon2 on every request. Default 60000. */
     cacheTtlMs: number;
@@ -58,12 +96,19 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   for (const [name, value] of Object.entries(environment)) {
     if (name.startsWith('KEYHOLE_') && value !== undefined && value !== '') relevant[name] = value;
   }
+  // A misspelt variable would silently fall back to its default: name it instead.
+  const unknown = Object.keys(relevant)
+    .filter((name) => !(name in ENVIRONMENT_SCHEMA.shape) && !name.startsWith('KEYHOLE_TEST_'))
+    .map((name) => `${name}: not a keyhole setting (misspelt?)`);
   const parsed = ENVIRONMENT_SCHEMA.safeParse(relevant);
-  if (!parsed.success) {
-    throw new ConfigurationError(describeIssues(parsed.error));
+  if (!parsed.success || unknown.length > 0) {
+    throw new ConfigurationError([...unknown, ...(parsed.success ? [] : describeIssues(parsed.error))]);
   }
   const env = parsed.data;
   const problems: string[] = [];
+  if (env.KEYHOLE_PROXY_SESSION_STALE_MS < 2 * env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS) {
+    problems.push('KEYHOLE_PROXY_SESSION_STALE_MS: must be at least twice KEYHOLE_PROXY_SESSION_HEARTBEAT_MS');
+  }
   if (env.KEYHOLE_TOKEN_TTL_SECONDS > env.KEYHOLE_TOKEN_MAX_TTL_SECONDS) {
     problems.push('KEYHOLE_TOKEN_TTL_SECONDS: must not exceed KEYHOLE_TOKEN_MAX_TTL_SECONDS');
   }
@@ -87,6 +132,26 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
       maxTtlSeconds: env.KEYHOLE_TOKEN_MAX_TTL_SECONDS,
       purgeBatchSize: env.KEYHOLE_PURGE_BATCH_SIZE,
     },
+    proxy: {
+      cellName: env.KEYHOLE_CELL_NAME,
+      cellDatabaseUrl: env.KEYHOLE_CELL_DATABASE_URL,
+      host: env.KEYHOLE_PROXY_HOST,
+      port: env.KEYHOLE_PROXY_PORT,
+      instance: env.KEYHOLE_PROXY_INSTANCE,
+      allowedOrigins: env.KEYHOLE_PROXY_ALLOWED_ORIGINS.map((origin) => origin.toLowerCase()),
+      consoleTypes: env.KEYHOLE_PROXY_CONSOLE_TYPES,
+      trustProxy: env.KEYHOLE_PROXY_TRUST_PROXY,
+      connectTimeoutMs: env.KEYHOLE_PROXY_CONNECT_TIMEOUT_MS,
+      heartbeatIntervalMs: env.KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS,
+      idleTimeoutMs: env.KEYHOLE_PROXY_IDLE_TIMEOUT_MS,
+      maxSessionMs: env.KEYHOLE_PROXY_MAX_SESSION_MS,
+      maxFrameBytes: env.KEYHOLE_PROXY_MAX_FRAME_BYTES,
+      enforceTokenExpiry: env.KEYHOLE_PROXY_ENFORCE_TOKEN_EXPIRY,
+      drainGraceMs: env.KEYHOLE_PROXY_DRAIN_GRACE_MS,
+      sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
+      sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
+      spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
+    },
     credentials: {
       cacheTtlMs: env.KEYHOLE_CREDENTIAL_CACHE_TTL_MS,
       argon2: {
@@ -96,6 +161,15 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
       },
     },
   };
+}
+
+/** The proxy's cell and its database, or a clear error naming what is missing. */
+export function requireProxyCell(config: KeyholeConfig): { cellName: string; cellDatabaseUrl: string } {
+  const problems: string[] = [];
+  if (!config.proxy.cellName) problems.push('KEYHOLE_CELL_NAME: required (the cell this proxy serves)');
+  if (!config.proxy.cellDatabaseUrl) problems.push("KEYHOLE_CELL_DATABASE_URL: required (that cell's database URL)");
+  if (problems.length > 0) throw new ConfigurationError(problems);
+  return { cellName: config.proxy.cellName as string, cellDatabaseUrl: config.proxy.cellDatabaseUrl as string };
 }
 
 /** The control database URL, or a clear error for commands that cannot work without it. */

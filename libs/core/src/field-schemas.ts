@@ -20,7 +20,7 @@ export const consoleHostSchema = z
   .max(255)
   .refine((value) => isIP(value) !== 0 || HOSTNAME.test(value), 'must be a hostname or an IP address');
 
-export const portSchema = z.int('must be an integer').min(1).max(65535);
+export const portSchema = z.int('must be an integer').min(1, 'must be between 1 and 65535').max(65535, 'must be between 1 and 65535');
 
 export const postgresUrlSchema = z
   .string()

@@ -126,7 +126,7 @@ export function buildAccessUrl(consoleType: string, base: string | null, token: 
   }
   const url = new URL(base);
   // noVNC (>= 1.1) opens its websocket at `path`; the proxy accepts any path and reads `token`.
-  const existingPath = url.searchParams.get('path');
-  url.searchParams.set('path', `${existingPath ?? 'websockify'}?token=${token}`);
+  const existingPath = url.searchParams.get('path') ?? 'websockify';
+  url.searchParams.set('path', `${existingPath}${existingPath.includes('?') ? '&' : '?'}token=${token}`);
   return url.toString();
 }

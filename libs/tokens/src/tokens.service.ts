@@ -56,7 +56,7 @@ export class TokensService {
     const ttlSeconds = input.ttlSeconds ?? this.config.tokens.defaultTtlSeconds;
     if (ttlSeconds > this.config.tokens.maxTtlSeconds) {
       throw new KeyholeError('INVALID_INPUT', `ttlSeconds must not exceed ${this.config.tokens.maxTtlSeconds}`, {
-        details: { fields: [{ field: 'ttlSeconds', message: `at most ${this.config.tokens.maxTtlSeconds}` }] },
+        details: { in: 'body', fields: [{ field: 'ttlSeconds', message: `at most ${this.config.tokens.maxTtlSeconds}` }] },
       });
     }
     const accessUrlBase = await this.cells.accessUrlBase(cellName, input.consoleType);

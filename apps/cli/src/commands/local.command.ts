@@ -24,12 +24,13 @@ export const localCommand: Command = {
     out(`  token API:       ${deployment.apiUrl}`);
     out(`  OpenAPI:         ${deployment.openApiUrl}`);
     out(`  databases:       ${deployment.controlDatabase} (control + ${LOCAL_CELLS.map((cell) => cell.name).join(', ')}), data in ${dataDir}`);
-    for (const cell of deployment.cells) out(`  ${cell.name} proxy URL:  ${cell.proxyUrl} (where its access URLs point)`);
+    for (const cell of deployment.cells) out(`  ${`${cell.name} proxy URL:`.padEnd(17)}${cell.proxyUrl} (where its access URLs point)`);
     out(`  log:             ${deployment.logFile}`);
+    out(`  CLI:             KEYHOLE_DATABASE_URL="$(cat ${deployment.controlUrlFile})" node bin/keyhole cells list`);
     out('');
     out('API keys (new at every start; the previous local keys are revoked):');
     out(`  operator (every cell):  ${deployment.operatorKey}`);
-    for (const [cell, key] of Object.entries(deployment.agentKeys)) out(`  agent ${cell}:           ${key}`);
+    for (const [cell, key] of Object.entries(deployment.agentKeys)) out(`  ${`agent ${cell}:`.padEnd(24)}${key}`);
     out('');
     out('Try it:');
     out(`  export KEYHOLE_AGENT_KEY=${deployment.agentKeys.cell1}`);

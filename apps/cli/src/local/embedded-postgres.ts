@@ -40,6 +40,10 @@ const LOG_TAIL_LINES = 40;
 
 const execFileAsync = promisify(execFile);
 
+// The library hooks process exit as soon as it is loaded (see detachLibraryExitHooks): undo that
+// at once, or every process that merely imports this module would exit 0 whatever its exit code.
+detachLibraryExitHooks();
+
 type EmbeddedPostgresConfig = NonNullable<ConstructorParameters<typeof EmbeddedPostgres>[0]>;
 
 interface OsUser {
@@ -60,7 +64,6 @@ interface OsUser {
  * @throws Error with the server's last log lines when initdb or start-up fails.
  */
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): Promise<EmbeddedPostgresHandle> {
-  detachLibraryExitHooks();
   const dataDir = path.resolve(options.dataDir);
   const passwordFile = `${dataDir}.password`;
   const progress = options.onProgress ?? (() => undefined);

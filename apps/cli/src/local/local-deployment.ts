@@ -1,6 +1,6 @@
 import { LoggerService } from '@nestjs/common';
 import { NestExpressApplication } from '@nestjs/platform-express';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { CellsService } from '@keyhole/cells';
@@ -38,6 +38,8 @@ export interface LocalDeployment {
   operatorKey: string;
   agentKeys: Record<string, string>;
   logFile: string;
+  /** File holding the control database URL (mode 0600), for the CLI: KEYHOLE_DATABASE_URL. */
+  controlUrlFile: string;
   stop: () => Promise<void>;
 }
 
@@ -70,6 +72,10 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
       cellUrl = (cell) => (postgres as EmbeddedPostgresHandle).urlFor(`keyhole_${cell}`);
     }
     await createDatabaseIfMissing(controlUrl);
+    // The embedded server's port and password change nothing for the API, but the CLI needs them.
+    const controlUrlFile = path.join(options.dataDir, 'control-url');
+    await writeFile(controlUrlFile, `${controlUrl}\n`, { mode: 0o600 });
+    await chmod(controlUrlFile, 0o600);
     const config = loadConfig({ ...options.environment, KEYHOLE_DATABASE_URL: controlUrl, KEYHOLE_API_HOST: '127.0.0.1', KEYHOLE_API_PORT: String(options.apiPort) });
     const logFile = path.join(options.dataDir, 'keyhole.log');
     const logger = new PinoNestLogger(
@@ -87,6 +93,7 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
       cells: LOCAL_CELLS.map((cell) => ({ name: cell.name, proxyUrl: localProxyUrl(cell.proxyPort) })),
       ...keys,
       logFile,
+      controlUrlFile,
       stop,
     };
   } catch (error) {
