@@ -1,14 +1,16 @@
 import { DataSource } from 'typeorm';
-import { ConsoleAuthTokenRepository } from '@keyhole/db';
+import { ConsoleAuthTokenRepository, ConsoleSessionRepository } from '@keyhole/db';
 
 /** One cell's database: its pool and the repositories over it. Every cell query goes through one. */
 export class CellDatabase {
   readonly tokens: ConsoleAuthTokenRepository;
+  readonly sessions: ConsoleSessionRepository;
 
   constructor(
     readonly name: string,
     readonly dataSource: DataSource,
   ) {
     this.tokens = new ConsoleAuthTokenRepository(name, dataSource);
+    this.sessions = new ConsoleSessionRepository(name, dataSource);
   }
 }

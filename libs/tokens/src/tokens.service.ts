@@ -3,7 +3,7 @@ import { CellDatabases } from '@keyhole/cells';
 import { CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, ConsoleType, KeyholeError, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
-import { postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
+import { ConsoleAuthTokenRepository, postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
 import { ConsoleAuthToken, CURRENT_OBJECT_VERSION } from './console-auth-token.object';
 import { invalidToken, tokenIdNotFound, tokenInUse } from './tokens.errors';
 import { MAX_PRESENTED_TOKEN_LENGTH, TOKEN_GENERATOR, TokenGenerator } from './token-generator';
@@ -94,10 +94,9 @@ export class TokensService {
    */
   async validate(cellName: string, token: string): Promise<ConsoleAuthToken> {
     const database = await this.databases.get(cellName);
-    if (!isPlausibleToken(token)) throw invalidToken();
-    const row = await database.tokens.findValidByHash(sha256Hex(token), nowSeconds(this.clock));
-    if (!row) throw invalidToken();
-    return ConsoleAuthToken.fromRow(cellName, row, token);
+    const found = await findValidToken(database.tokens, token, nowSeconds(this.clock));
+    if (!found) throw invalidToken();
+    return found;
   }
 
   /**
@@ -159,6 +158,21 @@ export class TokensService {
     this.logger.log({ cell: cellName, host: input.host, purged: total }, 'expired console tokens purged');
     return total;
   }
+}
+
+/**
+ * The one token check, shared by the API and the console proxy: one indexed lookup of sha256(token)
+ * with `expires > nowSeconds`. Null for unknown, expired, revoked and implausible tokens alike;
+ * implausible ones (empty, too long, not printable ASCII) never reach the database.
+ */
+export async function findValidToken(
+  tokens: ConsoleAuthTokenRepository,
+  token: string,
+  nowSeconds: number,
+): Promise<ConsoleAuthToken | null> {
+  if (!isPlausibleToken(token)) return null;
+  const row = await tokens.findValidByHash(sha256Hex(token), nowSeconds);
+  return row ? ConsoleAuthToken.fromRow(tokens.cellName, row, token) : null;
 }
 
 function isPlausibleToken(token: string): boolean {

@@ -1,5 +1,7 @@
 import { DataSource, Repository } from 'typeorm';
 import { ConsoleAuthTokenEntity } from './console-auth-token.entity';
+import { consoleEventPayloads } from './console-events';
+import { notify } from './console-session.repository';
 
 export type NewConsoleAuthTokenRow = Pick<
   ConsoleAuthTokenEntity,
@@ -27,7 +29,10 @@ export interface TokenListFilter {
 export class ConsoleAuthTokenRepository {
   private readonly rows: Repository<ConsoleAuthTokenEntity>;
 
-  constructor(readonly cellName: string, dataSource: DataSource) {
+  constructor(
+    readonly cellName: string,
+    private readonly dataSource: DataSource,
+  ) {
     this.rows = dataSource.getRepository(ConsoleAuthTokenEntity);
   }
 
@@ -63,20 +68,36 @@ export class ConsoleAuthTokenRepository {
     return query.getMany();
   }
 
-  /** Deletes one token whatever its expiry; returns whether it existed. */
+  /**
+   * Deletes one token whatever its expiry and, in the same transaction, tells every proxy of the
+   * cell to end the sessions that use it. Returns whether it existed.
+   */
   async deleteById(id: number): Promise<boolean> {
-    // TypeORM answers a DELETE with [rows, affected count].
-    const [, count] = await this.rows.manager.query<[unknown[], number]>('DELETE FROM console_auth_tokens WHERE id = $1', [id]);
-    return count > 0;
+    return (await this.deleteAndAnnounce('DELETE FROM console_auth_tokens WHERE id = $1 RETURNING id', [id])).length > 0;
   }
 
-  /** Deletes every token of an instance whatever its expiry; returns the deleted ids. */
-  async deleteAllByInstance(instanceUuid: string): Promise<number[]> {
-    const [rows] = await this.rows.manager.query<[{ id: string }[], number]>(
-      'DELETE FROM console_auth_tokens WHERE instance_uuid = $1 RETURNING id',
-      [instanceUuid],
-    );
-    return rows.map((row) => Number(row.id));
+  /** Deletes every token of an instance (any expiry), announcing it to the proxies; returns the ids. */
+  deleteAllByInstance(instanceUuid: string): Promise<number[]> {
+    return this.deleteAndAnnounce('DELETE FROM console_auth_tokens WHERE instance_uuid = $1 RETURNING id', [instanceUuid]);
+  }
+
+  /** Of these token ids, the ones that no longer have a row (revoked while a proxy was not listening). */
+  async findMissing(ids: number[]): Promise<number[]> {
+    if (ids.length === 0) return [];
+    const rows = await this.dataSource.query<{ id: string }[]>('SELECT id FROM console_auth_tokens WHERE id = ANY($1::bigint[])', [ids]);
+    const present = new Set(rows.map((row) => Number(row.id)));
+    return ids.filter((id) => !present.has(id));
+  }
+
+  private deleteAndAnnounce(sql: string, parameters: unknown[]): Promise<number[]> {
+    return this.dataSource.transaction(async (manager) => {
+      // TypeORM answers a DELETE with [rows, affected count].
+      const [rows] = await manager.query<[{ id: string }[], number]>(sql, parameters);
+      const ids = rows.map((row) => Number(row.id));
+      // Delivered at commit, so a proxy never ends a session for a revocation that rolled back.
+      if (ids.length > 0) await notify(manager, consoleEventPayloads({ kind: 'revoke', tokenIds: ids }));
+      return ids;
+    });
   }
 
   /**

@@ -1,0 +1,24 @@
+import { LoggerService } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { NestExpressApplication } from '@nestjs/platform-express';
+import { KeyholeConfig } from '@keyhole/config';
+import { ProxyAppModule } from './proxy-app.module';
+
+export function proxyApplicationOptions(logger: LoggerService) {
+  return { bodyParser: false, logger, abortOnError: false } as const;
+}
+
+/** Builds the console proxy of one cell as production runs it. The caller listens. */
+export async function createConsoleProxyApp(config: KeyholeConfig, logger: LoggerService): Promise<NestExpressApplication> {
+  const app = await NestFactory.create<NestExpressApplication>(ProxyAppModule.forRoot(config), proxyApplicationOptions(logger));
+  return configureConsoleProxyApp(app, config, logger);
+}
+
+/** HTTP configuration shared by production and tests that build the app from a testing module. */
+export function configureConsoleProxyApp(app: NestExpressApplication, config: KeyholeConfig, logger: LoggerService): NestExpressApplication {
+  app.useLogger(logger);
+  app.set('trust proxy', config.proxy.trustProxy);
+  app.disable('x-powered-by');
+  app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  return app;
+}

@@ -1,0 +1,19 @@
+import { DynamicModule, Module } from '@nestjs/common';
+import { ConfigModule, KeyholeConfig } from '@keyhole/config';
+import { CoreModule } from '@keyhole/core';
+import { OperationsController } from './operations.controller';
+import { ProxyRuntime } from './proxy-runtime';
+
+/** The console proxy of one cell: wiring only. */
+@Module({})
+export class ProxyAppModule {
+  static forRoot(config: KeyholeConfig): DynamicModule {
+    return {
+      module: ProxyAppModule,
+      imports: [ConfigModule.forRoot(config), CoreModule],
+      controllers: [OperationsController],
+      providers: [ProxyRuntime],
+      exports: [ProxyRuntime],
+    };
+  }
+}

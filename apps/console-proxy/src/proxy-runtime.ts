@@ -1,0 +1,76 @@
+import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
+import { hostname } from 'node:os';
+import type { Server } from 'node:http';
+import { CellDatabase } from '@keyhole/cells';
+import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
+import { CLOCK, Clock } from '@keyhole/core';
+import { createDataSource, redactDatabaseUrl } from '@keyhole/db';
+import { ConsoleProxy, ProxyMetrics } from '@keyhole/proxy';
+
+/**
+ * Owns the proxy's resources for the app's lifetime: the cell database pool, the metrics, the
+ * ConsoleProxy and its hook on the HTTP server's upgrades. On SIGTERM/SIGINT it stops accepting
+ * and drains live sessions for the configured grace period before the app closes.
+ */
+@Injectable()
+export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, OnApplicationShutdown {
+  private readonly logger = new Logger('ConsoleProxy');
+  readonly cellName: string;
+  readonly cell: CellDatabase;
+  readonly metrics: ProxyMetrics;
+  readonly proxy: ConsoleProxy;
+
+  constructor(
+    @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
+    @Inject(CLOCK) clock: Clock,
+    private readonly adapterHost: HttpAdapterHost,
+  ) {
+    const { cellName, cellDatabaseUrl } = requireProxyCell(config);
+    this.cellName = cellName;
+    this.cell = new CellDatabase(
+      cellName,
+      createDataSource('cell', {
+        url: cellDatabaseUrl,
+        poolSize: config.database.poolSize,
+        connectTimeoutMs: config.database.connectTimeoutMs,
+        statementTimeoutMs: config.database.statementTimeoutMs,
+        applicationName: `keyhole-proxy:${cellName}`,
+      }),
+    );
+    this.metrics = new ProxyMetrics(cellName);
+    this.proxy = new ConsoleProxy(
+      { cellName, cellDatabaseUrl, instance: config.proxy.instance ?? `${hostname()}:${process.pid}`, settings: config.proxy },
+      this.cell,
+      this.metrics,
+      clock,
+    );
+  }
+
+  async onModuleInit(): Promise<void> {
+    await this.cell.dataSource.initialize();
+    await this.proxy.start();
+    this.server().on('upgrade', this.proxy.handleUpgrade);
+    this.logger.log(
+      { cell: this.cellName, database: redactDatabaseUrl(this.config.proxy.cellDatabaseUrl ?? ''), consoleTypes: this.config.proxy.consoleTypes },
+      'console proxy ready',
+    );
+  }
+
+  async beforeApplicationShutdown(signal?: string): Promise<void> {
+    // Stop accepting connections; upgraded websockets are no longer the server's and live on.
+    this.server().close();
+    const graceMs = signal ? this.config.proxy.drainGraceMs : 0;
+    this.logger.log({ signal, liveSessions: this.proxy.liveSessions, graceMs }, 'draining console sessions');
+    await this.proxy.drain(graceMs);
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.proxy.stop();
+    if (this.cell.dataSource.isInitialized) await this.cell.dataSource.destroy();
+  }
+
+  private server(): Server {
+    return this.adapterHost.httpAdapter.getHttpServer() as Server;
+  }
+}

@@ -1,0 +1,96 @@
+import { Logger } from '@nestjs/common';
+import { Client, Notification } from 'pg';
+import { CONSOLE_EVENTS_CHANNEL, ConsoleEvent, parseConsoleEvent } from '@keyhole/db';
+
+export interface ConsoleEventsHandler {
+  onEvent(event: ConsoleEvent): void;
+  /** Called after every (re)connection: catch up with what happened while not listening. */
+  reconcile(): Promise<void>;
+}
+
+const RECONNECT_MIN_MS = 250;
+const RECONNECT_MAX_MS = 10_000;
+
+/**
+ * One dedicated connection per proxy that LISTENs on the cell's console events channel, so a
+ * revocation or an operator's kick reaches every replica at once (no polling per session). When
+ * the connection drops it reconnects with backoff and reconciles, since notifications sent
+ * meanwhile are lost.
+ */
+export class ConsoleEventsListener {
+  private readonly logger = new Logger(ConsoleEventsListener.name);
+  private client: Client | undefined;
+  private stopped = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private delayMs = RECONNECT_MIN_MS;
+  listening = false;
+
+  constructor(
+    private readonly databaseUrl: string,
+    private readonly applicationName: string,
+    private readonly handler: ConsoleEventsHandler,
+  ) {}
+
+  /** Connects and starts listening; resolves once listening (or rejects on the first failure). */
+  async start(): Promise<void> {
+    await this.connect();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    const client = this.client;
+    this.client = undefined;
+    this.listening = false;
+    await client?.end().catch(() => undefined);
+  }
+
+  private async connect(): Promise<void> {
+    const client = new Client({ connectionString: this.databaseUrl, application_name: this.applicationName, keepAlive: true });
+    client.on('notification', (message: Notification) => this.onNotification(message));
+    client.on('error', (error) => this.onLost(client, error));
+    client.on('end', () => this.onLost(client));
+    await client.connect();
+    await client.query(`LISTEN ${CONSOLE_EVENTS_CHANNEL}`);
+    if (this.stopped) {
+      await client.end();
+      return;
+    }
+    this.client = client;
+    this.listening = true;
+    this.delayMs = RECONNECT_MIN_MS;
+    await this.handler.reconcile().catch((error: unknown) => this.logger.warn({ err: error }, 'could not reconcile live sessions'));
+  }
+
+  private onNotification(message: Notification): void {
+    if (message.channel !== CONSOLE_EVENTS_CHANNEL) return;
+    const event = parseConsoleEvent(message.payload);
+    if (!event) {
+      this.logger.warn({ channel: message.channel }, 'ignored a malformed console event');
+      return;
+    }
+    this.handler.onEvent(event);
+  }
+
+  private onLost(client: Client, error?: Error): void {
+    if (client !== this.client || this.stopped) return;
+    this.client = undefined;
+    this.listening = false;
+    this.logger.warn({ err: error }, 'console events connection lost; reconnecting');
+    client.end().catch(() => undefined);
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopped) return;
+    const delay = this.delayMs;
+    this.delayMs = Math.min(this.delayMs * 2, RECONNECT_MAX_MS);
+    this.retryTimer = setTimeout(() => {
+      this.connect().catch((error: unknown) => {
+        this.logger.warn({ err: error, retryInMs: this.delayMs }, 'console events connection failed');
+        this.scheduleReconnect();
+      });
+    }, delay);
+    this.retryTimer.unref();
+  }
+}

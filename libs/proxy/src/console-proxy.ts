@@ -1,0 +1,320 @@
+import { Logger } from '@nestjs/common';
+import { randomUUID } from 'node:crypto';
+import { IncomingMessage, STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocket, WebSocketServer } from 'ws';
+import type { CellDatabase } from '@keyhole/cells';
+import type { KeyholeConfig } from '@keyhole/config';
+import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
+import type { ConsoleEvent } from '@keyhole/db';
+import { ConsoleAuthToken, findValidToken } from '@keyhole/tokens';
+import { connectUpstream, UpstreamError } from '@keyhole/upstream';
+import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
+import { ConsoleEventsListener } from './console-events.listener';
+import { checkOrigin, extractToken } from './handshake-rules';
+import type { LiveSession } from './live-session';
+import { ConnectResult, ProxyMetrics } from './proxy.metrics';
+import { SessionRegistry } from './session-registry';
+
+/** Console types whose console serves one client at a time (Nova bug 1425640). */
+const EXCLUSIVE_CONSOLE_TYPES = new Set(['serial']);
+
+/** Backpressure thresholds of each session's console-to-browser direction. */
+const HIGH_WATER_MARK_BYTES = 256 * 1024;
+const LOW_WATER_MARK_BYTES = 64 * 1024;
+
+export interface ConsoleProxyOptions {
+  cellName: string;
+  cellDatabaseUrl: string;
+  /** This replica's name in session records. */
+  instance: string;
+  settings: KeyholeConfig['proxy'];
+}
+
+/**
+ * The console proxy of one cell. It authenticates each websocket upgrade before accepting it
+ * (token 401, console type 404, origin 403, busy exclusive console 409, database unreachable 503:
+ * fail closed), then pipes the browser to the console. Live sessions end on revocation (on every
+ * replica, through the cell's NOTIFY channel), on operator request, on limits, and on drain.
+ */
+export class ConsoleProxy {
+  private readonly logger = new Logger(ConsoleProxy.name);
+  private readonly wss: WebSocketServer;
+  readonly registry: SessionRegistry;
+  private readonly events: ConsoleEventsListener;
+  private draining = false;
+
+  constructor(
+    private readonly options: ConsoleProxyOptions,
+    private readonly cell: CellDatabase,
+    private readonly metrics: ProxyMetrics,
+    private readonly clock: Clock,
+  ) {
+    const settings = options.settings;
+    this.wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      perMessageDeflate: false,
+      maxPayload: settings.maxFrameBytes,
+      // Console bytes are binary; text frames are passed on as bytes too, unchecked.
+      skipUTF8Validation: true,
+      // noVNC and websockify clients offer `binary`; answer it when offered, accept none too.
+      handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
+    });
+    this.registry = new SessionRegistry(
+      {
+        heartbeatIntervalMs: settings.heartbeatIntervalMs,
+        idleTimeoutMs: settings.idleTimeoutMs,
+        maxSessionMs: settings.maxSessionMs,
+        enforceTokenExpiry: settings.enforceTokenExpiry,
+        sessionHeartbeatMs: settings.sessionHeartbeatMs,
+      },
+      cell.sessions,
+      () => clock.nowMs(),
+    );
+    this.events = new ConsoleEventsListener(options.cellDatabaseUrl, `keyhole-proxy:${options.cellName}:events`, {
+      onEvent: (event) => this.onConsoleEvent(event),
+      reconcile: () => this.reconcile(),
+    });
+  }
+
+  async start(): Promise<void> {
+    this.registry.start();
+    await this.events.start();
+  }
+
+  /** Whether this replica can serve: listening for revocations and not draining. */
+  get ready(): boolean {
+    return this.events.listening && !this.draining;
+  }
+
+  get liveSessions(): number {
+    return this.registry.size;
+  }
+
+  /**
+   * Stops accepting (new upgrades get 503), lets live sessions run for `graceMs`, then closes
+   * the rest with 1001. Resolves when every session has ended.
+   */
+  async drain(graceMs: number): Promise<void> {
+    this.draining = true;
+    const deadline = this.clock.nowMs() + graceMs;
+    while (this.registry.size > 0 && this.clock.nowMs() < deadline) await delay(Math.min(250, graceMs));
+    this.registry.closeAll('proxy shutdown');
+    const closeDeadline = Date.now() + 5_000;
+    while (this.registry.size > 0 && Date.now() < closeDeadline) await delay(25);
+  }
+
+  async stop(): Promise<void> {
+    this.draining = true;
+    this.registry.closeAll('proxy shutdown');
+    this.registry.stop();
+    await this.events.stop();
+  }
+
+  /** The http server's 'upgrade' listener. Never throws; every path answers or closes the socket. */
+  readonly handleUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    // Errors on a socket we are about to refuse are not the proxy's problem, but must be handled.
+    socket.on('error', ignore);
+    this.upgrade(request, socket, head).catch((error: unknown) => {
+      this.logger.error({ err: error }, 'websocket upgrade failed');
+      this.refuse(socket, 500, 'internal error', 'unavailable');
+    });
+  };
+
+  private async upgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const startedAt = process.hrtime.bigint();
+    if (this.draining) return this.refuse(socket, 503, 'proxy is shutting down', 'draining');
+    const presented = extractToken(request.url ?? '/', request.headers.cookie);
+    if (!presented) return this.refuse(socket, 401, 'a console token is required', 'no_token');
+
+    let token: ConsoleAuthToken | null;
+    try {
+      token = await findValidToken(this.cell.tokens, presented, nowSeconds(this.clock));
+    } catch (error) {
+      // Fail closed: if the cell database cannot be asked, no one gets in.
+      this.logger.error({ err: error, fingerprint: fingerprintOfHash(sha256Hex(presented)) }, 'token lookup failed');
+      return this.refuse(socket, 503, 'console authorization is unavailable', 'unavailable');
+    }
+    if (!token) {
+      this.logger.log({ fingerprint: fingerprintOfHash(sha256Hex(presented)), client: this.clientAddress(request) }, 'refused an invalid or expired token');
+      return this.refuse(socket, 401, 'invalid or expired token', 'invalid_token');
+    }
+    const row = token.row;
+    if (!(this.options.settings.consoleTypes as string[]).includes(row.consoleType)) {
+      return this.refuse(socket, 404, `this proxy does not serve ${row.consoleType} consoles`, 'wrong_console_type');
+    }
+    const origin = checkOrigin({
+      origin: header(request, 'origin'),
+      host: header(request, 'host'),
+      forwardedProto: header(request, 'x-forwarded-proto'),
+      allowedOrigins: this.options.settings.allowedOrigins,
+      accessUrlBase: row.accessUrlBase,
+    });
+    if (!origin.allowed) {
+      this.logger.log({ fingerprint: token.fingerprint, reason: origin.reason }, 'refused a websocket origin');
+      return this.refuse(socket, 403, origin.reason, 'forbidden_origin');
+    }
+
+    const sessionRow = {
+      id: randomUUID(),
+      tokenId: row.id,
+      tokenSource: 'database' as const,
+      tokenFingerprint: token.fingerprint,
+      instanceUuid: row.instanceUuid,
+      consoleType: row.consoleType,
+      host: row.host,
+      port: row.port,
+      proxyInstance: this.options.instance,
+      clientAddress: this.clientAddress(request),
+    };
+    let recorded: Promise<void>;
+    if (EXCLUSIVE_CONSOLE_TYPES.has(row.consoleType)) {
+      let holder: string | null;
+      try {
+        holder = await this.cell.sessions.insertExclusive(sessionRow, this.options.settings.sessionStaleMs);
+      } catch (error) {
+        this.logger.error({ err: error, fingerprint: token.fingerprint }, 'could not reserve the console');
+        return this.refuse(socket, 503, 'console authorization is unavailable', 'unavailable');
+      }
+      if (holder !== null) {
+        this.logger.log({ fingerprint: token.fingerprint, heldBy: holder }, 'refused: console in use');
+        return this.refuse(socket, 409, `console busy: another session (${holder}) is connected to this ${row.consoleType} port`, 'console_busy');
+      }
+      recorded = Promise.resolve();
+    } else {
+      // Not on the connect path: the row is written while the console connects.
+      recorded = this.cell.sessions.insert(sessionRow).catch((error: unknown) => {
+        this.logger.warn({ err: error, sessionId: sessionRow.id }, 'could not record the session');
+      });
+    }
+
+    const upstream = connectUpstream({ host: row.host, port: row.port, internalAccessPath: row.internalAccessPath }, this.options.settings.connectTimeoutMs);
+    // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
+    upstream.catch(ignore);
+    this.wss.handleUpgrade(request, socket, head, (ws) => {
+      this.attach(ws, upstream, { ...sessionRow, expires: row.expires, recorded }, startedAt).catch((error: unknown) => {
+        this.logger.error({ err: error, sessionId: sessionRow.id }, 'session setup failed');
+        ws.terminate();
+      });
+    });
+  }
+
+  private async attach(
+    ws: WebSocket,
+    upstreamPromise: ReturnType<typeof connectUpstream>,
+    session: Omit<LiveSession, 'bridge'>,
+    startedAt: bigint,
+  ): Promise<void> {
+    let upstream;
+    try {
+      upstream = await upstreamPromise;
+    } catch (error) {
+      const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
+      this.metrics.connects.inc({ result: 'upstream_failed' });
+      this.logger.warn({ sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason }, 'console unreachable');
+      ws.close(CLOSE_CODES['console unreachable'], `console unreachable: ${reason}`);
+      this.recordEnd(session, 'console unreachable', { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: this.clock.nowMs(), endedAtMs: this.clock.nowMs() });
+      return;
+    }
+    if (ws.readyState !== WebSocket.OPEN || this.draining) {
+      upstream.destroy();
+      const reason: CloseReason = this.draining ? 'proxy shutdown' : 'client closed';
+      if (ws.readyState === WebSocket.OPEN) ws.close(CLOSE_CODES[reason], reason);
+      this.recordEnd(session, reason, { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: this.clock.nowMs(), endedAtMs: this.clock.nowMs() });
+      return;
+    }
+    const live: LiveSession = {
+      ...session,
+      bridge: new ConsoleBridge(ws, upstream, {
+        highWaterMarkBytes: HIGH_WATER_MARK_BYTES,
+        lowWaterMarkBytes: LOW_WATER_MARK_BYTES,
+        nowMs: () => this.clock.nowMs(),
+        onEnd: (reason, stats) => {
+          this.registry.remove(live);
+          this.metrics.sessionsLive.dec();
+          this.metrics.bytes.inc({ direction: 'to_client' }, stats.bytesToClient);
+          this.metrics.bytes.inc({ direction: 'to_console' }, stats.bytesToUpstream);
+          this.recordEnd(live, reason, stats);
+        },
+      }),
+    };
+    this.registry.add(live);
+    this.metrics.sessionsLive.inc();
+    this.metrics.connects.inc({ result: 'accepted' });
+    this.metrics.connectSeconds.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
+    live.bridge.start();
+  }
+
+  private recordEnd(session: Omit<LiveSession, 'bridge'>, reason: CloseReason, stats: BridgeStats): void {
+    this.metrics.sessionsEnded.inc({ reason: reason.replace(/ /g, '_') });
+    this.logger.log(
+      {
+        sessionId: session.id,
+        fingerprint: session.tokenFingerprint,
+        instance: session.instanceUuid,
+        consoleType: session.consoleType,
+        bytesToClient: stats.bytesToClient,
+        bytesToConsole: stats.bytesToUpstream,
+        durationMs: stats.endedAtMs - stats.startedAtMs,
+        reason,
+      },
+      'console session ended',
+    );
+    const counters = { id: session.id, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream };
+    session.recorded
+      .then(() => this.cell.sessions.end(counters, reason))
+      .catch((error: unknown) => this.logger.warn({ err: error, sessionId: session.id }, 'could not record the end of a session'));
+  }
+
+  private onConsoleEvent(event: ConsoleEvent): void {
+    if (event.kind === 'revoke') {
+      const closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
+      if (closed > 0) this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');
+    } else {
+      this.registry.closeBySessionIds(event.sessionIds, 'ended by operator');
+    }
+  }
+
+  /** After (re)connecting to the events channel: end sessions whose token or row went meanwhile. */
+  private async reconcile(): Promise<void> {
+    const missing = await this.cell.tokens.findMissing(this.registry.liveTokenIds());
+    if (missing.length > 0) this.registry.closeByTokenIds(missing, 'token revoked');
+    const ended = await this.cell.sessions.findEnded(this.registry.all().map((session) => session.id));
+    if (ended.length > 0) this.registry.closeBySessionIds(ended, 'ended by operator');
+  }
+
+  private refuse(socket: Duplex, status: number, message: string, result: ConnectResult): void {
+    this.metrics.connects.inc({ result });
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const body = `${message}\n`;
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n` +
+        'Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n' +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+    socket.once('finish', () => socket.destroy());
+  }
+
+  private clientAddress(request: IncomingMessage): string | null {
+    if (this.options.settings.trustProxy) {
+      const forwarded = header(request, 'x-forwarded-for')?.split(',')[0]?.trim();
+      if (forwarded) return forwarded.slice(0, 64);
+    }
+    return request.socket.remoteAddress ?? null;
+  }
+}
+
+function header(request: IncomingMessage, name: string): string | undefined {
+  const value = request.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function ignore(): void {}

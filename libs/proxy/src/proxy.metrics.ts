@@ -1,0 +1,56 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Results of a websocket connect attempt; the only label values of the connects counter. */
+export type ConnectResult =
+  | 'accepted'
+  | 'no_token'
+  | 'invalid_token'
+  | 'wrong_console_type'
+  | 'forbidden_origin'
+  | 'console_busy'
+  | 'unavailable'
+  | 'draining'
+  | 'upstream_failed';
+
+/**
+ * The proxy's Prometheus metrics, in a registry of its own (tests run several proxies in one
+ * process). Labels are fixed small sets: never a token, fingerprint, instance or address.
+ */
+export class ProxyMetrics {
+  readonly registry = new Registry();
+  readonly sessionsLive: Gauge;
+  readonly connects: Counter<'result'>;
+  readonly bytes: Counter<'direction'>;
+  readonly connectSeconds: Histogram;
+  readonly sessionsEnded: Counter<'reason'>;
+
+  constructor(cellName: string) {
+    this.registry.setDefaultLabels({ cell: cellName });
+    collectDefaultMetrics({ register: this.registry, prefix: 'keyhole_proxy_process_' });
+    this.sessionsLive = new Gauge({ name: 'keyhole_proxy_sessions_live', help: 'Console sessions open now', registers: [this.registry] });
+    this.connects = new Counter({
+      name: 'keyhole_proxy_connects_total',
+      help: 'Websocket connect attempts by result',
+      labelNames: ['result'],
+      registers: [this.registry],
+    });
+    this.bytes = new Counter({
+      name: 'keyhole_proxy_bytes_total',
+      help: 'Bytes proxied, by direction (to_client, to_console)',
+      labelNames: ['direction'],
+      registers: [this.registry],
+    });
+    this.connectSeconds = new Histogram({
+      name: 'keyhole_proxy_connect_seconds',
+      help: 'From the upgrade request to a connected console',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [this.registry],
+    });
+    this.sessionsEnded = new Counter({
+      name: 'keyhole_proxy_sessions_ended_total',
+      help: 'Console sessions ended, by close reason',
+      labelNames: ['reason'],
+      registers: [this.registry],
+    });
+  }
+}

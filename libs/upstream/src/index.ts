@@ -1,0 +1,2 @@
+export * from './upstream.errors';
+export * from './upstream-connector';

@@ -1,0 +1,93 @@
+import { connect, Socket } from 'node:net';
+import { UpstreamError } from './upstream.errors';
+
+export interface UpstreamTarget {
+  host: string;
+  port: number;
+  /** When set, an HTTP CONNECT for this path is sent first (Nova's internal_access_path). */
+  internalAccessPath: string | null;
+}
+
+/** Bound on the CONNECT response head; a longer one is refused rather than buffered. */
+const MAX_CONNECT_RESPONSE_BYTES = 4096;
+
+/**
+ * Opens the console's TCP stream: connect with a timeout and Nagle off (console traffic is small
+ * interactive writes), then, for an internal access path, `CONNECT <path> HTTP/1.1` and proceed
+ * only on status 200. Exactly the response head is consumed: bytes the console sent after it
+ * (an RFB banner in the same segment) are put back for the caller (Nova bug 1695844).
+ */
+export async function connectUpstream(target: UpstreamTarget, timeoutMs: number): Promise<Socket> {
+  const socket = await openSocket(target, timeoutMs);
+  if (target.internalAccessPath === null) return socket;
+  try {
+    // Rows Nova wrote are not validated by our API: never let a path split the request line.
+    if (!/^[\x21-\x7e]{1,1024}$/.test(target.internalAccessPath)) {
+      throw new UpstreamError('CONNECT malformed', 'internal access path is not a printable token');
+    }
+    await sendConnect(socket, target.internalAccessPath, timeoutMs);
+    return socket;
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  }
+}
+
+function openSocket(target: UpstreamTarget, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: target.host, port: target.port, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new UpstreamError('connect timeout', `no connection to the console within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      socket.destroy();
+      const refused = error.code === 'ECONNREFUSED';
+      reject(new UpstreamError(refused ? 'connect refused' : 'connect failed', `console connection failed (${error.code ?? 'error'})`, { cause: error }));
+    });
+  });
+}
+
+function sendConnect(socket: Socket, path: string, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let received = Buffer.alloc(0);
+    const finish = (error?: UpstreamError) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('end', onEnd);
+      if (error) reject(error);
+      else resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      const headEnd = received.indexOf('\r\n\r\n');
+      if (headEnd === -1) {
+        if (received.length > MAX_CONNECT_RESPONSE_BYTES) finish(new UpstreamError('CONNECT malformed', 'CONNECT response head too long'));
+        return;
+      }
+      socket.pause();
+      const statusLine = received.subarray(0, received.indexOf('\r\n')).toString('latin1');
+      const rest = received.subarray(headEnd + 4);
+      if (!/^HTTP\/1\.[01] 200(\s|$)/.test(statusLine)) {
+        finish(new UpstreamError('CONNECT refused', `CONNECT was answered with "${statusLine.slice(0, 64)}"`));
+        return;
+      }
+      if (rest.length > 0) socket.unshift(rest);
+      finish();
+    };
+    const onError = (error: Error) => finish(new UpstreamError('connect failed', 'console connection failed during CONNECT', { cause: error }));
+    const onEnd = () => finish(new UpstreamError('CONNECT refused', 'console closed during CONNECT'));
+    const timer = setTimeout(() => finish(new UpstreamError('connect timeout', `no CONNECT answer within ${timeoutMs} ms`)), timeoutMs);
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('end', onEnd);
+    socket.write(`CONNECT ${path} HTTP/1.1\r\n\r\n`, 'latin1');
+  });
+}
