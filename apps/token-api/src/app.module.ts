@@ -13,6 +13,7 @@ import { CredentialsController } from './v1/credentials.controller';
 import { HealthController } from './v1/health.controller';
 import { OpenApiController } from './v1/openapi.controller';
 import { TokensController } from './v1/tokens.controller';
+import { SessionsController } from './v1/sessions.controller';
 
 /** The token API: wiring only; the rules live in the libs. */
 @Module({})
@@ -28,7 +29,7 @@ export class TokenApiModule {
         TokensModule,
         CredentialsModule,
       ],
-      controllers: [TokensController, CellsController, CredentialsController, HealthController, OpenApiController],
+      controllers: [TokensController, SessionsController, CellsController, CredentialsController, HealthController, OpenApiController],
       providers: [
         { provide: APP_GUARD, useClass: AuthGuard },
         { provide: APP_FILTER, useClass: ApiExceptionFilter },

@@ -3,3 +3,4 @@ export * from './token-generator';
 export * from './tokens.errors';
 export * from './tokens.service';
 export * from './tokens.module';
+export * from './sessions.service';

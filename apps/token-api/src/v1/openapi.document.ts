@@ -14,6 +14,10 @@ import {
   issueTokenBodySchema,
   issuedTokenSchema,
   listCredentialsQuerySchema,
+  listSessionsQuerySchema,
+  serialPortsSchema,
+  sessionIdSchema,
+  sessionSchema,
   listTokensQuerySchema,
   purgeBodySchema,
   registerCellBodySchema,
@@ -33,7 +37,7 @@ const errors = (...statuses: number[]): Record<number, ResponseConfig> => {
     400: 'INVALID_INPUT (naming the fields) or UNSUPPORTED_OBJECT_VERSION',
     401: 'UNAUTHENTICATED: missing, unknown, malformed or revoked API key (always the same answer)',
     403: 'FORBIDDEN: wrong role or another cell',
-    404: 'CELL_NOT_FOUND, TOKEN_NOT_FOUND or CREDENTIAL_NOT_FOUND',
+    404: 'CELL_NOT_FOUND, TOKEN_NOT_FOUND, CREDENTIAL_NOT_FOUND or SESSION_NOT_FOUND',
     409: 'CELL_EXISTS or TOKEN_IN_USE',
     413: 'PAYLOAD_TOO_LARGE',
     415: 'UNSUPPORTED_MEDIA_TYPE: bodies must be application/json',
@@ -128,6 +132,30 @@ export function buildOpenApiDocument(): object {
       200: json(introspectionSchema, 'The valid authorization'),
       ...errors(400, 401, 403, 404, 413, 415, 503),
     },
+  });
+  route({
+    method: 'get',
+    path: '/v1/cells/{cell}/sessions',
+    tags: ['sessions'],
+    summary: "A cell's console sessions, live ones by default (operators)",
+    request: { params: cellPath, query: listSessionsQuerySchema },
+    responses: { 200: json(z.object({ sessions: z.array(sessionSchema) }), 'Newest first'), ...errors(400, 401, 403, 404, 503) },
+  });
+  route({
+    method: 'delete',
+    path: '/v1/cells/{cell}/sessions/{id}',
+    tags: ['sessions'],
+    summary: 'End a live session: its proxy closes the websocket with 1008 within a second (operators)',
+    request: { params: cellPath.extend({ id: sessionIdSchema }) },
+    responses: { 204: { description: 'Ended' }, ...errors(400, 401, 403, 404, 503) },
+  });
+  route({
+    method: 'get',
+    path: '/v1/cells/{cell}/instances/{instanceUuid}/serial-ports',
+    tags: ['sessions'],
+    summary: "Which of an instance's serial ports (from its valid serial tokens) are free (agents of the cell, operators)",
+    request: { params: cellPath.extend({ instanceUuid: instanceUuidSchema }) },
+    responses: { 200: json(serialPortsSchema, 'One entry per host:port'), ...errors(400, 401, 403, 404, 503) },
   });
   route({
     method: 'post',

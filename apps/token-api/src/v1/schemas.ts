@@ -68,6 +68,21 @@ export const listTokensQuerySchema = z
   })
   .openapi('ListTokensQuery');
 
+export const listSessionsQuerySchema = z
+  .strictObject({
+    live: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
+    instanceUuid: instanceUuidSchema.optional(),
+    limit: z
+      .string()
+      .regex(/^[0-9]{1,4}$/, 'must be an integer')
+      .transform(Number)
+      .pipe(z.number().min(1).max(1000))
+      .optional(),
+  })
+  .openapi('ListSessionsQuery');
+
+export const sessionIdSchema = z.uuid('must be a session id (UUID)').transform((value) => value.toLowerCase());
+
 export const purgeBodySchema = z
   .strictObject({ host: consoleHostSchema.optional() })
   .openapi('PurgeTokensRequest');
@@ -169,6 +184,31 @@ export const introspectionSchema = z
     authorization: tokenSchema,
   })
   .openapi('TokenIntrospection');
+
+export const sessionSchema = z
+  .object({
+    id: z.string(),
+    tokenId: z.int().nullable(),
+    tokenSource: z.enum(['database', 'legacy']),
+    fingerprint: z.string(),
+    instanceUuid: z.string(),
+    consoleType: z.string(),
+    host: z.string(),
+    port: z.int(),
+    proxyInstance: z.string(),
+    clientAddress: z.string().nullable(),
+    startedAt: z.string(),
+    lastSeenAt: z.string(),
+    endedAt: z.string().nullable(),
+    closeReason: z.string().nullable(),
+    bytesToClient: z.int(),
+    bytesToConsole: z.int(),
+  })
+  .openapi('ConsoleSession');
+
+export const serialPortsSchema = z
+  .object({ ports: z.array(z.object({ host: z.string(), port: z.int(), free: z.boolean(), sessionId: z.string().nullable() })) })
+  .openapi('SerialPorts');
 
 export const cellSchema = z
   .object({

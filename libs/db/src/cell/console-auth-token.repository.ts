@@ -81,6 +81,15 @@ export class ConsoleAuthTokenRepository {
     return this.deleteAndAnnounce('DELETE FROM console_auth_tokens WHERE instance_uuid = $1 RETURNING id', [instanceUuid]);
   }
 
+  /** Distinct host:port targets of an instance's valid tokens of one console type. */
+  async listValidTargets(instanceUuid: string, consoleType: string, nowSeconds: number): Promise<{ host: string; port: number }[]> {
+    return this.dataSource.query<{ host: string; port: number }[]>(
+      `SELECT DISTINCT host, port FROM console_auth_tokens
+        WHERE instance_uuid = $1 AND console_type = $2 AND expires > $3 ORDER BY host, port`,
+      [instanceUuid, consoleType, nowSeconds],
+    );
+  }
+
   /** Of these token ids, the ones that no longer have a row (revoked while a proxy was not listening). */
   async findMissing(ids: number[]): Promise<number[]> {
     if (ids.length === 0) return [];
