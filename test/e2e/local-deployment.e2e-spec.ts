@@ -29,6 +29,7 @@ describe('local deployment (npm start)', () => {
     startLocalDeployment({
       dataDir,
       apiPort: 0,
+      proxyPorts: [0, 0],
       environment: { KEYHOLE_ARGON2_MEMORY_KIB: '64', KEYHOLE_ARGON2_TIME_COST: '1', KEYHOLE_LOG_LEVEL: 'debug' },
       onProgress: () => undefined,
     });
@@ -45,7 +46,9 @@ describe('local deployment (npm start)', () => {
       body: { instanceUuid: '0b6a3c52-1e0f-4a9d-8c7b-6d5e4f3a2b1c', consoleType: 'serial', host: '127.0.0.1', port: 10000 },
     });
     expect(issued.status).toBe(201);
-    expect(issued.body.accessUrl).toBe(`http://127.0.0.1:6082/serial.html?token=${issued.body.token}`);
+    const cell2 = deployment.cells.find((cell) => cell.name === 'cell2')!;
+    expect(issued.body.accessUrl).toBe(`${cell2.serialPage}?token=${issued.body.token}`);
+    expect((await call(cell2.proxyUrl, 'GET', '/readyz')).body).toMatchObject({ status: 'ready', cell: 'cell2' });
     const introspected = await call(deployment.apiUrl, 'POST', '/v1/tokens/introspect', {
       key: deployment.operatorKey,
       body: { token: issued.body.token },

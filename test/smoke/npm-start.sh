@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 : >"$out"
-env -u KEYHOLE_DATABASE_URL node dist/apps/cli/src/main.js local --data-dir "$workdir/local" --api-port 0 >"$out" 2>&1 &
+env -u KEYHOLE_DATABASE_URL node dist/apps/cli/src/main.js local --data-dir "$workdir/local" --api-port 0 --proxy-ports 0,0 >"$out" 2>&1 &
 pid=$!
 
 for _ in $(seq 1 120); do
@@ -44,6 +44,9 @@ status=$(curl -s -o "$workdir/ready.json" -w '%{http_code}' "$api/readyz")
 [ "$status" = 200 ] || { echo "readyz answered $status"; exit 1; }
 status=$(curl -s -o "$workdir/openapi.json" -w '%{http_code}' "$api/v1/openapi.json")
 [ "$status" = 200 ] || { echo "openapi answered $status"; exit 1; }
+proxy=$(awk '/cell1 proxy:/ {print $3}' "$out")
+status=$(curl -s -o /dev/null -w '%{http_code}' "$proxy/readyz")
+[ "$status" = 200 ] || { echo "cell1 proxy readyz answered $status"; exit 1; }
 
 status=$(curl -s -o "$workdir/token.json" -w '%{http_code}' -X POST "$api/v1/cells/cell1/tokens" \
   -H "Authorization: Bearer $agent" -H 'Content-Type: application/json' \

@@ -72,6 +72,12 @@ export class CellsService {
     await this.databases.close(name);
   }
 
+  /** Moves a cell's proxy: tokens issued from now on point at the new URL (existing ones keep theirs). */
+  async updateProxyUrl(name: string, proxyUrl: string): Promise<void> {
+    await this.getRow(name);
+    await this.control.cells.updateProxyUrl(name, proxyUrl);
+  }
+
   async list(): Promise<CellView[]> {
     return (await this.control.cells.listAll()).map(toView);
   }

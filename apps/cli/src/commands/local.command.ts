@@ -5,16 +5,25 @@ import { Command, parseFlags, validated } from './command';
 
 export const localCommand: Command = {
   name: 'local',
-  usage: 'keyhole local [--data-dir DIR] [--api-port PORT]',
-  summary: 'run a whole deployment on this machine (what `npm start` does): PostgreSQL, two cells, the token API',
+  usage: 'keyhole local [--data-dir DIR] [--api-port PORT] [--proxy-ports PORT1,PORT2]',
+  summary: 'run a whole deployment on this machine (what `npm start` does): PostgreSQL, two cells with a console proxy each, the token API',
   async run({ args, config, out }) {
-    const { values } = parseFlags(args, { 'data-dir': { type: 'string' }, 'api-port': { type: 'string' } });
+    const { values } = parseFlags(args, { 'data-dir': { type: 'string' }, 'api-port': { type: 'string' }, 'proxy-ports': { type: 'string' } });
     const dataDir = path.resolve(values['data-dir'] ?? path.join(process.cwd(), '.keyhole', 'local'));
     const apiPort = validated(z.coerce.number().int().min(0).max(65535), values['api-port'] ?? String(config.api.port), '--api-port');
+    const proxyPorts =
+      values['proxy-ports'] === undefined
+        ? undefined
+        : validated(
+            z.string().regex(/^\d{1,5},\d{1,5}$/, 'two ports, comma separated').transform((v) => v.split(',').map(Number)).pipe(z.array(z.number().max(65535))),
+            values['proxy-ports'],
+            '--proxy-ports',
+          );
     const deployment = await startLocalDeployment({
       dataDir,
       databaseUrl: config.database.controlUrl,
       apiPort,
+      proxyPorts,
       environment: process.env,
       onProgress: (line) => out(`  ${line}`),
     });
@@ -24,7 +33,9 @@ export const localCommand: Command = {
     out(`  token API:       ${deployment.apiUrl}`);
     out(`  OpenAPI:         ${deployment.openApiUrl}`);
     out(`  databases:       ${deployment.controlDatabase} (control + ${LOCAL_CELLS.map((cell) => cell.name).join(', ')}), data in ${dataDir}`);
-    for (const cell of deployment.cells) out(`  ${`${cell.name} proxy URL:`.padEnd(17)}${cell.proxyUrl} (where its access URLs point)`);
+    for (const cell of deployment.cells) {
+      out(`  ${`${cell.name} proxy:`.padEnd(17)}${cell.proxyUrl} (noVNC ${cell.novncPage}, serial ${cell.serialPage})`);
+    }
     out(`  log:             ${deployment.logFile}`);
     out(`  CLI:             KEYHOLE_DATABASE_URL="$(cat ${deployment.controlUrlFile})" node bin/keyhole cells list`);
     out('');

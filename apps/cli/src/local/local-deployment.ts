@@ -8,11 +8,12 @@ import { KeyholeConfig, loadConfig } from '@keyhole/config';
 import { CredentialsService } from '@keyhole/credentials';
 import { ControlDatabase, createDatabaseIfMissing, migrateDatabase } from '@keyhole/db';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
+import { createConsoleProxyApp } from '../../../console-proxy/src/bootstrap';
 import { createTokenApi } from '../../../token-api/src/bootstrap';
 import { openServices } from '../services';
 import { EmbeddedPostgresHandle, startEmbeddedPostgres } from './embedded-postgres';
 
-/** The cells of a local deployment and the port their console proxies are meant to listen on. */
+/** The cells of a local deployment and the default ports of their console proxies. */
 export const LOCAL_CELLS = [
   { name: 'cell1', proxyPort: 6081 },
   { name: 'cell2', proxyPort: 6082 },
@@ -25,6 +26,8 @@ export interface LocalDeploymentOptions {
   databaseUrl?: string;
   /** Token API port; 0 picks a free one. */
   apiPort: number;
+  /** Console proxy ports, one per local cell in LOCAL_CELLS order; 0 picks a free one. Default 6081, 6082. */
+  proxyPorts?: number[];
   /** Settings for the processes, as from the environment (KEYHOLE_*). */
   environment: NodeJS.ProcessEnv;
   onProgress: (line: string) => void;
@@ -34,7 +37,7 @@ export interface LocalDeployment {
   apiUrl: string;
   openApiUrl: string;
   controlDatabase: string;
-  cells: { name: string; proxyUrl: string }[];
+  cells: { name: string; proxyUrl: string; novncPage: string; serialPage: string }[];
   operatorKey: string;
   agentKeys: Record<string, string>;
   logFile: string;
@@ -52,9 +55,12 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
   await mkdir(options.dataDir, { recursive: true });
   let postgres: EmbeddedPostgresHandle | undefined;
   let api: NestExpressApplication | undefined;
+  const proxies: NestExpressApplication[] = [];
   const stop = async () => {
     await api?.close();
     api = undefined;
+    // Proxies drain nothing here: a local stop ends the consoles at once.
+    await Promise.all(proxies.splice(0).map((proxy) => proxy.close()));
     await postgres?.stop();
     postgres = undefined;
   };
@@ -82,6 +88,27 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
       createLogger({ level: config.log.level, name: 'keyhole-local', destination: createWriteStream(logFile, { flags: 'a' }) }),
     );
     const keys = await prepareDatabases(config, cellUrl, options.onProgress, logger);
+
+    // One console proxy per cell, each knowing only its own cell database, as in production.
+    const cells: LocalDeployment['cells'] = [];
+    for (const [index, cell] of LOCAL_CELLS.entries()) {
+      const proxyConfig = loadConfig({
+        ...options.environment,
+        KEYHOLE_DATABASE_URL: undefined,
+        KEYHOLE_CELL_NAME: cell.name,
+        KEYHOLE_CELL_DATABASE_URL: cellUrl(cell.name),
+        KEYHOLE_PROXY_HOST: '127.0.0.1',
+        KEYHOLE_PROXY_PORT: String(options.proxyPorts?.[index] ?? cell.proxyPort),
+      });
+      const proxy = await createConsoleProxyApp(proxyConfig, logger);
+      proxies.push(proxy);
+      await proxy.listen(proxyConfig.proxy.port, proxyConfig.proxy.host);
+      const { port } = proxy.getHttpServer().address() as { port: number };
+      const proxyUrl = localProxyUrl(port);
+      cells.push({ name: cell.name, proxyUrl, novncPage: `${proxyUrl}/vnc_lite.html`, serialPage: `${proxyUrl}/serial.html` });
+    }
+    await pointCellsAtProxies(config, cells, logger);
+
     api = await createTokenApi(config, logger);
     await api.listen(config.api.port, config.api.host);
     const { port } = api.getHttpServer().address() as { port: number };
@@ -90,7 +117,7 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
       apiUrl,
       openApiUrl: `${apiUrl}/v1/openapi.json`,
       controlDatabase: postgres ? 'embedded PostgreSQL' : 'KEYHOLE_DATABASE_URL',
-      cells: LOCAL_CELLS.map((cell) => ({ name: cell.name, proxyUrl: localProxyUrl(cell.proxyPort) })),
+      cells,
       ...keys,
       logFile,
       controlUrlFile,
@@ -104,6 +131,16 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
 
 function localProxyUrl(port: number): string {
   return `http://127.0.0.1:${port}`;
+}
+
+/** Records where each cell's proxy listens, so the access URLs the API issues point at it. */
+async function pointCellsAtProxies(config: KeyholeConfig, cells: { name: string; proxyUrl: string }[], logger: LoggerService): Promise<void> {
+  const services = await openServices(config, logger);
+  try {
+    for (const cell of cells) await services.get(CellsService).updateProxyUrl(cell.name, cell.proxyUrl);
+  } finally {
+    await services.close();
+  }
 }
 
 /** Migrates the control database, registers the local cells once, and issues fresh local keys. */

@@ -33,6 +33,15 @@ export class CellRepository {
       .execute();
   }
 
+  async updateProxyUrl(name: string, proxyUrl: string): Promise<void> {
+    await this.rows
+      .createQueryBuilder()
+      .update()
+      .set({ proxyUrl, updatedAt: () => 'now()' })
+      .where('name = :name', { name })
+      .execute();
+  }
+
   /** Returns whether the cell existed. */
   async deleteByName(name: string): Promise<boolean> {
     const result = await this.rows.delete({ name });
