@@ -9,9 +9,16 @@ export function proxyApplicationOptions(logger: LoggerService) {
 }
 
 /** Builds the console proxy of one cell as production runs it. The caller listens. */
-export async function createConsoleProxyApp(config: KeyholeConfig, logger: LoggerService): Promise<NestExpressApplication> {
+export async function createConsoleProxyApp(
+  config: KeyholeConfig,
+  logger: LoggerService,
+  options: { handleSignals: boolean } = { handleSignals: true },
+): Promise<NestExpressApplication> {
   const app = await NestFactory.create<NestExpressApplication>(ProxyAppModule.forRoot(config), proxyApplicationOptions(logger));
-  return configureConsoleProxyApp(app, config, logger);
+  configureConsoleProxyApp(app, config, logger);
+  // A process that hosts several apps (the local deployment) handles signals itself.
+  if (options.handleSignals) app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  return app;
 }
 
 /** HTTP configuration shared by production and tests that build the app from a testing module. */
@@ -19,6 +26,5 @@ export function configureConsoleProxyApp(app: NestExpressApplication, config: Ke
   app.useLogger(logger);
   app.set('trust proxy', config.proxy.trustProxy);
   app.disable('x-powered-by');
-  app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
   return app;
 }

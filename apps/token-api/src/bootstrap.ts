@@ -11,14 +11,21 @@ export function nestApplicationOptions(logger: LoggerService) {
 }
 
 /** Builds the token API as production runs it. The caller listens. */
-export async function createTokenApi(config: KeyholeConfig, logger: LoggerService): Promise<NestExpressApplication> {
+export async function createTokenApi(
+  config: KeyholeConfig,
+  logger: LoggerService,
+  options: { handleSignals: boolean } = { handleSignals: true },
+): Promise<NestExpressApplication> {
   const app = await NestFactory.create<NestExpressApplication>(TokenApiModule.forRoot(config), nestApplicationOptions(logger));
-  return configureTokenApi(app, config, logger);
+  configureTokenApi(app, config, logger);
+  // A process that hosts several apps (the local deployment) handles signals itself.
+  if (options.handleSignals) app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  return app;
 }
 
 /**
  * Everything the app needs besides its modules: JSON bodies up to the configured limit, proxy
- * trust, shutdown hooks. Tests that build the app from a testing module call this as well, so they
+ * trust. Tests that build the app from a testing module call this as well, so they
  * run the same HTTP stack as production.
  */
 export function configureTokenApi(app: NestExpressApplication, config: KeyholeConfig, logger: LoggerService): NestExpressApplication {
@@ -29,6 +36,5 @@ export function configureTokenApi(app: NestExpressApplication, config: KeyholeCo
   const requestContext = new RequestContextMiddleware();
   app.use(requestContext.use.bind(requestContext));
   app.useBodyParser('json', { limit: config.api.bodyLimitBytes, strict: true });
-  app.enableShutdownHooks();
   return app;
 }

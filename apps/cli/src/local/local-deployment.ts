@@ -100,7 +100,7 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
         KEYHOLE_PROXY_HOST: '127.0.0.1',
         KEYHOLE_PROXY_PORT: String(options.proxyPorts?.[index] ?? cell.proxyPort),
       });
-      const proxy = await createConsoleProxyApp(proxyConfig, logger);
+      const proxy = await createConsoleProxyApp(proxyConfig, logger, { handleSignals: false });
       proxies.push(proxy);
       await proxy.listen(proxyConfig.proxy.port, proxyConfig.proxy.host);
       const { port } = proxy.getHttpServer().address() as { port: number };
@@ -109,7 +109,7 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
     }
     await pointCellsAtProxies(config, cells, logger);
 
-    api = await createTokenApi(config, logger);
+    api = await createTokenApi(config, logger, { handleSignals: false });
     await api.listen(config.api.port, config.api.host);
     const { port } = api.getHttpServer().address() as { port: number };
     const apiUrl = `http://127.0.0.1:${port}`;
