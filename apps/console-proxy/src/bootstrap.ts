@@ -2,6 +2,7 @@ import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { KeyholeConfig } from '@keyhole/config';
+import { createWebClientsRouter } from '@keyhole/web-clients';
 import { ProxyAppModule } from './proxy-app.module';
 
 export function proxyApplicationOptions(logger: LoggerService) {
@@ -26,5 +27,8 @@ export function configureConsoleProxyApp(app: NestExpressApplication, config: Ke
   app.useLogger(logger);
   app.set('trust proxy', config.proxy.trustProxy);
   app.disable('x-powered-by');
+  // The browser clients (noVNC, serial terminal, SPICE) come from the proxy itself, so an access
+  // URL opens a console with nothing else installed.
+  app.use(createWebClientsRouter({ spiceHtml5Dir: config.proxy.spiceHtml5Dir }));
   return app;
 }

@@ -7,6 +7,7 @@ import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config
 import { CLOCK, Clock } from '@keyhole/core';
 import { createDataSource, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, ProxyMetrics } from '@keyhole/proxy';
+import { describeWebClients } from '@keyhole/web-clients';
 
 /**
  * Owns the proxy's resources for the app's lifetime: the cell database pool, the metrics, the
@@ -52,7 +53,12 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     await this.proxy.start();
     this.server().on('upgrade', this.proxy.handleUpgrade);
     this.logger.log(
-      { cell: this.cellName, database: redactDatabaseUrl(this.config.proxy.cellDatabaseUrl ?? ''), consoleTypes: this.config.proxy.consoleTypes },
+      {
+        cell: this.cellName,
+        database: redactDatabaseUrl(this.config.proxy.cellDatabaseUrl ?? ''),
+        consoleTypes: this.config.proxy.consoleTypes,
+        webClients: describeWebClients({ spiceHtml5Dir: this.config.proxy.spiceHtml5Dir }),
+      },
       'console proxy ready',
     );
   }

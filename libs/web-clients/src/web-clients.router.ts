@@ -1,0 +1,167 @@
+import { createHash } from 'node:crypto';
+import { readFileSync, type Stats } from 'node:fs';
+import { extname, join } from 'node:path';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import {
+  locateNovnc,
+  locateXterm,
+  locateXtermFitAddon,
+  resolveSpiceDirectory,
+  spiceVersion,
+} from './client-packages';
+import { SERIAL_CSS, SERIAL_HTML, SERIAL_JS } from './pages/serial.page';
+import { VNC_LITE_CSS, VNC_LITE_HTML, VNC_LITE_JS } from './pages/vnc-lite.page';
+import {
+  ASSET_CACHE_CONTROL,
+  isSafeRequestPath,
+  PAGE_CACHE_CONTROL,
+  PAGE_CSP,
+  setSecurityHeaders,
+  spicePageCsp,
+} from './security-headers';
+
+export interface WebClientsOptions {
+  /**
+   * Directory of the Debian spice-html5 package's files (default '/usr/share/spice-html5'), served
+   * at the root when it exists; null disables the SPICE pages.
+   */
+  spiceHtml5Dir?: string | null;
+}
+
+interface FixedFile {
+  body: Buffer;
+  contentType: string;
+  etag: string;
+}
+
+/** Paths of the noVNC page: Nova's current default (`vnc_lite.html`), its old one and the root. */
+const VNC_PAGE_PATHS = ['/vnc_lite.html', '/vnc.html', '/vnc_auto.html', '/'];
+
+const HTML = 'text/html; charset=utf-8';
+const JAVASCRIPT = 'text/javascript; charset=utf-8';
+const CSS = 'text/css; charset=utf-8';
+
+/**
+ * The web clients a console proxy serves over plain HTTP GET/HEAD:
+ * - noVNC: `/vnc_lite.html` (also `/`, `/vnc.html`, `/vnc_auto.html`), a page on the RFB library of
+ *   the `@novnc/novnc` package, served at `/core/` and `/vendor/`;
+ * - serial: `/serial.html`, an xterm.js terminal;
+ * - SPICE: the spice-html5 directory's files at the root (`/spice_auto.html`, ...), when present.
+ * Every response carries a Content-Security-Policy, nosniff, no-referrer and no framing; pages are
+ * `no-store` (their URL holds the token). Paths with `..`, encoded separators or a leading `//` are
+ * answered 404 before any lookup, and nothing redirects. Requests it does not serve (other paths,
+ * other methods) go on to the next handler. It logs nothing: the query string holds the token.
+ */
+export function createWebClientsRouter(options: WebClientsOptions = {}): Router {
+  const novnc = locateNovnc();
+  const xterm = locateXterm();
+  const fitAddon = locateXtermFitAddon();
+  const spiceDirectory = resolveSpiceDirectory(options.spiceHtml5Dir);
+
+  const pages = new Map<string, FixedFile>([
+    ...VNC_PAGE_PATHS.map((path): [string, FixedFile] => [path, fixedFile(VNC_LITE_HTML, HTML)]),
+    ['/serial.html', fixedFile(SERIAL_HTML, HTML)],
+  ]);
+  // A fixed map: nothing under /keyhole/ is looked up on disk by request path.
+  const assets = new Map<string, FixedFile>([
+    ['/keyhole/vnc-lite.js', fixedFile(VNC_LITE_JS, JAVASCRIPT)],
+    ['/keyhole/vnc-lite.css', fixedFile(VNC_LITE_CSS, CSS)],
+    ['/keyhole/serial.js', fixedFile(SERIAL_JS, JAVASCRIPT)],
+    ['/keyhole/serial.css', fixedFile(SERIAL_CSS, CSS)],
+    ['/keyhole/xterm.mjs', fixedFile(readFileSync(join(xterm.root, 'lib/xterm.mjs')), JAVASCRIPT)],
+    ['/keyhole/xterm.css', fixedFile(readFileSync(join(xterm.root, 'css/xterm.css')), CSS)],
+    ['/keyhole/addon-fit.mjs', fixedFile(readFileSync(join(fitAddon.root, 'lib/addon-fit.mjs')), JAVASCRIPT)],
+  ]);
+
+  const router = express.Router({ caseSensitive: true, strict: true });
+
+  router.use((request: Request, response: Response, next: NextFunction) => {
+    if (isSafeRequestPath(request.path)) {
+      next();
+      return;
+    }
+    // Answered here, before any file lookup or redirect; the path is not echoed.
+    setSecurityHeaders(response, PAGE_CSP, PAGE_CACHE_CONTROL);
+    response.status(404).type('text/plain').send('Not Found\n');
+  });
+
+  for (const [path, page] of pages) {
+    router.get(path, (_request, response) => sendFixedFile(response, page, PAGE_CACHE_CONTROL));
+  }
+  for (const [path, asset] of assets) {
+    router.get(path, (_request, response) => sendFixedFile(response, asset, ASSET_CACHE_CONTROL));
+  }
+
+  router.use('/core', staticFiles(join(novnc.root, 'core'), () => PAGE_CSP));
+  router.use('/vendor', staticFiles(join(novnc.root, 'vendor'), () => PAGE_CSP));
+
+  if (spiceDirectory !== null) {
+    const pageCsp = new SpicePageCsp();
+    router.use(staticFiles(spiceDirectory, (filePath, stat) => pageCsp.forFile(filePath, stat)));
+  }
+  return router;
+}
+
+/** What is served, for the proxy's README and startup log. */
+export function describeWebClients(options: WebClientsOptions = {}): Record<string, string | null> {
+  const spiceDirectory = resolveSpiceDirectory(options.spiceHtml5Dir);
+  return {
+    novnc: locateNovnc().version,
+    serial: `xterm ${locateXterm().version}`,
+    spice:
+      spiceDirectory === null
+        ? null
+        : `spice-html5 ${spiceVersion(spiceDirectory) ?? '(version unknown)'} from ${spiceDirectory}`,
+  };
+}
+
+function fixedFile(content: string | Buffer, contentType: string): FixedFile {
+  const body = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+  const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
+  return { body, contentType, etag };
+}
+
+function sendFixedFile(response: Response, file: FixedFile, cacheControl: string): void {
+  setSecurityHeaders(response, PAGE_CSP, cacheControl);
+  response.setHeader('Content-Type', file.contentType);
+  if (cacheControl !== PAGE_CACHE_CONTROL) response.setHeader('ETag', file.etag);
+  // res.send answers 304 itself when the request's If-None-Match matches the ETag.
+  response.send(file.body);
+}
+
+/**
+ * express.static, restricted: no directory index, no directory redirect (a redirect built from a
+ * `//host/..` path is an open redirect: Nova CVE-2021-3654), no dotfiles; misses fall through.
+ */
+function staticFiles(root: string, contentSecurityPolicy: (filePath: string, stat: Stats) => string) {
+  return express.static(root, {
+    index: false,
+    redirect: false,
+    dotfiles: 'ignore',
+    fallthrough: true,
+    setHeaders: (response: Response, filePath: string, stat: Stats) => {
+      const isPage = isHtml(filePath);
+      setSecurityHeaders(response, contentSecurityPolicy(filePath, stat), isPage ? PAGE_CACHE_CONTROL : ASSET_CACHE_CONTROL);
+    },
+  });
+}
+
+function isHtml(filePath: string): boolean {
+  const extension = extname(filePath).toLowerCase();
+  return extension === '.html' || extension === '.htm';
+}
+
+/** The CSP of each spice-html5 file: hashes for its HTML pages, cached until the file changes. */
+class SpicePageCsp {
+  private readonly cache = new Map<string, { key: string; csp: string }>();
+
+  forFile(filePath: string, stat: Stats): string {
+    if (!isHtml(filePath)) return PAGE_CSP;
+    const key = `${stat.mtimeMs}:${stat.size}`;
+    const cached = this.cache.get(filePath);
+    if (cached?.key === key) return cached.csp;
+    const csp = spicePageCsp(readFileSync(filePath, 'utf8'));
+    this.cache.set(filePath, { key, csp });
+    return csp;
+  }
+}
