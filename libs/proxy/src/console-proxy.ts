@@ -43,6 +43,8 @@ export class ConsoleProxy {
   readonly registry: SessionRegistry;
   private readonly events: ConsoleEventsListener;
   private draining = false;
+  /** Session-end writes not yet done; stop() waits for them before the pool closes. */
+  private readonly pendingWrites = new Set<Promise<unknown>>();
 
   constructor(
     private readonly options: ConsoleProxyOptions,
@@ -105,11 +107,16 @@ export class ConsoleProxy {
     while (this.registry.size > 0 && Date.now() < closeDeadline) await delay(25);
   }
 
+  /** Closes what is left and waits for every session record to be written. */
   async stop(): Promise<void> {
     this.draining = true;
     this.registry.closeAll('proxy shutdown');
     this.registry.stop();
     await this.events.stop();
+    const deadline = Date.now() + 5_000;
+    while ((this.registry.size > 0 || this.pendingWrites.size > 0) && Date.now() < deadline) {
+      await Promise.race([Promise.allSettled([...this.pendingWrites]), delay(25)]);
+    }
   }
 
   /** The http server's 'upgrade' listener. Never throws; every path answers or closes the socket. */
@@ -262,9 +269,11 @@ export class ConsoleProxy {
       'console session ended',
     );
     const counters = { id: session.id, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream };
-    session.recorded
+    const write = session.recorded
       .then(() => this.cell.sessions.end(counters, reason))
-      .catch((error: unknown) => this.logger.warn({ err: error, sessionId: session.id }, 'could not record the end of a session'));
+      .catch((error: unknown) => this.logger.warn({ err: error, sessionId: session.id }, 'could not record the end of a session'))
+      .finally(() => this.pendingWrites.delete(write));
+    this.pendingWrites.add(write);
   }
 
   private onConsoleEvent(event: ConsoleEvent): void {
