@@ -59,6 +59,17 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: integer(500, 600_000).default(5_000),
   KEYHOLE_PROXY_SESSION_STALE_MS: integer(1_000, 3_600_000).default(30_000),
   KEYHOLE_PROXY_SPICE_HTML5_DIR: z.string().default('/usr/share/spice-html5'),
+  KEYHOLE_LEGACY_REDIS_URL: z
+    .string()
+    .refine((value) => /^rediss?:\/\//.test(value), 'must be a redis:// or rediss:// URL')
+    .optional(),
+  KEYHOLE_LEGACY_FORMAT: z.enum(['nova', 'websockify']).default('nova'),
+  KEYHOLE_LEGACY_KEY_PREFIX: z.string().max(128).default(''),
+  KEYHOLE_LEGACY_TIMEOUT_MS: integer(10, 10_000).default(250),
+  KEYHOLE_LEGACY_FALLBACK: z.enum(['on', 'off']).optional(),
+  KEYHOLE_LEGACY_DUAL_WRITE: booleanFromEnv.default(false),
+  KEYHOLE_PURGE_INTERVAL_MS: integer(0, 86_400_000).default(300_000),
+  KEYHOLE_SESSION_RETENTION_MS: integer(0, 31_536_000_000).default(2_592_000_000),
 });
 
 export type Environment = z.input<typeof ENVIRONMENT_SCHEMA>;

@@ -70,6 +70,26 @@ export interface KeyholeConfig {
     /** Where Debian's spice-html5 package keeps its files. Default /usr/share/spice-html5. */
     spiceHtml5Dir: string;
   };
+  legacy: {
+    /** The legacy token store (redis:// or rediss:// for TLS; password in the URL). Unset = none. */
+    redisUrl: string | undefined;
+    /** Value format of the legacy store: Nova consoleauth's JSON or websockify TokenRedis. Default nova. */
+    format: 'nova' | 'websockify';
+    /** Prepended to every key (websockify's namespace, with its colon: `ns:`). Default empty. */
+    keyPrefix: string;
+    /** Longest wait for Redis on a connect; past it the legacy token is refused. Default 250. */
+    timeoutMs: number;
+    /** Forces the per-cell fallback flag (Nova's [workarounds] enable_consoleauth); unset = the flag decides. */
+    forcedFallback: boolean | undefined;
+    /** Also write newly issued tokens to the legacy store (plaintext there!) for old proxies. Default false. */
+    dualWrite: boolean;
+  };
+  purge: {
+    /** How often the token API purges every cell; 0 = never. Default 300000 (Nova's 300 s). */
+    intervalMs: number;
+    /** Ended sessions older than this are deleted by the purge. Default 30 days. */
+    sessionRetentionMs: number;
+  };
   credentials: {
     /** How long a verified API key is remembered, sparing argon2 on every request. Default 60000. */
     cacheTtlMs: number;
@@ -108,6 +128,12 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   const problems: string[] = [];
   if (env.KEYHOLE_PROXY_SESSION_STALE_MS < 2 * env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS) {
     problems.push('KEYHOLE_PROXY_SESSION_STALE_MS: must be at least twice KEYHOLE_PROXY_SESSION_HEARTBEAT_MS');
+  }
+  if (env.KEYHOLE_LEGACY_DUAL_WRITE && !env.KEYHOLE_LEGACY_REDIS_URL) {
+    problems.push('KEYHOLE_LEGACY_DUAL_WRITE: needs KEYHOLE_LEGACY_REDIS_URL');
+  }
+  if (env.KEYHOLE_LEGACY_FALLBACK === 'on' && !env.KEYHOLE_LEGACY_REDIS_URL) {
+    problems.push('KEYHOLE_LEGACY_FALLBACK: on needs KEYHOLE_LEGACY_REDIS_URL');
   }
   if (env.KEYHOLE_TOKEN_TTL_SECONDS > env.KEYHOLE_TOKEN_MAX_TTL_SECONDS) {
     problems.push('KEYHOLE_TOKEN_TTL_SECONDS: must not exceed KEYHOLE_TOKEN_MAX_TTL_SECONDS');
@@ -151,6 +177,18 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
       sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
       sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
       spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
+    },
+    legacy: {
+      redisUrl: env.KEYHOLE_LEGACY_REDIS_URL,
+      format: env.KEYHOLE_LEGACY_FORMAT,
+      keyPrefix: env.KEYHOLE_LEGACY_KEY_PREFIX,
+      timeoutMs: env.KEYHOLE_LEGACY_TIMEOUT_MS,
+      forcedFallback: env.KEYHOLE_LEGACY_FALLBACK === undefined ? undefined : env.KEYHOLE_LEGACY_FALLBACK === 'on',
+      dualWrite: env.KEYHOLE_LEGACY_DUAL_WRITE,
+    },
+    purge: {
+      intervalMs: env.KEYHOLE_PURGE_INTERVAL_MS,
+      sessionRetentionMs: env.KEYHOLE_SESSION_RETENTION_MS,
     },
     credentials: {
       cacheTtlMs: env.KEYHOLE_CREDENTIAL_CACHE_TTL_MS,
