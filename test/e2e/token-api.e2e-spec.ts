@@ -430,13 +430,13 @@ describe('token API: expiry and purge (manual clock)', () => {
 
     const hostOnly = await purge('cell1', deployment.agentKeys.cell1, { host: hostB });
     expect(hostOnly.status).toBe(200);
-    expect(hostOnly.body).toEqual({ purged: 1 });
+    expect(hostOnly.body).toEqual({ purged: 1, sessions: 0 });
     expect(await countTokenRows(deployment.cellUrls.cell1, 'host = $1', [hostB])).toBe(1);
     expect(await countTokenRows(deployment.cellUrls.cell1, 'host = $1', [hostA])).toBe(3);
 
     const everyHost = await purge('cell1', deployment.operatorKey, {});
     expect(everyHost.status).toBe(200);
-    expect(everyHost.body).toEqual({ purged: 2 });
+    expect(everyHost.body).toEqual({ purged: 2, sessions: 0 });
     const left = await queryDatabase<{ id: string }>(deployment.cellUrls.cell1, 'SELECT id FROM console_auth_tokens ORDER BY id');
     expect(left.map((row) => Number(row.id))).toEqual([liveA.id, liveB.id]);
     expect((await introspect(liveA.token)).status).toBe(200);
@@ -444,7 +444,7 @@ describe('token API: expiry and purge (manual clock)', () => {
     // Another cell's expired rows are not this cell's purge's business.
     expect(await countTokenRows(deployment.cellUrls.cell2)).toBe(1);
 
-    expect((await purge('cell1', deployment.operatorKey, {})).body).toEqual({ purged: 0 });
+    expect((await purge('cell1', deployment.operatorKey, {})).body).toEqual({ purged: 0, sessions: 0 });
   });
 
   it('accepts a token until one second before expires and refuses it from expires on', async () => {

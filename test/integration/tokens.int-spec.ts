@@ -1,7 +1,8 @@
 import { INestApplicationContext } from '@nestjs/common';
 import { CellsService } from '@keyhole/cells';
 import { KeyholeError, ManualClock, sha256Hex } from '@keyhole/core';
-import { randomTokenGenerator, TokensService } from '@keyhole/tokens';
+import { PurgeService, randomTokenGenerator, TokensService } from '@keyhole/tokens';
+import { Client } from 'pg';
 import { testConfig } from '../support/config';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 import { startServices } from '../support/services';
@@ -23,7 +24,7 @@ describe('TokensService on a real cell database', () => {
   beforeAll(async () => {
     control = await createTestDatabase('control');
     cell = await createTestDatabase('cell');
-    const started = await startServices(testConfig(control.url), {
+    const started = await startServices(testConfig(control.url, { KEYHOLE_PURGE_BATCH_SIZE: '2', KEYHOLE_SESSION_RETENTION_MS: '3600000' }), {
       clock,
       tokenGenerator: () => nextToken ?? randomTokenGenerator(),
     });
@@ -125,12 +126,48 @@ describe('TokensService on a real cell database', () => {
     const boundary = await authorize({ host: 'hv1', ttlSeconds: 20 });
     const valid = await authorize({ host: 'hv1', ttlSeconds: 21 });
     clock.set((T0 + 20) * 1000);
-    expect(await tokens.purgeExpired('cell1', { host: 'hv1', batchSize: 1 })).toBe(3);
+    const purge = app.get(PurgeService);
+    // Batches of 2 (KEYHOLE_PURGE_BATCH_SIZE): 3 and 3 rows need several statements each.
+    expect(await purge.purgeCell('cell1', { host: 'hv1' })).toMatchObject({ ran: true, tokens: 3, sessions: 0 });
     expect(await queryDatabase(cell.url, `SELECT count(*)::int AS n FROM console_auth_tokens WHERE host = 'hv2'`)).toEqual([{ n: 3 }]);
-    expect(await tokens.purgeExpired('cell1', { batchSize: 2 })).toBe(3);
+    expect(await purge.purgeCell('cell1')).toMatchObject({ ran: true, tokens: 3 });
     const left = await queryDatabase(cell.url, 'SELECT id FROM console_auth_tokens');
     expect(left).toEqual([{ id: String(valid.id) }]);
     expect(boundary.row.expires).toBe(T0 + 20);
+  });
+
+  it('deletes sessions that ended before the retention period, and keeps live and recent ones', async () => {
+    await queryDatabase(cell.url, 'DELETE FROM console_sessions');
+    const insert = (id: string, endedAgo: string | null) =>
+      queryDatabase(
+        cell.url,
+        `INSERT INTO console_sessions (id, token_fingerprint, instance_uuid, console_type, host, port, proxy_instance, ended_at)
+         VALUES ($1, 'abcdefabcdef', $2, 'novnc', 'hv1', 5900, 'p', ${endedAgo === null ? 'NULL' : `to_timestamp($3::float8 / 1000) - $4::interval`})`,
+        endedAgo === null ? [id, INSTANCE_A] : [id, INSTANCE_A, T0_MS, endedAgo],
+      );
+    await insert('00000000-0000-4000-8000-000000000001', '2 hours');
+    await insert('00000000-0000-4000-8000-000000000002', '3 hours');
+    await insert('00000000-0000-4000-8000-000000000003', '10 minutes');
+    await insert('00000000-0000-4000-8000-000000000004', null);
+    expect(await app.get(PurgeService).purgeCell('cell1')).toMatchObject({ ran: true, sessions: 2 });
+    const left = await queryDatabase(cell.url, 'SELECT id FROM console_sessions ORDER BY id');
+    expect(left.map((row) => row.id)).toEqual(['00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000004']);
+  });
+
+  it('lets one replica purge a cell at a time: a purge that finds the lock held skips', async () => {
+    await authorize({ ttlSeconds: 1 });
+    clock.set((T0 + 5) * 1000);
+    const other = new Client({ connectionString: cell.url });
+    await other.connect();
+    try {
+      await other.query('SELECT pg_advisory_lock($1)', [0x6b68_7075_7267]);
+      expect(await app.get(PurgeService).purgeCell('cell1')).toMatchObject({ ran: false, tokens: 0 });
+      expect(await queryDatabase(cell.url, 'SELECT count(*)::int AS n FROM console_auth_tokens')).toEqual([{ n: 1 }]);
+      await other.query('SELECT pg_advisory_unlock($1)', [0x6b68_7075_7267]);
+      expect(await app.get(PurgeService).purgeCell('cell1')).toMatchObject({ ran: true, tokens: 1 });
+    } finally {
+      await other.end();
+    }
   });
 
   it('gives unknown, malformed and oversized tokens the same answer as expired ones', async () => {

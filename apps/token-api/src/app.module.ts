@@ -1,12 +1,15 @@
 import { DynamicModule, Module } from '@nestjs/common';
+import { ScheduleModule } from '@nestjs/schedule';
 import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 import { CellsModule } from '@keyhole/cells';
 import { ConfigModule, KeyholeConfig } from '@keyhole/config';
 import { CoreModule } from '@keyhole/core';
+import { MetricsModule } from '@keyhole/observability';
 import { CredentialsModule } from '@keyhole/credentials';
 import { DbModule } from '@keyhole/db';
 import { TokensModule } from '@keyhole/tokens';
 import { ApiExceptionFilter } from './http/api-exception.filter';
+import { PurgeTask } from './purge.task';
 import { AuthGuard } from './http/auth.guard';
 import { CellsController } from './v1/cells.controller';
 import { CredentialsController } from './v1/credentials.controller';
@@ -24,6 +27,8 @@ export class TokenApiModule {
       imports: [
         ConfigModule.forRoot(config),
         CoreModule,
+        MetricsModule,
+        ScheduleModule.forRoot(),
         DbModule.forControl('keyhole-api'),
         CellsModule,
         TokensModule,
@@ -31,6 +36,7 @@ export class TokenApiModule {
       ],
       controllers: [TokensController, SessionsController, CellsController, CredentialsController, HealthController, OpenApiController],
       providers: [
+        PurgeTask,
         { provide: APP_GUARD, useClass: AuthGuard },
         { provide: APP_FILTER, useClass: ApiExceptionFilter },
       ],

@@ -4,3 +4,4 @@ export * from './tokens.errors';
 export * from './tokens.service';
 export * from './tokens.module';
 export * from './sessions.service';
+export * from './purge.service';

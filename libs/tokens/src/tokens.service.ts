@@ -28,13 +28,6 @@ export interface ListTokensInput {
   limit: number;
 }
 
-export interface PurgeInput {
-  /** Only this console host's expired rows. */
-  host?: string;
-  /** Rows per DELETE statement. */
-  batchSize: number;
-}
-
 /** The ConsoleAuthToken lifecycle in a cell database: authorize, validate, revoke, purge. */
 @Injectable()
 export class TokensService {
@@ -140,23 +133,6 @@ export class TokensService {
     const ids = await (await this.databases.get(cellName)).tokens.deleteAllByInstance(instanceUuid);
     this.logger.log({ cell: cellName, instance: instanceUuid, revoked: ids.length }, 'instance console tokens revoked');
     return ids;
-  }
-
-  /**
-   * Deletes expired rows (`expires <= now`, Nova's boundary), of every host or one, in batches
-   * of `batchSize` so no statement holds many row locks for long. Returns how many went.
-   */
-  async purgeExpired(cellName: string, input: PurgeInput): Promise<number> {
-    const database = await this.databases.get(cellName);
-    const now = nowSeconds(this.clock);
-    let total = 0;
-    for (;;) {
-      const deleted = await database.tokens.deleteExpiredBatch(now, input.batchSize, input.host);
-      total += deleted;
-      if (deleted < input.batchSize) break;
-    }
-    this.logger.log({ cell: cellName, host: input.host, purged: total }, 'expired console tokens purged');
-    return total;
   }
 }
 

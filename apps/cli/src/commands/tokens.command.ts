@@ -1,6 +1,6 @@
 import { CellsService } from '@keyhole/cells';
 import { cellNameSchema, consoleHostSchema, instanceUuidSchema } from '@keyhole/core';
-import { TokensService } from '@keyhole/tokens';
+import { PurgeService, TokensService } from '@keyhole/tokens';
 import { z } from 'zod';
 import { Command, parseFlags, printRows, UsageError, validated } from './command';
 
@@ -64,8 +64,8 @@ export const tokensRevokeCommand: Command = {
 export const tokensPurgeCommand: Command = {
   name: 'tokens purge',
   usage: 'keyhole tokens purge [--cell NAME] [--host HOST]',
-  summary: 'delete expired tokens now, of one cell or every cell, optionally of one console host',
-  async run({ args, services, config, out }) {
+  summary: 'delete expired tokens (and sessions past retention) now, of one cell or every cell, optionally of one console host',
+  async run({ args, services, out }) {
     const { values } = parseFlags(args, { cell: { type: 'string' }, host: { type: 'string' } });
     const host = values.host === undefined ? undefined : validated(consoleHostSchema, values.host, '--host');
     const app = await services();
@@ -73,10 +73,16 @@ export const tokensPurgeCommand: Command = {
       values.cell !== undefined
         ? [validated(cellNameSchema, values.cell, '--cell')]
         : (await app.get(CellsService).list()).map((cell) => cell.name);
+    let busy = false;
     for (const cell of cells) {
-      const purged = await app.get(TokensService).purgeExpired(cell, { host, batchSize: config.tokens.purgeBatchSize });
-      out(`cell ${cell}: purged ${purged} expired token(s)`);
+      const result = await app.get(PurgeService).purgeCell(cell, { host });
+      if (!result.ran) {
+        busy = true;
+        out(`cell ${cell}: another purge is running; skipped`);
+      } else {
+        out(`cell ${cell}: purged ${result.tokens} expired token(s)${host === undefined ? ` and ${result.sessions} old session(s)` : ''} in ${Math.round(result.durationMs)} ms`);
+      }
     }
-    return 0;
+    return busy ? 1 : 0;
   },
 };

@@ -1,18 +1,30 @@
-import { Controller, Get, HttpCode, Res } from '@nestjs/common';
+import { Controller, Get, Header, HttpCode, Res } from '@nestjs/common';
+import { Registry } from 'prom-client';
 import type { Response } from 'express';
 import { ControlDatabase } from '@keyhole/db';
 import { Public } from '../http/auth.guard';
 
-/** Liveness (the process answers) and readiness (the control database answers). */
+/** Liveness (the process answers), readiness (the control database answers) and Prometheus metrics. */
 @Controller()
 export class HealthController {
-  constructor(private readonly control: ControlDatabase) {}
+  constructor(
+    private readonly control: ControlDatabase,
+    private readonly registry: Registry,
+  ) {}
 
   @Get('healthz')
   @Public()
   @HttpCode(200)
   live() {
     return { status: 'ok' };
+  }
+
+  @Get('metrics')
+  @Public()
+  @Header('Cache-Control', 'no-store')
+  async metrics(@Res() response: Response): Promise<void> {
+    response.setHeader('Content-Type', this.registry.contentType);
+    response.send(await this.registry.metrics());
   }
 
   @Get('readyz')

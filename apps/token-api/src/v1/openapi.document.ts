@@ -120,7 +120,10 @@ export function buildOpenApiDocument(): object {
     tags: ['tokens'],
     summary: 'Delete expired tokens (expires <= now): of one host (agents must name it) or all (operators)',
     request: { params: cellPath, body: { content: { 'application/json': { schema: purgeBodySchema } } } },
-    responses: { 200: json(z.object({ purged: z.int() }), 'How many were deleted'), ...errors(400, 401, 403, 404, 413, 415, 503) },
+    responses: {
+      200: json(z.object({ purged: z.int(), sessions: z.int() }), 'How many expired tokens (and, without host, old sessions) were deleted'),
+      ...errors(400, 401, 403, 404, 409, 413, 415, 503),
+    },
   });
   route({
     method: 'post',
@@ -221,6 +224,13 @@ export function buildOpenApiDocument(): object {
     tags: ['operations'],
     summary: 'Liveness',
     responses: { 200: json(z.object({ status: z.literal('ok') }), 'Alive') },
+  });
+  registry.registerPath({
+    method: 'get',
+    path: '/metrics',
+    tags: ['operations'],
+    summary: 'Prometheus metrics (purge rows and durations, process)',
+    responses: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: z.string() } } } },
   });
   registry.registerPath({
     method: 'get',

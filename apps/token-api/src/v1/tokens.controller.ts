@@ -1,11 +1,9 @@
 import { Body, Controller, Delete, Get, HttpCode, Param, Post, Query } from '@nestjs/common';
 import { z } from 'zod';
-import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { KeyholeError } from '@keyhole/core';
 import { CellsService } from '@keyhole/cells';
 import type { Principal } from '@keyhole/credentials';
-import { ConsoleAuthToken, ObjectVersion, TokensService } from '@keyhole/tokens';
-import { Inject } from '@nestjs/common';
+import { ConsoleAuthToken, ObjectVersion, PurgeService, TokensService } from '@keyhole/tokens';
 import { assertCellAccess, CurrentPrincipal, Roles } from '../http/auth.guard';
 import { RequestedObjectVersion } from '../http/object-version';
 import { ZodValidationPipe } from '../http/zod-validation.pipe';
@@ -27,9 +25,9 @@ const cellParam = new ZodValidationPipe(cellNameSchema, 'path', 'cell');
 @Controller('v1')
 export class TokensController {
   constructor(
-    @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
     private readonly tokens: TokensService,
     private readonly cells: CellsService,
+    private readonly purges: PurgeService,
   ) {}
 
   @Post('cells/:cell/tokens')
@@ -111,8 +109,11 @@ export class TokensController {
       throw new KeyholeError('FORBIDDEN', 'Agents purge the expired tokens of one host: name it in "host"');
     }
     await this.cells.get(cell);
-    const purged = await this.tokens.purgeExpired(cell, { host: body.host, batchSize: this.config.tokens.purgeBatchSize });
-    return { purged };
+    const result = await this.purges.purgeCell(cell, { host: body.host });
+    if (!result.ran) {
+      throw new KeyholeError('PURGE_IN_PROGRESS', 'Another purge of this cell is running; try again when it is done', { details: { cell } });
+    }
+    return { purged: result.tokens, sessions: result.sessions };
   }
 
   /**
