@@ -3,6 +3,7 @@ import { Test } from '@nestjs/testing';
 import { CellsModule } from '@keyhole/cells';
 import { ConfigModule, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, CoreModule } from '@keyhole/core';
+import { MetricsModule } from '@keyhole/observability';
 import { CredentialsModule } from '@keyhole/credentials';
 import { DbModule } from '@keyhole/db';
 import { TOKEN_GENERATOR, TokenGenerator, TokensModule } from '@keyhole/tokens';
@@ -14,7 +15,7 @@ export async function startServices(
   overrides: { clock?: Clock; tokenGenerator?: TokenGenerator } = {},
 ): Promise<{ app: INestApplicationContext; logs: () => string }> {
   @Module({
-    imports: [ConfigModule.forRoot(config), CoreModule, DbModule.forControl('keyhole-test'), CellsModule, TokensModule, CredentialsModule],
+    imports: [ConfigModule.forRoot(config), CoreModule, MetricsModule, DbModule.forControl('keyhole-test'), CellsModule, TokensModule, CredentialsModule],
   })
   class ServicesModule {}
 
