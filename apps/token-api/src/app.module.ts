@@ -17,6 +17,7 @@ import { HealthController } from './v1/health.controller';
 import { OpenApiController } from './v1/openapi.controller';
 import { TokensController } from './v1/tokens.controller';
 import { SessionsController } from './v1/sessions.controller';
+import { FallbackController } from './v1/fallback.controller';
 
 /** The token API: wiring only; the rules live in the libs. */
 @Module({})
@@ -34,7 +35,7 @@ export class TokenApiModule {
         TokensModule,
         CredentialsModule,
       ],
-      controllers: [TokensController, SessionsController, CellsController, CredentialsController, HealthController, OpenApiController],
+      controllers: [TokensController, SessionsController, FallbackController, CellsController, CredentialsController, HealthController, OpenApiController],
       providers: [
         PurgeTask,
         { provide: APP_GUARD, useClass: AuthGuard },

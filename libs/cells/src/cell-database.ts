@@ -1,10 +1,11 @@
 import { DataSource } from 'typeorm';
-import { ConsoleAuthTokenRepository, ConsoleSessionRepository } from '@keyhole/db';
+import { CellSettingRepository, ConsoleAuthTokenRepository, ConsoleSessionRepository } from '@keyhole/db';
 
 /** One cell's database: its pool and the repositories over it. Every cell query goes through one. */
 export class CellDatabase {
   readonly tokens: ConsoleAuthTokenRepository;
   readonly sessions: ConsoleSessionRepository;
+  readonly settings: CellSettingRepository;
 
   constructor(
     readonly name: string,
@@ -12,5 +13,6 @@ export class CellDatabase {
   ) {
     this.tokens = new ConsoleAuthTokenRepository(name, dataSource);
     this.sessions = new ConsoleSessionRepository(name, dataSource);
+    this.settings = new CellSettingRepository(name, dataSource);
   }
 }

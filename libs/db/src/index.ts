@@ -7,6 +7,7 @@ export * from './cell/console-session.entity';
 export * from './cell/cell-setting.entity';
 export * from './cell/console-auth-token.repository';
 export * from './cell/console-session.repository';
+export * from './cell/cell-setting.repository';
 export * from './cell/console-events';
 export * from './data-source.factory';
 export * from './migration-runner';

@@ -95,7 +95,9 @@ export class ConsoleBridge {
     this.upstream.on('end', this.onUpstreamEnd);
     this.upstream.on('error', this.onUpstreamError);
     this.upstream.on('close', this.onUpstreamClose);
-    // A console connected through CONNECT was paused after its response head.
+    // Both sides were paused until now: the browser's frames since the upgrade, and a console
+    // connected through CONNECT after its response head.
+    this.ws.resume();
     this.upstream.resume();
   }
 

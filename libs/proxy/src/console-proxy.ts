@@ -6,8 +6,8 @@ import { WebSocket, WebSocketServer } from 'ws';
 import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
 import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
-import type { ConsoleEvent } from '@keyhole/db';
-import { ConsoleAuthToken, findValidToken } from '@keyhole/tokens';
+import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
+import { findValidToken } from '@keyhole/tokens';
 import { connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import { ConsoleEventsListener } from './console-events.listener';
@@ -29,6 +29,43 @@ export interface ConsoleProxyOptions {
   /** This replica's name in session records. */
   instance: string;
   settings: KeyholeConfig['proxy'];
+  /** The legacy token store, when one is configured; asked only while the fallback is on. */
+  legacy?: LegacyLookup;
+  /** The fallback flag forced by configuration (KEYHOLE_LEGACY_FALLBACK); undefined = the cell's flag decides. */
+  forcedFallback?: boolean;
+}
+
+/** What the proxy needs of a legacy token store (implemented by @keyhole/legacy-store). */
+export interface LegacyLookup {
+  /** null when unknown or malformed; throws when the store cannot answer in time. */
+  lookup(token: string): Promise<LegacyGrantSource | null>;
+}
+
+/** A legacy store's answer, as the proxy uses it. */
+export interface LegacyGrantSource {
+  instanceUuid: string | null;
+  consoleType: string | null;
+  host: string;
+  port: number;
+  internalAccessPath: string | null;
+  accessUrlBase: string | null;
+  /** Epoch seconds, or null for a key without TTL. */
+  expiresAt: number | null;
+}
+
+/** A checked right to one console, from the cell database or from the legacy store. */
+interface ConsoleGrant {
+  source: 'database' | 'legacy';
+  tokenId: number | null;
+  fingerprint: string;
+  instanceUuid: string;
+  consoleType: string;
+  host: string;
+  port: number;
+  internalAccessPath: string | null;
+  accessUrlBase: string | null;
+  /** Epoch seconds. */
+  expires: number;
 }
 
 /**
@@ -43,6 +80,8 @@ export class ConsoleProxy {
   readonly registry: SessionRegistry;
   private readonly events: ConsoleEventsListener;
   private draining = false;
+  /** The cell's legacy fallback flag as last read (forced configuration wins). */
+  private fallbackFlag = false;
   /** Session-end writes not yet done; stop() waits for them before the pool closes. */
   private readonly pendingWrites = new Set<Promise<unknown>>();
 
@@ -83,6 +122,21 @@ export class ConsoleProxy {
   async start(): Promise<void> {
     this.registry.start();
     await this.events.start();
+  }
+
+  /** Whether a token missing from the cell database is looked up in the legacy store now. */
+  get fallbackEnabled(): boolean {
+    return this.options.legacy !== undefined && (this.options.forcedFallback ?? this.fallbackFlag);
+  }
+
+  /** Reads the cell's fallback flag (at start, on a settings event, after reconnecting). */
+  private async readFallbackFlag(): Promise<void> {
+    const current = await this.cell.settings.current(LEGACY_FALLBACK_SETTING);
+    const enabled = (current?.value as { enabled?: unknown } | undefined)?.enabled === true;
+    if (enabled !== this.fallbackFlag) {
+      this.logger.log({ cell: this.options.cellName, enabled, forced: this.options.forcedFallback }, 'legacy fallback flag changed');
+    }
+    this.fallbackFlag = enabled;
   }
 
   /** Whether this replica can serve: listening for revocations and not draining. */
@@ -135,58 +189,58 @@ export class ConsoleProxy {
     const presented = extractToken(request.url ?? '/', request.headers.cookie);
     if (!presented) return this.refuse(socket, 401, 'a console token is required', 'no_token');
 
-    let token: ConsoleAuthToken | null;
+    let grant: ConsoleGrant | null;
     try {
-      token = await findValidToken(this.cell.tokens, presented, nowSeconds(this.clock));
+      grant = await this.resolveGrant(presented, request);
     } catch (error) {
-      // Fail closed: if the cell database cannot be asked, no one gets in.
+      // Fail closed: if the cell database (or, for a fallback, the legacy store) cannot be asked,
+      // no one gets in.
       this.logger.error({ err: error, fingerprint: fingerprintOfHash(sha256Hex(presented)) }, 'token lookup failed');
       return this.refuse(socket, 503, 'console authorization is unavailable', 'unavailable');
     }
-    if (!token) {
+    if (!grant) {
       this.logger.log({ fingerprint: fingerprintOfHash(sha256Hex(presented)), client: this.clientAddress(request) }, 'refused an invalid or expired token');
       return this.refuse(socket, 401, 'invalid or expired token', 'invalid_token');
     }
-    const row = token.row;
-    if (!(this.options.settings.consoleTypes as string[]).includes(row.consoleType)) {
-      return this.refuse(socket, 404, `this proxy does not serve ${row.consoleType} consoles`, 'wrong_console_type');
+    if (!(this.options.settings.consoleTypes as string[]).includes(grant.consoleType)) {
+      return this.refuse(socket, 404, `this proxy does not serve ${grant.consoleType} consoles`, 'wrong_console_type');
     }
     const origin = checkOrigin({
       origin: header(request, 'origin'),
       host: header(request, 'host'),
       forwardedProto: header(request, 'x-forwarded-proto'),
       allowedOrigins: this.options.settings.allowedOrigins,
-      accessUrlBase: row.accessUrlBase,
+      accessUrlBase: grant.accessUrlBase,
     });
     if (!origin.allowed) {
-      this.logger.log({ fingerprint: token.fingerprint, reason: origin.reason }, 'refused a websocket origin');
+      this.logger.log({ fingerprint: grant.fingerprint, reason: origin.reason }, 'refused a websocket origin');
       return this.refuse(socket, 403, origin.reason, 'forbidden_origin');
     }
 
     const sessionRow = {
       id: randomUUID(),
-      tokenId: row.id,
-      tokenSource: 'database' as const,
-      tokenFingerprint: token.fingerprint,
-      instanceUuid: row.instanceUuid,
-      consoleType: row.consoleType,
-      host: row.host,
-      port: row.port,
+      tokenId: grant.tokenId,
+      tokenSource: grant.source,
+      tokenFingerprint: grant.fingerprint,
+      instanceUuid: grant.instanceUuid,
+      consoleType: grant.consoleType,
+      host: grant.host,
+      port: grant.port,
       proxyInstance: this.options.instance,
       clientAddress: this.clientAddress(request),
     };
     let recorded: Promise<void>;
-    if (EXCLUSIVE_CONSOLE_TYPES.has(row.consoleType)) {
+    if (EXCLUSIVE_CONSOLE_TYPES.has(grant.consoleType)) {
       let holder: string | null;
       try {
         holder = await this.cell.sessions.insertExclusive(sessionRow, this.options.settings.sessionStaleMs);
       } catch (error) {
-        this.logger.error({ err: error, fingerprint: token.fingerprint }, 'could not reserve the console');
+        this.logger.error({ err: error, fingerprint: grant.fingerprint }, 'could not reserve the console');
         return this.refuse(socket, 503, 'console authorization is unavailable', 'unavailable');
       }
       if (holder !== null) {
-        this.logger.log({ fingerprint: token.fingerprint, heldBy: holder }, 'refused: console in use');
-        return this.refuse(socket, 409, `console busy: another session (${holder}) is connected to this ${row.consoleType} port`, 'console_busy');
+        this.logger.log({ fingerprint: grant.fingerprint, heldBy: holder }, 'refused: console in use');
+        return this.refuse(socket, 409, `console busy: another session (${holder}) is connected to this ${grant.consoleType} port`, 'console_busy');
       }
       recorded = Promise.resolve();
     } else {
@@ -196,15 +250,68 @@ export class ConsoleProxy {
       });
     }
 
-    const upstream = connectUpstream({ host: row.host, port: row.port, internalAccessPath: row.internalAccessPath }, this.options.settings.connectTimeoutMs);
+    const upstream = connectUpstream(
+      { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+      this.options.settings.connectTimeoutMs,
+    );
     // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
     upstream.catch(ignore);
     this.wss.handleUpgrade(request, socket, head, (ws) => {
-      this.attach(ws, upstream, { ...sessionRow, expires: row.expires, recorded }, startedAt).catch((error: unknown) => {
+      // The browser may write before the console is connected: hold its frames in the socket
+      // (no 'message' listener yet, so ws would drop them) until the pump starts.
+      ws.pause();
+      this.attach(ws, upstream, { ...sessionRow, expires: grant.expires, recorded }, startedAt).catch((error: unknown) => {
         this.logger.error({ err: error, sessionId: sessionRow.id }, 'session setup failed');
         ws.terminate();
       });
     });
+  }
+
+  /**
+   * The cell database first (one indexed lookup); only on a miss, and only while the fallback is
+   * on, the legacy store. A legacy token is then served exactly like a database one.
+   */
+  private async resolveGrant(presented: string, request: IncomingMessage): Promise<ConsoleGrant | null> {
+    const token = await findValidToken(this.cell.tokens, presented, nowSeconds(this.clock));
+    if (token) {
+      const row = token.row;
+      return {
+        source: 'database',
+        tokenId: row.id,
+        fingerprint: token.fingerprint,
+        instanceUuid: row.instanceUuid,
+        consoleType: row.consoleType,
+        host: row.host,
+        port: row.port,
+        internalAccessPath: row.internalAccessPath,
+        accessUrlBase: row.accessUrlBase,
+        expires: row.expires,
+      };
+    }
+    if (!this.fallbackEnabled || !this.options.legacy) return null;
+    let legacy: LegacyGrantSource | null;
+    try {
+      legacy = await this.options.legacy.lookup(presented);
+    } catch (error) {
+      this.metrics.legacyLookups.inc({ result: 'unavailable' });
+      throw error;
+    }
+    this.metrics.legacyLookups.inc({ result: legacy ? 'served' : 'miss' });
+    if (!legacy) return null;
+    return {
+      source: 'legacy',
+      tokenId: null,
+      fingerprint: fingerprintOfHash(sha256Hex(presented)),
+      instanceUuid: legacy.instanceUuid ?? '',
+      // websockify's format has no type: its consoles are VNC.
+      consoleType: legacy.consoleType ?? 'novnc',
+      host: legacy.host,
+      port: legacy.port,
+      internalAccessPath: legacy.internalAccessPath,
+      // Without an access URL (websockify's format) the page must have come over this very scheme.
+      accessUrlBase: legacy.accessUrlBase ?? `${(header(request, 'x-forwarded-proto') ?? 'http').split(',')[0].trim()}://${header(request, 'host') ?? 'localhost'}`,
+      expires: legacy.expiresAt ?? Number.MAX_SAFE_INTEGER,
+    };
   }
 
   private async attach(
@@ -280,13 +387,16 @@ export class ConsoleProxy {
     if (event.kind === 'revoke') {
       const closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
       if (closed > 0) this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');
-    } else {
+    } else if (event.kind === 'end-session') {
       this.registry.closeBySessionIds(event.sessionIds, 'ended by operator');
+    } else {
+      this.readFallbackFlag().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the legacy fallback flag'));
     }
   }
 
   /** After (re)connecting to the events channel: end sessions whose token or row went meanwhile. */
   private async reconcile(): Promise<void> {
+    await this.readFallbackFlag();
     const missing = await this.cell.tokens.findMissing(this.registry.liveTokenIds());
     if (missing.length > 0) this.registry.closeByTokenIds(missing, 'token revoked');
     const ended = await this.cell.sessions.findEnded(this.registry.all().map((session) => session.id));

@@ -23,6 +23,7 @@ export class ProxyMetrics {
   readonly bytes: Counter<'direction'>;
   readonly connectSeconds: Histogram;
   readonly sessionsEnded: Counter<'reason'>;
+  readonly legacyLookups: Counter<'result'>;
 
   constructor(cellName: string) {
     this.registry.setDefaultLabels({ cell: cellName });
@@ -50,6 +51,12 @@ export class ProxyMetrics {
       name: 'keyhole_proxy_sessions_ended_total',
       help: 'Console sessions ended, by close reason',
       labelNames: ['reason'],
+      registers: [this.registry],
+    });
+    this.legacyLookups = new Counter({
+      name: 'keyhole_proxy_legacy_lookups_total',
+      help: 'Tokens missing from the cell database looked up in the legacy store, by result (served, miss, unavailable)',
+      labelNames: ['result'],
       registers: [this.registry],
     });
   }

@@ -5,3 +5,4 @@ export * from './tokens.service';
 export * from './tokens.module';
 export * from './sessions.service';
 export * from './purge.service';
+export * from './fallback.service';

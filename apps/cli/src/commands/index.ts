@@ -1,6 +1,7 @@
 import { cellsAddCommand, cellsListCommand, cellsRemoveCommand } from './cells.command';
 import { Command } from './command';
 import { credentialsCreateCommand, credentialsListCommand, credentialsRevokeCommand } from './credentials.command';
+import { fallbackCommand } from './fallback.command';
 import { localCommand } from './local.command';
 import { migrateCommand } from './migrate.command';
 import { tokensListCommand, tokensPurgeCommand, tokensRevokeCommand } from './tokens.command';
@@ -17,4 +18,5 @@ export const COMMANDS: Command[] = [
   tokensListCommand,
   tokensRevokeCommand,
   tokensPurgeCommand,
+  fallbackCommand,
 ];

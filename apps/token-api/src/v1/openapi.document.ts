@@ -15,6 +15,8 @@ import {
   issuedTokenSchema,
   listCredentialsQuerySchema,
   listSessionsQuerySchema,
+  setFallbackBodySchema,
+  fallbackStatusSchema,
   serialPortsSchema,
   sessionIdSchema,
   sessionSchema,
@@ -38,7 +40,7 @@ const errors = (...statuses: number[]): Record<number, ResponseConfig> => {
     401: 'UNAUTHENTICATED: missing, unknown, malformed or revoked API key (always the same answer)',
     403: 'FORBIDDEN: wrong role or another cell',
     404: 'CELL_NOT_FOUND, TOKEN_NOT_FOUND, CREDENTIAL_NOT_FOUND or SESSION_NOT_FOUND',
-    409: 'CELL_EXISTS or TOKEN_IN_USE',
+    409: 'CELL_EXISTS, TOKEN_IN_USE, PURGE_IN_PROGRESS or FALLBACK_FORCED',
     413: 'PAYLOAD_TOO_LARGE',
     415: 'UNSUPPORTED_MEDIA_TYPE: bodies must be application/json',
     503: 'CELL_DATABASE_UNREACHABLE or SERVICE_UNAVAILABLE',
@@ -159,6 +161,22 @@ export function buildOpenApiDocument(): object {
     summary: "Which of an instance's serial ports (from its valid serial tokens) are free (agents of the cell, operators)",
     request: { params: cellPath.extend({ instanceUuid: instanceUuidSchema }) },
     responses: { 200: json(serialPortsSchema, 'One entry per host:port'), ...errors(400, 401, 403, 404, 503) },
+  });
+  route({
+    method: 'get',
+    path: '/v1/cells/{cell}/legacy-fallback',
+    tags: ['legacy'],
+    summary: "The cell's legacy fallback flag, whether configuration forces it, its history, and legacy sessions in the last 24 h (operators)",
+    request: { params: cellPath },
+    responses: { 200: json(fallbackStatusSchema, 'Status'), ...errors(400, 401, 403, 404, 503) },
+  });
+  route({
+    method: 'put',
+    path: '/v1/cells/{cell}/legacy-fallback',
+    tags: ['legacy'],
+    summary: "Switch the cell's legacy fallback; every proxy of the cell follows within a second (operators)",
+    request: { params: cellPath, body: { content: { 'application/json': { schema: setFallbackBodySchema } } } },
+    responses: { 200: json(fallbackStatusSchema, 'The new status'), ...errors(400, 401, 403, 404, 409, 413, 415, 503) },
   });
   route({
     method: 'post',

@@ -83,6 +83,19 @@ export const listSessionsQuerySchema = z
 
 export const sessionIdSchema = z.uuid('must be a session id (UUID)').transform((value) => value.toLowerCase());
 
+export const setFallbackBodySchema = z.strictObject({ enabled: z.boolean() }).openapi('SetLegacyFallbackRequest');
+
+export const fallbackStatusSchema = z
+  .object({
+    cell: z.string(),
+    enabled: z.boolean(),
+    forced: z.boolean(),
+    flag: z.object({ enabled: z.boolean(), changedBy: z.string(), changedAt: z.string() }).nullable(),
+    history: z.array(z.object({ enabled: z.boolean(), changedBy: z.string(), changedAt: z.string() })),
+    legacySessionsLast24h: z.int(),
+  })
+  .openapi('LegacyFallbackStatus');
+
 export const purgeBodySchema = z
   .strictObject({ host: consoleHostSchema.optional() })
   .openapi('PurgeTokensRequest');

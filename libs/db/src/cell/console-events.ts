@@ -8,7 +8,9 @@ export type ConsoleEvent =
   /** These tokens were revoked: end every live session that uses one of them. */
   | { kind: 'revoke'; tokenIds: number[] }
   /** An operator ended these sessions. */
-  | { kind: 'end-session'; sessionIds: string[] };
+  | { kind: 'end-session'; sessionIds: string[] }
+  /** A cell setting changed (the legacy fallback flag): read it again. */
+  | { kind: 'settings' };
 
 /** Ids per notification: 150 ids of up to 16 digits, or 150 quoted 36-character UUIDs (~5900 bytes), fit. */
 export const IDS_PER_EVENT = 150;
@@ -27,6 +29,7 @@ export function parseConsoleEvent(payload: string | undefined): ConsoleEvent | n
   if (event.kind === 'revoke' && Array.isArray(event.tokenIds) && event.tokenIds.every((id) => Number.isSafeInteger(id))) {
     return { kind: 'revoke', tokenIds: event.tokenIds as number[] };
   }
+  if (event.kind === 'settings') return { kind: 'settings' };
   if (event.kind === 'end-session' && Array.isArray(event.sessionIds) && event.sessionIds.every((id) => typeof id === 'string' && id.length <= 36)) {
     return { kind: 'end-session', sessionIds: event.sessionIds as string[] };
   }
@@ -35,6 +38,7 @@ export function parseConsoleEvent(payload: string | undefined): ConsoleEvent | n
 
 /** The payloads that announce `event`, chunked to fit NOTIFY. */
 export function consoleEventPayloads(event: ConsoleEvent): string[] {
+  if (event.kind === 'settings') return [JSON.stringify(event)];
   const ids: (number | string)[] = event.kind === 'revoke' ? event.tokenIds : event.sessionIds;
   const payloads: string[] = [];
   for (let start = 0; start < ids.length; start += IDS_PER_EVENT) {

@@ -134,6 +134,15 @@ export class ConsoleSessionRepository {
     return rows.map((row) => row.id);
   }
 
+  /** How many sessions with a token from the legacy store started since `since`. */
+  async countLegacySince(since: Date): Promise<number> {
+    const [{ count }] = await this.dataSource.query<{ count: number }[]>(
+      `SELECT count(*)::int AS count FROM console_sessions WHERE token_source = 'legacy' AND started_at >= $1`,
+      [since],
+    );
+    return count;
+  }
+
   /** Deletes at most `batchSize` sessions that ended before `endedBefore`; returns how many. */
   async deleteEndedBatch(endedBefore: Date, batchSize: number): Promise<number> {
     const [, count] = await this.dataSource.query<[unknown[], number]>(
