@@ -84,6 +84,13 @@ export class ConsoleProxy {
   private fallbackFlag = false;
   /** Session-end writes not yet done; stop() waits for them before the pool closes. */
   private readonly pendingWrites = new Set<Promise<unknown>>();
+  /**
+   * Sessions past their checks whose console is still connecting. Revocations and operator ends
+   * that arrive meanwhile mark them here, and the session is closed as soon as it would start.
+   */
+  private readonly connecting = new Map<string, { tokenId: number | null; cancelled?: CloseReason }>();
+  /** Exclusive targets whose previous session's end is still being written (a reconnect waits for it). */
+  private readonly endingTargets = new Map<string, Promise<unknown>>();
 
   constructor(
     private readonly options: ConsoleProxyOptions,
@@ -231,6 +238,8 @@ export class ConsoleProxy {
     };
     let recorded: Promise<void>;
     if (EXCLUSIVE_CONSOLE_TYPES.has(grant.consoleType)) {
+      // A browser that reconnects at once must not be refused by its own session's pending end.
+      await this.endingTargets.get(targetKey(grant.host, grant.port));
       let holder: string | null;
       try {
         holder = await this.cell.sessions.insertExclusive(sessionRow, this.options.settings.sessionStaleMs);
@@ -256,11 +265,27 @@ export class ConsoleProxy {
     );
     // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
     upstream.catch(ignore);
+    const pending: Omit<LiveSession, 'bridge'> = { ...sessionRow, expires: grant.expires, recorded };
+    this.connecting.set(sessionRow.id, { tokenId: grant.tokenId });
+    // If ws never completes the upgrade (a bad Sec-WebSocket-Key, a client that left during the
+    // checks), release the console and the session at once instead of holding a serial port.
+    let settled = false;
+    const abandon = (): void => {
+      if (settled) return;
+      settled = true;
+      this.connecting.delete(sessionRow.id);
+      upstream.then((connection) => connection.destroy(), ignore);
+      this.recordEnd(pending, 'client closed', this.noTraffic());
+    };
+    if (socket.destroyed) return abandon();
+    socket.once('close', abandon);
     this.wss.handleUpgrade(request, socket, head, (ws) => {
+      settled = true;
+      socket.off('close', abandon);
       // The browser may write before the console is connected: hold its frames in the socket
       // (no 'message' listener yet, so ws would drop them) until the pump starts.
       ws.pause();
-      this.attach(ws, upstream, { ...sessionRow, expires: grant.expires, recorded }, startedAt).catch((error: unknown) => {
+      this.attach(ws, upstream, pending, startedAt).catch((error: unknown) => {
         this.logger.error({ err: error, sessionId: sessionRow.id }, 'session setup failed');
         ws.terminate();
       });
@@ -324,18 +349,24 @@ export class ConsoleProxy {
     try {
       upstream = await upstreamPromise;
     } catch (error) {
+      this.connecting.delete(session.id);
       const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
       this.metrics.connects.inc({ result: 'upstream_failed' });
       this.logger.warn({ sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason }, 'console unreachable');
+      // Paused since the upgrade: read again, or the browser's close reply is never seen.
+      ws.resume();
       ws.close(CLOSE_CODES['console unreachable'], `console unreachable: ${reason}`);
-      this.recordEnd(session, 'console unreachable', { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: this.clock.nowMs(), endedAtMs: this.clock.nowMs() });
+      this.recordEnd(session, 'console unreachable', this.noTraffic());
       return;
     }
-    if (ws.readyState !== WebSocket.OPEN || this.draining) {
+    const cancelled = this.connecting.get(session.id)?.cancelled;
+    this.connecting.delete(session.id);
+    if (ws.readyState !== WebSocket.OPEN || this.draining || cancelled) {
       upstream.destroy();
-      const reason: CloseReason = this.draining ? 'proxy shutdown' : 'client closed';
+      const reason: CloseReason = cancelled ?? (this.draining ? 'proxy shutdown' : 'client closed');
+      ws.resume();
       if (ws.readyState === WebSocket.OPEN) ws.close(CLOSE_CODES[reason], reason);
-      this.recordEnd(session, reason, { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: this.clock.nowMs(), endedAtMs: this.clock.nowMs() });
+      this.recordEnd(session, reason, this.noTraffic());
       return;
     }
     const live: LiveSession = {
@@ -376,18 +407,29 @@ export class ConsoleProxy {
       'console session ended',
     );
     const counters = { id: session.id, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream };
+    const target = targetKey(session.host, session.port);
     const write = session.recorded
       .then(() => this.cell.sessions.end(counters, reason))
       .catch((error: unknown) => this.logger.warn({ err: error, sessionId: session.id }, 'could not record the end of a session'))
-      .finally(() => this.pendingWrites.delete(write));
+      .finally(() => {
+        this.pendingWrites.delete(write);
+        if (this.endingTargets.get(target) === write) this.endingTargets.delete(target);
+      });
     this.pendingWrites.add(write);
+    if (EXCLUSIVE_CONSOLE_TYPES.has(session.consoleType)) this.endingTargets.set(target, write);
   }
 
   private onConsoleEvent(event: ConsoleEvent): void {
     if (event.kind === 'revoke') {
+      const revoked = new Set(event.tokenIds);
+      for (const entry of this.connecting.values()) if (entry.tokenId !== null && revoked.has(entry.tokenId)) entry.cancelled = 'token revoked';
       const closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
       if (closed > 0) this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');
     } else if (event.kind === 'end-session') {
+      for (const id of event.sessionIds) {
+        const entry = this.connecting.get(id);
+        if (entry) entry.cancelled = 'ended by operator';
+      }
       this.registry.closeBySessionIds(event.sessionIds, 'ended by operator');
     } else {
       this.readFallbackFlag().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the legacy fallback flag'));
@@ -401,6 +443,11 @@ export class ConsoleProxy {
     if (missing.length > 0) this.registry.closeByTokenIds(missing, 'token revoked');
     const ended = await this.cell.sessions.findEnded(this.registry.all().map((session) => session.id));
     if (ended.length > 0) this.registry.closeBySessionIds(ended, 'ended by operator');
+  }
+
+  private noTraffic(): BridgeStats {
+    const nowMs = this.clock.nowMs();
+    return { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: nowMs, endedAtMs: nowMs };
   }
 
   private refuse(socket: Duplex, status: number, message: string, result: ConnectResult): void {
@@ -425,6 +472,10 @@ export class ConsoleProxy {
     }
     return request.socket.remoteAddress ?? null;
   }
+}
+
+function targetKey(host: string, port: number): string {
+  return `${host}:${port}`;
 }
 
 function header(request: IncomingMessage, name: string): string | undefined {

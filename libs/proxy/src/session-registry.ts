@@ -111,7 +111,8 @@ export class SessionRegistry {
   private sweep(): void {
     const now = this.nowMs();
     const nowSeconds = Math.floor(now / 1000);
-    const ping = now - this.lastPingAtMs >= this.limits.heartbeatIntervalMs;
+    // Half a sweep of slack: timers drift by a millisecond, which must not skip a whole ping.
+    const ping = now - this.lastPingAtMs >= this.limits.heartbeatIntervalMs - SWEEP_INTERVAL_MS / 2;
     if (ping) this.lastPingAtMs = now;
     for (const session of this.sessions.values()) {
       const bridge = session.bridge;
