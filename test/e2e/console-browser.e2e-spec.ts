@@ -1,0 +1,141 @@
+/// <reference lib="dom" />
+import { mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Page } from 'playwright-core';
+import { CellsService } from '@keyhole/cells';
+import { testConfig } from '../support/config';
+import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
+import { startTestDeployment, TestDeployment } from '../support/deployment';
+import { queryDatabase } from '../support/databases';
+import { artifactsDir, Browser, launchBrowser } from '../support/real/browser';
+import { QemuVm, startQemuVm } from '../support/real/qemu';
+import { call } from '../support/token-api';
+
+const INSTANCE = '9c1f6e2a-4b3d-4e5f-8a7b-6c5d4e3f2a1b';
+
+/**
+ * What a person does: the agent issues a console token for a real VM (QEMU, no disk: SeaBIOS on
+ * VGA and on the serial port), the person opens the access URL in a real browser (headless
+ * Chromium) and sees the machine; the operator revokes it and the console closes. The pages come
+ * from the proxy itself.
+ */
+describe('consoles in a real browser through the proxy', () => {
+  let deployment: TestDeployment;
+  let proxy: RunningProxy;
+  let vm: QemuVm;
+  let browser: Browser;
+  const artifacts = join(artifactsDir(), 'console-browser');
+
+  beforeAll(async () => {
+    mkdirSync(artifacts, { recursive: true });
+    deployment = await startTestDeployment();
+    proxy = await startConsoleProxy(testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1 }));
+    // The cell's access URLs must point at this proxy, as in a deployment.
+    await deployment.api.app.get(CellsService).updateProxyUrl('cell1', proxy.httpBase);
+    vm = await startQemuVm({ timeoutMs: 30_000 });
+    browser = await launchBrowser();
+  }, 90_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await vm?.stop();
+    await proxy?.close();
+    await deployment?.stop();
+  });
+
+  const issue = async (consoleType: 'novnc' | 'serial', port: number) => {
+    const response = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
+      key: deployment.agentKeys.cell1,
+      body: { instanceUuid: INSTANCE, consoleType, host: '127.0.0.1', port },
+    });
+    expect(response.status).toBe(201);
+    return response.body as { id: number; token: string; accessUrl: string };
+  };
+
+  /** Fraction of canvas pixels that are not black, read in the page. */
+  const litFraction = (page: Page) =>
+    page.evaluate(() => {
+      const canvas = document.querySelector('canvas');
+      if (!canvas || canvas.width === 0) return 0;
+      const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
+      let lit = 0;
+      for (let index = 0; index < data.length; index += 4) if (data[index] + data[index + 1] + data[index + 2] > 60) lit += 1;
+      return lit / (data.length / 4);
+    });
+
+  it('opens the noVNC access URL and shows the machine screen; revoking the token closes it with 1008', async () => {
+    const issued = await issue('novnc', vm.vncPort);
+    expect(issued.accessUrl.startsWith(`${proxy.httpBase}/vnc_lite.html?path=websockify%3Ftoken%3D`)).toBe(true);
+    const page = await browser.page();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    await page.goto(issued.accessUrl);
+    await page.waitForFunction(() => /Connected/.test(document.body.innerText), undefined, { timeout: 20_000 });
+    // SeaBIOS draws its banner: wait until the canvas is not blank.
+    await page.waitForFunction(
+      () => {
+        const canvas = document.querySelector('canvas');
+        if (!canvas || canvas.width < 100) return false;
+        const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
+        for (let index = 0; index < data.length; index += 4) if (data[index] + data[index + 1] + data[index + 2] > 60) return true;
+        return false;
+      },
+      undefined,
+      { timeout: 20_000 },
+    );
+    expect(await litFraction(page)).toBeGreaterThan(0.001);
+    const screenshot = join(artifacts, 'novnc-connected.png');
+    await page.screenshot({ path: screenshot });
+    expect(statSync(screenshot).size).toBeGreaterThan(1_000);
+    expect(errors).toEqual([]);
+
+    const live = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${INSTANCE}`, { key: deployment.operatorKey });
+    expect(live.body.sessions).toEqual([expect.objectContaining({ consoleType: 'novnc', tokenId: issued.id, endedAt: null })]);
+
+    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.agentKeys.cell1 });
+    expect(revoked.status).toBe(204);
+    await page.waitForFunction(() => /1008/.test(document.body.innerText) && /revoked/.test(document.body.innerText), undefined, { timeout: 5_000 });
+    await page.screenshot({ path: join(artifacts, 'novnc-revoked.png') });
+    await page.close();
+  }, 60_000);
+
+  it("opens the serial access URL and shows the machine's serial output, and keystrokes reach the machine", async () => {
+    const issued = await issue('serial', vm.serialPort);
+    expect(issued.accessUrl).toBe(`${proxy.httpBase}/serial.html?token=${issued.token}`);
+    const page = await browser.page();
+    await page.goto(issued.accessUrl);
+    await page.waitForFunction(() => (window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status === 'connected', undefined, {
+      timeout: 10_000,
+    });
+    // The token is gone from the address bar once the page has read it.
+    expect(page.url()).not.toContain(issued.token);
+    await vm.waitForSerialClient({ timeoutMs: 10_000 });
+    await vm.reset();
+    await page.waitForFunction(() => /SeaBIOS/.test(document.body.innerText), undefined, { timeout: 20_000 });
+    expect(await page.evaluate(() => (window as unknown as { keyholeSerial: { received: number } }).keyholeSerial.received)).toBeGreaterThan(10);
+    await page.screenshot({ path: join(artifacts, 'serial-connected.png') });
+
+    // A second browser on the same serial port is refused while this one is connected.
+    const second = await issue('serial', vm.serialPort);
+    const other = await browser.page();
+    await other.goto(second.accessUrl);
+    await other.waitForFunction(() => /closed/.test((window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status ?? ''), undefined, {
+      timeout: 10_000,
+    });
+    await other.close();
+
+    await page.keyboard.type('x');
+    await page.close();
+    // The session's end is recorded with its byte counts once the browser has left.
+    const deadline = Date.now() + 5_000;
+    let row: Record<string, unknown> | undefined;
+    while (Date.now() < deadline) {
+      [row] = await queryDatabase(deployment.cellUrls.cell1, 'SELECT bytes_to_upstream, close_reason FROM console_sessions WHERE token_id = $1 AND ended_at IS NOT NULL', [issued.id]);
+      if (row) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(row).toMatchObject({ close_reason: 'client closed' });
+    expect(Number(row?.bytes_to_upstream)).toBeGreaterThanOrEqual(1);
+    expect(proxy.logs()).not.toContain(issued.token);
+  }, 60_000);
+});

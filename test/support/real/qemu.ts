@@ -1,0 +1,349 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createConnection, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { closeSocket, connectTcp, freePort, readFirstBytes, retryUntil } from './network';
+import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processes';
+
+/**
+ * A diskless QEMU guest for console tests: SeaBIOS on a std VGA (served over VNC) with its text
+ * mirrored on the first serial port (served as a TCP server).
+ *
+ * Serial output written while no client is attached is lost (QEMU's tcp chardev with wait=off), and
+ * the chardev serves one client at a time. So: connect first (`connectSerial()`, or connect through
+ * the proxy under test and `waitForSerialClient()`), then `reset()` (or `resume()` when started
+ * paused) to make the BIOS print again.
+ */
+export interface QemuVm {
+  /** TCP port of QEMU's VNC server (RFB 3.8, no authentication) on 127.0.0.1. */
+  readonly vncPort: number;
+  /** TCP port of the guest's first serial port (a raw TCP server) on 127.0.0.1. */
+  readonly serialPort: number;
+  readonly pid: number;
+  /** The full command line, for error messages. */
+  readonly commandLine: string;
+  /** QEMU's stdout and stderr so far. */
+  output(): string;
+  /** Hard-resets the guest (QMP `system_reset`): SeaBIOS prints its banner on serial and VGA again. */
+  reset(): Promise<void>;
+  /** Starts the guest's CPU (QMP `cont`) when it was started with `paused: true`. */
+  resume(): Promise<void>;
+  /**
+   * Resolves once QEMU has accepted a client on the serial port (optionally the one whose local port
+   * is `localPort`), as reported by QMP `query-chardev`. Connecting is not enough: QEMU accepts from
+   * its listen backlog asynchronously, and output written before that is lost.
+   */
+  waitForSerialClient(options?: { localPort?: number; timeoutMs?: number }): Promise<void>;
+  /** Connects to the serial port and resolves once QEMU has accepted this connection. */
+  connectSerial(timeoutMs?: number): Promise<SerialConsole>;
+  /** SIGTERM, SIGKILL after 5 s, waits for exit, removes the temporary directory. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export interface QemuVmOptions {
+  /** Bound on the whole start (process, VNC banner, serial port, QMP). Default 30 000 ms. */
+  timeoutMs?: number;
+  /** Start with the CPU stopped (`-S`) until `resume()`. Default false. */
+  paused?: boolean;
+  /**
+   * Accelerator. Default 'tcg': SeaBIOS needs no speed, TCG works everywhere, and on the nested-KVM
+   * machines we run on it reached the BIOS banner in ~0.1 s against ~0.75 s with KVM.
+   */
+  accel?: 'tcg' | 'kvm';
+}
+
+const QEMU_BINARY = 'qemu-system-x86_64';
+/** SeaBIOS's 'etc/sercon-port' is read as a little-endian integer: the I/O port of COM1. */
+const SERCON_PORT = Buffer.from([0xf8, 0x03]);
+const SERIAL_CHARDEV_ID = 'serial0';
+const RFB_BANNER = 'RFB 003.008\n';
+
+export function isQemuAvailable(): boolean {
+  return findOnPath(QEMU_BINARY) !== undefined;
+}
+
+/** Starts a VM and waits until VNC sends its RFB banner, the serial port accepts, and QMP answers. */
+export async function startQemuVm(options: QemuVmOptions = {}): Promise<QemuVm> {
+  if (!isQemuAvailable()) {
+    throw new Error(`${QEMU_BINARY} is not on PATH: install it (Debian: apt-get install -y qemu-system-x86)`);
+  }
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const deadline = Date.now() + timeoutMs;
+  // Free ports are picked by binding port 0 and releasing it, so another process can take one before
+  // QEMU binds it: retry with new ports when that is why QEMU failed.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(options, deadline);
+    } catch (error) {
+      const portTaken = error instanceof Error && /Address already in use/i.test(error.message);
+      if (!portTaken || attempt >= 3 || Date.now() >= deadline) throw error;
+    }
+  }
+}
+
+async function startOnce(options: QemuVmOptions, deadline: number): Promise<QemuVm> {
+  const directory = mkdtempSync(join(tmpdir(), 'keyhole-qemu-'));
+  const serconFile = join(directory, 'sercon-port');
+  const qmpPath = join(directory, 'qmp.sock');
+  writeFileSync(serconFile, SERCON_PORT);
+
+  let vncPort = await freePort();
+  // VNC is addressed by display number (TCP port 5900 + N); ephemeral ports are far above 5900.
+  while (vncPort <= 5900) vncPort = await freePort();
+  const serialPort = await freePort();
+
+  const args = [
+    '-name', 'keyhole-test',
+    '-machine', 'pc',
+    '-accel', options.accel ?? 'tcg',
+    '-m', '64',
+    '-nodefaults',
+    '-no-user-config',
+    '-vga', 'std',
+    '-display', 'none',
+    '-vnc', `127.0.0.1:${vncPort - 5900}`,
+    '-chardev', `socket,id=${SERIAL_CHARDEV_ID},host=127.0.0.1,port=${serialPort},server=on,wait=off`,
+    '-serial', `chardev:${SERIAL_CHARDEV_ID}`,
+    '-qmp', `unix:${qmpPath},server=on,wait=off`,
+    // SeaBIOS writes to the debug port only, unless told to mirror its screen on a serial port.
+    // (QEMU warns that the name is not under "opt/"; SeaBIOS reads exactly this name.)
+    '-fw_cfg', `name=etc/sercon-port,file=${serconFile}`,
+    // The boot menu prompt is one more recognisable line ("Press ESC for boot menu.") on both consoles.
+    '-boot', 'menu=on,splash-time=500',
+    ...(options.paused ? ['-S'] : []),
+  ];
+
+  let qemu: ManagedProcess | undefined;
+  let qmp: QmpClient | undefined;
+  const cancel = new AbortController();
+  const signal = cancel.signal;
+  const removeDirectory = (): void => rmSync(directory, { recursive: true, force: true });
+  try {
+    qemu = await startProcess(QEMU_BINARY, args);
+    const started = qemu;
+    const describe = (what: string): string =>
+      `QEMU did not ${what} within the start timeout.\n  command: ${started.commandLine}\n  output:\n${started.output()}`;
+    const ready = (async () => {
+      const banner = await retryUntil(deadline, () => readFirstBytes(vncPort, RFB_BANNER.length, 1_000), () => describe(`send the RFB banner on VNC port ${vncPort}`), { signal });
+      if (banner.toString('latin1') !== RFB_BANNER) throw new Error(`VNC port ${vncPort} sent ${JSON.stringify(banner.toString('latin1'))}, not the RFB 3.8 banner`);
+      const probe = await retryUntil(deadline, () => connectTcp(serialPort, 1_000), () => describe(`accept on serial port ${serialPort}`), { signal });
+      await closeSocket(probe);
+      const client = await retryUntil(deadline, () => QmpClient.connect(qmpPath, 1_000), () => describe(`answer QMP on ${qmpPath}`), { signal });
+      if (signal.aborted) client.close();
+      qmp = client;
+      // The probe must be gone from QEMU's side too, or a test's "client attached" check could see it.
+      await waitForChardev(client, (filename) => filename.startsWith('disconnected:'), deadline, () => describe('notice the serial probe disconnecting'), signal);
+      return client;
+    })();
+    const client = await Promise.race([ready, failOnExit(started, 'QEMU', 'while starting')]);
+    return makeVm(started, client, vncPort, serialPort, removeDirectory);
+  } catch (error) {
+    cancel.abort();
+    qmp?.close();
+    await qemu?.stop();
+    removeDirectory();
+    throw error;
+  }
+}
+
+function makeVm(qemu: ManagedProcess, qmp: QmpClient, vncPort: number, serialPort: number, removeDirectory: () => void): QemuVm {
+  const command = async (name: string): Promise<void> => {
+    await Promise.race([qmp.execute(name), failOnExit(qemu, 'QEMU', `before answering ${name}`)]);
+  };
+  const vm: QemuVm = {
+    vncPort,
+    serialPort,
+    pid: qemu.pid,
+    commandLine: qemu.commandLine,
+    output: () => qemu.output(),
+    reset: () => command('system_reset'),
+    resume: () => command('cont'),
+    async waitForSerialClient({ localPort, timeoutMs = 5_000 } = {}) {
+      const peer = localPort === undefined ? undefined : `<-> 127.0.0.1:${localPort}`;
+      await waitForChardev(
+        qmp,
+        (filename) => !filename.startsWith('disconnected:') && (peer === undefined || filename.endsWith(peer)),
+        Date.now() + timeoutMs,
+        () => `QEMU did not attach ${localPort === undefined ? 'a client' : `the client from port ${localPort}`} to serial port ${serialPort} within ${timeoutMs} ms`,
+      );
+    },
+    async connectSerial(timeoutMs = 5_000) {
+      const socket = await connectTcp(serialPort, timeoutMs);
+      const serial = new SerialConsole(socket);
+      try {
+        await vm.waitForSerialClient({ localPort: socket.localPort, timeoutMs });
+      } catch (error) {
+        await serial.close();
+        throw error;
+      }
+      return serial;
+    },
+    stop: (() => {
+      let stopping: Promise<void> | undefined;
+      return () =>
+        (stopping ??= (async () => {
+          qmp.close();
+          await qemu.stop();
+          removeDirectory();
+        })());
+    })(),
+  };
+  return vm;
+}
+
+async function waitForChardev(
+  qmp: QmpClient,
+  accept: (filename: string) => boolean,
+  deadline: number,
+  describe: () => string,
+  signal?: AbortSignal,
+): Promise<void> {
+  await retryUntil(
+    deadline,
+    async () => {
+      const chardevs = (await qmp.execute('query-chardev')) as { label: string; filename: string }[];
+      const filename = chardevs.find((chardev) => chardev.label === SERIAL_CHARDEV_ID)?.filename;
+      if (filename === undefined || !accept(filename)) throw new Error(`serial chardev is ${filename ?? 'missing'}`);
+    },
+    describe,
+    { intervalMs: 20, signal },
+  );
+}
+
+/** Collects everything QEMU sends on one serial connection, as text. */
+export class SerialConsole {
+  private received = '';
+  private readonly waiters = new Set<() => void>();
+
+  constructor(readonly socket: Socket) {
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => {
+      this.received += chunk;
+      for (const waiter of this.waiters) waiter();
+    });
+    socket.on('close', () => {
+      for (const waiter of this.waiters) waiter();
+    });
+    socket.on('error', () => undefined);
+  }
+
+  /** Everything received so far (bytes as latin1, so ANSI escapes survive as-is). */
+  text(): string {
+    return this.received;
+  }
+
+  /** Resolves with the first match of `pattern` in the output (including output already received). */
+  waitForText(pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> {
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        const match = this.received.match(pattern);
+        if (match) {
+          finish();
+          resolve(match);
+        } else if (this.socket.closed) {
+          finish();
+          reject(new Error(`serial connection closed before ${pattern} appeared; received: ${JSON.stringify(this.received)}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(new Error(`${pattern} did not appear on serial within ${timeoutMs} ms; received: ${JSON.stringify(this.received)}`));
+      }, timeoutMs);
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+      };
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  close(): Promise<void> {
+    return closeSocket(this.socket);
+  }
+}
+
+/** A minimal QMP client: one command at a time over a unix socket, events ignored. */
+class QmpClient {
+  private buffered = '';
+  private nextId = 1;
+  private readonly pending = new Map<string, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.onData(chunk));
+    socket.on('close', () => this.failAll(new Error('QMP connection closed')));
+    socket.on('error', (error) => this.failAll(error));
+  }
+
+  static async connect(path: string, timeoutMs: number): Promise<QmpClient> {
+    const socket = createConnection({ path });
+    const greeting = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no QMP greeting within ${timeoutMs} ms`)), timeoutMs);
+      socket.once('error', (error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
+      let text = '';
+      const onData = (chunk: Buffer): void => {
+        text += chunk.toString('utf8');
+        if (!text.includes('\n')) return;
+        clearTimeout(timer);
+        socket.off('data', onData);
+        if (text.includes('"QMP"')) resolve();
+        else reject(new Error(`unexpected QMP greeting: ${text}`));
+      };
+      socket.on('data', onData);
+    });
+    try {
+      await greeting;
+    } catch (error) {
+      socket.destroy();
+      throw error;
+    }
+    socket.removeAllListeners('error');
+    const client = new QmpClient(socket);
+    await client.execute('qmp_capabilities');
+    return client;
+  }
+
+  /** Runs a QMP command and resolves with its `return` value; rejects on a QMP error. */
+  execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    const run = (): Promise<unknown> =>
+      new Promise((resolve, reject) => {
+        if (this.socket.destroyed) return reject(new Error('QMP connection closed'));
+        const id = String(this.nextId++);
+        this.pending.set(id, { resolve, reject });
+        this.socket.write(`${JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id })}\n`);
+      });
+    const result = this.queue.then(run, run);
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private onData(chunk: string): void {
+    this.buffered += chunk;
+    let newline: number;
+    while ((newline = this.buffered.indexOf('\n')) >= 0) {
+      const line = this.buffered.slice(0, newline).trim();
+      this.buffered = this.buffered.slice(newline + 1);
+      if (!line) continue;
+      const message = JSON.parse(line) as { id?: string; return?: unknown; error?: { class: string; desc: string } };
+      if (message.id === undefined) continue; // an event
+      const waiter = this.pending.get(message.id);
+      this.pending.delete(message.id);
+      if (message.error) waiter?.reject(new Error(`QMP ${message.error.class}: ${message.error.desc}`));
+      else waiter?.resolve(message.return);
+    }
+  }
+
+  private failAll(error: Error): void {
+    for (const waiter of this.pending.values()) waiter.reject(error);
+    this.pending.clear();
+  }
+}
