@@ -1,6 +1,7 @@
 import { DynamicModule, Module } from '@nestjs/common';
 import { ConfigModule, KeyholeConfig } from '@keyhole/config';
 import { CoreModule } from '@keyhole/core';
+import { LegacyStoreModule } from '@keyhole/legacy-store';
 import { OperationsController } from './operations.controller';
 import { ProxyRuntime } from './proxy-runtime';
 
@@ -10,7 +11,7 @@ export class ProxyAppModule {
   static forRoot(config: KeyholeConfig): DynamicModule {
     return {
       module: ProxyAppModule,
-      imports: [ConfigModule.forRoot(config), CoreModule],
+      imports: [ConfigModule.forRoot(config), CoreModule, LegacyStoreModule],
       controllers: [OperationsController],
       providers: [ProxyRuntime],
       exports: [ProxyRuntime],

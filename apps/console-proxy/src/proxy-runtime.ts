@@ -8,6 +8,7 @@ import { CLOCK, Clock } from '@keyhole/core';
 import { createDataSource, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
+import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 
 /**
  * Owns the proxy's resources for the app's lifetime: the cell database pool, the metrics, the
@@ -26,6 +27,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
     @Inject(CLOCK) clock: Clock,
     private readonly adapterHost: HttpAdapterHost,
+    @Inject(LEGACY_TOKEN_STORE) legacy: LegacyTokenStore | null,
   ) {
     const { cellName, cellDatabaseUrl } = requireProxyCell(config);
     this.cellName = cellName;
@@ -41,7 +43,14 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     );
     this.metrics = new ProxyMetrics(cellName);
     this.proxy = new ConsoleProxy(
-      { cellName, cellDatabaseUrl, instance: config.proxy.instance ?? `${hostname()}:${process.pid}`, settings: config.proxy },
+      {
+        cellName,
+        cellDatabaseUrl,
+        instance: config.proxy.instance ?? `${hostname()}:${process.pid}`,
+        settings: config.proxy,
+        legacy: legacy ?? undefined,
+        forcedFallback: config.legacy.forcedFallback,
+      },
       this.cell,
       this.metrics,
       clock,
@@ -58,6 +67,8 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         database: redactDatabaseUrl(this.config.proxy.cellDatabaseUrl ?? ''),
         consoleTypes: this.config.proxy.consoleTypes,
         webClients: describeWebClients({ spiceHtml5Dir: this.config.proxy.spiceHtml5Dir }),
+        legacyStore: this.config.legacy.redisUrl ? this.config.legacy.format : null,
+        forcedFallback: this.config.legacy.forcedFallback,
       },
       'console proxy ready',
     );

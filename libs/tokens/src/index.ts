@@ -6,3 +6,4 @@ export * from './tokens.module';
 export * from './sessions.service';
 export * from './purge.service';
 export * from './fallback.service';
+export * from './legacy-import.service';

@@ -4,6 +4,7 @@ import { CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, ConsoleType, KeyholeError, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleAuthTokenRepository, postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
+import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 import { ConsoleAuthToken, CURRENT_OBJECT_VERSION } from './console-auth-token.object';
 import { invalidToken, tokenIdNotFound, tokenInUse } from './tokens.errors';
 import { MAX_PRESENTED_TOKEN_LENGTH, TOKEN_GENERATOR, TokenGenerator } from './token-generator';
@@ -39,6 +40,7 @@ export class TokensService {
     @Inject(TOKEN_GENERATOR) private readonly generateToken: TokenGenerator,
     private readonly cells: CellsService,
     private readonly databases: CellDatabases,
+    @Inject(LEGACY_TOKEN_STORE) private readonly legacy: LegacyTokenStore | null,
   ) {}
 
   /**
@@ -74,10 +76,38 @@ export class TokensService {
         { cell: cellName, tokenId: row.id, fingerprint: fingerprintOfHash(tokenHash), instance: row.instanceUuid, consoleType: row.consoleType },
         'console token issued',
       );
-      return ConsoleAuthToken.fromRow(cellName, row, token);
+      const issued = ConsoleAuthToken.fromRow(cellName, row, token);
+      await this.dualWrite(issued, ttlSeconds);
+      return issued;
     } catch (error) {
       if (postgresErrorCode(error) === UNIQUE_VIOLATION) throw tokenInUse();
       throw error;
+    }
+  }
+
+  /**
+   * Rolling upgrades: while KEYHOLE_LEGACY_DUAL_WRITE is on, a new token is also written to the
+   * legacy store (in plaintext: that is its format) so proxies that only know that store accept it.
+   * The token is valid in the cell database either way, so a failed copy is logged, not fatal.
+   */
+  private async dualWrite(issued: ConsoleAuthToken, ttlSeconds: number): Promise<void> {
+    if (!this.config.legacy.dualWrite || !this.legacy || issued.token === undefined) return;
+    const row = issued.row;
+    try {
+      await this.legacy.write(
+        issued.token,
+        {
+          instanceUuid: row.instanceUuid,
+          consoleType: row.consoleType,
+          host: row.host,
+          port: row.port,
+          internalAccessPath: row.internalAccessPath,
+          accessUrl: issued.accessUrl ?? '',
+        },
+        ttlSeconds,
+      );
+    } catch (error) {
+      this.logger.error({ err: error, fingerprint: issued.fingerprint }, 'could not copy the token to the legacy store');
     }
   }
 
@@ -131,6 +161,12 @@ export class TokensService {
   /** Revokes every token of an instance (Nova's clean_console_auths_for_instance). */
   async revokeByInstance(cellName: string, instanceUuid: string): Promise<number[]> {
     const ids = await (await this.databases.get(cellName)).tokens.deleteAllByInstance(instanceUuid);
+    if (this.config.legacy.dualWrite && this.legacy) {
+      // The legacy copies go too (revoking one token by id cannot: the store is keyed by plaintext).
+      await this.legacy.deleteInstance(instanceUuid).catch((error: unknown) => {
+        this.logger.error({ err: error, instance: instanceUuid }, 'could not delete the legacy copies of revoked tokens');
+      });
+    }
     this.logger.log({ cell: cellName, instance: instanceUuid, revoked: ids.length }, 'instance console tokens revoked');
     return ids;
   }

@@ -2,6 +2,7 @@ import { cellsAddCommand, cellsListCommand, cellsRemoveCommand } from './cells.c
 import { Command } from './command';
 import { credentialsCreateCommand, credentialsListCommand, credentialsRevokeCommand } from './credentials.command';
 import { fallbackCommand } from './fallback.command';
+import { legacyImportCommand } from './legacy.command';
 import { localCommand } from './local.command';
 import { migrateCommand } from './migrate.command';
 import { tokensListCommand, tokensPurgeCommand, tokensRevokeCommand } from './tokens.command';
@@ -19,4 +20,5 @@ export const COMMANDS: Command[] = [
   tokensRevokeCommand,
   tokensPurgeCommand,
   fallbackCommand,
+  legacyImportCommand,
 ];

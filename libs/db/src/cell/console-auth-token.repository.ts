@@ -47,6 +47,12 @@ export class ConsoleAuthTokenRepository {
     return this.fromRaw((result.raw as Record<string, unknown>[])[0]);
   }
 
+  /** Inserts a row unless its hash is already stored; returns whether it was inserted (imports). */
+  async insertIfAbsent(row: NewConsoleAuthTokenRow): Promise<boolean> {
+    const result = await this.rows.createQueryBuilder().insert().values(row).orIgnore().returning('id').execute();
+    return (result.raw as unknown[]).length > 0;
+  }
+
   /** The row whose hash matches and whose `expires` is strictly after `nowSeconds` (Nova's rule). */
   findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
     return this.rows
