@@ -25,7 +25,7 @@ export interface LegacyTokenStoreOptions {
   clock?: Clock;
 }
 
-/** The part of a logger the store uses; Nest's `Logger` and keyhole's `PinoNestLogger` both fit. */
+/** The part of a logger the store uses: `(fields, message)`, as Nest's `Logger` takes them. */
 export interface LegacyStoreLogger {
   warn(fields: Record<string, unknown>, message: string): void;
   log?(fields: Record<string, unknown>, message: string): void;
