@@ -1,4 +1,5 @@
 import { CreateCellSchema1795316000000 } from './cell/1795316000000-CreateCellSchema';
+import { AddRevokedTokenHashes1795330000000 } from './cell/1795330000000-AddRevokedTokenHashes';
 import { CreateControlSchema1795316000000 } from './control/1795316000000-CreateControlSchema';
 
 /**
@@ -7,4 +8,4 @@ import { CreateControlSchema1795316000000 } from './control/1795316000000-Create
  */
 export const CONTROL_MIGRATIONS = [CreateControlSchema1795316000000];
 
-export const CELL_MIGRATIONS = [CreateCellSchema1795316000000];
+export const CELL_MIGRATIONS = [CreateCellSchema1795316000000, AddRevokedTokenHashes1795330000000];

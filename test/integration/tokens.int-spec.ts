@@ -1,5 +1,5 @@
 import { INestApplicationContext } from '@nestjs/common';
-import { CellsService } from '@keyhole/cells';
+import { CellDatabases, CellsService } from '@keyhole/cells';
 import { KeyholeError, ManualClock, sha256Hex } from '@keyhole/core';
 import { PurgeService, randomTokenGenerator, TokensService } from '@keyhole/tokens';
 import { Client } from 'pg';
@@ -119,6 +119,19 @@ describe('TokensService on a real cell database', () => {
     expect(await codeOf(tokens.validate('cell1', a2.token!))).toBe('TOKEN_NOT_FOUND');
     expect((await tokens.validate('cell1', b1.token!)).id).toBe(b1.id);
     expect(await tokens.revokeByInstance('cell1', INSTANCE_A)).toEqual([]);
+  });
+
+  it('keeps a tombstone of each revoked hash until the token would have expired, and purges it after', async () => {
+    await queryDatabase(cell.url, 'DELETE FROM revoked_token_hashes');
+    const revoked = await authorize({ ttlSeconds: 30 });
+    await tokens.revokeById('cell1', revoked.id);
+    const database = await app.get(CellDatabases).get('cell1');
+    expect(await database.tokens.isRevokedHash(sha256Hex(revoked.token!), T0 + 29)).toBe(true);
+    expect(await database.tokens.isRevokedHash(sha256Hex(revoked.token!), T0 + 30)).toBe(false);
+    expect(JSON.stringify(await queryDatabase(cell.url, 'SELECT * FROM revoked_token_hashes'))).not.toContain(revoked.token!);
+    clock.set((T0 + 31) * 1000);
+    await app.get(PurgeService).purgeCell('cell1');
+    expect(await queryDatabase(cell.url, 'SELECT count(*)::int AS n FROM revoked_token_hashes')).toEqual([{ n: 0 }]);
   });
 
   it('purges exactly the expired rows (expires <= now), in batches, of every host or of one', async () => {

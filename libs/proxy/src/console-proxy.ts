@@ -314,6 +314,8 @@ export class ConsoleProxy {
       };
     }
     if (!this.fallbackEnabled || !this.options.legacy) return null;
+    // A token revoked in keyhole must not come back through a legacy copy of it (dual-write).
+    if (await this.cell.tokens.isRevokedHash(sha256Hex(presented), nowSeconds(this.clock))) return null;
     let legacy: LegacyGrantSource | null;
     try {
       legacy = await this.options.legacy.lookup(presented);

@@ -69,6 +69,10 @@ export class PurgeService {
           tokens += deleted;
           if (deleted < batchSize) break;
         }
+        // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
+        if (options.host === undefined) {
+          while ((await database.tokens.deleteExpiredTombstonesBatch(now, batchSize)) === batchSize);
+        }
         let sessions = 0;
         if (options.host === undefined && this.config.purge.sessionRetentionMs > 0) {
           const endedBefore = new Date(this.clock.nowMs() - this.config.purge.sessionRetentionMs);

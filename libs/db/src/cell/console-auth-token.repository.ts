@@ -79,12 +79,28 @@ export class ConsoleAuthTokenRepository {
    * cell to end the sessions that use it. Returns whether it existed.
    */
   async deleteById(id: number): Promise<boolean> {
-    return (await this.deleteAndAnnounce('DELETE FROM console_auth_tokens WHERE id = $1 RETURNING id', [id])).length > 0;
+    return (await this.deleteAndAnnounce('id = $1', [id])).length > 0;
   }
 
   /** Deletes every token of an instance (any expiry), announcing it to the proxies; returns the ids. */
   deleteAllByInstance(instanceUuid: string): Promise<number[]> {
-    return this.deleteAndAnnounce('DELETE FROM console_auth_tokens WHERE instance_uuid = $1 RETURNING id', [instanceUuid]);
+    return this.deleteAndAnnounce('instance_uuid = $1', [instanceUuid]);
+  }
+
+  /** Whether this hash belongs to a token revoked in keyhole that has not expired yet. */
+  async isRevokedHash(tokenHash: string, nowSeconds: number): Promise<boolean> {
+    const rows = await this.dataSource.query<unknown[]>('SELECT 1 FROM revoked_token_hashes WHERE token_hash = $1 AND expires > $2', [tokenHash, nowSeconds]);
+    return rows.length > 0;
+  }
+
+  /** Deletes at most `batchSize` tombstones of tokens that have expired anyway; returns how many. */
+  async deleteExpiredTombstonesBatch(nowSeconds: number, batchSize: number): Promise<number> {
+    const [, count] = await this.dataSource.query<[unknown[], number]>(
+      `DELETE FROM revoked_token_hashes WHERE token_hash IN (
+         SELECT token_hash FROM revoked_token_hashes WHERE expires <= $1 ORDER BY expires LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+      [nowSeconds, batchSize],
+    );
+    return count;
   }
 
   /** Distinct host:port targets of an instance's valid tokens of one console type. */
@@ -104,10 +120,22 @@ export class ConsoleAuthTokenRepository {
     return ids.filter((id) => !present.has(id));
   }
 
-  private deleteAndAnnounce(sql: string, parameters: unknown[]): Promise<number[]> {
+  /**
+   * Deletes the tokens matching `where`, leaves a tombstone of each hash until its expiry (so the
+   * legacy fallback never serves a copy of a revoked token), and tells every proxy of the cell to
+   * end their sessions, all in one transaction.
+   */
+  private deleteAndAnnounce(where: string, parameters: unknown[]): Promise<number[]> {
     return this.dataSource.transaction(async (manager) => {
-      // TypeORM answers a DELETE with [rows, affected count].
-      const [rows] = await manager.query<[{ id: string }[], number]>(sql, parameters);
+      const rows = await manager.query<{ id: string }[]>(
+        `WITH deleted AS (DELETE FROM console_auth_tokens WHERE ${where} RETURNING id, token_hash, expires),
+              tombstones AS (
+                INSERT INTO revoked_token_hashes (token_hash, expires)
+                SELECT token_hash, expires FROM deleted WHERE token_hash ~ '^[0-9a-f]{64}$'
+                ON CONFLICT (token_hash) DO NOTHING)
+         SELECT id FROM deleted`,
+        parameters,
+      );
       const ids = rows.map((row) => Number(row.id));
       // Delivered at commit, so a proxy never ends a session for a revocation that rolled back.
       if (ids.length > 0) await notify(manager, consoleEventPayloads({ kind: 'revoke', tokenIds: ids }));
