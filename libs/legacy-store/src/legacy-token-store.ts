@@ -173,6 +173,8 @@ export class LegacyTokenStore {
       socketTimeout: Math.max(options.timeoutMs * 4, 1000),
       retryStrategy: (attempt) => Math.min(RECONNECT_BASE_MS * 2 ** Math.min(attempt, 10), RECONNECT_CAP_MS),
       connectionName: 'keyhole-legacy-store',
+      // close() during a reconnect must not hold the process for ioredis's default 2 s.
+      disconnectTimeout: 200,
       // ioredis 6 speaks RESP3 by default; legacy stores may be older Redis, and every reply used
       // here (strings, integers, arrays) has the same shape in RESP2, which every version speaks.
       protocol: 2,

@@ -7,7 +7,7 @@ import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
 import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
-import { findValidToken } from '@keyhole/tokens';
+import { findValidToken, NO_INSTANCE_UUID } from '@keyhole/tokens';
 import { connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import { ConsoleEventsListener } from './console-events.listener';
@@ -329,7 +329,7 @@ export class ConsoleProxy {
       source: 'legacy',
       tokenId: null,
       fingerprint: fingerprintOfHash(sha256Hex(presented)),
-      instanceUuid: legacy.instanceUuid ?? '',
+      instanceUuid: legacy.instanceUuid ?? NO_INSTANCE_UUID,
       // websockify's format has no type: its consoles are VNC.
       consoleType: legacy.consoleType ?? 'novnc',
       host: legacy.host,
@@ -425,7 +425,8 @@ export class ConsoleProxy {
     if (event.kind === 'revoke') {
       const revoked = new Set(event.tokenIds);
       for (const entry of this.connecting.values()) if (entry.tokenId !== null && revoked.has(entry.tokenId)) entry.cancelled = 'token revoked';
-      const closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
+      let closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
+      if (event.instanceUuids?.length) closed += this.registry.closeLegacyByInstances(event.instanceUuids, 'token revoked');
       if (closed > 0) this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');
     } else if (event.kind === 'end-session') {
       for (const id of event.sessionIds) {

@@ -87,6 +87,19 @@ export class SessionRegistry {
     return closed;
   }
 
+  /** Ends the live sessions of these instances whose token came from the legacy store. */
+  closeLegacyByInstances(instanceUuids: string[], reason: CloseReason): number {
+    const instances = new Set(instanceUuids);
+    let closed = 0;
+    for (const session of this.sessions.values()) {
+      if (session.tokenId === null && instances.has(session.instanceUuid)) {
+        session.bridge.close(reason);
+        closed += 1;
+      }
+    }
+    return closed;
+  }
+
   closeBySessionIds(sessionIds: string[], reason: CloseReason): number {
     let closed = 0;
     for (const id of sessionIds) {

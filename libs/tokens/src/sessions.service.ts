@@ -66,7 +66,7 @@ export class SessionsService {
     const targets = await database.tokens.listValidTargets(instanceUuid, 'serial', nowSeconds(this.clock));
     const live = await database.sessions.listLiveOnTargets(targets);
     return targets.map((target) => {
-      const holder = live.find((session) => session.host === target.host && session.port === target.port);
+      const holder = live.find((session) => session.consoleType === 'serial' && session.host === target.host && session.port === target.port);
       return { ...target, free: holder === undefined, sessionId: holder?.id ?? null };
     });
   }

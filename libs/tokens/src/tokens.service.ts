@@ -161,8 +161,10 @@ export class TokensService {
   /** Revokes every token of an instance (Nova's clean_console_auths_for_instance). */
   async revokeByInstance(cellName: string, instanceUuid: string): Promise<number[]> {
     const ids = await (await this.databases.get(cellName)).tokens.deleteAllByInstance(instanceUuid);
-    if (this.config.legacy.dualWrite && this.legacy) {
-      // The legacy copies go too (revoking one token by id cannot: the store is keyed by plaintext).
+    if (this.legacy) {
+      // The instance's legacy tokens go too, whoever wrote them (Nova's consoleauth did the same on
+      // instance delete). One token revoked by id cannot be found there (keyed by plaintext); a
+      // tombstone keeps the fallback from serving it.
       await this.legacy.deleteInstance(instanceUuid).catch((error: unknown) => {
         this.logger.error({ err: error, instance: instanceUuid }, 'could not delete the legacy copies of revoked tokens');
       });

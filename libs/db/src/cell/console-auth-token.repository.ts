@@ -82,9 +82,12 @@ export class ConsoleAuthTokenRepository {
     return (await this.deleteAndAnnounce('id = $1', [id])).length > 0;
   }
 
-  /** Deletes every token of an instance (any expiry), announcing it to the proxies; returns the ids. */
+  /**
+   * Deletes every token of an instance (any expiry) and announces it, also when none was stored:
+   * the proxies then end the instance's sessions that came from the legacy store. Returns the ids.
+   */
   deleteAllByInstance(instanceUuid: string): Promise<number[]> {
-    return this.deleteAndAnnounce('instance_uuid = $1', [instanceUuid]);
+    return this.deleteAndAnnounce('instance_uuid = $1', [instanceUuid], [instanceUuid]);
   }
 
   /** Whether this hash belongs to a token revoked in keyhole that has not expired yet. */
@@ -125,7 +128,7 @@ export class ConsoleAuthTokenRepository {
    * legacy fallback never serves a copy of a revoked token), and tells every proxy of the cell to
    * end their sessions, all in one transaction.
    */
-  private deleteAndAnnounce(where: string, parameters: unknown[]): Promise<number[]> {
+  private deleteAndAnnounce(where: string, parameters: unknown[], instanceUuids?: string[]): Promise<number[]> {
     return this.dataSource.transaction(async (manager) => {
       const rows = await manager.query<{ id: string }[]>(
         `WITH deleted AS (DELETE FROM console_auth_tokens WHERE ${where} RETURNING id, token_hash, expires),
@@ -138,7 +141,9 @@ export class ConsoleAuthTokenRepository {
       );
       const ids = rows.map((row) => Number(row.id));
       // Delivered at commit, so a proxy never ends a session for a revocation that rolled back.
-      if (ids.length > 0) await notify(manager, consoleEventPayloads({ kind: 'revoke', tokenIds: ids }));
+      if (ids.length > 0 || instanceUuids?.length) {
+        await notify(manager, consoleEventPayloads({ kind: 'revoke', tokenIds: ids, ...(instanceUuids ? { instanceUuids } : {}) }));
+      }
       return ids;
     });
   }

@@ -32,8 +32,8 @@ export class ConsoleSessionRepository {
   }
 
   /**
-   * Records a session only if no other live session uses the same host:port (exclusive consoles
-   * such as serial ports), across every proxy of the cell: the check and the insert run under a
+   * Records a session only if no other live session of the same console type uses the same
+   * host:port (exclusive consoles such as serial ports), across every proxy of the cell: the check and the insert run under a
    * transaction-scoped advisory lock on the target. A live session whose proxy has not reported
    * for `staleAfterMs` is taken as dead (its proxy crashed) and ended first. Returns the id of the
    * session holding the console, or null when this one was recorded.
@@ -43,12 +43,13 @@ export class ConsoleSessionRepository {
       await manager.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`console:${row.host}:${row.port}`]);
       await manager.query(
         `UPDATE console_sessions SET ended_at = now(), close_reason = 'proxy lost'
-          WHERE host = $1 AND port = $2 AND ended_at IS NULL AND last_seen_at < now() - make_interval(secs => $3::float8 / 1000)`,
-        [row.host, row.port, staleAfterMs],
+          WHERE host = $1 AND port = $2 AND console_type = $3 AND ended_at IS NULL
+            AND last_seen_at < now() - make_interval(secs => $4::float8 / 1000)`,
+        [row.host, row.port, row.consoleType, staleAfterMs],
       );
       const holders = await manager.query<{ id: string }[]>(
-        'SELECT id FROM console_sessions WHERE host = $1 AND port = $2 AND ended_at IS NULL LIMIT 1',
-        [row.host, row.port],
+        'SELECT id FROM console_sessions WHERE host = $1 AND port = $2 AND console_type = $3 AND ended_at IS NULL LIMIT 1',
+        [row.host, row.port, row.consoleType],
       );
       if (holders.length > 0) return holders[0].id;
       await manager.getRepository(ConsoleSessionEntity).insert(row);
@@ -94,7 +95,7 @@ export class ConsoleSessionRepository {
     return query.getMany();
   }
 
-  /** Live sessions on these console targets (exclusive-port status). */
+  /** Live sessions on these console targets (exclusive-port status), of any type. */
   listLiveOnTargets(targets: { host: string; port: number }[]): Promise<ConsoleSessionEntity[]> {
     if (targets.length === 0) return Promise.resolve([]);
     return this.dataSource
