@@ -68,14 +68,14 @@ export class CellsService {
   async updateDatabaseUrl(name: string, databaseUrl: string): Promise<void> {
     await this.getRow(name);
     await this.migrateUrl(name, databaseUrl);
-    await this.control.cells.updateDatabaseUrl(name, databaseUrl);
+    await this.control.cells.updateEndpoints(name, { databaseUrl });
     await this.databases.close(name);
   }
 
   /** Moves a cell's proxy: tokens issued from now on point at the new URL (existing ones keep theirs). */
   async updateProxyUrl(name: string, proxyUrl: string): Promise<void> {
     await this.getRow(name);
-    await this.control.cells.updateProxyUrl(name, proxyUrl);
+    await this.control.cells.updateEndpoints(name, { proxyUrl });
   }
 
   async list(): Promise<CellView[]> {

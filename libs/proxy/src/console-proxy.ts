@@ -7,6 +7,7 @@ import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
 import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
+import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
 import { findValidToken, NO_INSTANCE_UUID } from '@keyhole/tokens';
 import { connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
@@ -35,23 +36,8 @@ export interface ConsoleProxyOptions {
   forcedFallback?: boolean;
 }
 
-/** What the proxy needs of a legacy token store (implemented by @keyhole/legacy-store). */
-export interface LegacyLookup {
-  /** null when unknown or malformed; throws when the store cannot answer in time. */
-  lookup(token: string): Promise<LegacyGrantSource | null>;
-}
-
-/** A legacy store's answer, as the proxy uses it. */
-export interface LegacyGrantSource {
-  instanceUuid: string | null;
-  consoleType: string | null;
-  host: string;
-  port: number;
-  internalAccessPath: string | null;
-  accessUrlBase: string | null;
-  /** Epoch seconds, or null for a key without TTL. */
-  expiresAt: number | null;
-}
+/** What the proxy needs of the legacy token store: its lookup (null when unknown or malformed; throws when it cannot answer in time). */
+export type LegacyLookup = Pick<LegacyTokenStore, 'lookup'>;
 
 /** A checked right to one console, from the cell database or from the legacy store. */
 interface ConsoleGrant {
@@ -316,7 +302,7 @@ export class ConsoleProxy {
     if (!this.fallbackEnabled || !this.options.legacy) return null;
     // A token revoked in keyhole must not come back through a legacy copy of it (dual-write).
     if (await this.cell.tokens.isRevokedHash(sha256Hex(presented), nowSeconds(this.clock))) return null;
-    let legacy: LegacyGrantSource | null;
+    let legacy: LegacyAuthorization | null;
     try {
       legacy = await this.options.legacy.lookup(presented);
     } catch (error) {

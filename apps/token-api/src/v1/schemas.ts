@@ -55,16 +55,18 @@ export const issueTokenBodySchema = z
   })
   .openapi('IssueTokenRequest');
 
+/** A page size in a query string: 1-1000. */
+const limitQuerySchema = z
+  .string()
+  .regex(/^[0-9]{1,4}$/, 'must be an integer')
+  .transform(Number)
+  .pipe(z.number().min(1).max(1000));
+
 export const listTokensQuerySchema = z
   .strictObject({
     instanceUuid: instanceUuidSchema.optional(),
     after: tokenIdSchema.optional(),
-    limit: z
-      .string()
-      .regex(/^[0-9]{1,4}$/, 'must be an integer')
-      .transform(Number)
-      .pipe(z.number().min(1).max(1000))
-      .optional(),
+    limit: limitQuerySchema.optional(),
   })
   .openapi('ListTokensQuery');
 
@@ -72,12 +74,7 @@ export const listSessionsQuerySchema = z
   .strictObject({
     live: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
     instanceUuid: instanceUuidSchema.optional(),
-    limit: z
-      .string()
-      .regex(/^[0-9]{1,4}$/, 'must be an integer')
-      .transform(Number)
-      .pipe(z.number().min(1).max(1000))
-      .optional(),
+    limit: limitQuerySchema.optional(),
   })
   .openapi('ListSessionsQuery');
 

@@ -24,20 +24,12 @@ export class CellRepository {
     return (await this.findByName(row.name)) as CellEntity;
   }
 
-  async updateDatabaseUrl(name: string, databaseUrl: string): Promise<void> {
+  /** Changes where a cell's database or proxy is. */
+  async updateEndpoints(name: string, changes: Partial<Pick<CellEntity, 'databaseUrl' | 'proxyUrl'>>): Promise<void> {
     await this.rows
       .createQueryBuilder()
       .update()
-      .set({ databaseUrl, updatedAt: () => 'now()' })
-      .where('name = :name', { name })
-      .execute();
-  }
-
-  async updateProxyUrl(name: string, proxyUrl: string): Promise<void> {
-    await this.rows
-      .createQueryBuilder()
-      .update()
-      .set({ proxyUrl, updatedAt: () => 'now()' })
+      .set({ ...changes, updatedAt: () => 'now()' })
       .where('name = :name', { name })
       .execute();
   }
