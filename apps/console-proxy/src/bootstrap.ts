@@ -29,6 +29,6 @@ export function configureConsoleProxyApp(app: NestExpressApplication, config: Ke
   app.disable('x-powered-by');
   // The browser clients (noVNC, serial terminal, SPICE) come from the proxy itself, so an access
   // URL opens a console with nothing else installed.
-  app.use(createWebClientsRouter({ spiceHtml5Dir: config.proxy.spiceHtml5Dir }));
+  app.use(createWebClientsRouter({ spiceHtml5Dir: config.proxy.spiceHtml5Dir, frameAncestors: config.proxy.frameAncestors }));
   return app;
 }

@@ -59,6 +59,9 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: integer(500, 600_000).default(5_000),
   KEYHOLE_PROXY_SESSION_STALE_MS: integer(1_000, 3_600_000).default(30_000),
   KEYHOLE_PROXY_SPICE_HTML5_DIR: z.string().default('/usr/share/spice-html5'),
+  KEYHOLE_PROXY_FRAME_ANCESTORS: commaList
+    .pipe(z.array(z.string().regex(/^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$/, 'an origin such as https://dashboard.example.com')))
+    .default([]),
   KEYHOLE_LEGACY_REDIS_URL: z
     .string()
     .refine((value) => /^rediss?:\/\//.test(value), 'must be a redis:// or rediss:// URL')

@@ -69,6 +69,8 @@ export interface KeyholeConfig {
     sessionStaleMs: number;
     /** Where Debian's spice-html5 package keeps its files. Default /usr/share/spice-html5. */
     spiceHtml5Dir: string;
+    /** Origins that may show the console pages in a frame (a dashboard); none by default. */
+    frameAncestors: string[];
   };
   legacy: {
     /** The legacy token store (redis:// or rediss:// for TLS; password in the URL). Unset = none. */
@@ -177,6 +179,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
       sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
       sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
       spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
+      frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
     },
     legacy: {
       redisUrl: env.KEYHOLE_LEGACY_REDIS_URL,

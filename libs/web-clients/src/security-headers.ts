@@ -28,13 +28,23 @@ export const PAGE_CACHE_CONTROL = 'no-store';
  */
 export const ASSET_CACHE_CONTROL = 'no-cache';
 
-/** Headers on every response of the web-clients router. */
-export function setSecurityHeaders(response: Response, contentSecurityPolicy: string, cacheControl: string): void {
-  response.setHeader('Content-Security-Policy', contentSecurityPolicy);
+/**
+ * Headers on every response of the web-clients router. `frameAncestors` lists the only origins that
+ * may show the pages in a frame (a dashboard such as Horizon's console tab); none by default.
+ */
+export function setSecurityHeaders(
+  response: Response,
+  contentSecurityPolicy: string,
+  cacheControl: string,
+  frameAncestors: readonly string[] = [],
+): void {
+  const framing = frameAncestors.length > 0 ? `frame-ancestors ${frameAncestors.join(' ')}` : "frame-ancestors 'none'";
+  response.setHeader('Content-Security-Policy', contentSecurityPolicy.replace("frame-ancestors 'none'", framing));
   response.setHeader('X-Content-Type-Options', 'nosniff');
   // The page URL holds the token: never send it to anyone as a referrer.
   response.setHeader('Referrer-Policy', 'no-referrer');
-  response.setHeader('X-Frame-Options', 'DENY');
+  // X-Frame-Options cannot name origins; with an allow-list the CSP alone decides.
+  if (frameAncestors.length === 0) response.setHeader('X-Frame-Options', 'DENY');
   response.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
   response.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
   response.setHeader('Cache-Control', cacheControl);

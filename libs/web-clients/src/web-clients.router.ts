@@ -26,7 +26,11 @@ export interface WebClientsOptions {
    * at the root when it exists; null disables the SPICE pages.
    */
   spiceHtml5Dir?: string | null;
+  /** Origins allowed to frame the pages (CSP frame-ancestors), e.g. `https://horizon.example.com`; none by default. */
+  frameAncestors?: readonly string[];
 }
+
+type SetHeaders = (response: Response, contentSecurityPolicy: string, cacheControl: string) => void;
 
 interface FixedFile {
   body: Buffer;
@@ -57,6 +61,8 @@ export function createWebClientsRouter(options: WebClientsOptions = {}): Router 
   const xterm = locateXterm();
   const fitAddon = locateXtermFitAddon();
   const spiceDirectory = resolveSpiceDirectory(options.spiceHtml5Dir);
+  const frameAncestors = options.frameAncestors ?? [];
+  const headers: SetHeaders = (response, csp, cacheControl) => setSecurityHeaders(response, csp, cacheControl, frameAncestors);
 
   const pages = new Map<string, FixedFile>([
     ...VNC_PAGE_PATHS.map((path): [string, FixedFile] => [path, fixedFile(VNC_LITE_HTML, HTML)]),
@@ -81,23 +87,23 @@ export function createWebClientsRouter(options: WebClientsOptions = {}): Router 
       return;
     }
     // Answered here, before any file lookup or redirect; the path is not echoed.
-    setSecurityHeaders(response, PAGE_CSP, PAGE_CACHE_CONTROL);
+    headers(response, PAGE_CSP, PAGE_CACHE_CONTROL);
     response.status(404).type('text/plain').send('Not Found\n');
   });
 
   for (const [path, page] of pages) {
-    router.get(path, (_request, response) => sendFixedFile(response, page, PAGE_CACHE_CONTROL));
+    router.get(path, (_request, response) => sendFixedFile(response, page, PAGE_CACHE_CONTROL, headers));
   }
   for (const [path, asset] of assets) {
-    router.get(path, (_request, response) => sendFixedFile(response, asset, ASSET_CACHE_CONTROL));
+    router.get(path, (_request, response) => sendFixedFile(response, asset, ASSET_CACHE_CONTROL, headers));
   }
 
-  router.use('/core', staticFiles(join(novnc.root, 'core'), () => PAGE_CSP));
-  router.use('/vendor', staticFiles(join(novnc.root, 'vendor'), () => PAGE_CSP));
+  router.use('/core', staticFiles(join(novnc.root, 'core'), () => PAGE_CSP, headers));
+  router.use('/vendor', staticFiles(join(novnc.root, 'vendor'), () => PAGE_CSP, headers));
 
   if (spiceDirectory !== null) {
     const pageCsp = new SpicePageCsp();
-    router.use(staticFiles(spiceDirectory, (filePath, stat) => pageCsp.forFile(filePath, stat)));
+    router.use(staticFiles(spiceDirectory, (filePath, stat) => pageCsp.forFile(filePath, stat), headers));
   }
   return router;
 }
@@ -121,8 +127,8 @@ function fixedFile(content: string | Buffer, contentType: string): FixedFile {
   return { body, contentType, etag };
 }
 
-function sendFixedFile(response: Response, file: FixedFile, cacheControl: string): void {
-  setSecurityHeaders(response, PAGE_CSP, cacheControl);
+function sendFixedFile(response: Response, file: FixedFile, cacheControl: string, headers: SetHeaders): void {
+  headers(response, PAGE_CSP, cacheControl);
   response.setHeader('Content-Type', file.contentType);
   if (cacheControl !== PAGE_CACHE_CONTROL) response.setHeader('ETag', file.etag);
   // res.send answers 304 itself when the request's If-None-Match matches the ETag.
@@ -133,7 +139,7 @@ function sendFixedFile(response: Response, file: FixedFile, cacheControl: string
  * express.static, restricted: no directory index, no directory redirect (a redirect built from a
  * `//host/..` path is an open redirect: Nova CVE-2021-3654), no dotfiles; misses fall through.
  */
-function staticFiles(root: string, contentSecurityPolicy: (filePath: string, stat: Stats) => string) {
+function staticFiles(root: string, contentSecurityPolicy: (filePath: string, stat: Stats) => string, headers: SetHeaders) {
   return express.static(root, {
     index: false,
     redirect: false,
@@ -141,7 +147,7 @@ function staticFiles(root: string, contentSecurityPolicy: (filePath: string, sta
     fallthrough: true,
     setHeaders: (response: Response, filePath: string, stat: Stats) => {
       const isPage = isHtml(filePath);
-      setSecurityHeaders(response, contentSecurityPolicy(filePath, stat), isPage ? PAGE_CACHE_CONTROL : ASSET_CACHE_CONTROL);
+      headers(response, contentSecurityPolicy(filePath, stat), isPage ? PAGE_CACHE_CONTROL : ASSET_CACHE_CONTROL);
     },
   });
 }

@@ -374,3 +374,25 @@ describe('web clients router', () => {
     });
   });
 });
+
+describe('framing by a dashboard', () => {
+  it('refuses every frame by default, and allows exactly the configured origins when asked', async () => {
+    const closed = await TestServer.start({ spiceHtml5Dir: null });
+    const open = await TestServer.start({ spiceHtml5Dir: null, frameAncestors: ['https://horizon.example.com'] });
+    try {
+      const refused = await closed.request('/vnc_lite.html');
+      expect(refused.headers['x-frame-options']).toBe('DENY');
+      expect(String(refused.headers['content-security-policy'])).toContain("frame-ancestors 'none'");
+      for (const path of ['/vnc_lite.html', '/serial.html', '/keyhole/serial.js']) {
+        const allowed = await open.request(path);
+        expect(allowed.status).toBe(200);
+        expect(allowed.headers['x-frame-options']).toBeUndefined();
+        expect(String(allowed.headers['content-security-policy'])).toContain('frame-ancestors https://horizon.example.com');
+        expect(String(allowed.headers['content-security-policy'])).not.toContain("frame-ancestors 'none'");
+      }
+    } finally {
+      await closed.close();
+      await open.close();
+    }
+  });
+});
