@@ -54,11 +54,14 @@ export class ConsoleAuthTokenRepository {
   }
 
   /** The row whose hash matches and whose `expires` is strictly after `nowSeconds` (Nova's rule). */
-  findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
-    return this.rows
-      .createQueryBuilder('t')
-      .where('t.token_hash = :tokenHash AND t.expires > :now', { tokenHash, now: nowSeconds })
-      .getOne();
+  async findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
+    // Every console connect runs this: plain SQL on the unique index, mapped by hand, without the
+    // query builder's work per call.
+    const rows = await this.dataSource.query<Record<string, unknown>[]>(
+      'SELECT * FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1',
+      [tokenHash, nowSeconds],
+    );
+    return rows.length === 0 ? null : this.fromRaw(rows[0]);
   }
 
   findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
