@@ -308,13 +308,30 @@ class QmpClient {
     return client;
   }
 
-  /** Runs a QMP command and resolves with its `return` value; rejects on a QMP error. */
-  execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+  /** Runs a QMP command and resolves with its `return` value; rejects on a QMP error or after `timeoutMs`. */
+  execute(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<unknown> {
     const run = (): Promise<unknown> =>
       new Promise((resolve, reject) => {
         if (this.socket.destroyed) return reject(new Error('QMP connection closed'));
         const id = String(this.nextId++);
-        this.pending.set(id, { resolve, reject });
+        const timer = setTimeout(() => {
+          this.pending.delete(id);
+          reject(new Error(`QMP ${command} got no answer within ${timeoutMs} ms`));
+        }, timeoutMs);
+        const settle = (): void => {
+          clearTimeout(timer);
+          this.pending.delete(id);
+        };
+        this.pending.set(id, {
+          resolve: (value) => {
+            settle();
+            resolve(value);
+          },
+          reject: (error) => {
+            settle();
+            reject(error);
+          },
+        });
         this.socket.write(`${JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id })}\n`);
       });
     const result = this.queue.then(run, run);
@@ -336,14 +353,12 @@ class QmpClient {
       const message = JSON.parse(line) as { id?: string; return?: unknown; error?: { class: string; desc: string } };
       if (message.id === undefined) continue; // an event
       const waiter = this.pending.get(message.id);
-      this.pending.delete(message.id);
       if (message.error) waiter?.reject(new Error(`QMP ${message.error.class}: ${message.error.desc}`));
       else waiter?.resolve(message.return);
     }
   }
 
   private failAll(error: Error): void {
-    for (const waiter of this.pending.values()) waiter.reject(error);
-    this.pending.clear();
+    for (const waiter of [...this.pending.values()]) waiter.reject(error);
   }
 }
