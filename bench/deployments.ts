@@ -1,0 +1,225 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Client } from 'pg';
+import { Child, onCleanup, sleep, spawnLogged, waitForLog } from './procs';
+
+/**
+ * The systems under test, started the way production starts them: keyhole from its compiled
+ * `dist/` (CLI for migrations, the cell and the keys; the token API and ONE console proxy as
+ * processes of their own, on real PostgreSQL), and Debian's websockify with its TokenFile plugin.
+ */
+
+const execFileAsync = promisify(execFile);
+
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+export interface KeyholeOptions {
+  /** The checkout whose dist/ runs (default: this one). */
+  productDir: string;
+  /** PostgreSQL server (a role that may create databases). */
+  serverUrl: string;
+  /** Log files go here. */
+  workDir: string;
+  apiPoolSize: number;
+  proxyPoolSize: number;
+  /** Extra node arguments for the proxy and the API (--cpu-prof ..., which NODE_OPTIONS refuses). */
+  proxyNodeArgs?: string[];
+  apiNodeArgs?: string[];
+  proxyEnvironment?: Record<string, string>;
+  apiEnvironment?: Record<string, string>;
+}
+
+export interface Keyhole {
+  cellName: string;
+  controlUrl: string;
+  cellUrl: string;
+  apiUrl: string;
+  proxyPort: number;
+  agentKey: string;
+  operatorKey: string;
+  api: Child;
+  proxy: Child;
+  /** Restarts the proxy (same port, same database), e.g. to measure a fresh process's memory. */
+  restartProxy(): Promise<void>;
+  /** Stops the API and the proxy (SIGTERM: Nest shuts down, profiles are written). */
+  stopProcesses(): Promise<void>;
+}
+
+function urlForDatabase(serverUrl: string, name: string): string {
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+async function onServer<T>(serverUrl: string, work: (client: Client) => Promise<T>): Promise<T> {
+  const client = new Client({ connectionString: serverUrl, connectionTimeoutMillis: 10_000 });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
+  const dist = path.join(options.productDir, 'dist/apps');
+  const cliMain = path.join(dist, 'cli/src/main.js');
+  const apiMain = path.join(dist, 'token-api/src/main.js');
+  const proxyMain = path.join(dist, 'console-proxy/src/main.js');
+  for (const file of [cliMain, apiMain, proxyMain]) if (!existsSync(file)) throw new Error(`${file} is missing: run "npm run build" in ${options.productDir}`);
+
+  const suffix = randomBytes(4).toString('hex');
+  const controlName = `keyhole_bench_control_${suffix}`;
+  const cellDbName = `keyhole_bench_cell_${suffix}`;
+  const controlUrl = urlForDatabase(options.serverUrl, controlName);
+  const cellUrl = urlForDatabase(options.serverUrl, cellDbName);
+  const cellName = 'bench';
+
+  // Dropped at the end whatever happens (FORCE: a process that did not stop cannot keep them).
+  onCleanup(() =>
+    onServer(options.serverUrl, async (client) => {
+      for (const name of [cellDbName, controlName]) await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    }),
+  );
+  await onServer(options.serverUrl, async (client) => {
+    for (const name of [controlName, cellDbName]) await client.query(`CREATE DATABASE ${name}`);
+  });
+
+  const baseEnvironment: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, KEYHOLE_LOG_LEVEL: 'info' };
+  const cli = async (...args: string[]): Promise<string> => {
+    const { stdout } = await execFileAsync(process.execPath, [cliMain, ...args], {
+      env: { ...baseEnvironment, KEYHOLE_DATABASE_URL: controlUrl },
+      timeout: 60_000,
+    });
+    return stdout;
+  };
+  const proxyPort = await freePort();
+  await cli('migrate');
+  await cli('cells', 'add', cellName, '--database-url', cellUrl, '--proxy-url', `http://127.0.0.1:${proxyPort}`);
+  const keyOf = (output: string): string => {
+    const key = /khk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}/.exec(output)?.[0];
+    if (!key) throw new Error(`no API key in the CLI's answer:\n${output}`);
+    return key;
+  };
+  const agentKey = keyOf(await cli('credentials', 'create', '--role', 'agent', '--cell', cellName, '--name', 'bench-agent'));
+  const operatorKey = keyOf(await cli('credentials', 'create', '--role', 'operator', '--cell', cellName, '--name', 'bench-operator'));
+
+  mkdirSync(options.workDir, { recursive: true });
+  const api = await spawnLogged('token API', process.execPath, [...(options.apiNodeArgs ?? []), apiMain], {
+    logFile: path.join(options.workDir, 'token-api.log'),
+    env: {
+      ...baseEnvironment,
+      KEYHOLE_DATABASE_URL: controlUrl,
+      KEYHOLE_API_HOST: '127.0.0.1',
+      KEYHOLE_API_PORT: '0',
+      // The bench purges on demand; the schedule would purge in the middle of other figures.
+      KEYHOLE_PURGE_INTERVAL_MS: '0',
+      KEYHOLE_DB_POOL_SIZE: String(options.apiPoolSize),
+      ...options.apiEnvironment,
+    },
+  });
+  onCleanup(() => api.stop());
+  const apiPort = Number((await waitForLog(api, /"port":(\d+),"msg":"token API listening"/, 30_000))[1]);
+
+  let proxyRun = 0;
+  const startProxy = async (): Promise<Child> => {
+    proxyRun += 1;
+    const proxy = await spawnLogged('console proxy', process.execPath, [...(options.proxyNodeArgs ?? []), proxyMain], {
+      logFile: path.join(options.workDir, `console-proxy-${proxyRun}.log`),
+      env: {
+        ...baseEnvironment,
+        KEYHOLE_CELL_NAME: cellName,
+        KEYHOLE_CELL_DATABASE_URL: cellUrl,
+        KEYHOLE_PROXY_HOST: '127.0.0.1',
+        KEYHOLE_PROXY_PORT: String(proxyPort),
+        KEYHOLE_DB_POOL_SIZE: String(options.proxyPoolSize),
+        ...options.proxyEnvironment,
+      },
+    });
+    onCleanup(() => proxy.stop());
+    await waitForLog(proxy, /"msg":"console proxy listening"/, 30_000);
+    return proxy;
+  };
+  const keyhole: Keyhole = {
+    cellName,
+    controlUrl,
+    cellUrl,
+    apiUrl: `http://127.0.0.1:${apiPort}`,
+    proxyPort,
+    agentKey,
+    operatorKey,
+    api,
+    proxy: await startProxy(),
+    async restartProxy() {
+      // SIGTERM drains for KEYHOLE_PROXY_DRAIN_GRACE_MS; the bench closed its sessions already.
+      await keyhole.proxy.stop(20_000);
+      keyhole.proxy = await startProxy();
+    },
+    async stopProcesses() {
+      await Promise.all([keyhole.proxy.stop(20_000), api.stop(20_000)]);
+    },
+  };
+  return keyhole;
+}
+
+/** Issues one token through the API as the cell's agent; returns the token. */
+export async function issueToken(keyhole: Keyhole, target: { host: string; port: number }, ttlSeconds = 3600): Promise<string> {
+  const response = await fetch(`${keyhole.apiUrl}/v1/cells/${keyhole.cellName}/tokens`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${keyhole.agentKey}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ instanceUuid: '00000000-0000-4000-8000-00000000be01', consoleType: 'novnc', host: target.host, port: target.port, ttlSeconds }),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const body = (await response.json()) as { token?: string };
+  if (response.status !== 201 || !body.token) throw new Error(`issuing a token failed: ${response.status} ${JSON.stringify(body)}`);
+  return body.token;
+}
+
+export interface Websockify {
+  port: number;
+  child: Child;
+}
+
+/**
+ * `websockify --token-plugin TokenFile --token-source DIR 127.0.0.1:PORT`, DIR holding one file of
+ * `TOKEN: HOST:PORT` lines (websockify reads every file of the directory, so nothing else goes there).
+ */
+export async function startWebsockify(targets: Record<string, string>, workDir: string): Promise<Websockify> {
+  const tokenDirectory = path.join(workDir, 'websockify-tokens');
+  mkdirSync(tokenDirectory, { recursive: true });
+  writeFileSync(path.join(tokenDirectory, 'tokens'), Object.entries(targets).map(([token, target]) => `${token}: ${target}\n`).join(''));
+  const port = await freePort();
+  const child = await spawnLogged('websockify', 'websockify', ['--token-plugin', 'TokenFile', '--token-source', tokenDirectory, `127.0.0.1:${port}`], {
+    logFile: path.join(workDir, 'websockify.log'),
+    env: { ...process.env, PYTHONUNBUFFERED: '1' },
+  });
+  onCleanup(() => child.stop(5_000));
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const listening = await new Promise<boolean>((resolve) => {
+      const socket = createConnection({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (listening) break;
+    if (child.hasExited() || Date.now() > deadline) throw new Error(`websockify did not listen on ${port}:\n${child.tail()}`);
+    await sleep(50);
+  }
+  return { port, child };
+}
