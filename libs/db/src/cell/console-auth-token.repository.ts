@@ -102,8 +102,9 @@ export class ConsoleAuthTokenRepository {
   /** Deletes at most `batchSize` tombstones of tokens that have expired anyway; returns how many. */
   async deleteExpiredTombstonesBatch(nowSeconds: number, batchSize: number): Promise<number> {
     const [, count] = await this.dataSource.query<[unknown[], number]>(
-      `DELETE FROM revoked_token_hashes WHERE token_hash IN (
-         SELECT token_hash FROM revoked_token_hashes WHERE expires <= $1 ORDER BY expires LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+      // By ctid, as deleteExpiredBatch explains.
+      `DELETE FROM revoked_token_hashes WHERE ctid = ANY(ARRAY(
+         SELECT ctid FROM revoked_token_hashes WHERE expires <= $1 ORDER BY expires LIMIT $2 FOR UPDATE SKIP LOCKED))`,
       [nowSeconds, batchSize],
     );
     return count;
@@ -160,13 +161,17 @@ export class ConsoleAuthTokenRepository {
     const hostClause = host === undefined ? '' : 'AND host = $3';
     const parameters: unknown[] = [nowSeconds, batchSize];
     if (host !== undefined) parameters.push(host);
+    // The batch is picked in expiry order on the (host, )expires index and deleted by the physical
+    // row addresses (ctids) that picking returned: a TID scan. Deleting `WHERE id IN (...)` made the
+    // planner hash the ids and probe the primary key once per row, which measured ~1.7x slower on a
+    // million expired rows. The ctids are stable for the statement: the rows are locked by it.
     const [, count] = await this.rows.manager.query<[unknown[], number]>(
-      `DELETE FROM console_auth_tokens WHERE id IN (
-         SELECT id FROM console_auth_tokens
+      `DELETE FROM console_auth_tokens WHERE ctid = ANY(ARRAY(
+         SELECT ctid FROM console_auth_tokens
           WHERE expires <= $1 ${hostClause}
           ORDER BY expires
           LIMIT $2
-          FOR UPDATE SKIP LOCKED)`,
+          FOR UPDATE SKIP LOCKED))`,
       parameters,
     );
     return count;
