@@ -12,5 +12,6 @@ export * from './cell/console-events';
 export * from './data-source.factory';
 export * from './migration-runner';
 export * from './postgres-errors';
+export * from './prepared-statements';
 export * from './control-database';
 export * from './db.module';

@@ -8,16 +8,22 @@ import type { KeyholeConfig } from '@keyhole/config';
 import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
 import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
-import { findValidToken, NO_INSTANCE_UUID } from '@keyhole/tokens';
+import { isPlausibleToken, NO_INSTANCE_UUID } from '@keyhole/tokens';
 import { connectUpstream, UpstreamError } from '@keyhole/upstream';
+import { BatchedTokenLookup } from './batched-token-lookup';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import { ConsoleEventsListener } from './console-events.listener';
 import { checkOrigin, extractToken } from './handshake-rules';
 import type { LiveSession } from './live-session';
 import { ConnectResult, ProxyMetrics } from './proxy.metrics';
+import { SessionRecorder } from './session-recorder';
 import { SessionRegistry } from './session-registry';
 
-/** Console types whose console serves one client at a time (Nova bug 1425640). */
+/**
+ * Console types whose console serves one client at a time (Nova bug 1425640). The cell database
+ * enforces it with a partial unique index on exactly these types (migration
+ * AddExclusiveConsoleIndex): adding one here needs a migration there.
+ */
 const EXCLUSIVE_CONSOLE_TYPES = new Set(['serial']);
 
 /** Backpressure thresholds of each session's console-to-browser direction. */
@@ -77,6 +83,11 @@ export class ConsoleProxy {
   private readonly connecting = new Map<string, { tokenId: number | null; cancelled?: CloseReason }>();
   /** Exclusive targets whose previous session's end is still being written (a reconnect waits for it). */
   private readonly endingTargets = new Map<string, Promise<unknown>>();
+  private readonly tokenLookup: BatchedTokenLookup;
+  private readonly recorder: SessionRecorder;
+  /** Invalid tokens refused since the last summary line (a flood must not write a line per attempt). */
+  private refusedTokens = 0;
+  private refusalSummaryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly options: ConsoleProxyOptions,
@@ -106,6 +117,8 @@ export class ConsoleProxy {
       cell.sessions,
       () => clock.nowMs(),
     );
+    this.tokenLookup = new BatchedTokenLookup(cell.tokens, () => nowSeconds(clock));
+    this.recorder = new SessionRecorder(cell.sessions);
     this.events = new ConsoleEventsListener(options.cellDatabaseUrl, `keyhole-proxy:${options.cellName}:events`, {
       onEvent: (event) => this.onConsoleEvent(event),
       reconcile: () => this.reconcile(),
@@ -114,6 +127,8 @@ export class ConsoleProxy {
 
   async start(): Promise<void> {
     this.registry.start();
+    this.refusalSummaryTimer = setInterval(() => this.logRefusedTokens(), REFUSAL_SUMMARY_INTERVAL_MS);
+    this.refusalSummaryTimer.unref();
     await this.events.start();
   }
 
@@ -159,11 +174,17 @@ export class ConsoleProxy {
     this.draining = true;
     this.registry.closeAll('proxy shutdown');
     this.registry.stop();
+    clearInterval(this.refusalSummaryTimer);
+    this.logRefusedTokens();
     await this.events.stop();
     const deadline = Date.now() + 5_000;
     while ((this.registry.size > 0 || this.pendingWrites.size > 0) && Date.now() < deadline) {
       await Promise.race([Promise.allSettled([...this.pendingWrites]), delay(25)]);
     }
+    // Rows of sessions that never got as far as an end are still queued: write them too.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.recorder.flush(), new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))))]);
+    clearTimeout(timer);
   }
 
   /** The http server's 'upgrade' listener. Never throws; every path answers or closes the socket. */
@@ -181,20 +202,20 @@ export class ConsoleProxy {
     if (this.draining) return this.refuse(socket, 503, 'proxy is shutting down', 'draining');
     const presented = extractToken(request.url ?? '/', request.headers.cookie);
     if (!presented) return this.refuse(socket, 401, 'a console token is required', 'no_token');
+    // Implausible tokens (too long, not printable ASCII) could match nothing: no database work.
+    if (!isPlausibleToken(presented)) return this.refuseToken(socket, request, undefined);
+    const tokenHash = sha256Hex(presented);
 
     let grant: ConsoleGrant | null;
     try {
-      grant = await this.resolveGrant(presented, request);
+      grant = await this.resolveGrant(presented, tokenHash, request);
     } catch (error) {
       // Fail closed: if the cell database (or, for a fallback, the legacy store) cannot be asked,
       // no one gets in.
-      this.logger.error({ err: error, fingerprint: fingerprintOfHash(sha256Hex(presented)) }, 'token lookup failed');
+      this.logger.error({ err: error, fingerprint: fingerprintOfHash(tokenHash) }, 'token lookup failed');
       return this.refuse(socket, 503, 'console authorization is unavailable', 'unavailable');
     }
-    if (!grant) {
-      this.logger.log({ fingerprint: fingerprintOfHash(sha256Hex(presented)), client: this.clientAddress(request) }, 'refused an invalid or expired token');
-      return this.refuse(socket, 401, 'invalid or expired token', 'invalid_token');
-    }
+    if (!grant) return this.refuseToken(socket, request, tokenHash);
     if (!(this.options.settings.consoleTypes as string[]).includes(grant.consoleType)) {
       return this.refuse(socket, 404, `this proxy does not serve ${grant.consoleType} consoles`, 'wrong_console_type');
     }
@@ -222,7 +243,6 @@ export class ConsoleProxy {
       proxyInstance: this.options.instance,
       clientAddress: this.clientAddress(request),
     };
-    let recorded: Promise<void>;
     if (EXCLUSIVE_CONSOLE_TYPES.has(grant.consoleType)) {
       // A browser that reconnects at once must not be refused by its own session's pending end.
       await this.endingTargets.get(targetKey(grant.host, grant.port));
@@ -237,12 +257,10 @@ export class ConsoleProxy {
         this.logger.log({ fingerprint: grant.fingerprint, heldBy: holder }, 'refused: console in use');
         return this.refuse(socket, 409, `console busy: another session (${holder}) is connected to this ${grant.consoleType} port`, 'console_busy');
       }
-      recorded = Promise.resolve();
     } else {
-      // Not on the connect path: the row is written while the console connects.
-      recorded = this.cell.sessions.insert(sessionRow).catch((error: unknown) => {
-        this.logger.warn({ err: error, sessionId: sessionRow.id }, 'could not record the session');
-      });
+      // Not on the connect path: the row is written while the console connects, batched with
+      // the other connects' rows.
+      void this.recorder.record(sessionRow);
     }
 
     const upstream = connectUpstream(
@@ -251,7 +269,7 @@ export class ConsoleProxy {
     );
     // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
     upstream.catch(ignore);
-    const pending: Omit<LiveSession, 'bridge'> = { ...sessionRow, expires: grant.expires, recorded };
+    const pending: Omit<LiveSession, 'bridge'> = { ...sessionRow, expires: grant.expires };
     this.connecting.set(sessionRow.id, { tokenId: grant.tokenId });
     // If ws never completes the upgrade (a bad Sec-WebSocket-Key, a client that left during the
     // checks), release the console and the session at once instead of holding a serial port.
@@ -282,14 +300,13 @@ export class ConsoleProxy {
    * The cell database first (one indexed lookup); only on a miss, and only while the fallback is
    * on, the legacy store. A legacy token is then served exactly like a database one.
    */
-  private async resolveGrant(presented: string, request: IncomingMessage): Promise<ConsoleGrant | null> {
-    const token = await findValidToken(this.cell.tokens, presented, nowSeconds(this.clock));
-    if (token) {
-      const row = token.row;
+  private async resolveGrant(presented: string, tokenHash: string, request: IncomingMessage): Promise<ConsoleGrant | null> {
+    const row = await this.tokenLookup.findValid(tokenHash);
+    if (row) {
       return {
         source: 'database',
         tokenId: row.id,
-        fingerprint: token.fingerprint,
+        fingerprint: fingerprintOfHash(tokenHash),
         instanceUuid: row.instanceUuid,
         consoleType: row.consoleType,
         host: row.host,
@@ -301,7 +318,7 @@ export class ConsoleProxy {
     }
     if (!this.fallbackEnabled || !this.options.legacy) return null;
     // A token revoked in keyhole must not come back through a legacy copy of it (dual-write).
-    if (await this.cell.tokens.isRevokedHash(sha256Hex(presented), nowSeconds(this.clock))) return null;
+    if (await this.cell.tokens.isRevokedHash(tokenHash, nowSeconds(this.clock))) return null;
     let legacy: LegacyAuthorization | null;
     try {
       legacy = await this.options.legacy.lookup(presented);
@@ -314,7 +331,7 @@ export class ConsoleProxy {
     return {
       source: 'legacy',
       tokenId: null,
-      fingerprint: fingerprintOfHash(sha256Hex(presented)),
+      fingerprint: fingerprintOfHash(tokenHash),
       instanceUuid: legacy.instanceUuid ?? NO_INSTANCE_UUID,
       // websockify's format has no type: its consoles are VNC.
       consoleType: legacy.consoleType ?? 'novnc',
@@ -394,11 +411,10 @@ export class ConsoleProxy {
       },
       'console session ended',
     );
-    const counters = { id: session.id, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream };
     const target = targetKey(session.host, session.port);
-    const write = session.recorded
-      .then(() => this.cell.sessions.end(counters, reason))
-      .catch((error: unknown) => this.logger.warn({ err: error, sessionId: session.id }, 'could not record the end of a session'))
+    // The recorder writes the end after the row (or with it, when the row is not written yet).
+    const write = this.recorder
+      .end({ id: session.id, reason, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream })
       .finally(() => {
         this.pendingWrites.delete(write);
         if (this.endingTargets.get(target) === write) this.endingTargets.delete(target);
@@ -434,6 +450,23 @@ export class ConsoleProxy {
     if (ended.length > 0) this.registry.closeBySessionIds(ended, 'ended by operator');
   }
 
+  /**
+   * 401 for a token that is unknown, expired, revoked or implausible (the same answer for all).
+   * Each refusal is logged at debug level (its fingerprint, when it was hashed, and the client);
+   * at info level a summary line counts them, so that a flood of guesses does not flood the log.
+   */
+  private refuseToken(socket: Duplex, request: IncomingMessage, tokenHash: string | undefined): void {
+    this.refusedTokens += 1;
+    this.logger.debug({ fingerprint: tokenHash === undefined ? null : fingerprintOfHash(tokenHash), client: this.clientAddress(request) }, 'refused an invalid or expired token');
+    this.refuse(socket, 401, 'invalid or expired token', 'invalid_token');
+  }
+
+  private logRefusedTokens(): void {
+    if (this.refusedTokens === 0) return;
+    this.logger.log({ refused: this.refusedTokens, intervalMs: REFUSAL_SUMMARY_INTERVAL_MS }, 'refused invalid or expired tokens');
+    this.refusedTokens = 0;
+  }
+
   private noTraffic(): BridgeStats {
     const nowMs = this.clock.nowMs();
     return { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: nowMs, endedAtMs: nowMs };
@@ -462,6 +495,9 @@ export class ConsoleProxy {
     return request.socket.remoteAddress ?? null;
   }
 }
+
+/** How often the count of refused tokens is logged (when there were any). */
+const REFUSAL_SUMMARY_INTERVAL_MS = 10_000;
 
 function targetKey(host: string, port: number): string {
   return `${host}:${port}`;

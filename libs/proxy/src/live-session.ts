@@ -14,6 +14,4 @@ export interface LiveSession {
   /** The token's expiry, epoch seconds. */
   expires: number;
   bridge: ConsoleBridge;
-  /** Resolves once the session row is written (the end update waits for it). */
-  recorded: Promise<void>;
 }

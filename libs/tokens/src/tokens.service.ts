@@ -189,7 +189,8 @@ export async function findValidToken(
   return row ? ConsoleAuthToken.fromRow(tokens.cellName, row, token) : null;
 }
 
-function isPlausibleToken(token: string): boolean {
+/** Whether a presented token could match a stored one; implausible ones never reach the database. */
+export function isPlausibleToken(token: string): boolean {
   // Printable ASCII only: control characters or non-ASCII never belong to a token we could match.
   return token.length > 0 && token.length <= MAX_PRESENTED_TOKEN_LENGTH && /^[\x21-\x7e]+$/.test(token);
 }

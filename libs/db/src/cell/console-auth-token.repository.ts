@@ -2,6 +2,12 @@ import { DataSource, Repository } from 'typeorm';
 import { ConsoleAuthTokenEntity } from './console-auth-token.entity';
 import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
+import { runPrepared } from '../prepared-statements';
+
+/** Every column of the table, for prepared statements (which must not select `*`). */
+const TOKEN_COLUMNS =
+  'id, token_hash, console_type, host, port, tls_port, internal_access_path, instance_uuid, expires, access_url_base, ' +
+  'created_at, updated_at, row_version, object_version, issued_by';
 
 export type NewConsoleAuthTokenRow = Pick<
   ConsoleAuthTokenEntity,
@@ -62,6 +68,21 @@ export class ConsoleAuthTokenRepository {
       [tokenHash, nowSeconds],
     );
     return rows.length === 0 ? null : this.fromRaw(rows[0]);
+  }
+
+  /**
+   * The valid rows (`expires > nowSeconds`) among these hashes, in one query on the unique index:
+   * the proxy checks the tokens of concurrent connects together. Unknown hashes have no row.
+   */
+  async findValidByHashes(tokenHashes: string[], nowSeconds: number): Promise<ConsoleAuthTokenEntity[]> {
+    if (tokenHashes.length === 0) return [];
+    const rows = await runPrepared<Record<string, unknown>>(
+      this.dataSource,
+      'keyhole_find_valid_tokens',
+      `SELECT ${TOKEN_COLUMNS} FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2`,
+      [tokenHashes, nowSeconds],
+    );
+    return rows.map((row) => this.fromRaw(row));
   }
 
   findById(id: number): Promise<ConsoleAuthTokenEntity | null> {

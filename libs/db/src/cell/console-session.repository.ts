@@ -1,6 +1,7 @@
 import { DataSource, EntityManager } from 'typeorm';
 import { ConsoleSessionEntity } from './console-session.entity';
 import { CONSOLE_EVENTS_CHANNEL, consoleEventPayloads } from './console-events';
+import { runPrepared } from '../prepared-statements';
 
 export type NewConsoleSessionRow = Pick<
   ConsoleSessionEntity,
@@ -11,6 +12,16 @@ export interface SessionCounters {
   id: string;
   bytesToClient: number;
   bytesToUpstream: number;
+}
+
+/** How a session ended: its reason and its byte counts. */
+export interface SessionEnd extends SessionCounters {
+  reason: string;
+}
+
+/** A session to record, with its end when it ended before it was written. */
+export interface SessionRecord extends NewConsoleSessionRow {
+  end?: Omit<SessionEnd, 'id'>;
 }
 
 export interface SessionListFilter {
@@ -26,35 +37,90 @@ export class ConsoleSessionRepository {
     private readonly dataSource: DataSource,
   ) {}
 
-  /** Records a session that does not need its console to itself. */
-  async insert(row: NewConsoleSessionRow): Promise<void> {
-    await this.dataSource.getRepository(ConsoleSessionEntity).insert(row);
+  /**
+   * Records sessions in one statement. A session that already ended before it could be recorded
+   * (a batch is written while the next connects go on) is inserted with its end.
+   */
+  async insertBatch(rows: SessionRecord[]): Promise<void> {
+    if (rows.length === 0) return;
+    await runPrepared(
+      this.dataSource,
+      'keyhole_insert_sessions',
+      `INSERT INTO console_sessions (id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
+                                     proxy_instance, client_address, ended_at, close_reason, bytes_to_client, bytes_to_upstream)
+       SELECT v.id, v.token_id, v.token_source, v.token_fingerprint, v.instance_uuid, v.console_type, v.host, v.port,
+              v.proxy_instance, v.client_address, CASE WHEN v.close_reason IS NULL THEN NULL ELSE now() END, v.close_reason,
+              v.to_client, v.to_upstream
+         FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::int[],
+                     $9::varchar[], $10::varchar[], $11::varchar[], $12::bigint[], $13::bigint[])
+           AS v(id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
+                proxy_instance, client_address, close_reason, to_client, to_upstream)`,
+      [
+        rows.map((row) => row.id),
+        rows.map((row) => row.tokenId),
+        rows.map((row) => row.tokenSource),
+        rows.map((row) => row.tokenFingerprint),
+        rows.map((row) => row.instanceUuid),
+        rows.map((row) => row.consoleType),
+        rows.map((row) => row.host),
+        rows.map((row) => row.port),
+        rows.map((row) => row.proxyInstance),
+        rows.map((row) => row.clientAddress),
+        rows.map((row) => row.end?.reason ?? null),
+        rows.map((row) => row.end?.bytesToClient ?? 0),
+        rows.map((row) => row.end?.bytesToUpstream ?? 0),
+      ],
+    );
   }
 
   /**
-   * Records a session only if no other live session of the same console type uses the same
-   * host:port (exclusive consoles such as serial ports), across every proxy of the cell: the check and the insert run under a
-   * transaction-scoped advisory lock on the target. A live session whose proxy has not reported
-   * for `staleAfterMs` is taken as dead (its proxy crashed) and ended first. Returns the id of the
-   * session holding the console, or null when this one was recorded.
+   * Records one live session only if no other live session uses the same exclusive console
+   * target (serial ports), across every proxy of the cell, in one statement: the partial unique
+   * index `console_sessions_exclusive_target_idx` decides between concurrent claims. A live session
+   * on the target whose proxy has not reported for `staleAfterMs` is taken as dead (its proxy
+   * crashed) and ended by the same statement first. Returns the id of the session holding the
+   * console, or null when this one was recorded.
    */
-  insertExclusive(row: NewConsoleSessionRow, staleAfterMs: number): Promise<string | null> {
-    return this.dataSource.transaction(async (manager) => {
-      await manager.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`console:${row.host}:${row.port}`]);
-      await manager.query(
-        `UPDATE console_sessions SET ended_at = now(), close_reason = 'proxy lost'
-          WHERE host = $1 AND port = $2 AND console_type = $3 AND ended_at IS NULL
-            AND last_seen_at < now() - make_interval(secs => $4::float8 / 1000)`,
-        [row.host, row.port, row.consoleType, staleAfterMs],
+  async insertExclusive(row: NewConsoleSessionRow, staleAfterMs: number): Promise<string | null> {
+    // A holder may end between the refused insert and the look-up of its id: then try again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const inserted = await runPrepared<{ id: string }>(
+        this.dataSource,
+        'keyhole_claim_exclusive_console',
+        // The stale holder is ended before the insert is checked: the count() in the WHERE is an
+        // init plan that runs the UPDATE to completion first, and a row this statement updated no
+        // longer conflicts.
+        `WITH stale AS (
+           UPDATE console_sessions SET ended_at = now(), close_reason = 'proxy lost'
+            WHERE host = $7 AND port = $8 AND console_type = $6 AND ended_at IS NULL
+              AND last_seen_at < now() - make_interval(secs => $11::float8 / 1000)
+           RETURNING 1)
+         INSERT INTO console_sessions (id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port, proxy_instance, client_address)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE (SELECT count(*) FROM stale) >= 0
+         ON CONFLICT DO NOTHING
+         RETURNING id`,
+        [
+          row.id,
+          row.tokenId,
+          row.tokenSource,
+          row.tokenFingerprint,
+          row.instanceUuid,
+          row.consoleType,
+          row.host,
+          row.port,
+          row.proxyInstance,
+          row.clientAddress,
+          staleAfterMs,
+        ],
       );
-      const holders = await manager.query<{ id: string }[]>(
+      if (inserted.length > 0) return null;
+      const holders = await this.dataSource.query<{ id: string }[]>(
         'SELECT id FROM console_sessions WHERE host = $1 AND port = $2 AND console_type = $3 AND ended_at IS NULL LIMIT 1',
         [row.host, row.port, row.consoleType],
       );
       if (holders.length > 0) return holders[0].id;
-      await manager.getRepository(ConsoleSessionEntity).insert(row);
-      return null;
-    });
+    }
+    throw new Error('could not claim an exclusive console: its holder kept changing');
   }
 
   /** Marks these live sessions as seen now, with their byte counts so far (one statement). */
@@ -69,14 +135,21 @@ export class ConsoleSessionRepository {
     );
   }
 
-  /** Records the end of a session; a reason already set (by an operator) is kept. */
-  async end(counters: SessionCounters, reason: string): Promise<void> {
-    await this.dataSource.query(
-      `UPDATE console_sessions
-          SET ended_at = COALESCE(ended_at, now()), close_reason = COALESCE(close_reason, $2),
-              last_seen_at = now(), bytes_to_client = $3, bytes_to_upstream = $4
-        WHERE id = $1`,
-      [counters.id, reason, counters.bytesToClient, counters.bytesToUpstream],
+  /**
+   * Records the end of sessions in one statement; a reason already set (by an operator) is kept.
+   * Each session's row must have been written before.
+   */
+  async endBatch(ends: SessionEnd[]): Promise<void> {
+    if (ends.length === 0) return;
+    await runPrepared(
+      this.dataSource,
+      'keyhole_end_sessions',
+      `UPDATE console_sessions s
+          SET ended_at = COALESCE(ended_at, now()), close_reason = COALESCE(close_reason, v.reason),
+              last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
+         FROM unnest($1::uuid[], $2::varchar[], $3::bigint[], $4::bigint[]) AS v(id, reason, to_client, to_upstream)
+        WHERE s.id = v.id`,
+      [ends.map((end) => end.id), ends.map((end) => end.reason), ends.map((end) => end.bytesToClient), ends.map((end) => end.bytesToUpstream)],
     );
   }
 

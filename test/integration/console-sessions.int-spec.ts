@@ -1,0 +1,135 @@
+import { randomUUID } from 'node:crypto';
+import { DataSource } from 'typeorm';
+import { ConsoleAuthTokenRepository, ConsoleSessionRepository, createDataSource, NewConsoleSessionRow } from '@keyhole/db';
+import { createTestDatabase, queryDatabase } from '../support/databases';
+
+/*
+ * The proxy's statements on a real, migrated cell database: several proxies (one pool each)
+ * claiming one exclusive console at once, the takeover of a crashed proxy's session, batched
+ * session rows and ends, and the batched token check.
+ */
+
+const STALE_AFTER_MS = 60_000;
+
+describe('console sessions on a real cell database', () => {
+  let cell: Awaited<ReturnType<typeof createTestDatabase>>;
+  /** One pool per simulated proxy replica. */
+  const pools: DataSource[] = [];
+  let replicas: ConsoleSessionRepository[];
+
+  beforeAll(async () => {
+    cell = await createTestDatabase('cell');
+    for (let index = 0; index < 4; index++) {
+      const pool = createDataSource('cell', { url: cell.url, poolSize: 5, connectTimeoutMs: 5_000, statementTimeoutMs: 5_000, applicationName: `keyhole-test-${index}` });
+      await pool.initialize();
+      pools.push(pool);
+    }
+    replicas = pools.map((pool) => new ConsoleSessionRepository('cell1', pool));
+  });
+
+  afterAll(async () => {
+    for (const pool of pools) await pool.destroy();
+    await cell?.drop();
+  });
+
+  function session(overrides: Partial<NewConsoleSessionRow> = {}): NewConsoleSessionRow {
+    return {
+      id: randomUUID(),
+      tokenId: 1,
+      tokenSource: 'database',
+      tokenFingerprint: '0123456789ab',
+      instanceUuid: randomUUID(),
+      consoleType: 'serial',
+      host: '10.0.0.1',
+      port: 10_000 + Math.floor(Math.random() * 50_000),
+      proxyInstance: 'proxy-a',
+      clientAddress: '192.0.2.1',
+      ...overrides,
+    };
+  }
+
+  const liveOn = (port: number) =>
+    queryDatabase<{ id: string }>(cell.url, `SELECT id FROM console_sessions WHERE host = '10.0.0.1' AND port = $1 AND ended_at IS NULL`, [port]);
+
+  it('lets exactly one of many concurrent claims on a serial port in, and tells the others who holds it', async () => {
+    const port = 20_001;
+    const claims = Array.from({ length: 24 }, (_, index) => session({ port, proxyInstance: `proxy-${index % replicas.length}` }));
+    const holders = await Promise.all(claims.map((claim, index) => replicas[index % replicas.length].insertExclusive(claim, STALE_AFTER_MS)));
+    const winners = claims.filter((_, index) => holders[index] === null);
+    expect(winners).toHaveLength(1);
+    expect(new Set(holders.filter((holder) => holder !== null))).toEqual(new Set([winners[0].id]));
+    expect(await liveOn(port)).toEqual([{ id: winners[0].id }]);
+  });
+
+  it('takes over a session whose proxy stopped reporting exactly once, however many proxies try at once', async () => {
+    const port = 20_002;
+    const stale = session({ port, proxyInstance: 'crashed-proxy' });
+    await replicas[0].insertExclusive(stale, STALE_AFTER_MS);
+    await queryDatabase(cell.url, `UPDATE console_sessions SET last_seen_at = now() - interval '1 hour' WHERE id = $1`, [stale.id]);
+    const claims = Array.from({ length: 12 }, () => session({ port }));
+    const holders = await Promise.all(claims.map((claim, index) => replicas[index % replicas.length].insertExclusive(claim, STALE_AFTER_MS)));
+    expect(holders.filter((holder) => holder === null)).toHaveLength(1);
+    const [staleRow] = await queryDatabase<{ close_reason: string; ended_at: Date | null }>(cell.url, 'SELECT close_reason, ended_at FROM console_sessions WHERE id = $1', [stale.id]);
+    expect(staleRow.close_reason).toBe('proxy lost');
+    expect(staleRow.ended_at).not.toBeNull();
+    expect(await liveOn(port)).toHaveLength(1);
+  });
+
+  it('does not take over a session whose proxy reports, and frees the port once it ends', async () => {
+    const port = 20_003;
+    const live = session({ port });
+    expect(await replicas[0].insertExclusive(live, STALE_AFTER_MS)).toBeNull();
+    expect(await replicas[1].insertExclusive(session({ port }), STALE_AFTER_MS)).toBe(live.id);
+    await replicas[0].endBatch([{ id: live.id, reason: 'client closed', bytesToClient: 1, bytesToUpstream: 2 }]);
+    const next = session({ port });
+    expect(await replicas[1].insertExclusive(next, STALE_AFTER_MS)).toBeNull();
+    expect(await liveOn(port)).toEqual([{ id: next.id }]);
+  });
+
+  it('keeps non-exclusive consoles shared, and a serial port of another host free', async () => {
+    const port = 20_004;
+    expect(await replicas[0].insertExclusive(session({ port }), STALE_AFTER_MS)).toBeNull();
+    expect(await replicas[0].insertExclusive(session({ port, host: '10.0.0.2' }), STALE_AFTER_MS)).toBeNull();
+    const vnc = [session({ port, consoleType: 'novnc' }), session({ port, consoleType: 'novnc' })];
+    await replicas[0].insertBatch(vnc);
+    expect(await liveOn(port)).toHaveLength(3);
+  });
+
+  it('writes batched rows, some already ended, and batched ends that keep an operator\'s reason', async () => {
+    const [live, short, kicked] = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' })];
+    await replicas[0].insertBatch([live, { ...short, end: { reason: 'console closed', bytesToClient: 12, bytesToUpstream: 0 } }, kicked]);
+    await queryDatabase(cell.url, `UPDATE console_sessions SET ended_at = now(), close_reason = 'ended by operator' WHERE id = $1`, [kicked.id]);
+    await replicas[0].endBatch([
+      { id: live.id, reason: 'client closed', bytesToClient: 100, bytesToUpstream: 7 },
+      { id: kicked.id, reason: 'client closed', bytesToClient: 5, bytesToUpstream: 6 },
+    ]);
+    const rows = await queryDatabase<{ id: string; close_reason: string; ended_at: Date | null; bytes_to_client: string; bytes_to_upstream: string }>(
+      cell.url,
+      'SELECT id, close_reason, ended_at, bytes_to_client, bytes_to_upstream FROM console_sessions WHERE id = ANY($1::uuid[])',
+      [[live.id, short.id, kicked.id]],
+    );
+    const byId = Object.fromEntries(rows.map((row) => [row.id, row]));
+    expect(byId[live.id]).toMatchObject({ close_reason: 'client closed', bytes_to_client: '100', bytes_to_upstream: '7' });
+    expect(byId[short.id]).toMatchObject({ close_reason: 'console closed', bytes_to_client: '12', bytes_to_upstream: '0' });
+    expect(byId[kicked.id]).toMatchObject({ close_reason: 'ended by operator', bytes_to_client: '5', bytes_to_upstream: '6' });
+    for (const row of rows) expect(row.ended_at).not.toBeNull();
+  });
+
+  it('checks many token hashes in one query: valid ones only, expired and unknown ones left out', async () => {
+    const tokens = new ConsoleAuthTokenRepository('cell1', pools[0]);
+    const hash = (n: number) => n.toString(16).padStart(64, '0');
+    for (const [n, expires] of [
+      [1, 2_000],
+      [2, 1_000],
+    ]) {
+      await queryDatabase(
+        cell.url,
+        `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires) VALUES ($1, 'novnc', 'h', 5900, 'i', $2)`,
+        [hash(n), expires],
+      );
+    }
+    const rows = await tokens.findValidByHashes([hash(1), hash(2), hash(3)], 1_000);
+    expect(rows.map((row) => row.tokenHash)).toEqual([hash(1)]);
+    expect(rows[0]).toMatchObject({ consoleType: 'novnc', port: 5900, expires: 2_000 });
+  });
+});
