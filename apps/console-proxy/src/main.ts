@@ -6,7 +6,8 @@ import { createConsoleProxyApp } from './bootstrap';
 async function main(): Promise<void> {
   const config = loadConfig();
   const { cellName } = requireProxyCell(config);
-  const logger = createLogger({ level: config.log.level, name: `keyhole-proxy-${cellName}` });
+  // A line per session: buffered, so that connects do not each pay a write to standard output.
+  const logger = createLogger({ level: config.log.level, name: `keyhole-proxy-${cellName}`, flushIntervalMs: 200 });
   const app = await createConsoleProxyApp(config, new PinoNestLogger(logger));
   await app.listen(config.proxy.port, config.proxy.host);
   const address = app.getHttpServer().address();
