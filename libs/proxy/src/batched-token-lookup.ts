@@ -1,7 +1,7 @@
 import type { ConsoleAuthTokenEntity, ConsoleAuthTokenRepository } from '@keyhole/db';
 
 export interface BatchedTokenLookupOptions {
-  /** Queries in flight at once; further checks wait and go together in the next one. Default 2. */
+  /** Queries in flight at once; further checks wait and go together in the next one. Default 1. */
   maxQueriesInFlight?: number;
   /** Hashes per query at most. Default 500. */
   maxHashesPerQuery?: number;
@@ -33,7 +33,7 @@ export class BatchedTokenLookup {
     private readonly nowSeconds: () => number,
     options: BatchedTokenLookupOptions = {},
   ) {
-    this.maxQueriesInFlight = options.maxQueriesInFlight ?? 2;
+    this.maxQueriesInFlight = options.maxQueriesInFlight ?? 1;
     this.maxHashesPerQuery = options.maxHashesPerQuery ?? 500;
   }
 
