@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,10 @@ import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processe
  * the chardev serves one client at a time. So: connect first (`connectSerial()`, or connect through
  * the proxy under test and `waitForSerialClient()`), then `reset()` (or `resume()` when started
  * paused) to make the BIOS print again.
+ *
+ * A started VM (unless paused) has finished its first boot and idles at "No bootable device.", so
+ * nothing more comes on serial until a reset. The harness knows this from SeaBIOS's debug log (I/O
+ * port 0x402, to a file); `reset()` uses it too, see there why.
  */
 export interface QemuVm {
   /** TCP port of QEMU's VNC server (RFB 3.8, no authentication) on 127.0.0.1. */
@@ -24,8 +28,18 @@ export interface QemuVm {
   readonly commandLine: string;
   /** QEMU's stdout and stderr so far. */
   output(): string;
-  /** Hard-resets the guest (QMP `system_reset`): SeaBIOS prints its banner on serial and VGA again. */
-  reset(): Promise<void>;
+  /** SeaBIOS's debug log so far (every boot), for diagnostics. */
+  firmwareLog(): string;
+  /**
+   * Hard-resets the guest (QMP `system_reset`): SeaBIOS prints its banner on serial and VGA again.
+   *
+   * Waits first until the boot in progress (after `resume()` or an earlier reset) has settled at "No
+   * bootable device.", unless the CPU has never run: a reset while SeaBIOS copies itself into shadow
+   * RAM, ~15-35 ms within its first ~200 ms, wedges the guest for good (QEMU's reset does not map the
+   * BIOS area back to ROM, so the CPU restarts in a half-copied BIOS, and so does every later
+   * reset). Fails after `timeoutMs` (default 10 000) if that boot does not settle.
+   */
+  reset(options?: { timeoutMs?: number }): Promise<void>;
   /** Starts the guest's CPU (QMP `cont`) when it was started with `paused: true`. */
   resume(): Promise<void>;
   /**
@@ -57,12 +71,17 @@ const QEMU_BINARY = 'qemu-system-x86_64';
 const SERCON_PORT = Buffer.from([0xf8, 0x03]);
 const SERIAL_CHARDEV_ID = 'serial0';
 const RFB_BANNER = 'RFB 003.008\n';
+/** SeaBIOS's last line when it has finished starting and found nothing to boot; it then idles for ever. */
+const FIRMWARE_SETTLED = 'No bootable device.';
 
 export function isQemuAvailable(): boolean {
   return findOnPath(QEMU_BINARY) !== undefined;
 }
 
-/** Starts a VM and waits until VNC sends its RFB banner, the serial port accepts, and QMP answers. */
+/**
+ * Starts a VM and waits until VNC sends its RFB banner, the serial port accepts, QMP answers, and
+ * (unless paused) the firmware has settled.
+ */
 export async function startQemuVm(options: QemuVmOptions = {}): Promise<QemuVm> {
   if (!isQemuAvailable()) {
     throw new Error(`${QEMU_BINARY} is not on PATH: install it (Debian: apt-get install -y qemu-system-x86)`);
@@ -85,6 +104,7 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
   const directory = mkdtempSync(join(tmpdir(), 'keyhole-qemu-'));
   const serconFile = join(directory, 'sercon-port');
   const qmpPath = join(directory, 'qmp.sock');
+  const firmwareLogPath = join(directory, 'firmware.log');
   writeFileSync(serconFile, SERCON_PORT);
 
   let vncPort = await freePort();
@@ -105,6 +125,9 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
     '-chardev', `socket,id=${SERIAL_CHARDEV_ID},host=127.0.0.1,port=${serialPort},server=on,wait=off`,
     '-serial', `chardev:${SERIAL_CHARDEV_ID}`,
     '-qmp', `unix:${qmpPath},server=on,wait=off`,
+    // SeaBIOS's debug log: reset() reads it to know when a reset is safe.
+    '-chardev', `file,id=firmware-log,path=${firmwareLogPath}`,
+    '-device', 'isa-debugcon,iobase=0x402,chardev=firmware-log',
     // SeaBIOS writes to the debug port only, unless told to mirror its screen on a serial port.
     // (QEMU warns that the name is not under "opt/"; SeaBIOS reads exactly this name.)
     '-fw_cfg', `name=etc/sercon-port,file=${serconFile}`,
@@ -133,10 +156,11 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
       qmp = client;
       // The probe must be gone from QEMU's side too, or a test's "client attached" check could see it.
       await waitForChardev(client, (filename) => filename.startsWith('disconnected:'), deadline, () => describe('notice the serial probe disconnecting'), signal);
+      if (!options.paused) await waitForFirmwareSettled(firmwareLogPath, 1, deadline, () => describe('finish its first boot'), signal);
       return client;
     })();
     const client = await Promise.race([ready, failOnExit(started, 'QEMU', 'while starting')]);
-    return makeVm(started, client, vncPort, serialPort, removeDirectory);
+    return makeVm({ qemu: started, qmp: client, vncPort, serialPort, firmwareLogPath, paused: options.paused ?? false, removeDirectory });
   } catch (error) {
     cancel.abort();
     qmp?.close();
@@ -146,18 +170,57 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
   }
 }
 
-function makeVm(qemu: ManagedProcess, qmp: QmpClient, vncPort: number, serialPort: number, removeDirectory: () => void): QemuVm {
+function makeVm({
+  qemu,
+  qmp,
+  vncPort,
+  serialPort,
+  firmwareLogPath,
+  paused,
+  removeDirectory,
+}: {
+  qemu: ManagedProcess;
+  qmp: QmpClient;
+  vncPort: number;
+  serialPort: number;
+  firmwareLogPath: string;
+  paused: boolean;
+  removeDirectory: () => void;
+}): QemuVm {
   const command = async (name: string): Promise<void> => {
     await Promise.race([qmp.execute(name), failOnExit(qemu, 'QEMU', `before answering ${name}`)]);
   };
+  let cpuHasRun = !paused;
+  // The firmware log's count of FIRMWARE_SETTLED once the boot in progress has settled.
+  let settledWhenIdle = 1;
+  const resetOnce = async (timeoutMs: number): Promise<void> => {
+    if (cpuHasRun) {
+      await Promise.race([
+        waitForFirmwareSettled(firmwareLogPath, settledWhenIdle, Date.now() + timeoutMs, () => `QEMU's guest did not settle within ${timeoutMs} ms, and a reset before that can wedge it`),
+        failOnExit(qemu, 'QEMU', 'while waiting for its guest to settle before a reset'),
+      ]);
+    }
+    settledWhenIdle = settledCount(firmwareLogPath) + 1;
+    await command('system_reset');
+  };
+  // One reset at a time: a second one must wait for the boot the first one started.
+  let resets: Promise<void> = Promise.resolve();
   const vm: QemuVm = {
     vncPort,
     serialPort,
     pid: qemu.pid,
     commandLine: qemu.commandLine,
     output: () => qemu.output(),
-    reset: () => command('system_reset'),
-    resume: () => command('cont'),
+    firmwareLog: () => readFirmwareLog(firmwareLogPath),
+    reset({ timeoutMs = 10_000 } = {}) {
+      const run = resets.then(() => resetOnce(timeoutMs));
+      resets = run.catch(() => undefined);
+      return run;
+    },
+    resume() {
+      cpuHasRun = true;
+      return command('cont');
+    },
     async waitForSerialClient({ localPort, timeoutMs = 5_000 } = {}) {
       const peer = localPort === undefined ? undefined : `<-> 127.0.0.1:${localPort}`;
       await waitForChardev(
@@ -189,6 +252,30 @@ function makeVm(qemu: ManagedProcess, qmp: QmpClient, vncPort: number, serialPor
     })(),
   };
   return vm;
+}
+
+function readFirmwareLog(path: string): string {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return ''; // QEMU has not created it yet.
+  }
+}
+
+function settledCount(firmwareLogPath: string): number {
+  return readFirmwareLog(firmwareLogPath).split(FIRMWARE_SETTLED).length - 1;
+}
+
+/** Waits until SeaBIOS has reported `count` settled boots in all, failing with the log's end. */
+async function waitForFirmwareSettled(firmwareLogPath: string, count: number, deadline: number, describe: () => string, signal?: AbortSignal): Promise<void> {
+  await retryUntil(
+    deadline,
+    async () => {
+      if (settledCount(firmwareLogPath) < count) throw new Error(`firmware log ends:\n${readFirmwareLog(firmwareLogPath).slice(-1_000)}`);
+    },
+    describe,
+    { intervalMs: 20, signal },
+  );
 }
 
 async function waitForChardev(
@@ -232,22 +319,26 @@ export class SerialConsole {
     return this.received;
   }
 
-  /** Resolves with the first match of `pattern` in the output (including output already received). */
-  waitForText(pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> {
+  /**
+   * Resolves with the first match of `pattern` in the output, including output already received
+   * from offset `from` (a past `text().length`, default 0) on.
+   */
+  waitForText(pattern: RegExp, timeoutMs = 10_000, { from = 0 }: { from?: number } = {}): Promise<RegExpMatchArray> {
     return new Promise((resolve, reject) => {
+      const searched = (): string => `received${from > 0 ? ` from offset ${from}` : ''}: ${JSON.stringify(this.received.slice(from))}`;
       const check = (): void => {
-        const match = this.received.match(pattern);
+        const match = this.received.slice(from).match(pattern);
         if (match) {
           finish();
           resolve(match);
         } else if (this.socket.closed) {
           finish();
-          reject(new Error(`serial connection closed before ${pattern} appeared; received: ${JSON.stringify(this.received)}`));
+          reject(new Error(`serial connection closed before ${pattern} appeared; ${searched()}`));
         }
       };
       const timer = setTimeout(() => {
         finish();
-        reject(new Error(`${pattern} did not appear on serial within ${timeoutMs} ms; received: ${JSON.stringify(this.received)}`));
+        reject(new Error(`${pattern} did not appear on serial within ${timeoutMs} ms; ${searched()}`));
       }, timeoutMs);
       const finish = (): void => {
         clearTimeout(timer);
