@@ -15,3 +15,4 @@ export * from './postgres-errors';
 export * from './prepared-statements';
 export * from './control-database';
 export * from './db.module';
+export * from './query-batcher';

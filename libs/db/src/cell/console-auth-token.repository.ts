@@ -2,12 +2,26 @@ import { DataSource, Repository } from 'typeorm';
 import { ConsoleAuthTokenEntity } from './console-auth-token.entity';
 import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
+import { postgresErrorCode } from '../postgres-errors';
 import { runPrepared } from '../prepared-statements';
+import { BatchOutcome, QueryBatcher } from '../query-batcher';
 
 /** Every column of the table, for prepared statements (which must not select `*`). */
 const TOKEN_COLUMNS =
   'id, token_hash, console_type, host, port, tls_port, internal_access_path, instance_uuid, expires, access_url_base, ' +
   'created_at, updated_at, row_version, object_version, issued_by';
+
+const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens
+    (token_hash, console_type, host, port, tls_port, internal_access_path, instance_uuid, expires, access_url_base, object_version, issued_by)
+  SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::integer[], $5::integer[], $6::text[], $7::varchar[],
+                       $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
+  RETURNING ${TOKEN_COLUMNS}`;
+
+/** SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): a row's fault. */
+function isRowDataError(error: unknown): boolean {
+  const code = postgresErrorCode(error);
+  return code !== undefined && (code.startsWith('22') || code.startsWith('23'));
+}
 
 export type NewConsoleAuthTokenRow = Pick<
   ConsoleAuthTokenEntity,
@@ -34,23 +48,23 @@ export interface TokenListFilter {
 /** Every side effect on one cell's `console_auth_tokens`. Built per cell by the cell registry. */
 export class ConsoleAuthTokenRepository {
   private readonly rows: Repository<ConsoleAuthTokenEntity>;
+  private readonly inserts: QueryBatcher<NewConsoleAuthTokenRow, ConsoleAuthTokenEntity>;
 
   constructor(
     readonly cellName: string,
     private readonly dataSource: DataSource,
   ) {
     this.rows = dataSource.getRepository(ConsoleAuthTokenEntity);
+    this.inserts = new QueryBatcher((rows) => this.insertBatch(rows), { maxInFlight: 2, maxBatchSize: 256 });
   }
 
-  /** Inserts one row and returns it as stored. A duplicate hash surfaces as a unique violation. */
-  async insert(row: NewConsoleAuthTokenRow): Promise<ConsoleAuthTokenEntity> {
-    const result = await this.rows
-      .createQueryBuilder()
-      .insert()
-      .values(row)
-      .returning('*')
-      .execute();
-    return this.fromRaw((result.raw as Record<string, unknown>[])[0]);
+  /**
+   * Inserts one row and returns it as stored, committed. A duplicate hash surfaces as a unique
+   * violation. Concurrent inserts go out as one multi-row statement (one commit for all of them);
+   * each caller gets its own row, matched by its hash, or its own row's error.
+   */
+  insert(row: NewConsoleAuthTokenRow): Promise<ConsoleAuthTokenEntity> {
+    return this.inserts.call(row);
   }
 
   /** Inserts a row unless its hash is already stored; returns whether it was inserted (imports). */
@@ -196,6 +210,48 @@ export class ConsoleAuthTokenRepository {
       parameters,
     );
     return count;
+  }
+
+  /**
+   * One INSERT of every row (arrays unnested: one prepared statement whatever the batch size).
+   * When it fails because of a row's data (a duplicate hash, a value the table refuses), nothing
+   * was written and each row is tried again alone, so that one row's error is its own.
+   */
+  private async insertBatch(rows: NewConsoleAuthTokenRow[]): Promise<BatchOutcome<ConsoleAuthTokenEntity>[]> {
+    let raws: Record<string, unknown>[];
+    try {
+      raws = await runPrepared<Record<string, unknown>>(this.dataSource, 'keyhole_insert_tokens', INSERT_ROWS_SQL, [
+        rows.map((row) => row.tokenHash),
+        rows.map((row) => row.consoleType),
+        rows.map((row) => row.host),
+        rows.map((row) => row.port),
+        rows.map((row) => row.tlsPort),
+        rows.map((row) => row.internalAccessPath),
+        rows.map((row) => row.instanceUuid),
+        rows.map((row) => row.expires),
+        rows.map((row) => row.accessUrlBase),
+        rows.map((row) => row.objectVersion),
+        rows.map((row) => row.issuedBy),
+      ]);
+    } catch (error) {
+      if (rows.length === 1 || !isRowDataError(error)) throw error;
+      const outcomes: BatchOutcome<ConsoleAuthTokenEntity>[] = [];
+      for (const row of rows) {
+        try {
+          outcomes.push(...(await this.insertBatch([row])));
+        } catch (rowError) {
+          outcomes.push({ ok: false, error: rowError });
+        }
+      }
+      return outcomes;
+    }
+    const byHash = new Map(raws.map((raw) => [raw.token_hash as string, raw]));
+    return rows.map((row) => {
+      const raw = byHash.get(row.tokenHash);
+      // Cannot happen (the statement inserts every row or fails); refuse rather than guess.
+      if (raw === undefined) return { ok: false, error: new Error('an inserted token row was not returned') };
+      return { ok: true, value: this.fromRaw(raw) };
+    });
   }
 
   private fromRaw(raw: Record<string, unknown>): ConsoleAuthTokenEntity {

@@ -1,4 +1,6 @@
 import { DataSource, IsNull, Repository } from 'typeorm';
+import { runPrepared } from '../prepared-statements';
+import { BatchOutcome, QueryBatcher } from '../query-batcher';
 import { ApiCredentialEntity } from './api-credential.entity';
 
 export type NewApiCredentialRow = Pick<ApiCredentialEntity, 'id' | 'name' | 'role' | 'cellName' | 'secretHash'>;
@@ -6,9 +8,12 @@ export type NewApiCredentialRow = Pick<ApiCredentialEntity, 'id' | 'name' | 'rol
 /** The `api_credentials` table of the control database. */
 export class ApiCredentialRepository {
   private readonly rows: Repository<ApiCredentialEntity>;
+  // Every API request reads its key's row: concurrent reads share one query.
+  private readonly lookups: QueryBatcher<string, ApiCredentialEntity | null>;
 
-  constructor(dataSource: DataSource) {
+  constructor(private readonly dataSource: DataSource) {
     this.rows = dataSource.getRepository(ApiCredentialEntity);
+    this.lookups = new QueryBatcher((ids) => this.findManyById(ids), { maxInFlight: 2, maxBatchSize: 256 });
   }
 
   async insert(row: NewApiCredentialRow): Promise<ApiCredentialEntity> {
@@ -16,8 +21,9 @@ export class ApiCredentialRepository {
     return (await this.findById(row.id)) as ApiCredentialEntity;
   }
 
+  /** The row as stored now (revoked or not), read after this call was made. */
   findById(id: string): Promise<ApiCredentialEntity | null> {
-    return this.rows.findOneBy({ id });
+    return this.lookups.call(id);
   }
 
   listAll(includeRevoked: boolean): Promise<ApiCredentialEntity[]> {
@@ -46,4 +52,31 @@ export class ApiCredentialRepository {
       .where('id = :id', { id })
       .execute();
   }
+
+  private async findManyById(ids: string[]): Promise<BatchOutcome<ApiCredentialEntity | null>[]> {
+    const raws = await runPrepared<Record<string, unknown>>(
+      this.dataSource,
+      'keyhole_find_credentials',
+      'SELECT id, name, role, cell_name, secret_hash, created_at, last_used_at, revoked_at FROM api_credentials WHERE id = ANY($1::varchar[])',
+      [[...new Set(ids)]],
+    );
+    const byId = new Map(raws.map((raw) => [raw.id as string, raw]));
+    return ids.map((id) => {
+      const raw = byId.get(id);
+      return { ok: true, value: raw === undefined ? null : fromRaw(raw) };
+    });
+  }
+}
+
+function fromRaw(raw: Record<string, unknown>): ApiCredentialEntity {
+  const entity = new ApiCredentialEntity();
+  entity.id = raw.id as string;
+  entity.name = raw.name as string;
+  entity.role = raw.role as ApiCredentialEntity['role'];
+  entity.cellName = (raw.cell_name as string | null) ?? null;
+  entity.secretHash = raw.secret_hash as string;
+  entity.createdAt = raw.created_at as Date;
+  entity.lastUsedAt = (raw.last_used_at as Date | null) ?? null;
+  entity.revokedAt = (raw.revoked_at as Date | null) ?? null;
+  return entity;
 }

@@ -1,4 +1,6 @@
 import { DataSource, Repository } from 'typeorm';
+import { runPrepared } from '../prepared-statements';
+import { BatchOutcome, QueryBatcher } from '../query-batcher';
 import { CellEntity } from './cell.entity';
 
 export type NewCellRow = Pick<CellEntity, 'name' | 'databaseUrl' | 'proxyUrl' | 'accessUrlBases'>;
@@ -6,13 +8,17 @@ export type NewCellRow = Pick<CellEntity, 'name' | 'databaseUrl' | 'proxyUrl' | 
 /** The `cells` table of the control database. */
 export class CellRepository {
   private readonly rows: Repository<CellEntity>;
+  // Every token issued and checked reads its cell's row: concurrent reads share one query.
+  private readonly lookups: QueryBatcher<string, CellEntity | null>;
 
-  constructor(dataSource: DataSource) {
+  constructor(private readonly dataSource: DataSource) {
     this.rows = dataSource.getRepository(CellEntity);
+    this.lookups = new QueryBatcher((names) => this.findManyByName(names), { maxInFlight: 2, maxBatchSize: 256 });
   }
 
+  /** The row as stored now, read after this call was made. */
   findByName(name: string): Promise<CellEntity | null> {
-    return this.rows.findOneBy({ name });
+    return this.lookups.call(name);
   }
 
   listAll(): Promise<CellEntity[]> {
@@ -39,4 +45,29 @@ export class CellRepository {
     const result = await this.rows.delete({ name });
     return (result.affected ?? 0) > 0;
   }
+
+  private async findManyByName(names: string[]): Promise<BatchOutcome<CellEntity | null>[]> {
+    const raws = await runPrepared<Record<string, unknown>>(
+      this.dataSource,
+      'keyhole_find_cells',
+      'SELECT name, database_url, proxy_url, access_url_bases, created_at, updated_at FROM cells WHERE name = ANY($1::varchar[])',
+      [[...new Set(names)]],
+    );
+    const byName = new Map(raws.map((raw) => [raw.name as string, raw]));
+    return names.map((name) => {
+      const raw = byName.get(name);
+      return { ok: true, value: raw === undefined ? null : fromRaw(raw) };
+    });
+  }
+}
+
+function fromRaw(raw: Record<string, unknown>): CellEntity {
+  const entity = new CellEntity();
+  entity.name = raw.name as string;
+  entity.databaseUrl = raw.database_url as string;
+  entity.proxyUrl = raw.proxy_url as string;
+  entity.accessUrlBases = raw.access_url_bases as Record<string, string>;
+  entity.createdAt = raw.created_at as Date;
+  entity.updatedAt = raw.updated_at as Date;
+  return entity;
 }
