@@ -1,15 +1,17 @@
-import { NestExpressApplication } from '@nestjs/platform-express';
+import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
 import { KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
 import { TOKEN_GENERATOR, TokenGenerator } from '@keyhole/tokens';
-import { configureTokenApi, nestApplicationOptions } from '../../apps/token-api/src/bootstrap';
+import { configureTokenApi, createTokenApiAdapter, nestApplicationOptions } from '../../apps/token-api/src/bootstrap';
 import { TokenApiModule } from '../../apps/token-api/src/app.module';
 import { captureLogs } from './log-capture';
 
 export interface RunningTokenApi {
-  app: NestExpressApplication;
+  app: NestFastifyApplication;
   baseUrl: string;
+  /** Every route the HTTP server serves (method and URL template), as Fastify registered them. */
+  routes: { method: string; url: string }[];
   logs: () => string;
   close: () => Promise<void>;
 }
@@ -27,13 +29,22 @@ export async function startTokenApi(
   if (overrides.clock) builder.overrideProvider(CLOCK).useValue(overrides.clock);
   if (overrides.tokenGenerator) builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);
   const moduleRef = await builder.compile();
-  const app = moduleRef.createNestApplication<NestExpressApplication>(nestApplicationOptions(capture.logger));
-  configureTokenApi(app, config, capture.logger);
+  const app = moduleRef.createNestApplication<NestFastifyApplication>(createTokenApiAdapter(config), nestApplicationOptions(capture.logger));
+  configureTokenApi(app, capture.logger);
+  const routes: { method: string; url: string }[] = [];
+  // Nest registers its routes when the app starts listening: record each as it is added.
+  app
+    .getHttpAdapter()
+    .getInstance()
+    .addHook('onRoute', (route) => {
+      for (const method of [route.method].flat()) routes.push({ method, url: route.url });
+    });
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpServer().address() as { port: number };
   return {
     app,
     baseUrl: `http://127.0.0.1:${address.port}`,
+    routes,
     logs: capture.text,
     close: () => app.close(),
   };

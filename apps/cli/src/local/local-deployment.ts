@@ -1,5 +1,6 @@
 import { LoggerService } from '@nestjs/common';
 import { NestExpressApplication } from '@nestjs/platform-express';
+import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
@@ -54,7 +55,7 @@ export interface LocalDeployment {
 export async function startLocalDeployment(options: LocalDeploymentOptions): Promise<LocalDeployment> {
   await mkdir(options.dataDir, { recursive: true });
   let postgres: EmbeddedPostgresHandle | undefined;
-  let api: NestExpressApplication | undefined;
+  let api: NestFastifyApplication | undefined;
   const proxies: NestExpressApplication[] = [];
   const stop = async () => {
     await api?.close();

@@ -1,7 +1,7 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
-import type { Request, Response } from 'express';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { ErrorCode, KeyholeError } from '@keyhole/core';
-import { requestIdOf } from './request-context.middleware';
+import { requestIdOf } from './request-context.hooks';
 
 /** HTTP status of every error code; a new code fails the type check until it is mapped here. */
 export const STATUS_OF_CODE: Record<ErrorCode, number> = {
@@ -39,42 +39,47 @@ export interface ErrorBody {
  */
 @Catch()
 export class ApiExceptionFilter implements ExceptionFilter {
-  private readonly logger = new Logger('HttpErrors');
-
   catch(exception: unknown, host: ArgumentsHost): void {
     const context = host.switchToHttp();
-    const request = context.getRequest<Request>();
-    const response = context.getResponse<Response>();
-    const requestId = requestIdOf(request);
-    const error = toKeyholeError(exception);
-    if (error.code === 'INTERNAL' || error.code === 'SERVICE_UNAVAILABLE' || error.code === 'CELL_DATABASE_UNREACHABLE') {
-      this.logger.error({ requestId, code: error.code, err: error.cause ?? exception }, error.message);
-    } else if (error.logLevel === 'warn' || error.logLevel === 'error') {
-      this.logger[error.logLevel]({ requestId, code: error.code }, error.message);
-    }
-    const body: ErrorBody = { code: error.code, message: error.message, requestId };
-    if (error.details !== undefined) body.details = error.details;
-    if (response.headersSent) return;
-    response.status(STATUS_OF_CODE[error.code]).json(body);
+    sendError(exception, context.getRequest<FastifyRequest>(), context.getResponse<FastifyReply>());
   }
 }
+
+const logger = new Logger('HttpErrors');
+
+/**
+ * Answers an error with its status and the one error body. Nest installs itself as Fastify's error
+ * handler, so what fails before a route handler runs (hooks, body parsing) arrives here too.
+ */
+function sendError(exception: unknown, request: FastifyRequest, reply: FastifyReply): void {
+  const requestId = requestIdOf(request);
+  const error = toKeyholeError(exception);
+  if (error.code === 'INTERNAL' || error.code === 'SERVICE_UNAVAILABLE' || error.code === 'CELL_DATABASE_UNREACHABLE') {
+    logger.error({ requestId, code: error.code, err: error.cause ?? exception }, error.message);
+  } else if (error.logLevel === 'warn' || error.logLevel === 'error') {
+    logger[error.logLevel]({ requestId, code: error.code }, error.message);
+  }
+  const body: ErrorBody = { code: error.code, message: error.message, requestId };
+  if (error.details !== undefined) body.details = error.details;
+  if (reply.sent) return;
+  void reply.status(STATUS_OF_CODE[error.code]).send(body);
+}
+
+/** Fastify's own errors (`code` FST_ERR_...; Nest wraps the 4xx ones in an HttpException), by what they mean. */
+const FASTIFY_ERRORS: Record<string, () => KeyholeError> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: () => new KeyholeError('PAYLOAD_TOO_LARGE', 'The request body is too large'),
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: () => new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'Request bodies must be application/json'),
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new KeyholeError('INVALID_INPUT', 'The request body does not match its Content-Length'),
+  FST_ERR_CTP_EMPTY_JSON_BODY: () => new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON'),
+};
 
 /** Connection-level failures of the database driver: the service is unavailable, not broken. */
 const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE']);
 
 function toKeyholeError(exception: unknown): KeyholeError {
   if (exception instanceof KeyholeError) return exception;
-  // Nest wraps the body parser's errors in an HttpException whose cause is the parser's error.
-  const parserError = ((exception instanceof HttpException ? exception.cause : undefined) ?? exception) as { type?: unknown };
-  if (parserError?.type === 'entity.too.large') {
-    return new KeyholeError('PAYLOAD_TOO_LARGE', 'The request body is too large');
-  }
-  if (parserError?.type === 'entity.parse.failed') {
-    return new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON');
-  }
-  if (parserError?.type === 'encoding.unsupported' || parserError?.type === 'charset.unsupported') {
-    return new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'The request body encoding is not supported');
-  }
+  const fastifyCode = (((exception instanceof HttpException ? exception.cause : undefined) ?? exception) as { code?: unknown } | null)?.code;
+  if (typeof fastifyCode === 'string' && Object.hasOwn(FASTIFY_ERRORS, fastifyCode)) return FASTIFY_ERRORS[fastifyCode]();
   if (exception instanceof HttpException) {
     const status = exception.getStatus();
     if (status === 404) return new KeyholeError('NOT_FOUND', 'No such resource');

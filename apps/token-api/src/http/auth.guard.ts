@@ -1,10 +1,10 @@
 import { CanActivate, ExecutionContext, Injectable, SetMetadata, createParamDecorator } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
-import type { Request } from 'express';
+import type { FastifyRequest } from 'fastify';
 import { KeyholeError } from '@keyhole/core';
 import { CredentialsService, Principal } from '@keyhole/credentials';
 import type { CredentialRole } from '@keyhole/db';
-import { principalOf, setPrincipal } from './request-context.middleware';
+import { principalOf, setPrincipal } from './request-context.hooks';
 
 const ROLES = 'keyhole:roles';
 const PUBLIC = 'keyhole:public';
@@ -16,7 +16,7 @@ export const Public = () => SetMetadata(PUBLIC, true);
 
 /** The verified caller of the current request. */
 export const CurrentPrincipal = createParamDecorator((_: unknown, context: ExecutionContext): Principal => {
-  const principal = principalOf(context.switchToHttp().getRequest<Request>());
+  const principal = principalOf(context.switchToHttp().getRequest<FastifyRequest>());
   if (!principal) throw new KeyholeError('UNAUTHENTICATED', 'A valid API key is required (Authorization: Bearer khk_...)');
   return principal;
 });
@@ -36,8 +36,8 @@ export class AuthGuard implements CanActivate {
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const targets = [context.getHandler(), context.getClass()];
     if (this.reflector.getAllAndOverride<boolean>(PUBLIC, targets)) return true;
-    const request = context.switchToHttp().getRequest<Request>();
-    const principal = await this.credentials.authenticate(bearerToken(request.header('authorization')));
+    const request = context.switchToHttp().getRequest<FastifyRequest>();
+    const principal = await this.credentials.authenticate(bearerToken(request.headers.authorization));
     setPrincipal(request, principal);
     const roles = this.reflector.getAllAndOverride<CredentialRole[] | undefined>(ROLES, targets) ?? ['operator'];
     if (!roles.includes(principal.role)) {

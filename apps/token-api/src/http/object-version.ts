@@ -1,5 +1,5 @@
 import { createParamDecorator, ExecutionContext } from '@nestjs/common';
-import type { Request, Response } from 'express';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { KeyholeError } from '@keyhole/core';
 import { CURRENT_OBJECT_VERSION, isObjectVersion, ObjectVersion, OBJECT_VERSIONS } from '@keyhole/tokens';
 
@@ -12,13 +12,13 @@ export const OBJECT_VERSION_HEADER = 'Keyhole-Object-Version';
  */
 export const RequestedObjectVersion = createParamDecorator((_: unknown, context: ExecutionContext): ObjectVersion => {
   const http = context.switchToHttp();
-  const asked = http.getRequest<Request>().header(OBJECT_VERSION_HEADER);
-  const version = asked === undefined ? CURRENT_OBJECT_VERSION : asked.trim();
+  const asked = http.getRequest<FastifyRequest>().headers[OBJECT_VERSION_HEADER.toLowerCase()];
+  const version = asked === undefined ? CURRENT_OBJECT_VERSION : String(asked).trim();
   if (!isObjectVersion(version)) {
     throw new KeyholeError('UNSUPPORTED_OBJECT_VERSION', `Unsupported object version; supported: ${OBJECT_VERSIONS.join(', ')}`, {
       details: { supported: [...OBJECT_VERSIONS] },
     });
   }
-  http.getResponse<Response>().setHeader(OBJECT_VERSION_HEADER, version);
+  void http.getResponse<FastifyReply>().header(OBJECT_VERSION_HEADER, version);
   return version;
 });

@@ -1,6 +1,6 @@
 import { Controller, Get, Header, HttpCode, Res } from '@nestjs/common';
 import { Registry } from 'prom-client';
-import type { Response } from 'express';
+import type { FastifyReply } from 'fastify';
 import { ControlDatabase } from '@keyhole/db';
 import { Public } from '../http/auth.guard';
 
@@ -22,16 +22,15 @@ export class HealthController {
   @Get('metrics')
   @Public()
   @Header('Cache-Control', 'no-store')
-  async metrics(@Res() response: Response): Promise<void> {
-    response.setHeader('Content-Type', this.registry.contentType);
-    response.send(await this.registry.metrics());
+  async metrics(@Res() response: FastifyReply): Promise<void> {
+    await response.header('Content-Type', this.registry.contentType).send(await this.registry.metrics());
   }
 
   @Get('readyz')
   @Public()
-  async ready(@Res({ passthrough: true }) response: Response) {
+  async ready(@Res({ passthrough: true }) response: FastifyReply) {
     const reachable = await this.control.isReachable();
-    response.status(reachable ? 200 : 503);
+    void response.status(reachable ? 200 : 503);
     return { status: reachable ? 'ready' : 'unavailable', controlDatabase: reachable };
   }
 }
