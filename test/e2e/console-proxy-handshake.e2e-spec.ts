@@ -177,6 +177,30 @@ describe('token checks', () => {
     await second.close();
   });
 
+  it('logs refused tokens at debug level with their fingerprint, and counts them in one info line (a flood of guesses is not a flood of lines)', async () => {
+    const counting = await startProxy('cell1', deployment.cellUrls.cell1, { KEYHOLE_PROXY_INSTANCE: 'proxy-refusals' });
+    const guesses = [1, 2, 3].map(() => randomBytes(32).toString('base64url'));
+    for (const guess of guesses) await expectRefused(url(counting, guess), 401);
+    await expectRefused(url(counting, 'x'.repeat(300)), 401);
+    // Stopping writes the count of the last interval.
+    await counting.close();
+
+    // Nest's Logger is process-wide: a line may land in another in-process proxy's capture.
+    const text = proxies.map((running) => running.logs()).join('\n');
+    const lines = text
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const refusals = lines.filter((line) => line.msg === 'refused an invalid or expired token');
+    for (const guess of guesses) {
+      const fingerprint = createHash('sha256').update(guess).digest('hex').slice(0, 12);
+      expect(refusals.filter((line) => line.fingerprint === fingerprint).map((line) => line.level)).toEqual(['debug']);
+      expect(text).not.toContain(guess);
+    }
+    const counts = lines.filter((line) => line.msg === 'refused invalid or expired tokens' && line.instance === 'proxy-refusals');
+    expect(counts).toEqual([expect.objectContaining({ level: 'info', refused: 4 })]);
+  });
+
   it('prefers the query token over the cookie', async () => {
     const good = await issue();
     const client = await expectAccepted(url(proxy, good.token), { headers: { cookie: `token=${randomBytes(32).toString('base64url')}` } });

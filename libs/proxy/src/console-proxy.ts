@@ -463,7 +463,7 @@ export class ConsoleProxy {
 
   private logRefusedTokens(): void {
     if (this.refusedTokens === 0) return;
-    this.logger.log({ refused: this.refusedTokens, intervalMs: REFUSAL_SUMMARY_INTERVAL_MS }, 'refused invalid or expired tokens');
+    this.logger.log({ instance: this.options.instance, refused: this.refusedTokens, intervalMs: REFUSAL_SUMMARY_INTERVAL_MS }, 'refused invalid or expired tokens');
     this.refusedTokens = 0;
   }
 
