@@ -6,7 +6,7 @@ import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
 import { createDataSource, redactDatabaseUrl } from '@keyhole/db';
-import { ConsoleProxy, ProxyMetrics } from '@keyhole/proxy';
+import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 
@@ -72,6 +72,9 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       },
       'console proxy ready',
     );
+    if (!nativeWebSocketMasking()) {
+      this.logger.warn('bufferutil did not load: browser frames are unmasked in JavaScript, uploads cost about 4x the CPU');
+    }
   }
 
   async beforeApplicationShutdown(signal?: string): Promise<void> {

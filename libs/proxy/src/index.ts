@@ -7,3 +7,4 @@ export * from './live-session';
 export * from './proxy.metrics';
 export * from './session-recorder';
 export * from './session-registry';
+export * from './websocket-masking';
