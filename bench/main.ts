@@ -786,8 +786,9 @@ async function main(): Promise<void> {
       KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS: '10000',
       KEYHOLE_PROXY_DRAIN_GRACE_MS: '2000',
       ...(options.nodePath ? { NODE_PATH: options.nodePath } : {}),
+      ...options.keyholeEnvironment,
     },
-    apiEnvironment: options.nodePath ? { NODE_PATH: options.nodePath } : {},
+    apiEnvironment: { ...(options.nodePath ? { NODE_PATH: options.nodePath } : {}), ...options.keyholeEnvironment },
   });
   // Stopped (SIGTERM) before the databases are dropped, so profiles get written.
   onCleanup(() => keyhole.stopProcesses());
@@ -878,6 +879,7 @@ async function main(): Promise<void> {
       product: options.productDir,
       productCommit: productCommit(options.productDir),
       nodePath: options.nodePath,
+      keyholeEnvironment: options.keyholeEnvironment,
       rounds: options.rounds,
       phases: [...options.phases],
       concurrency: options.concurrency,

@@ -16,6 +16,8 @@ export interface BenchOptions {
   keepLogs: boolean;
   /** Extra module directory (NODE_PATH) for keyhole's processes, e.g. an optional native module to try. */
   nodePath?: string;
+  /** KEYHOLE_* settings given to keyhole's API and proxy (`--env=NAME=VALUE,NAME=VALUE`), to compare settings. */
+  keyholeEnvironment: Record<string, string>;
   /** Session counts of figure 3 (each capped by the open-file limit). */
   sessionCounts: number[];
   /** websockify forks a process per connection: its session figure stops here. */
@@ -54,6 +56,7 @@ const USAGE = `npm run bench -- [options]
   --out=DIR               results directory (default bench/results)
   --keep-logs             keep the processes' logs (printed path)
   --node-path=DIR         NODE_PATH for keyhole's processes: try an optional module (bufferutil) without installing it
+  --env=NAME=VALUE,...    KEYHOLE_* settings for keyhole's API and proxy (e.g. --env=KEYHOLE_PURGE_PAUSE_MS=0)
   --postgres=URL          server to create the databases on (default $KEYHOLE_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/postgres)
 `;
 
@@ -69,7 +72,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     if (!match) throw new Error(`unknown argument ${argument}\n\n${USAGE}`);
     flags.set(match[1], match[2] ?? 'true');
   }
-  const known = new Set(['quick', 'phases', 'rounds', 'product', 'no-build', 'profile', 'sessions', 'websockify-sessions', 'purge-rows', 'proxy-pool', 'api-pool', 'out', 'keep-logs', 'postgres', 'node-path']);
+  const known = new Set(['quick', 'phases', 'rounds', 'product', 'no-build', 'profile', 'sessions', 'websockify-sessions', 'purge-rows', 'proxy-pool', 'api-pool', 'out', 'keep-logs', 'postgres', 'node-path', 'env']);
   for (const flag of flags.keys()) if (!known.has(flag)) throw new Error(`unknown option --${flag}\n\n${USAGE}`);
   const quick = flags.has('quick');
   const int = (name: string, fallback: number, min: number, max: number): number => {
@@ -90,6 +93,12 @@ export function parseOptions(argv: string[]): BenchOptions {
     if (!Number.isInteger(count) || count < 1 || count > 10_000) throw new Error('--sessions takes counts of 1..10000');
     return count;
   });
+  const keyholeEnvironment: Record<string, string> = {};
+  for (const pair of (flags.get('env') ?? '').split(',').filter(Boolean)) {
+    const setting = /^(KEYHOLE_[A-Z0-9_]+)=(.*)$/.exec(pair);
+    if (!setting) throw new Error(`--env takes KEYHOLE_NAME=VALUE pairs separated by commas, not ${pair}`);
+    keyholeEnvironment[setting[1]] = setting[2];
+  }
   return {
     quick,
     phases,
@@ -101,6 +110,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     profile: flags.has('profile'),
     keepLogs: flags.has('keep-logs'),
     nodePath: flags.has('node-path') ? path.resolve(flags.get('node-path')!) : undefined,
+    keyholeEnvironment,
     sessionCounts,
     websockifySessions: int('websockify-sessions', quick ? 200 : 500, 1, 2_000),
     purgeRows: int('purge-rows', quick ? 100_000 : 1_000_000, 1_000, 5_000_000),

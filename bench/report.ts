@@ -111,7 +111,7 @@ export function markdown(results: Results): string {
   );
   lines.push(`${String(results.settings.websockify)}; ${String(results.settings.qemu)}; ${String(results.settings.postgres).split(' on ')[0]}.`);
   lines.push(
-    `Medians of ${String(results.settings.rounds)} round(s); systems alternate within each round. Proxy pool ${String(results.settings.proxyPoolSize)}, API pool ${String(results.settings.apiPoolSize)}.`,
+    `Medians of ${String(results.settings.rounds)} round(s); systems alternate within each round. Proxy pool ${String(results.settings.proxyPoolSize)}, API pool ${String(results.settings.apiPoolSize)}.${settingsLine(results.settings.keyholeEnvironment as Record<string, string> | undefined)}`,
   );
   lines.push('');
   lines.push('## Targets');
@@ -251,4 +251,10 @@ if (process.argv.includes('--role=report')) {
   const results = JSON.parse(readFileSync(file, 'utf8')) as Results;
   results.targets = evaluateTargets(results);
   void writeReports(results, outDir);
+}
+
+/** The KEYHOLE_* settings a run gave keyhole, when it gave any. */
+function settingsLine(environment: Record<string, string> | undefined): string {
+  const pairs = Object.entries(environment ?? {});
+  return pairs.length === 0 ? '' : ` keyhole settings: ${pairs.map(([name, value]) => `${name}=${value}`).join(', ')}.`;
 }
