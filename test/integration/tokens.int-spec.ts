@@ -24,7 +24,7 @@ describe('TokensService on a real cell database', () => {
   beforeAll(async () => {
     control = await createTestDatabase('control');
     cell = await createTestDatabase('cell');
-    const started = await startServices(testConfig(control.url, { KEYHOLE_PURGE_BATCH_SIZE: '2', KEYHOLE_SESSION_RETENTION_MS: '3600000' }), {
+    const started = await startServices(testConfig(control.url, { KEYHOLE_PURGE_BATCH_SIZE: '2', KEYHOLE_PURGE_PAUSE_MS: '150', KEYHOLE_SESSION_RETENTION_MS: '3600000' }), {
       clock,
       tokenGenerator: () => nextToken ?? randomTokenGenerator(),
     });
@@ -140,8 +140,11 @@ describe('TokensService on a real cell database', () => {
     const valid = await authorize({ host: 'hv1', ttlSeconds: 21 });
     clock.set((T0 + 20) * 1000);
     const purge = app.get(PurgeService);
-    // Batches of 2 (KEYHOLE_PURGE_BATCH_SIZE): 3 and 3 rows need several statements each.
-    expect(await purge.purgeCell('cell1', { host: 'hv1' })).toMatchObject({ ran: true, tokens: 3, sessions: 0 });
+    // Batches of 2 (KEYHOLE_PURGE_BATCH_SIZE): 3 and 3 rows need several statements each, with a
+    // pause (KEYHOLE_PURGE_PAUSE_MS) after each full batch.
+    const hostPurge = await purge.purgeCell('cell1', { host: 'hv1' });
+    expect(hostPurge).toMatchObject({ ran: true, tokens: 3, sessions: 0 });
+    expect(hostPurge.durationMs).toBeGreaterThanOrEqual(150);
     expect(await queryDatabase(cell.url, `SELECT count(*)::int AS n FROM console_auth_tokens WHERE host = 'hv2'`)).toEqual([{ n: 3 }]);
     expect(await purge.purgeCell('cell1')).toMatchObject({ ran: true, tokens: 3 });
     const left = await queryDatabase(cell.url, 'SELECT id FROM console_auth_tokens');

@@ -7,6 +7,7 @@ describe('loadConfig', () => {
     expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustProxy: false });
     expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
     expect(config.credentials.argon2).toEqual({ memoryKib: 19456, timeCost: 2, parallelism: 1 });
+    expect(config.purge).toEqual({ intervalMs: 300_000, sessionRetentionMs: 30 * 24 * 3600 * 1000, pauseMs: 10 });
   });
 
   it('reads the variables it knows and treats empty ones as unset', () => {
@@ -33,6 +34,12 @@ describe('loadConfig', () => {
     expect(message).toContain('KEYHOLE_API_PORT');
     expect(message).toContain('KEYHOLE_LOG_LEVEL');
     expect(message).not.toContain('hunter2');
+  });
+
+  it('bounds the pause between purge batches', () => {
+    expect(loadConfig({ KEYHOLE_PURGE_PAUSE_MS: '0' }).purge.pauseMs).toBe(0);
+    expect(() => loadConfig({ KEYHOLE_PURGE_PAUSE_MS: '10001' })).toThrow(/KEYHOLE_PURGE_PAUSE_MS/);
+    expect(() => loadConfig({ KEYHOLE_PURGE_PAUSE_MS: '-1' })).toThrow(/KEYHOLE_PURGE_PAUSE_MS/);
   });
 
   it('refuses a default TTL above the maximum', () => {

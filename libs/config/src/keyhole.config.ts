@@ -91,6 +91,11 @@ export interface KeyholeConfig {
     intervalMs: number;
     /** Ended sessions older than this are deleted by the purge. Default 30 days. */
     sessionRetentionMs: number;
+    /**
+     * Pause between two batches of a purge, so that a large purge leaves the database's CPU to
+     * token checks part of the time. Default 10 ms; 0 = back to back.
+     */
+    pauseMs: number;
   };
   credentials: {
     /** How long a verified API key is remembered, sparing argon2 on every request. Default 60000. */
@@ -191,6 +196,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
     },
     purge: {
       intervalMs: env.KEYHOLE_PURGE_INTERVAL_MS,
+      pauseMs: env.KEYHOLE_PURGE_PAUSE_MS,
       sessionRetentionMs: env.KEYHOLE_SESSION_RETENTION_MS,
     },
     credentials: {

@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { Counter, Histogram, Registry } from 'prom-client';
 import { CellDatabases } from '@keyhole/cells';
@@ -63,24 +64,15 @@ export class PurgeService {
       try {
         const batchSize = this.config.tokens.purgeBatchSize;
         const now = nowSeconds(this.clock);
-        let tokens = 0;
-        for (;;) {
-          const deleted = await database.tokens.deleteExpiredBatch(now, batchSize, options.host);
-          tokens += deleted;
-          if (deleted < batchSize) break;
-        }
+        const tokens = await this.inBatches(batchSize, () => database.tokens.deleteExpiredBatch(now, batchSize, options.host));
         // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
         if (options.host === undefined) {
-          while ((await database.tokens.deleteExpiredTombstonesBatch(now, batchSize)) === batchSize);
+          await this.inBatches(batchSize, () => database.tokens.deleteExpiredTombstonesBatch(now, batchSize));
         }
         let sessions = 0;
         if (options.host === undefined && this.config.purge.sessionRetentionMs > 0) {
           const endedBefore = new Date(this.clock.nowMs() - this.config.purge.sessionRetentionMs);
-          for (;;) {
-            const deleted = await database.sessions.deleteEndedBatch(endedBefore, batchSize);
-            sessions += deleted;
-            if (deleted < batchSize) break;
-          }
+          sessions = await this.inBatches(batchSize, () => database.sessions.deleteEndedBatch(endedBefore, batchSize));
         }
         const durationMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
         this.rows.inc({ cell: cellName, kind: 'tokens' }, tokens);
@@ -93,6 +85,21 @@ export class PurgeService {
       }
     } finally {
       await lockRunner.release();
+    }
+  }
+
+  /**
+   * Runs `deleteBatch` until a batch deletes fewer than `batchSize` rows, pausing between batches:
+   * back to back, a purge of a million rows kept one core of a 2-core database busy and doubled
+   * the p99 of concurrent token checks (bench figure 6). Returns the rows deleted.
+   */
+  private async inBatches(batchSize: number, deleteBatch: () => Promise<number>): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const deleted = await deleteBatch();
+      total += deleted;
+      if (deleted < batchSize) return total;
+      if (this.config.purge.pauseMs > 0) await delay(this.config.purge.pauseMs);
     }
   }
 }
