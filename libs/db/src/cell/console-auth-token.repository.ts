@@ -75,10 +75,12 @@ export class ConsoleAuthTokenRepository {
 
   /** The row whose hash matches and whose `expires` is strictly after `nowSeconds` (Nova's rule). */
   async findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
-    // Every console connect runs this: plain SQL on the unique index, mapped by hand, without the
-    // query builder's work per call.
-    const rows = await this.dataSource.query<Record<string, unknown>[]>(
-      'SELECT * FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1',
+    // Every token check of the API runs this: a prepared statement on the unique index, mapped by
+    // hand, without the query builder's work or a parse and plan per call.
+    const rows = await runPrepared<Record<string, unknown>>(
+      this.dataSource,
+      'keyhole_find_valid_token',
+      `SELECT ${TOKEN_COLUMNS} FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1`,
       [tokenHash, nowSeconds],
     );
     return rows.length === 0 ? null : this.fromRaw(rows[0]);
