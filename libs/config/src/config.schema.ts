@@ -72,7 +72,7 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_LEGACY_FALLBACK: z.enum(['on', 'off']).optional(),
   KEYHOLE_LEGACY_DUAL_WRITE: booleanFromEnv.default(false),
   KEYHOLE_PURGE_INTERVAL_MS: integer(0, 86_400_000).default(300_000),
-  KEYHOLE_PURGE_PAUSE_MS: integer(0, 10_000).default(10),
+  KEYHOLE_PURGE_PAUSE_MS: integer(0, 10_000).default(0),
   KEYHOLE_SESSION_RETENTION_MS: integer(0, 31_536_000_000).default(2_592_000_000),
 });
 

@@ -92,8 +92,8 @@ export interface KeyholeConfig {
     /** Ended sessions older than this are deleted by the purge. Default 30 days. */
     sessionRetentionMs: number;
     /**
-     * Pause between two batches of a purge, so that a large purge leaves the database's CPU to
-     * token checks part of the time. Default 10 ms; 0 = back to back.
+     * Pause between two batches of a purge, so that a large purge leaves part of the database's
+     * CPU to other work. Default 0 (back to back).
      */
     pauseMs: number;
   };

@@ -89,9 +89,9 @@ export class PurgeService {
   }
 
   /**
-   * Runs `deleteBatch` until a batch deletes fewer than `batchSize` rows, pausing between batches:
-   * back to back, a purge of a million rows kept one core of a 2-core database busy and doubled
-   * the p99 of concurrent token checks (bench figure 6). Returns the rows deleted.
+   * Runs `deleteBatch` until a batch deletes fewer than `batchSize` rows, pausing
+   * KEYHOLE_PURGE_PAUSE_MS between batches when set (a purge of a million rows back to back keeps
+   * one core of the database busy for seconds). Returns the rows deleted.
    */
   private async inBatches(batchSize: number, deleteBatch: () => Promise<number>): Promise<number> {
     let total = 0;
