@@ -322,6 +322,23 @@ interface HeldSession {
   readonly closed: boolean;
 }
 
+/** Sends 4 random bytes and resolves whether the same 4 came back (an echo console) in time. */
+function echoProbe(send: (data: Buffer) => void, onData: (handler: (data: Buffer) => void) => void, timeoutMs: number): Promise<boolean> {
+  return new Promise<boolean>((done) => {
+    const expected = randomBytes(4);
+    let received = Buffer.alloc(0);
+    const timer = setTimeout(() => done(false), timeoutMs);
+    onData((data) => {
+      received = Buffer.concat([received, data]);
+      if (received.length >= 4) {
+        clearTimeout(timer);
+        done(received.subarray(0, 4).equals(expected));
+      }
+    });
+    send(expected);
+  });
+}
+
 function holdWebSocket(target: Extract<Target, { kind: 'ws' }>, timeoutMs: number): Promise<HeldSession> {
   return new Promise((resolve, reject) => {
     const ws = openWebSocket(target, undefined, timeoutMs);
@@ -346,20 +363,7 @@ function holdWebSocket(target: Extract<Target, { kind: 'ws' }>, timeoutMs: numbe
           return closed;
         },
         probe: (probeTimeoutMs) =>
-          new Promise<boolean>((done) => {
-            if (closed) return done(false);
-            const expected = randomBytes(4);
-            let received = Buffer.alloc(0);
-            const timer = setTimeout(() => done(false), probeTimeoutMs);
-            onData = (data) => {
-              received = Buffer.concat([received, data]);
-              if (received.length >= 4) {
-                clearTimeout(timer);
-                done(received.subarray(0, 4).equals(expected));
-              }
-            };
-            ws.send(expected, { binary: true });
-          }),
+          closed ? Promise.resolve(false) : echoProbe((data) => ws.send(data, { binary: true }), (handler) => (onData = handler), probeTimeoutMs),
         close: async () => {
           if (!closed) ws.close(1000);
           await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);
@@ -391,20 +395,7 @@ function holdTcp(target: Extract<Target, { kind: 'tcp' }>, timeoutMs: number): P
           return closed;
         },
         probe: (probeTimeoutMs) =>
-          new Promise<boolean>((done) => {
-            if (closed) return done(false);
-            const expected = randomBytes(4);
-            let received = Buffer.alloc(0);
-            const probeTimer = setTimeout(() => done(false), probeTimeoutMs);
-            onData = (data) => {
-              received = Buffer.concat([received, data]);
-              if (received.length >= 4) {
-                clearTimeout(probeTimer);
-                done(received.subarray(0, 4).equals(expected));
-              }
-            };
-            socket.write(expected);
-          }),
+          closed ? Promise.resolve(false) : echoProbe((data) => socket.write(data), (handler) => (onData = handler), probeTimeoutMs),
         close: async () => {
           socket.end();
           await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);

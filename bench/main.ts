@@ -211,7 +211,8 @@ function rotation<T>(items: readonly T[], round: number): T[] {
   return [...items.slice(shift), ...items.slice(0, shift)];
 }
 
-function connectMetrics(result: ConnectResult): Record<string, number> {
+/** Latency percentiles, counts and rate of a connect or HTTP measurement (HTTP ones count `dropped` too). */
+function latencyMetrics(result: ConnectResult | HttpResult): Record<string, number> {
   const summary = summarize(result.latenciesMs);
   return {
     p50: summary.p50,
@@ -220,23 +221,11 @@ function connectMetrics(result: ConnectResult): Record<string, number> {
     max: summary.max,
     ok: result.ok,
     failed: result.failed,
+    ...('dropped' in result ? { dropped: result.dropped } : {}),
     perSecond: result.ok / (result.elapsedMs / 1000),
   };
 }
 
-function httpMetrics(result: HttpResult): Record<string, number> {
-  const summary = summarize(result.latenciesMs);
-  return {
-    p50: summary.p50,
-    p95: summary.p95,
-    p99: summary.p99,
-    max: summary.max,
-    ok: result.ok,
-    failed: result.failed,
-    dropped: result.dropped,
-    perSecond: result.ok / (result.elapsedMs / 1000),
-  };
-}
 
 /** CPU each party spent per operation, ms (from its CPU share and the operation rate). */
 function perOperation(cpu: CpuUsage, perSecond: number): Record<string, number> {
@@ -286,13 +275,13 @@ async function figureConnect(env: Environment, upstream: 'qemu' | 'banner'): Pro
       const seq = await withCpu(env, system, () =>
         env.generator.connect({ ...attempt, target, concurrency: 1, maxCount: options.sequentialMaxCount, durationMs: options.connectMs }),
       );
-      const seqMetrics = connectMetrics(seq.value);
+      const seqMetrics = latencyMetrics(seq.value);
       sequential.samples.push({ round, system, metrics: { ...seqMetrics, ...perOperation(seq.cpu, seqMetrics.perSecond) }, cpu: seq.cpu, detail: failureDetail(seq.value.failures) });
       await sleep(300);
       const conc = await withCpu(env, system, () =>
         env.generator.connect({ ...attempt, target, concurrency: options.concurrency, maxCount: 1_000_000, durationMs: options.connectMs }),
       );
-      const concMetrics = connectMetrics(conc.value);
+      const concMetrics = latencyMetrics(conc.value);
       concurrent.samples.push({ round, system, metrics: { ...concMetrics, ...perOperation(conc.cpu, concMetrics.perSecond) }, cpu: conc.cpu, detail: failureDetail(conc.value.failures) });
       log(
         `  round ${round + 1} ${system.padEnd(10)} sequential p50 ${summarize(seq.value.latenciesMs).p50.toFixed(2)} ms (proxy cpu ${seq.cpu.proxy}%)` +
@@ -570,20 +559,20 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
     const issued = await withCpu(env, 'token-api', () =>
       env.generator.http({ ...issueJob, mode: 'closed', concurrency: options.apiConcurrency, ratePerSecond: 0, durationMs: options.apiMs, maxCount: 1_000_000 }),
     );
-    issue.samples.push({ round, system: 'token-api', metrics: { ...httpMetrics(issued.value), ...perOperation(issued.cpu, httpMetrics(issued.value).perSecond) }, cpu: issued.cpu, detail: failureDetail(issued.value.failures) });
+    issue.samples.push({ round, system: 'token-api', metrics: { ...latencyMetrics(issued.value), ...perOperation(issued.cpu, latencyMetrics(issued.value).perSecond) }, cpu: issued.cpu, detail: failureDetail(issued.value.failures) });
     await sleep(300);
     const checked = await withCpu(env, 'token-api', () =>
       env.generator.http({ ...checkJob, mode: 'closed', concurrency: options.apiConcurrency, ratePerSecond: 0, durationMs: options.apiMs, maxCount: 1_000_000 }),
     );
-    check.samples.push({ round, system: 'token-api', metrics: { ...httpMetrics(checked.value), ...perOperation(checked.cpu, httpMetrics(checked.value).perSecond) }, cpu: checked.cpu, detail: failureDetail(checked.value.failures) });
+    check.samples.push({ round, system: 'token-api', metrics: { ...latencyMetrics(checked.value), ...perOperation(checked.cpu, latencyMetrics(checked.value).perSecond) }, cpu: checked.cpu, detail: failureDetail(checked.value.failures) });
     await sleep(300);
     const paced = await withCpu(env, 'token-api', () =>
       env.generator.http({ ...checkJob, mode: 'open', concurrency: 64, ratePerSecond: 1_000, durationMs: options.checkRateMs, maxCount: 1_000_000 }),
     );
-    checkRate.samples.push({ round, system: 'token-api', metrics: { ...httpMetrics(paced.value), ...perOperation(paced.cpu, httpMetrics(paced.value).perSecond) }, cpu: paced.cpu, detail: failureDetail(paced.value.failures) });
+    checkRate.samples.push({ round, system: 'token-api', metrics: { ...latencyMetrics(paced.value), ...perOperation(paced.cpu, latencyMetrics(paced.value).perSecond) }, cpu: paced.cpu, detail: failureDetail(paced.value.failures) });
     log(
-      `  round ${round + 1} issued ${httpMetrics(issued.value).perSecond.toFixed(0)}/s (p99 ${summarize(issued.value.latenciesMs).p99.toFixed(1)} ms, api cpu ${issued.cpu.proxy}%, db ${issued.cpu.database}%)` +
-        `; checks ${httpMetrics(checked.value).perSecond.toFixed(0)}/s (p99 ${summarize(checked.value.latenciesMs).p99.toFixed(1)} ms)` +
+      `  round ${round + 1} issued ${latencyMetrics(issued.value).perSecond.toFixed(0)}/s (p99 ${summarize(issued.value.latenciesMs).p99.toFixed(1)} ms, api cpu ${issued.cpu.proxy}%, db ${issued.cpu.database}%)` +
+        `; checks ${latencyMetrics(checked.value).perSecond.toFixed(0)}/s (p99 ${summarize(checked.value.latenciesMs).p99.toFixed(1)} ms)` +
         `; at 1000/s p99 ${summarize(paced.value.latenciesMs).p99.toFixed(2)} ms (api cpu ${paced.cpu.proxy}%)` +
         `${issued.value.failed + checked.value.failed + paced.value.failed ? ` failures ${JSON.stringify({ ...issued.value.failures, ...checked.value.failures, ...paced.value.failures })}` : ''}`,
     );
