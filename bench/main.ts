@@ -749,8 +749,9 @@ async function main(): Promise<void> {
     rmSync(profileDir, { recursive: true, force: true });
     mkdirSync(profileDir, { recursive: true });
   }
-  const nodeArgs = (name: string): string[] =>
-    options.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${name}-\${pid}.cpuprofile`] : [];
+  // A directory per process kind, with Node's own file names (they carry the pid and a sequence
+  // number: the proxy is restarted during a run, and Node 20 does not expand \${pid} in a name).
+  const nodeArgs = (name: string): string[] => (options.profile ? ['--cpu-prof', `--cpu-prof-dir=${path.join(profileDir, name)}`] : []);
 
   const pg = new Client({ connectionString: options.serverUrl });
   await pg.connect();
@@ -891,9 +892,23 @@ async function main(): Promise<void> {
   };
   results.targets = evaluateTargets(results);
   await keyhole.stopProcesses();
-  if (options.profile) results.diagnostics.profiles = readdirSync(profileDir).filter((file) => file.endsWith('.cpuprofile'));
+  if (options.profile) results.diagnostics.profiles = summarizeProfiles(profileDir);
   await writeReports(results, options.outDir);
   log(`results: ${path.join(options.outDir, 'latest.md')}, latest.json, ratios.png (${results.durationSeconds} s)`);
+}
+
+/**
+ * Writes a summary and a flame graph next to every profile of the run (the flamegraph role) and
+ * returns the profiles' paths relative to `profileDir`.
+ */
+function summarizeProfiles(profileDir: string): string[] {
+  const profiles = readdirSync(profileDir, { recursive: true, encoding: 'utf8' }).filter((file) => file.endsWith('.cpuprofile'));
+  for (const file of profiles) {
+    const done = spawnSync(process.execPath, [path.join(__dirname, 'run.cjs'), '--role=flamegraph', path.join(profileDir, file)], { stdio: 'ignore', timeout: 120_000 });
+    if (done.status !== 0) log(`  could not summarize the profile ${file} (status ${String(done.status)})`);
+  }
+  log(`profiles, summaries and flame graphs: ${profileDir}`);
+  return profiles;
 }
 
 function productCommit(directory: string): string {
