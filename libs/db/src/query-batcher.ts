@@ -53,11 +53,14 @@ export class QueryBatcher<Input, Output> {
     while (this.inFlight < this.options.maxInFlight && this.queue.length > 0) {
       const batch = this.queue.splice(0, this.options.maxBatchSize);
       this.inFlight++;
-      void this.runBatch(batch).finally(() => {
-        this.inFlight--;
-        this.scheduleFlush();
-      });
+      void this.runBatch(batch);
     }
+  }
+
+  /** A batch came back: the calls queued meanwhile go out before its callers run on. */
+  private batchDone(): void {
+    this.inFlight--;
+    this.scheduleFlush();
   }
 
   private async runBatch(batch: Pending<Input, Output>[]): Promise<void> {
@@ -66,9 +69,11 @@ export class QueryBatcher<Input, Output> {
       outcomes = await this.run(batch.map((pending) => pending.input));
       if (outcomes.length !== batch.length) throw new Error(`a batch of ${batch.length} answered ${outcomes.length} outcomes`);
     } catch (error) {
+      this.batchDone();
       for (const pending of batch) pending.reject(error);
       return;
     }
+    this.batchDone();
     batch.forEach((pending, index) => {
       const outcome = outcomes[index];
       if (outcome.ok) pending.resolve(outcome.value);
@@ -77,3 +82,18 @@ export class QueryBatcher<Input, Output> {
   }
 }
 
+
+/**
+ * A batch of lookups by key: fetches the rows of the distinct keys in one query and answers each
+ * call with the row whose key is its own, or null. A row the query returns for another key never
+ * answers a call.
+ */
+export async function answerByKey<Row>(
+  keys: string[],
+  fetch: (distinctKeys: string[]) => Promise<Row[]>,
+  keyOf: (row: Row) => string,
+): Promise<BatchOutcome<Row | null>[]> {
+  const rows = await fetch([...new Set(keys)]);
+  const byKey = new Map(rows.map((row) => [keyOf(row), row]));
+  return keys.map((key) => ({ ok: true, value: byKey.get(key) ?? null }));
+}

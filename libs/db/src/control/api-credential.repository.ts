@@ -1,6 +1,6 @@
 import { DataSource, IsNull, Repository } from 'typeorm';
 import { runPrepared } from '../prepared-statements';
-import { BatchOutcome, QueryBatcher } from '../query-batcher';
+import { answerByKey, BatchOutcome, QueryBatcher } from '../query-batcher';
 import { ApiCredentialEntity } from './api-credential.entity';
 
 export type NewApiCredentialRow = Pick<ApiCredentialEntity, 'id' | 'name' | 'role' | 'cellName' | 'secretHash'>;
@@ -53,18 +53,20 @@ export class ApiCredentialRepository {
       .execute();
   }
 
-  private async findManyById(ids: string[]): Promise<BatchOutcome<ApiCredentialEntity | null>[]> {
-    const raws = await runPrepared<Record<string, unknown>>(
-      this.dataSource,
-      'keyhole_find_credentials',
-      'SELECT id, name, role, cell_name, secret_hash, created_at, last_used_at, revoked_at FROM api_credentials WHERE id = ANY($1::varchar[])',
-      [[...new Set(ids)]],
+  private findManyById(ids: string[]): Promise<BatchOutcome<ApiCredentialEntity | null>[]> {
+    return answerByKey(
+      ids,
+      async (distinct) =>
+        (
+          await runPrepared<Record<string, unknown>>(
+            this.dataSource,
+            'keyhole_find_credentials',
+            'SELECT id, name, role, cell_name, secret_hash, created_at, last_used_at, revoked_at FROM api_credentials WHERE id = ANY($1::varchar[])',
+            [distinct],
+          )
+        ).map(fromRaw),
+      (credential) => credential.id,
     );
-    const byId = new Map(raws.map((raw) => [raw.id as string, raw]));
-    return ids.map((id) => {
-      const raw = byId.get(id);
-      return { ok: true, value: raw === undefined ? null : fromRaw(raw) };
-    });
   }
 }
 

@@ -1,6 +1,6 @@
 import { DataSource, Repository } from 'typeorm';
 import { runPrepared } from '../prepared-statements';
-import { BatchOutcome, QueryBatcher } from '../query-batcher';
+import { answerByKey, BatchOutcome, QueryBatcher } from '../query-batcher';
 import { CellEntity } from './cell.entity';
 
 export type NewCellRow = Pick<CellEntity, 'name' | 'databaseUrl' | 'proxyUrl' | 'accessUrlBases'>;
@@ -46,18 +46,20 @@ export class CellRepository {
     return (result.affected ?? 0) > 0;
   }
 
-  private async findManyByName(names: string[]): Promise<BatchOutcome<CellEntity | null>[]> {
-    const raws = await runPrepared<Record<string, unknown>>(
-      this.dataSource,
-      'keyhole_find_cells',
-      'SELECT name, database_url, proxy_url, access_url_bases, created_at, updated_at FROM cells WHERE name = ANY($1::varchar[])',
-      [[...new Set(names)]],
+  private findManyByName(names: string[]): Promise<BatchOutcome<CellEntity | null>[]> {
+    return answerByKey(
+      names,
+      async (distinct) =>
+        (
+          await runPrepared<Record<string, unknown>>(
+            this.dataSource,
+            'keyhole_find_cells',
+            'SELECT name, database_url, proxy_url, access_url_bases, created_at, updated_at FROM cells WHERE name = ANY($1::varchar[])',
+            [distinct],
+          )
+        ).map(fromRaw),
+      (cell) => cell.name,
     );
-    const byName = new Map(raws.map((raw) => [raw.name as string, raw]));
-    return names.map((name) => {
-      const raw = byName.get(name);
-      return { ok: true, value: raw === undefined ? null : fromRaw(raw) };
-    });
   }
 }
 
