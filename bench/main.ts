@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'pg';
+import { expiredBatchDeleteSql } from '../libs/db/src/cell/purge-statements';
 import { QemuVm, startQemuVm } from '../test/support/real/qemu';
 import { Keyhole, issueToken, startKeyhole, startWebsockify, Websockify } from './deployments';
 import { Generator } from './generator';
@@ -584,9 +585,6 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
 // ---------------------------------------------------------------------------------------------
 // Figure 6: purge
 
-const PURGE_BATCH_SQL = `DELETE FROM console_auth_tokens WHERE id IN (
-  SELECT id FROM console_auth_tokens WHERE expires <= $1 ORDER BY expires LIMIT $2 FOR UPDATE SKIP LOCKED)`;
-
 async function figurePurge(env: Environment, checkTokens: string[]): Promise<Figure[]> {
   const { options, keyhole } = env;
   const figure: Figure = {
@@ -627,7 +625,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     log(`  inserted ${options.purgeRows} expired rows in ${fillSeconds.toFixed(1)} s`);
     // One batch as the purge runs it, rolled back: the plan, for the record.
     await cell.query('BEGIN');
-    const plan = await cell.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${PURGE_BATCH_SQL}`, [now, 5_000]);
+    const plan = await cell.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${expiredBatchDeleteSql('console_auth_tokens')}`, [now, 5_000]);
     await cell.query('ROLLBACK');
     env.diagnostics.purgeBatchPlan = plan.rows.map((row) => row['QUERY PLAN']);
 

@@ -4,6 +4,7 @@ import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
 import { postgresErrorCode } from '../postgres-errors';
 import { runPrepared } from '../prepared-statements';
+import { expiredBatchDeleteSql } from './purge-statements';
 import { BatchOutcome, QueryBatcher } from '../query-batcher';
 
 /** Every column of the table, for prepared statements (which must not select `*`). */
@@ -139,9 +140,7 @@ export class ConsoleAuthTokenRepository {
   /** Deletes at most `batchSize` tombstones of tokens that have expired anyway; returns how many. */
   async deleteExpiredTombstonesBatch(nowSeconds: number, batchSize: number): Promise<number> {
     const [, count] = await this.dataSource.query<[unknown[], number]>(
-      // By ctid, as deleteExpiredBatch explains.
-      `DELETE FROM revoked_token_hashes WHERE ctid = ANY(ARRAY(
-         SELECT ctid FROM revoked_token_hashes WHERE expires <= $1 ORDER BY expires LIMIT $2 FOR UPDATE SKIP LOCKED))`,
+      expiredBatchDeleteSql('revoked_token_hashes'),
       [nowSeconds, batchSize],
     );
     return count;
@@ -195,20 +194,10 @@ export class ConsoleAuthTokenRepository {
    * batch is picked through the `expires` (or `host, expires`) index.
    */
   async deleteExpiredBatch(nowSeconds: number, batchSize: number, host?: string): Promise<number> {
-    const hostClause = host === undefined ? '' : 'AND host = $3';
     const parameters: unknown[] = [nowSeconds, batchSize];
     if (host !== undefined) parameters.push(host);
-    // The batch is picked in expiry order on the (host, )expires index and deleted by the physical
-    // row addresses (ctids) that picking returned: a TID scan. Deleting `WHERE id IN (...)` made the
-    // planner hash the ids and probe the primary key once per row, which measured ~1.7x slower on a
-    // million expired rows. The ctids are stable for the statement: the rows are locked by it.
     const [, count] = await this.rows.manager.query<[unknown[], number]>(
-      `DELETE FROM console_auth_tokens WHERE ctid = ANY(ARRAY(
-         SELECT ctid FROM console_auth_tokens
-          WHERE expires <= $1 ${hostClause}
-          ORDER BY expires
-          LIMIT $2
-          FOR UPDATE SKIP LOCKED))`,
+      expiredBatchDeleteSql('console_auth_tokens', host !== undefined),
       parameters,
     );
     return count;
