@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Client } from 'pg';
+import { freePort } from '../test/support/real/network';
 import { Child, onCleanup, sleep, spawnLogged, waitForLog } from './procs';
 
 /**
@@ -14,17 +15,6 @@ import { Child, onCleanup, sleep, spawnLogged, waitForLog } from './procs';
  */
 
 const execFileAsync = promisify(execFile);
-
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 export interface KeyholeOptions {
   /** The checkout whose dist/ runs (default: this one). */

@@ -213,6 +213,29 @@ function rotation<T>(items: readonly T[], round: number): T[] {
 }
 
 /** Latency percentiles, counts and rate of a connect or HTTP measurement (HTTP ones count `dropped` too). */
+/** Token checks (POST /v1/tokens/introspect with the operator key) of these tokens. */
+function introspectJob(keyhole: Keyhole, checkTokens: string[]) {
+  return {
+    url: `${keyhole.apiUrl}/v1/tokens/introspect`,
+    headers: { Authorization: `Bearer ${keyhole.operatorKey}` },
+    body: { kind: 'introspect' as const, cell: keyhole.cellName, tokens: checkTokens },
+    expectStatus: 200,
+    collectTokens: 0,
+  };
+}
+
+/** p50 and p99 of latencies before and during a load, and the p99 ratio, named `<prefix>P50Before` etc. */
+function beforeAndDuring(prefix: string, before: number[], during: number[]): Record<string, number> {
+  const [b, d] = [summarize(before), summarize(during)];
+  return {
+    [`${prefix}P50Before`]: b.p50,
+    [`${prefix}P99Before`]: b.p99,
+    [`${prefix}P50During`]: d.p50,
+    [`${prefix}P99During`]: d.p99,
+    [`${prefix}P99Ratio`]: d.p99 / b.p99,
+  };
+}
+
 function latencyMetrics(result: ConnectResult | HttpResult): Record<string, number> {
   const summary = summarize(result.latenciesMs);
   return {
@@ -483,8 +506,7 @@ async function figureFlood(env: Environment): Promise<Figure[]> {
         ]),
       );
       const [flood, usersDuring] = during.value;
-      const p99Before = summarize(before.latenciesMs).p99;
-      const p99During = summarize(usersDuring.latenciesMs).p99;
+      const validUsers = beforeAndDuring('valid', before.latenciesMs, usersDuring.latenciesMs);
       figure.samples.push({
         round,
         system,
@@ -493,11 +515,7 @@ async function figureFlood(env: Environment): Promise<Figure[]> {
           floodFailed: flood.failed,
           floodP50: summarize(flood.latenciesMs).p50,
           floodP99: summarize(flood.latenciesMs).p99,
-          validP50Before: summarize(before.latenciesMs).p50,
-          validP99Before: p99Before,
-          validP50During: summarize(usersDuring.latenciesMs).p50,
-          validP99During: p99During,
-          validP99Ratio: p99During / p99Before,
+          ...validUsers,
           validFailedDuring: usersDuring.failed,
           validConnectsDuring: usersDuring.ok,
           ...perOperation(during.cpu, (flood.ok + usersDuring.ok) / (flood.elapsedMs / 1000)),
@@ -506,7 +524,7 @@ async function figureFlood(env: Environment): Promise<Figure[]> {
         detail: { refusals: flood.refusals, ...failureDetail({ ...flood.failures, ...usersDuring.failures }) },
       });
       log(
-        `  round ${round + 1} ${system.padEnd(10)} ${(flood.ok / (flood.elapsedMs / 1000)).toFixed(0)} refused/s ${JSON.stringify(flood.refusals)}; valid p99 ${p99Before.toFixed(1)} -> ${p99During.toFixed(1)} ms` +
+        `  round ${round + 1} ${system.padEnd(10)} ${(flood.ok / (flood.elapsedMs / 1000)).toFixed(0)} refused/s ${JSON.stringify(flood.refusals)}; valid p99 ${validUsers.validP99Before.toFixed(1)} -> ${validUsers.validP99During.toFixed(1)} ms` +
           `${flood.failed + usersDuring.failed ? ` (${flood.failed} flood / ${usersDuring.failed} valid failed: ${JSON.stringify({ ...flood.failures, ...usersDuring.failures })})` : ''}` +
           `  cpu proxy ${during.cpu.proxy}% gen ${during.cpu.generator}% db ${during.cpu.database}%`,
       );
@@ -546,13 +564,7 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
     expectStatus: 201,
     collectTokens: 0,
   };
-  const checkJob = {
-    url: `${keyhole.apiUrl}/v1/tokens/introspect`,
-    headers: { Authorization: `Bearer ${keyhole.operatorKey}` },
-    body: { kind: 'introspect' as const, cell: keyhole.cellName, tokens: checkTokens },
-    expectStatus: 200,
-    collectTokens: 0,
-  };
+  const checkJob = introspectJob(keyhole, checkTokens);
   log('figure 5: token API');
   await env.generator.http({ ...issueJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
   await env.generator.http({ ...checkJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
@@ -630,11 +642,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     env.diagnostics.purgeBatchPlan = plan.rows.map((row) => row['QUERY PLAN']);
 
     const checkJob = {
-      url: `${keyhole.apiUrl}/v1/tokens/introspect`,
-      headers: { Authorization: `Bearer ${keyhole.operatorKey}` },
-      body: { kind: 'introspect' as const, cell: keyhole.cellName, tokens: checkTokens },
-      expectStatus: 200,
-      collectTokens: 0,
+      ...introspectJob(keyhole, checkTokens),
       mode: 'open' as const,
       concurrency: 64,
       ratePerSecond: 1_000,
@@ -673,8 +681,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     if (answer.status !== 200) throw new Error(`purge answered ${answer.status}: ${JSON.stringify(answer.body)}`);
     const remaining = Number((await cell.query<{ count: string }>('SELECT count(*) FROM console_auth_tokens WHERE expires <= $1', [now])).rows[0].count);
     const purged = answer.body.purged ?? 0;
-    const p99Before = summarize(before.latenciesMs).p99;
-    const p99During = summarize(checks.latenciesMs).p99;
+    const check = beforeAndDuring('check', before.latenciesMs, checks.latenciesMs);
     figure.samples.push({
       round: 0,
       system: 'token-api',
@@ -685,11 +692,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
         purgeSeconds: seconds,
         rowsPerSecond: purged / seconds,
         fillSeconds,
-        checkP50Before: summarize(before.latenciesMs).p50,
-        checkP99Before: p99Before,
-        checkP50During: summarize(checks.latenciesMs).p50,
-        checkP99During: p99During,
-        checkP99Ratio: p99During / p99Before,
+        ...check,
         checksDuring: checks.ok,
         checksFailedDuring: checks.failed,
         checksDroppedDuring: checks.dropped,
@@ -699,7 +702,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     });
     log(
       `  purged ${purged} rows in ${seconds.toFixed(2)} s = ${(purged / seconds).toFixed(0)} rows/s (${remaining} expired left); ` +
-        `check p99 ${p99Before.toFixed(2)} -> ${p99During.toFixed(2)} ms (${checks.ok} checks, ${checks.failed} failed, ${checks.dropped} dropped); cpu api ${during.cpu.proxy}% db ${during.cpu.database}%`,
+        `check p99 ${check.checkP99Before.toFixed(2)} -> ${check.checkP99During.toFixed(2)} ms (${checks.ok} checks, ${checks.failed} failed, ${checks.dropped} dropped); cpu api ${during.cpu.proxy}% db ${during.cpu.database}%`,
     );
   } finally {
     await cell.end();

@@ -1,6 +1,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { Redis } from 'ioredis';
+import { freePort } from './real/network';
 
 /*
  * A redis-server of the test's own (never the shared one on 6379), on a free port of 127.0.0.1,
@@ -140,17 +141,6 @@ function pings(port: number): Promise<boolean> {
     });
     socket.on('error', () => done(false));
   });
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 async function within(promise: Promise<void>, timeoutMs: number): Promise<boolean> {
