@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { createConnection, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -19,9 +19,11 @@ import type {
 
 /**
  * The load generator (`node bench/run.cjs --role=loadgen`, forked by the orchestrator). It runs one
- * job at a time, sent over IPC, with the same client code whatever the target: `ws` for keyhole and
- * websockify (binary subprotocol, no compression, an Origin like a browser's), `net` for direct TCP.
- * Every loop is bounded by a count and a duration, and every attempt by a timeout.
+ * job at a time, sent over IPC, with the same client code whatever the target: for keyhole and
+ * websockify, a minimal RFC 6455 client on `net` for the connect and flood jobs (see
+ * `WebSocketAttempt`) and `ws` for throughput and sessions (binary subprotocol, no compression, an
+ * Origin like a browser's); `net` for direct TCP. Every loop is bounded by a count and a duration,
+ * and every attempt by a timeout.
  */
 
 let stopRequested = false;
@@ -100,42 +102,280 @@ function openWebSocket(target: Extract<Target, { kind: 'ws' }>, token: string | 
 interface Outcome {
   ok: boolean;
   reason: string;
-  /** Closers still running (ws close handshakes), awaited at the end of the job. */
+  /** Closers still running (close handshakes), awaited at the end of the job. */
   closing?: Promise<void>;
 }
 
-function attemptWebSocket(job: ConnectJob, target: Extract<Target, { kind: 'ws' }>): Promise<Outcome> {
-  const invalid = job.tokenMode === 'invalid';
-  return new Promise((resolve) => {
-    let settled = false;
-    let received = 0;
-    const ws = openWebSocket(target, invalid ? randomToken() : undefined, job.attemptTimeoutMs);
-    const closed = new Promise<void>((done) => ws.once('close', () => done()));
-    const timer = setTimeout(() => finish(false, 'timeout'), job.attemptTimeoutMs);
-    const finish = (ok: boolean, reason: string): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (ws.readyState === WebSocket.OPEN) ws.close(1000);
-      else if (ws.readyState !== WebSocket.CLOSED) ws.terminate();
-      // Never wait long for a peer's close handshake.
-      const closing = Promise.race([closed, new Promise<void>((done) => setTimeout(done, 5_000).unref())]).then(() => {
-        if (ws.readyState !== WebSocket.CLOSED) ws.terminate();
+/*
+ * The websocket client of the connect and flood jobs: a minimal RFC 6455 client on `net` (a
+ * browser's is native code). The `ws` client cost 0.4-0.9 ms of CPU per connect, as much as the
+ * proxy under test and on the same two cores: it sat in the latency of every sequential connect
+ * and was the bottleneck of the flood. This one sends what a browser sends, checks the answer
+ * (status, Sec-WebSocket-Accept, Upgrade, Connection, subprotocol, no extension) and parses the
+ * server's frames. What can be is prepared once per job (the request head around the token, the
+ * keys with their accepts, the masked close frames); an attempt is one write and one parse.
+ */
+
+const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+/** Keys and close-frame masks prepared per job and used in turn: random, and no hashing per attempt. */
+const HANDSHAKE_SLOTS = 256;
+/** More than this without the blank line that ends an HTTP head is not an answer. */
+const MAX_HEAD_BYTES = 8 * 1024;
+/** How long the server may take to close after our close frame before the socket is destroyed. */
+const CLOSE_WAIT_MS = 5_000;
+const HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
+const STATUS_LINE = /^HTTP\/1\.[01] ([1-9]\d\d)[ \r]/;
+
+interface WebSocketDialer {
+  host: string;
+  port: number;
+  /** The request head is `beforeToken + token + beforeKey + key + afterKey`. */
+  beforeToken: string;
+  beforeKey: string;
+  afterKey: string;
+  /** The token of every attempt; undefined: a fresh random one per attempt (invalid-token jobs). */
+  token: string | undefined;
+  keys: string[];
+  /** Sec-WebSocket-Accept expected for keys[i]: base64(sha1(key + GUID)). */
+  accepts: string[];
+  /** Close frames (code 1000) as a client sends them: masked, a random non-zero mask each. */
+  closeFrames: Buffer[];
+  next: number;
+}
+
+/** Parses the target once per job. Tokens (base64url) go into the request target as they are. */
+function webSocketDialer(job: ConnectJob, target: Extract<Target, { kind: 'ws' }>): WebSocketDialer {
+  const url = new URL(target.url);
+  if (url.protocol !== 'ws:') throw new Error(`connect jobs speak ws:// only, not ${target.url}`);
+  const requestTarget = `${url.pathname}${url.search}`;
+  const placeholder = requestTarget.indexOf('{token}');
+  if (placeholder < 0 && target.url.includes('{token}')) throw new Error(`{token} must be in the query: ${target.url}`);
+  const tokenAt = placeholder < 0 ? requestTarget.length : placeholder;
+  const afterToken = placeholder < 0 ? requestTarget.length : placeholder + '{token}'.length;
+  const keyBytes = randomBytes(16 * HANDSHAKE_SLOTS);
+  const keys: string[] = [];
+  const accepts: string[] = [];
+  const closeFrames: Buffer[] = [];
+  for (let slot = 0; slot < HANDSHAKE_SLOTS; slot++) {
+    const key = keyBytes.toString('base64', slot * 16, slot * 16 + 16);
+    keys.push(key);
+    accepts.push(createHash('sha1').update(key + WEBSOCKET_GUID).digest('base64'));
+    closeFrames.push(maskedCloseFrame());
+  }
+  return {
+    host: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
+    port: url.port ? Number(url.port) : 80,
+    beforeToken: `GET ${requestTarget.slice(0, tokenAt)}`,
+    beforeKey: `${requestTarget.slice(afterToken)} HTTP/1.1\r\nHost: ${url.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: `,
+    afterKey: `\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n${target.origin ? `Origin: ${target.origin}\r\n` : ''}\r\n`,
+    token: job.tokenMode === 'invalid' ? undefined : (target.token ?? ''),
+    keys,
+    accepts,
+    closeFrames,
+    next: 0,
+  };
+}
+
+/** FIN + close, masked, length 2: status code 1000. */
+function maskedCloseFrame(): Buffer {
+  const frame = Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+  let mask = randomBytes(4);
+  while (mask.readUInt32BE(0) === 0) mask = randomBytes(4);
+  mask.copy(frame, 2);
+  frame[6] ^= mask[0];
+  frame[7] ^= mask[1];
+  return frame;
+}
+
+/** The value of the header `needle` (`\r\n<lower-case name>:`) in `source`, trimmed; `lower` is `source` in lower case. */
+function headerValue(source: string, lower: string, needle: string): string | undefined {
+  const at = lower.indexOf(needle);
+  if (at < 0) return undefined;
+  const start = at + needle.length;
+  return source.slice(start, lower.indexOf('\r\n', start)).trim();
+}
+
+function attemptWebSocket(job: ConnectJob, dialer: WebSocketDialer): Promise<Outcome> {
+  return new Promise((resolve) => new WebSocketAttempt(job, dialer, resolve).start());
+}
+
+/**
+ * One connect: head (request sent, answer awaited), open (101 checked, counting payload bytes),
+ * closing (our close frame sent, discarding until the server closes), ended (both close frames
+ * exchanged, our side ended), done (closed or destroyed). A refusal or a failure before the
+ * websocket is open destroys the socket; an open websocket is closed with a close handshake.
+ */
+class WebSocketAttempt {
+  private phase: 'head' | 'open' | 'closing' | 'ended' | 'done' = 'head';
+  private readonly invalid: boolean;
+  private readonly slot: number;
+  private readonly socket: Socket;
+  private timer: NodeJS.Timeout | undefined;
+  /** A response head, or a frame header, split over chunks (rare: kept until the rest arrives). */
+  private partial: Buffer | undefined;
+  private payloadLeft = 0;
+  private received = 0;
+  private closed: (() => void) | undefined;
+
+  constructor(
+    private readonly job: ConnectJob,
+    private readonly dialer: WebSocketDialer,
+    private readonly resolve: (outcome: Outcome) => void,
+  ) {
+    this.invalid = job.tokenMode === 'invalid';
+    this.slot = dialer.next;
+    dialer.next = (dialer.next + 1) % HANDSHAKE_SLOTS;
+    this.socket = createConnection({ host: dialer.host, port: dialer.port, noDelay: true });
+  }
+
+  start(): void {
+    const { socket, dialer } = this;
+    socket.on('data', (chunk: Buffer) => (this.phase === 'head' ? this.readHead(chunk) : this.readFrames(chunk, 0)));
+    socket.on('close', () => this.onClose());
+    socket.on('error', (error: Error & { code?: string }) => this.onError(error));
+    this.timer = setTimeout(() => this.finish(false, 'timeout', this.phase === 'open'), this.job.attemptTimeoutMs);
+    // Written before the connect completes: net sends it as soon as it does.
+    socket.write(dialer.beforeToken + (dialer.token ?? randomToken()) + dialer.beforeKey + dialer.keys[this.slot] + dialer.afterKey, 'latin1');
+  }
+
+  private readHead(chunk: Buffer): void {
+    let data = chunk;
+    if (this.partial) {
+      data = Buffer.concat([this.partial, chunk]);
+      this.partial = undefined;
+    }
+    const end = data.indexOf(HEAD_END);
+    if (end < 0 && data.length <= MAX_HEAD_BYTES) {
+      this.partial = data;
+      return;
+    }
+    if (end < 0 || end > MAX_HEAD_BYTES) return this.fail('bad response head');
+    // Up to the last header's CRLF, so that every header line starts and ends with one.
+    const head = data.toString('latin1', 0, end + 2);
+    const status = STATUS_LINE.exec(head)?.[1];
+    if (status === undefined) return this.fail('bad response head');
+    // Refused before the upgrade (keyhole answers 401 to a bad token).
+    if (status !== '101') return this.finish(this.invalid, `http ${status}`, false);
+    const problem = this.upgradeProblem(head);
+    if (problem) return this.fail(problem);
+    this.phase = 'open';
+    if (end + 4 < data.length) this.readFrames(data, end + 4);
+  }
+
+  /** What RFC 6455 (4.1) asks a client to check in a 101 answer; undefined when all is well. */
+  private upgradeProblem(head: string): string | undefined {
+    const lower = head.toLowerCase();
+    if (headerValue(head, lower, '\r\nsec-websocket-accept:') !== this.dialer.accepts[this.slot]) return 'bad accept';
+    if (headerValue(lower, lower, '\r\nupgrade:') !== 'websocket') return 'bad upgrade';
+    if (!headerValue(lower, lower, '\r\nconnection:')?.split(',').some((option) => option.trim() === 'upgrade')) return 'bad upgrade';
+    if (headerValue(head, lower, '\r\nsec-websocket-protocol:') !== 'binary') return 'bad subprotocol';
+    if (lower.includes('\r\nsec-websocket-extensions:')) return 'bad extensions';
+    return undefined;
+  }
+
+  /** Server frames: unmasked, data payloads counted while open, control frames whole, pings ignored. */
+  private readFrames(chunk: Buffer, from: number): void {
+    if (this.phase === 'ended' || this.phase === 'done') return;
+    let data = chunk;
+    let offset = from;
+    if (this.partial) {
+      data = Buffer.concat([this.partial, chunk.subarray(from)]);
+      this.partial = undefined;
+      offset = 0;
+    }
+    while (offset < data.length) {
+      if (this.payloadLeft > 0) {
+        const take = Math.min(this.payloadLeft, data.length - offset);
+        this.payloadLeft -= take;
+        offset += take;
+        if (this.phase === 'open') {
+          this.received += take;
+          if (this.received >= this.job.expectBytes) this.finish(!this.invalid, this.invalid ? 'accepted an invalid token' : 'ok', true);
+        }
+        continue;
+      }
+      const available = data.length - offset;
+      if (available < 2) break;
+      const first = data[offset];
+      const second = data[offset + 1];
+      // No extension was negotiated, so no RSV bit; a server never masks.
+      if (second & 0x80) return this.fail('masked server frame');
+      if (first & 0x70) return this.fail('bad frame');
+      const opcode = first & 0x0f;
+      let length = second & 0x7f;
+      let start = offset + 2;
+      if (length === 126) {
+        if (available < 4) break;
+        length = data.readUInt16BE(offset + 2);
+        start += 2;
+      } else if (length === 127) {
+        if (available < 10) break;
+        length = data.readUInt32BE(offset + 2) * 0x1_0000_0000 + data.readUInt32BE(offset + 6);
+        start += 8;
+      }
+      if (opcode <= 2) {
+        // continuation, text, binary
+        this.payloadLeft = length;
+        offset = start;
+        continue;
+      }
+      if (opcode < 8 || opcode > 10 || length > 125 || !(first & 0x80)) return this.fail('bad frame');
+      if (data.length < start + length) break;
+      if (opcode === 8) return this.onCloseFrame(length >= 2 ? data.readUInt16BE(start) : 1005);
+      offset = start + length; // ping, pong
+    }
+    if (offset < data.length) this.partial = data.subarray(offset);
+  }
+
+  private onCloseFrame(code: number): void {
+    // Before enough data, the close is the outcome (and answered); either way both close frames
+    // have now been exchanged, so our side ends and the server closes the connection.
+    if (this.phase === 'open') this.finish(this.invalid, `closed ${code} before data`, true);
+    this.phase = 'ended';
+    this.socket.end();
+  }
+
+  private onClose(): void {
+    if (this.phase === 'head') this.finish(this.invalid, 'closed before data', false);
+    else if (this.phase === 'open') this.finish(this.invalid, 'closed 1006 before data', false);
+    else this.closed?.();
+    this.phase = 'done';
+  }
+
+  private onError(error: Error & { code?: string }): void {
+    // websockify refuses an unknown token by hanging up before answering the upgrade. After the
+    // upgrade, a lost connection is an abnormal close (1006), as a browser reports it.
+    if (this.phase === 'head') this.finish(this.invalid, `error ${error.code ?? error.message}`, false);
+    else if (this.phase === 'open') this.finish(this.invalid, 'closed 1006 before data', false);
+  }
+
+  /** A protocol failure: the attempt failed (unless already settled) and the socket goes. */
+  private fail(reason: string): void {
+    if (this.phase === 'head' || this.phase === 'open') this.finish(false, reason, false);
+    else this.socket.destroy();
+  }
+
+  /** Settles the attempt once. graceful: send our close frame and let the server close (bounded). */
+  private finish(ok: boolean, reason: string, graceful: boolean): void {
+    if (this.phase !== 'head' && this.phase !== 'open') return;
+    clearTimeout(this.timer);
+    let closing: Promise<void> | undefined;
+    if (graceful) {
+      this.phase = 'closing';
+      this.socket.write(this.dialer.closeFrames[this.slot]);
+      const kill = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
+      closing = new Promise<void>((done) => {
+        this.closed = () => {
+          clearTimeout(kill);
+          done();
+        };
       });
-      resolve({ ok, reason, closing });
-    };
-    ws.on('message', (data: Buffer) => {
-      received += data.length;
-      if (received >= job.expectBytes) finish(!invalid, invalid ? 'accepted an invalid token' : 'ok');
-    });
-    ws.on('unexpected-response', (request, response) => {
-      request.destroy();
-      finish(invalid, `http ${response.statusCode}`);
-    });
-    ws.on('close', (code) => finish(invalid, `closed ${code} before data`));
-    // websockify refuses an unknown token by hanging up before answering the upgrade.
-    ws.on('error', (error: Error & { code?: string }) => finish(invalid, `error ${error.code ?? error.message}`));
-  });
+    } else {
+      this.phase = 'done';
+      this.socket.destroy();
+    }
+    this.resolve({ ok, reason, closing });
+  }
 }
 
 function attemptTcp(job: ConnectJob, target: Extract<Target, { kind: 'tcp' }>): Promise<Outcome> {
@@ -168,17 +408,25 @@ function attemptTcp(job: ConnectJob, target: Extract<Target, { kind: 'tcp' }>): 
   });
 }
 
+function attemptOf(job: ConnectJob): () => Promise<Outcome> {
+  const target = job.target;
+  if (target.kind === 'tcp') return () => attemptTcp(job, target);
+  const dialer = webSocketDialer(job, target);
+  return () => attemptWebSocket(job, dialer);
+}
+
 async function runConnect(job: ConnectJob): Promise<ConnectResult> {
   const result: ConnectResult = { latenciesMs: [], ok: 0, failed: 0, failures: {}, refusals: {}, elapsedMs: 0 };
   const started = performance.now();
   const deadline = started + job.durationMs;
   const closings: Promise<void>[] = [];
+  const attempt = attemptOf(job);
   let attempts = 0;
   const loop = async (): Promise<void> => {
     while (!stopRequested && attempts < job.maxCount && performance.now() < deadline) {
       attempts += 1;
       const begin = performance.now();
-      const outcome = job.target.kind === 'ws' ? await attemptWebSocket(job, job.target) : await attemptTcp(job, job.target);
+      const outcome = await attempt();
       const latency = performance.now() - begin;
       if (outcome.closing) closings.push(outcome.closing);
       if (outcome.ok) {
