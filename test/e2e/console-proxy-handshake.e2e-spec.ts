@@ -86,10 +86,19 @@ async function expectRefused(
   return refused;
 }
 
-/** Opens a session and checks it carries bytes both ways. */
-async function expectAccepted(target: string, options: Parameters<typeof connectConsole>[1] = {}): Promise<ConsoleClient> {
+/**
+ * Opens a session, checks it carries bytes both ways and waits for its session record (written
+ * within 20 ms of the connect), so that a refusal checked next counts only its own records.
+ */
+async function expectAccepted(
+  target: string,
+  options: Parameters<typeof connectConsole>[1] = {},
+  databaseUrl = deployment.cellUrls.cell1,
+): Promise<ConsoleClient> {
+  const sessionsBefore = await sessionCount(databaseUrl);
   const client = await connectConsole(target, options);
   expect((await client.roundTrip('hello console')).toString()).toBe('hello console');
+  await pollUntil(async () => ((await sessionCount(databaseUrl)) > sessionsBefore ? true : undefined), 2_000, 'the session record');
   return client;
 }
 
@@ -285,7 +294,7 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
     };
 
     it('accepts an https page from its host', async () => {
-      const client = await expectAccepted(url(httpsProxy, (await issueCell3()).token), { origin: 'https://cell3.console.test', headers: { host: CELL3_HOST } });
+      const client = await expectAccepted(url(httpsProxy, (await issueCell3()).token), { origin: 'https://cell3.console.test', headers: { host: CELL3_HOST } }, cell3Url);
       await client.close();
     });
 
@@ -298,10 +307,11 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
     });
 
     it('accepts an http origin when X-Forwarded-Proto says the page was https (Nova test_..._http_forwarded_proto_https)', async () => {
-      const client = await expectAccepted(url(httpsProxy, (await issueCell3()).token), {
-        origin: 'http://cell3.console.test',
-        headers: { host: CELL3_HOST, 'x-forwarded-proto': 'https' },
-      });
+      const client = await expectAccepted(
+        url(httpsProxy, (await issueCell3()).token),
+        { origin: 'http://cell3.console.test', headers: { host: CELL3_HOST, 'x-forwarded-proto': 'https' } },
+        cell3Url,
+      );
       await client.close();
     });
   });
@@ -409,7 +419,7 @@ describe('cell database unreachable', () => {
       [createHash('sha256').update(token).digest('hex'), echoUpstream.port, randomUUID(), Math.floor(Date.now() / 1000) + 600],
     );
     const isolated = await startProxy('cellx', database.url, {}, false);
-    const client = await expectAccepted(url(isolated, token));
+    const client = await expectAccepted(url(isolated, token), {}, database.url);
     await client.close();
 
     // The database goes away: connections are ended and it no longer exists.

@@ -445,9 +445,16 @@ describe('switching the fallback while the proxy runs', () => {
     expect(elapsedMs).toBeLessThan(FLAG_PROPAGATION_MS);
     await expectEcho(client);
 
-    // Operators see the live legacy session and can end it like any other.
-    const live = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${instanceUuid}`, { key: deployment.operatorKey });
-    expect(live.status).toBe(200);
+    // Operators see the live legacy session (its record is written within 20 ms) and can end it like any other.
+    const live = await pollUntil(
+      async () => {
+        const listed = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${instanceUuid}`, { key: deployment.operatorKey });
+        expect(listed.status).toBe(200);
+        return listed.body.sessions.length > 0 ? listed : undefined;
+      },
+      2_000,
+      'the session in the list',
+    );
     expect(live.body.sessions).toEqual([
       expect.objectContaining({ tokenSource: 'legacy', tokenId: null, fingerprint: fingerprintOf(legacy), instanceUuid, consoleType: 'novnc', endedAt: null }),
     ]);

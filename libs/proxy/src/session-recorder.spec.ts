@@ -27,8 +27,8 @@ function fakeStore() {
   return { insertBatch: jest.fn(record('insert')), endBatch: jest.fn(record('end')), statements };
 }
 
-const endDelayMs = 5;
-const afterDelay = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, endDelayMs + 5));
+const writeDelayMs = 5;
+const afterDelay = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, writeDelayMs + 5));
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('SessionRecorder', () => {
@@ -41,12 +41,15 @@ describe('SessionRecorder', () => {
   /** The session ids of the "could not record" warnings so far. */
   const lostSessions = (): string[] => warnings.mock.calls.map(([fields]) => (fields as { sessionId: string }).sessionId);
 
-  it('writes the rows of one turn of the event loop in one statement at the end of the turn, a session that ended meanwhile with its end', async () => {
+  it('writes the rows queued within the delay in one statement, not on the connect path, a session that ended meanwhile with its end', async () => {
     const store = fakeStore();
-    const recorder = new SessionRecorder(store, 60_000);
+    const recorder = new SessionRecorder(store, writeDelayMs);
     const written = [recorder.record(sessionRow('a')), recorder.record(sessionRow('b'))];
-    const ended = recorder.end({ id: 'a', reason: 'client closed', bytesToClient: 12, bytesToUpstream: 3 });
     await nextTurn();
+    // Nothing goes to the database while the consoles are being opened.
+    expect(store.statements).toHaveLength(0);
+    const ended = recorder.end({ id: 'a', reason: 'client closed', bytesToClient: 12, bytesToUpstream: 3 });
+    await afterDelay();
     expect(store.statements).toHaveLength(1);
     expect(store.statements[0].kind).toBe('insert');
     expect(store.statements[0].rows).toEqual([
@@ -60,7 +63,7 @@ describe('SessionRecorder', () => {
 
   it('writes the ends queued within the delay together, in one statement', async () => {
     const store = fakeStore();
-    const recorder = new SessionRecorder(store, endDelayMs);
+    const recorder = new SessionRecorder(store, writeDelayMs);
     const ended = [
       recorder.end({ id: 'a', reason: 'client closed', bytesToClient: 1, bytesToUpstream: 2 }),
       recorder.end({ id: 'b', reason: 'token revoked', bytesToClient: 3, bytesToUpstream: 4 }),
@@ -76,7 +79,7 @@ describe('SessionRecorder', () => {
 
   it('writes an end after the write of its row, never in the same one', async () => {
     const store = fakeStore();
-    const recorder = new SessionRecorder(store, endDelayMs);
+    const recorder = new SessionRecorder(store, writeDelayMs);
     void recorder.record(sessionRow('a'));
     await afterDelay();
     expect(store.statements.map((statement) => statement.kind)).toEqual(['insert']);
@@ -98,7 +101,7 @@ describe('SessionRecorder', () => {
 
   it('writes row by row when the database refuses a value, so that one bad row does not lose the others', async () => {
     const store = fakeStore();
-    const recorder = new SessionRecorder(store, endDelayMs);
+    const recorder = new SessionRecorder(store, writeDelayMs);
     const written = Promise.all([recorder.record(sessionRow('a')), recorder.record({ ...sessionRow('b'), instanceUuid: 'x'.repeat(40) })]);
     await afterDelay();
     store.statements[0].fail(Object.assign(new Error('value too long'), { code: '22001' }));
@@ -115,7 +118,7 @@ describe('SessionRecorder', () => {
 
   it('gives up a batch at once when the database cannot be reached (no retry per row), and resolves its waiters', async () => {
     const store = fakeStore();
-    const recorder = new SessionRecorder(store, endDelayMs);
+    const recorder = new SessionRecorder(store, writeDelayMs);
     const written = Promise.all([recorder.record(sessionRow('a')), recorder.record(sessionRow('b'))]);
     await afterDelay();
     store.statements[0].fail(new Error('connect ECONNREFUSED'));

@@ -15,15 +15,15 @@ interface PendingInsert {
 
 /**
  * Writes the session records of non-exclusive consoles off the connect path, batched (one INSERT
- * and one UPDATE over arrays per write, one write out at a time): a session's row is written in
- * the turn of the event loop it was queued in, together with the other rows of that turn (an
- * operator sees a session as soon as its browser does); ends wait up to `endDelayMs` for others
- * and go with the next write, so the database sees a few statements per window instead of a commit
- * per session end. Whatever is queued while a write is out goes in the next one. A session that
- * ended before its row was written is inserted with its end. Writes
- * are never retried (a lost record is logged, as before); a failed batch is written row by row so
- * that one bad row does not lose the others. Exclusive consoles claim their row themselves
- * (`insertExclusive`, on the connect path) and only their end goes through here.
+ * and one UPDATE over arrays per write, one write out at a time): a session's row and its end wait
+ * up to `writeDelayMs` for others and go with the next write, so the database sees a few
+ * statements per window instead of a commit per connect and per end, and none of them is sent
+ * while a browser's console is being opened. A session that ends before its row was written
+ * (a connect that only probes the console) is inserted once, with its end. Whatever is queued
+ * while a write is out goes in the next one. Writes are never retried (a lost record is logged,
+ * as before); a failed batch is written row by row so that one bad row does not lose the others.
+ * Exclusive consoles claim their row themselves (`insertExclusive`, on the connect path) and
+ * only their end goes through here.
  */
 export class SessionRecorder {
   private readonly logger = new Logger(SessionRecorder.name);
@@ -31,16 +31,15 @@ export class SessionRecorder {
   private ends = new Map<string, { end: SessionEnd; written: Deferred }>();
   /** Sessions whose row is in the write that is out now: their end waits for the next one. */
   private writing: Promise<void> | undefined;
-  private immediate: NodeJS.Immediate | undefined;
   private timer: NodeJS.Timeout | undefined;
 
   /**
-   * @param endDelayMs how long a session's end may wait for others before it is written (ms);
-   *   default 20.
+   * @param writeDelayMs how long a session's row or end may wait for others before it is written
+   *   (ms); default 20: an operator sees a new session that much later than its browser does.
    */
   constructor(
     private readonly store: Pick<ConsoleSessionRepository, 'insertBatch' | 'endBatch'>,
-    private readonly endDelayMs = 20,
+    private readonly writeDelayMs = 20,
   ) {}
 
   /** Queues a session's row; resolves once it is written or could not be (never rejects). */
@@ -78,15 +77,10 @@ export class SessionRecorder {
     }
   }
 
-  /** Plans the next write: at the end of this turn for rows, after the delay for ends only. */
+  /** Plans the next write, `writeDelayMs` after the first record queued since the last one. */
   private schedule(): void {
-    if (this.writing || this.immediate !== undefined) return;
-    if (this.inserts.size > 0) {
-      this.cancelSchedule();
-      this.immediate = setImmediate(this.scheduledWrite);
-    } else if (this.ends.size > 0 && this.timer === undefined) {
-      this.timer = setTimeout(this.scheduledWrite, this.endDelayMs);
-    }
+    if (this.writing || this.timer !== undefined) return;
+    if (this.inserts.size > 0 || this.ends.size > 0) this.timer = setTimeout(this.scheduledWrite, this.writeDelayMs);
   }
 
   private readonly scheduledWrite = (): void => {
@@ -95,9 +89,7 @@ export class SessionRecorder {
   };
 
   private cancelSchedule(): void {
-    clearImmediate(this.immediate);
     clearTimeout(this.timer);
-    this.immediate = undefined;
     this.timer = undefined;
   }
 
