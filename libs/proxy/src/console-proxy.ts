@@ -9,7 +9,7 @@ import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
 import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
 import { isPlausibleToken, NO_INSTANCE_UUID } from '@keyhole/tokens';
-import { connectUpstream, UpstreamError } from '@keyhole/upstream';
+import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BatchedTokenLookup } from './batched-token-lookup';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import { ConsoleEventsListener } from './console-events.listener';
@@ -29,6 +29,13 @@ const EXCLUSIVE_CONSOLE_TYPES = new Set(['serial']);
 /** Backpressure thresholds of each session's console-to-browser direction. */
 const HIGH_WATER_MARK_BYTES = 256 * 1024;
 const LOW_WATER_MARK_BYTES = 64 * 1024;
+
+/**
+ * How long past its TCP connect a console that has not spoken yet keeps the next connect to it
+ * waiting (see ConnectTurns: QEMU's VNC server speaks at once, SPICE and serial consoles wait for
+ * the client).
+ */
+const CONSOLE_SETTLE_MS = 50;
 
 export interface ConsoleProxyOptions {
   cellName: string;
@@ -85,6 +92,8 @@ export class ConsoleProxy {
   private readonly endingTargets = new Map<string, Promise<unknown>>();
   private readonly tokenLookup: BatchedTokenLookup;
   private readonly recorder: SessionRecorder;
+  /** Connects to one console take turns, so that QEMU's listen backlog of 1 never drops one. */
+  private readonly connectTurns = new ConnectTurns(CONSOLE_SETTLE_MS);
   /** Invalid tokens refused since the last summary line (a flood must not write a line per attempt). */
   private refusedTokens = 0;
   private refusalSummaryTimer: NodeJS.Timeout | undefined;
@@ -258,14 +267,15 @@ export class ConsoleProxy {
         return this.refuse(socket, 409, `console busy: another session (${holder}) is connected to this ${grant.consoleType} port`, 'console_busy');
       }
     } else {
-      // Not on the connect path: the row is written while the console connects, batched with
-      // the other connects' rows.
+      // Not on the connect path: the row is written within 20 ms, batched with the other
+      // connects' rows and ends (with its own end, when the session is that short).
       void this.recorder.record(sessionRow);
     }
 
     const upstream = connectUpstream(
       { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
       this.options.settings.connectTimeoutMs,
+      this.connectTurns,
     );
     // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
     upstream.catch(ignore);

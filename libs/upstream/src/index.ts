@@ -1,2 +1,3 @@
 export * from './upstream.errors';
 export * from './upstream-connector';
+export * from './connect-turns';

@@ -1,4 +1,6 @@
 import { connect, Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { ConnectTurns } from './connect-turns';
 import { UpstreamError } from './upstream.errors';
 
 export interface UpstreamTarget {
@@ -16,10 +18,25 @@ const MAX_CONNECT_RESPONSE_BYTES = 4096;
  * interactive writes), then, for an internal access path, `CONNECT <path> HTTP/1.1` and proceed
  * only on status 200. Exactly the response head is consumed: bytes the console sent after it
  * (an RFB banner in the same segment) are put back for the caller (Nova bug 1695844).
+ *
+ * With `turns`, connects to the same console take turns (see ConnectTurns); `timeoutMs` bounds
+ * the wait for the turn and the TCP connect together. The console's bytes stay in the socket until
+ * the caller reads them ('data' listener, resume()).
  */
-export async function connectUpstream(target: UpstreamTarget, timeoutMs: number): Promise<Socket> {
-  const socket = await openSocket(target, timeoutMs);
-  if (target.internalAccessPath === null) return socket;
+export async function connectUpstream(target: UpstreamTarget, timeoutMs: number, turns?: ConnectTurns): Promise<Socket> {
+  const startedAt = performance.now();
+  const release = turns ? await turns.take(`${target.host}:${target.port}`, timeoutMs) : undefined;
+  let socket: Socket;
+  try {
+    socket = await openSocket(target, Math.max(1, timeoutMs - (performance.now() - startedAt)));
+  } catch (error) {
+    release?.();
+    throw error;
+  }
+  if (target.internalAccessPath === null) {
+    if (release) turns?.holdUntilSpoken(socket, release);
+    return socket;
+  }
   try {
     // Rows Nova wrote are not validated by our API: never let a path split the request line.
     if (!/^[\x21-\x7e]{1,1024}$/.test(target.internalAccessPath)) {
@@ -30,6 +47,10 @@ export async function connectUpstream(target: UpstreamTarget, timeoutMs: number)
   } catch (error) {
     socket.destroy();
     throw error;
+  } finally {
+    // Behind an internal access path the console is reached through a CONNECT proxy, whose answer
+    // was its first bytes.
+    release?.();
   }
 }
 
