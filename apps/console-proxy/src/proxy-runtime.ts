@@ -50,6 +50,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         settings: config.proxy,
         legacy: legacy ?? undefined,
         forcedFallback: config.legacy.forcedFallback,
+        logEachRefusal: config.log.level === 'debug' || config.log.level === 'trace',
       },
       this.cell,
       this.metrics,

@@ -47,6 +47,11 @@ export interface ConsoleProxyOptions {
   legacy?: LegacyLookup;
   /** The fallback flag forced by configuration (KEYHOLE_LEGACY_FALLBACK); undefined = the cell's flag decides. */
   forcedFallback?: boolean;
+  /**
+   * Whether each refused token gets its debug line (the log level is debug or trace). Without it
+   * only the summary counts are logged, and a flood of guesses costs no client-address lookup.
+   */
+  logEachRefusal?: boolean;
 }
 
 /** What the proxy needs of the legacy token store: its lookup (null when unknown or malformed; throws when it cannot answer in time). */
@@ -467,7 +472,9 @@ export class ConsoleProxy {
    */
   private refuseToken(socket: Duplex, request: IncomingMessage, tokenHash: string | undefined): void {
     this.refusedTokens += 1;
-    this.logger.debug({ fingerprint: tokenHash === undefined ? null : fingerprintOfHash(tokenHash), client: this.clientAddress(request) }, 'refused an invalid or expired token');
+    if (this.options.logEachRefusal) {
+      this.logger.debug({ fingerprint: tokenHash === undefined ? null : fingerprintOfHash(tokenHash), client: this.clientAddress(request) }, 'refused an invalid or expired token');
+    }
     this.refuse(socket, 401, 'invalid or expired token', 'invalid_token');
   }
 
