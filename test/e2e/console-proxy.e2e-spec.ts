@@ -449,6 +449,31 @@ describe('byte pump', () => {
     expect(row.close_reason).toBe('console unreachable');
   });
 
+  it('opens 20 browsers at once on a console that listens with a backlog of 1, as QEMU does, none waiting for a SYN retry', async () => {
+    // Like QEMU's VNC server: a listen backlog of 1, and the RFB greeting the moment it accepts.
+    const qemuLike = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.write('RFB 003.008\n');
+    });
+    await new Promise<void>((resolve) => qemuLike.listen({ host: '127.0.0.1', port: 0, backlog: 1 }, resolve));
+    const accepted: Socket[] = [];
+    qemuLike.on('connection', (socket) => accepted.push(socket));
+    try {
+      const token = await issue({ port: (qemuLike.address() as { port: number }).port });
+      const startedAt = Date.now();
+      const clients = await Promise.all(Array.from({ length: 20 }, () => open(token)));
+      const banners = await Promise.all(clients.map((client) => client.waitForBytes(12)));
+      // A dropped SYN is sent again only after 1 s.
+      expect(Date.now() - startedAt).toBeLessThan(950);
+      expect(banners.map((banner) => banner.toString('latin1'))).toEqual(Array(20).fill('RFB 003.008\n'));
+      expect(accepted).toHaveLength(20);
+      await Promise.all(clients.map((client) => client.close()));
+    } finally {
+      for (const socket of accepted) socket.destroy();
+      await new Promise((resolve) => qemuLike.close(resolve));
+    }
+  });
+
   describe('HTTP CONNECT (internal access path)', () => {
     it('sends CONNECT for the path and passes on the bytes that came with the 200 answer (Nova bug 1695844)', async () => {
       let requestHead = '';
