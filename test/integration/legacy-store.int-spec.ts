@@ -514,6 +514,8 @@ describe('LegacyTokenStore on a real Redis', () => {
       await waitFor('lookups to work again', async () => (await store.lookup(token).catch(() => null)) !== null, 5000);
       timings.restartRecoveryMs = String(Date.now() - restarted);
       expect(store.healthy).toBe(true);
+      // Each store reconnects on its own schedule: until it has, it fails closed, as above.
+      await waitFor('the second store to answer again', async () => (await websockify.lookup('anything').then(() => true, () => false)), 5000);
       expect(await websockify.lookup('anything')).toBeNull();
       // One warning for the outage per store, not one per reconnect attempt.
       expect(logs.lines.filter((line) => line.includes('legacy token store unreachable')).length).toBeLessThanOrEqual(2 * stores.length);
