@@ -1,18 +1,18 @@
-import { ConsoleAuthTokenEntity } from '@keyhole/db';
+import type { ConsoleGrantRow } from '@keyhole/db';
 import { BatchedTokenLookup } from './batched-token-lookup';
 
-function row(tokenHash: string, id: number): ConsoleAuthTokenEntity {
-  return Object.assign(new ConsoleAuthTokenEntity(), { id, tokenHash, consoleType: 'novnc', host: 'h', port: 5900, expires: 2_000 });
+function row(tokenHash: string, id: number): ConsoleGrantRow {
+  return { id, tokenHash, consoleType: 'novnc', host: 'h', port: 5900, internalAccessPath: null, instanceUuid: 'i', expires: 2_000, accessUrlBase: null };
 }
 
 const hash = (n: number): string => n.toString(16).padStart(64, '0');
 
 /** A repository whose queries the test answers by hand. */
-function fakeTokens(stored: ConsoleAuthTokenEntity[]) {
-  const queries: { hashes: string[]; nowSeconds: number; answer: (rows?: ConsoleAuthTokenEntity[]) => void; fail: (error: Error) => void }[] = [];
+function fakeTokens(stored: ConsoleGrantRow[]) {
+  const queries: { hashes: string[]; nowSeconds: number; answer: (rows?: ConsoleGrantRow[]) => void; fail: (error: Error) => void }[] = [];
   const findValidByHashes = jest.fn(
     (hashes: string[], nowSeconds: number) =>
-      new Promise<ConsoleAuthTokenEntity[]>((resolve, reject) => {
+      new Promise<ConsoleGrantRow[]>((resolve, reject) => {
         queries.push({
           hashes,
           nowSeconds,

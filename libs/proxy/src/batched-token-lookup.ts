@@ -1,5 +1,5 @@
 import { answerByKey, QueryBatcher } from '@keyhole/db';
-import type { ConsoleAuthTokenEntity, ConsoleAuthTokenRepository } from '@keyhole/db';
+import type { ConsoleAuthTokenRepository, ConsoleGrantRow } from '@keyhole/db';
 
 export interface BatchedTokenLookupOptions {
   /** Queries in flight at once; further checks wait and go together in the next one. Default 1. */
@@ -17,7 +17,7 @@ export interface BatchedTokenLookupOptions {
  * fails every check in it (the caller refuses: fail closed).
  */
 export class BatchedTokenLookup {
-  private readonly batcher: QueryBatcher<string, ConsoleAuthTokenEntity | null>;
+  private readonly batcher: QueryBatcher<string, ConsoleGrantRow | null>;
 
   constructor(
     private readonly tokens: Pick<ConsoleAuthTokenRepository, 'findValidByHashes'>,
@@ -31,7 +31,7 @@ export class BatchedTokenLookup {
   }
 
   /** The valid row (`expires` after now) of this SHA-256 hex hash, or null. */
-  findValid(tokenHash: string): Promise<ConsoleAuthTokenEntity | null> {
+  findValid(tokenHash: string): Promise<ConsoleGrantRow | null> {
     return this.batcher.call(tokenHash);
   }
 }

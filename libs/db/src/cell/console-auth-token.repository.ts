@@ -39,6 +39,15 @@ export type NewConsoleAuthTokenRow = Pick<
   | 'issuedBy'
 >;
 
+/**
+ * What the console proxy needs of a token to open its console. Its lookup runs on every connect
+ * and every refused guess: no timestamps or bookkeeping columns to parse.
+ */
+export type ConsoleGrantRow = Pick<
+  ConsoleAuthTokenEntity,
+  'id' | 'tokenHash' | 'consoleType' | 'host' | 'port' | 'internalAccessPath' | 'instanceUuid' | 'expires' | 'accessUrlBase'
+>;
+
 export interface TokenListFilter {
   instanceUuid?: string;
   /** Only rows with an id greater than this (keyset pagination). */
@@ -88,18 +97,30 @@ export class ConsoleAuthTokenRepository {
   }
 
   /**
-   * The valid rows (`expires > nowSeconds`) among these hashes, in one query on the unique index:
-   * the proxy checks the tokens of concurrent connects together. Unknown hashes have no row.
+   * The grants of the valid rows (`expires > nowSeconds`) among these hashes, in one query on the
+   * unique index: the proxy checks the tokens of concurrent connects together. Unknown hashes have
+   * no row.
    */
-  async findValidByHashes(tokenHashes: string[], nowSeconds: number): Promise<ConsoleAuthTokenEntity[]> {
+  async findValidByHashes(tokenHashes: string[], nowSeconds: number): Promise<ConsoleGrantRow[]> {
     if (tokenHashes.length === 0) return [];
     const rows = await runPrepared<Record<string, unknown>>(
       this.dataSource,
-      'keyhole_find_valid_tokens',
-      `SELECT ${TOKEN_COLUMNS} FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2`,
+      'keyhole_find_console_grants',
+      'SELECT id, token_hash, console_type, host, port, internal_access_path, instance_uuid, expires, access_url_base ' +
+        'FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2',
       [tokenHashes, nowSeconds],
     );
-    return rows.map((row) => this.fromRaw(row));
+    return rows.map((raw) => ({
+      id: Number(raw.id),
+      tokenHash: raw.token_hash as string,
+      consoleType: raw.console_type as string,
+      host: raw.host as string,
+      port: raw.port as number,
+      internalAccessPath: (raw.internal_access_path as string | null) ?? null,
+      instanceUuid: raw.instance_uuid as string,
+      expires: Number(raw.expires),
+      accessUrlBase: (raw.access_url_base as string | null) ?? null,
+    }));
   }
 
   findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
