@@ -82,18 +82,19 @@ export class QueryBatcher<Input, Output> {
   }
 }
 
-
 /**
- * A batch of lookups by key: fetches the rows of the distinct keys in one query and answers each
- * call with the row whose key is its own, or null. A row the query returns for another key never
- * answers a call.
+ * Lookups by key, batched: concurrent calls share one query (`fetch`, given each distinct key
+ * once), and each call is answered with the row whose key is its own, or null. A row the query
+ * returns for another key never answers a call.
  */
-export async function answerByKey<Row>(
-  keys: string[],
+export function keyedLookups<Row>(
   fetch: (distinctKeys: string[]) => Promise<Row[]>,
   keyOf: (row: Row) => string,
-): Promise<BatchOutcome<Row | null>[]> {
-  const rows = await fetch([...new Set(keys)]);
-  const byKey = new Map(rows.map((row) => [keyOf(row), row]));
-  return keys.map((key) => ({ ok: true, value: byKey.get(key) ?? null }));
+  options: QueryBatcherOptions,
+): QueryBatcher<string, Row | null> {
+  return new QueryBatcher<string, Row | null>(async (keys) => {
+    const rows = await fetch([...new Set(keys)]);
+    const byKey = new Map(rows.map((row) => [keyOf(row), row]));
+    return keys.map((key): BatchOutcome<Row | null> => ({ ok: true, value: byKey.get(key) ?? null }));
+  }, options);
 }

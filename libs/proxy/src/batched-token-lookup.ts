@@ -1,4 +1,4 @@
-import { answerByKey, QueryBatcher } from '@keyhole/db';
+import { keyedLookups, QueryBatcher } from '@keyhole/db';
 import type { ConsoleAuthTokenRepository, ConsoleGrantRow } from '@keyhole/db';
 
 export interface BatchedTokenLookupOptions {
@@ -24,8 +24,9 @@ export class BatchedTokenLookup {
     private readonly nowSeconds: () => number,
     options: BatchedTokenLookupOptions = {},
   ) {
-    this.batcher = new QueryBatcher(
-      (hashes) => answerByKey(hashes, (distinct) => this.tokens.findValidByHashes(distinct, this.nowSeconds()), (row) => row.tokenHash),
+    this.batcher = keyedLookups(
+      (distinct) => this.tokens.findValidByHashes(distinct, this.nowSeconds()),
+      (row) => row.tokenHash,
       { maxInFlight: options.maxQueriesInFlight ?? 1, maxBatchSize: options.maxHashesPerQuery ?? 500 },
     );
   }

@@ -1,7 +1,10 @@
 import { DataSource, IsNull, Repository } from 'typeorm';
 import { runPrepared } from '../prepared-statements';
-import { answerByKey, BatchOutcome, QueryBatcher } from '../query-batcher';
+import { keyedLookups, QueryBatcher } from '../query-batcher';
 import { ApiCredentialEntity } from './api-credential.entity';
+
+const FIND_CREDENTIALS_SQL =
+  'SELECT id, name, role, cell_name, secret_hash, created_at, last_used_at, revoked_at FROM api_credentials WHERE id = ANY($1::varchar[])';
 
 export type NewApiCredentialRow = Pick<ApiCredentialEntity, 'id' | 'name' | 'role' | 'cellName' | 'secretHash'>;
 
@@ -13,7 +16,11 @@ export class ApiCredentialRepository {
 
   constructor(private readonly dataSource: DataSource) {
     this.rows = dataSource.getRepository(ApiCredentialEntity);
-    this.lookups = new QueryBatcher((ids) => this.findManyById(ids), { maxInFlight: 2, maxBatchSize: 256 });
+    this.lookups = keyedLookups(
+      async (ids) => (await runPrepared<Record<string, unknown>>(this.dataSource, 'keyhole_find_credentials', FIND_CREDENTIALS_SQL, [ids])).map(fromRaw),
+      (credential) => credential.id,
+      { maxInFlight: 2, maxBatchSize: 256 },
+    );
   }
 
   async insert(row: NewApiCredentialRow): Promise<ApiCredentialEntity> {
@@ -51,22 +58,6 @@ export class ApiCredentialRepository {
       .set({ lastUsedAt: () => 'now()' })
       .where('id = :id', { id })
       .execute();
-  }
-
-  private findManyById(ids: string[]): Promise<BatchOutcome<ApiCredentialEntity | null>[]> {
-    return answerByKey(
-      ids,
-      async (distinct) =>
-        (
-          await runPrepared<Record<string, unknown>>(
-            this.dataSource,
-            'keyhole_find_credentials',
-            'SELECT id, name, role, cell_name, secret_hash, created_at, last_used_at, revoked_at FROM api_credentials WHERE id = ANY($1::varchar[])',
-            [distinct],
-          )
-        ).map(fromRaw),
-      (credential) => credential.id,
-    );
   }
 }
 

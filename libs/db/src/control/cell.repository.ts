@@ -1,7 +1,10 @@
 import { DataSource, Repository } from 'typeorm';
 import { runPrepared } from '../prepared-statements';
-import { answerByKey, BatchOutcome, QueryBatcher } from '../query-batcher';
+import { keyedLookups, QueryBatcher } from '../query-batcher';
 import { CellEntity } from './cell.entity';
+
+const FIND_CELLS_SQL =
+  'SELECT name, database_url, proxy_url, access_url_bases, created_at, updated_at FROM cells WHERE name = ANY($1::varchar[])';
 
 export type NewCellRow = Pick<CellEntity, 'name' | 'databaseUrl' | 'proxyUrl' | 'accessUrlBases'>;
 
@@ -13,7 +16,11 @@ export class CellRepository {
 
   constructor(private readonly dataSource: DataSource) {
     this.rows = dataSource.getRepository(CellEntity);
-    this.lookups = new QueryBatcher((names) => this.findManyByName(names), { maxInFlight: 2, maxBatchSize: 256 });
+    this.lookups = keyedLookups(
+      async (names) => (await runPrepared<Record<string, unknown>>(this.dataSource, 'keyhole_find_cells', FIND_CELLS_SQL, [names])).map(fromRaw),
+      (cell) => cell.name,
+      { maxInFlight: 2, maxBatchSize: 256 },
+    );
   }
 
   /** The row as stored now, read after this call was made. */
@@ -44,22 +51,6 @@ export class CellRepository {
   async deleteByName(name: string): Promise<boolean> {
     const result = await this.rows.delete({ name });
     return (result.affected ?? 0) > 0;
-  }
-
-  private findManyByName(names: string[]): Promise<BatchOutcome<CellEntity | null>[]> {
-    return answerByKey(
-      names,
-      async (distinct) =>
-        (
-          await runPrepared<Record<string, unknown>>(
-            this.dataSource,
-            'keyhole_find_cells',
-            'SELECT name, database_url, proxy_url, access_url_bases, created_at, updated_at FROM cells WHERE name = ANY($1::varchar[])',
-            [distinct],
-          )
-        ).map(fromRaw),
-      (cell) => cell.name,
-    );
   }
 }
 
