@@ -8,3 +8,13 @@ export function postgresErrorCode(error: unknown): string | undefined {
 
 export const UNIQUE_VIOLATION = '23505';
 export const CHECK_VIOLATION = '23514';
+
+/**
+ * Whether a statement failed because of a row's values (SQLSTATE class 22, data exception, or 23,
+ * integrity constraint violation) rather than because the database could not be asked: a batch
+ * that fails so can be written again row by row.
+ */
+export function isRowDataError(error: unknown): boolean {
+  const code = postgresErrorCode(error);
+  return code !== undefined && (code.startsWith('22') || code.startsWith('23'));
+}

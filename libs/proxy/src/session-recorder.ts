@@ -1,5 +1,5 @@
 import { Logger } from '@nestjs/common';
-import { postgresErrorCode } from '@keyhole/db';
+import { isRowDataError } from '@keyhole/db';
 import type { ConsoleSessionRepository, NewConsoleSessionRow, SessionEnd, SessionRecord } from '@keyhole/db';
 
 /** Rows per statement at most; a longer queue is written in several. */
@@ -137,8 +137,7 @@ export class SessionRecorder {
       await write(rows);
       return;
     } catch (error) {
-      const code = postgresErrorCode(error);
-      if (rows.length === 1 || !(code?.startsWith('22') || code?.startsWith('23'))) {
+      if (rows.length === 1 || !isRowDataError(error)) {
         for (const row of rows) lost(row, error);
         return;
       }

@@ -2,7 +2,7 @@ import { DataSource, Repository } from 'typeorm';
 import { ConsoleAuthTokenEntity } from './console-auth-token.entity';
 import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
-import { postgresErrorCode } from '../postgres-errors';
+import { isRowDataError } from '../postgres-errors';
 import { runPrepared } from '../prepared-statements';
 import { expiredBatchDeleteSql } from './purge-statements';
 import { BatchOutcome, QueryBatcher } from '../query-batcher';
@@ -18,11 +18,6 @@ const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens
                        $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
   RETURNING ${TOKEN_COLUMNS}`;
 
-/** SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): a row's fault. */
-function isRowDataError(error: unknown): boolean {
-  const code = postgresErrorCode(error);
-  return code !== undefined && (code.startsWith('22') || code.startsWith('23'));
-}
 
 export type NewConsoleAuthTokenRow = Pick<
   ConsoleAuthTokenEntity,
