@@ -23,7 +23,7 @@ export function registerJsonBodyParser(fastify: FastifyInstance): void {
     const encoding = (request.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
     const decoder = DECODERS[encoding];
     if (decoder === undefined) {
-      done(new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'The request body encoding is not supported'));
+      done(unsupportedEncoding());
       return;
     }
     if (decoder === null) {
@@ -68,14 +68,15 @@ export function registerJsonBodyParser(fastify: FastifyInstance): void {
 function decode(body: Buffer, contentType: string): string {
   const charset = /;\s*charset\s*=\s*"?([^";\s]+)"?/i.exec(contentType)?.[1]?.toLowerCase() ?? 'utf-8';
   if (charset === 'utf-8') return body.toString('utf8');
-  if (!charset.startsWith('utf-')) throw unsupportedCharset();
+  if (!charset.startsWith('utf-')) throw unsupportedEncoding();
   try {
     return new TextDecoder(charset).decode(body);
   } catch {
-    throw unsupportedCharset();
+    throw unsupportedEncoding();
   }
 }
 
-function unsupportedCharset(): KeyholeError {
+/** An encoding or charset the parser does not read. */
+function unsupportedEncoding(): KeyholeError {
   return new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'The request body encoding is not supported');
 }
