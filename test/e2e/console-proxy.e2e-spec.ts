@@ -563,6 +563,35 @@ describe('session records', () => {
     expect(Math.abs(row.ended_at!.getTime() - beforeClose)).toBeLessThan(5_000);
   });
 
+  it('ends a session at the close handshake, without waiting for the browser to close its side of the connection', async () => {
+    const token = await issue();
+    // A client that completes the close handshake but never sends its FIN: ws alone would hold
+    // the connection (and the session) for its 30 s close timer.
+    const socket = connectTcp({ host: '127.0.0.1', port: proxy.port, allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    let received = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => (received = Buffer.concat([received, chunk])));
+    const serverEnded = new Promise<void>((resolve) => socket.once('end', resolve));
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    socket.write(
+      `GET /websockify?token=${encodeURIComponent(token.token)} HTTP/1.1\r\nHost: 127.0.0.1:${proxy.port}\r\n` +
+        `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\n\r\n`,
+    );
+    await pollUntil(() => (received.includes('\r\n\r\n') ? true : undefined), 5_000, 'the 101 answer');
+    expect(received.toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
+    await liveSession(token.id);
+    // A masked close frame, code 1000 (a client's frames are masked; this mask is zero bytes).
+    const closedAt = Date.now();
+    socket.write(Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]));
+    await withDeadline(serverEnded, 5_000, "the proxy's FIN");
+    const row = await endedSession(token.id, 5_000);
+    expect(row.close_reason).toBe('client closed');
+    expect(row.ended_at!.getTime() - closedAt).toBeLessThan(5_000);
+    // The proxy's close frame (1000) came before its FIN.
+    expect([...received.subarray(received.length - 4)]).toEqual([0x88, 0x02, 0x03, 0xe8]);
+    socket.destroy();
+  });
+
   it('records a session the console closed, with the bytes of each direction', async () => {
     const upstream = await startUpstream((socket) => {
       let got = 0;
