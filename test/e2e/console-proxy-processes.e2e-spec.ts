@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { queryDatabase } from '../support/databases';
@@ -140,4 +141,129 @@ describe('console proxy replicas (separate processes)', () => {
     expect(rows).toEqual([{ close_reason: 'proxy shutdown' }]);
     expect(replicas[0].output()).not.toContain(token.token);
   });
+
+  describe('worker processes (KEYHOLE_PROXY_WORKERS=2)', () => {
+    let workers: ProxyProcess;
+    const baseUrl = () => `http://127.0.0.1:${workers.port}`;
+
+    beforeAll(async () => {
+      workers = await startProxyProcess({
+        KEYHOLE_CELL_NAME: 'cell1',
+        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
+        KEYHOLE_PROXY_INSTANCE: 'workers',
+        KEYHOLE_PROXY_WORKERS: '2',
+        KEYHOLE_PROXY_DRAIN_GRACE_MS: '1500',
+      });
+    }, 30_000);
+
+    afterAll(async () => {
+      await workers?.stop('SIGKILL');
+      for (const pid of workerPids(workers?.child.pid)) process.kill(pid, 'SIGKILL');
+    });
+
+    it('serves one port from two processes, each recorded as a replica of its own, and sums their metrics', async () => {
+      expect(workerPids(workers.child.pid)).toHaveLength(2);
+      // Which worker accepts is the kernel's choice: open sessions in waves until both have.
+      let opened = 0;
+      let instances: string[] = [];
+      for (let wave = 0; wave < 10 && instances.length < 2; wave++) {
+        const token = await issue('novnc', '2b7c1f0e-3d4a-4b5c-8d6e-7f8091a2b3c4');
+        const sessions = await Promise.all(Array.from({ length: 20 }, () => connect(`${workers.wsBase}/websockify?token=${token.token}`)));
+        for (const session of sessions) expect(await echoes(session.ws!, 'hello')).toBe(true);
+        opened += sessions.length;
+        await Promise.all(
+          sessions.map((session) => {
+            const end = closed(session.ws!);
+            session.ws!.close();
+            return end;
+          }),
+        );
+        const rows = await queryDatabase<{ proxy_instance: string }>(
+          deployment.cellUrls.cell1,
+          `SELECT DISTINCT proxy_instance FROM console_sessions WHERE proxy_instance LIKE 'workers/%' ORDER BY 1`,
+        );
+        instances = rows.map((row) => row.proxy_instance);
+      }
+      expect(instances).toHaveLength(2);
+      for (const instance of instances) expect(instance).toMatch(/^workers\/\d+$/);
+      // Whichever worker answers the scrape, it counts every worker's connects.
+      for (let scrape = 0; scrape < 4; scrape++) {
+        const response = await fetch(`${baseUrl()}/metrics`);
+        expect(response.status).toBe(200);
+        expect(acceptedConnects(await response.text())).toBe(opened);
+      }
+    });
+
+    it('replaces a worker that dies, and goes on serving', async () => {
+      const [victim, survivor] = workerPids(workers.child.pid);
+      process.kill(victim, 'SIGKILL');
+      const replaced = await waitFor(() => {
+        const pids = workerPids(workers.child.pid);
+        return pids.length === 2 && !pids.includes(victim) ? pids : undefined;
+      }, 15_000);
+      expect(replaced).toContain(survivor);
+      expect(workers.output()).toContain('a console proxy worker exited: starting another');
+      const token = await issue('novnc');
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const { ws } = await connect(`${workers.wsBase}/websockify?token=${token.token}`);
+        expect(await echoes(ws!, `after a restart ${attempt}`)).toBe(true);
+        ws!.close();
+        await closed(ws!);
+      }
+    });
+
+    it('exits, as a single process would, when its workers cannot start (cell database unreachable)', async () => {
+      const started = startProxyProcess({
+        KEYHOLE_CELL_NAME: 'cell1',
+        KEYHOLE_CELL_DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nowhere',
+        KEYHOLE_DB_CONNECT_TIMEOUT_MS: '500',
+        KEYHOLE_PROXY_WORKERS: '2',
+      });
+      await expect(started).rejects.toThrow(/proxy exited \(1\) before listening[\s\S]*a console proxy worker exited before listening/);
+    });
+
+    it('drains every worker on SIGTERM, then exits', async () => {
+      const token = await issue('novnc');
+      const sessions = await Promise.all(Array.from({ length: 6 }, () => connect(`${workers.wsBase}/websockify?token=${token.token}`)));
+      // Each session is through to its console before the signal (one still connecting is closed at once).
+      for (const session of sessions) expect(await echoes(session.ws!, 'before drain')).toBe(true);
+      const ends = sessions.map((session) => closed(session.ws!));
+      const signalledAt = Date.now();
+      workers.child.kill('SIGTERM');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const session of sessions) expect(await echoes(session.ws!, 'during drain')).toBe(true);
+      for (const end of await Promise.all(ends)) {
+        expect({ code: end.code, reason: end.reason }).toEqual({ code: 1001, reason: 'proxy shutdown' });
+        expect(end.atMs - signalledAt).toBeGreaterThanOrEqual(1_400);
+      }
+      expect(await workers.exited).toBe(0);
+      expect(workers.output()).not.toContain(token.token);
+    });
+  });
 });
+
+/** The pids of a process's children (the workers of a supervisor), from /proc. */
+function workerPids(pid: number | undefined): number[] {
+  if (pid === undefined) return [];
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** The value of keyhole_proxy_connects_total{result="accepted"} in a Prometheus text page. */
+function acceptedConnects(page: string): number | undefined {
+  const line = page.split('\n').find((candidate) => candidate.startsWith('keyhole_proxy_connects_total{') && candidate.includes('result="accepted"'));
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+async function waitFor<T>(probe: () => T | undefined, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

@@ -2,16 +2,26 @@ import 'reflect-metadata';
 import { ConfigurationError, loadConfig, requireProxyCell } from '@keyhole/config';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 import { createConsoleProxyApp } from './bootstrap';
+import { isProxyWorker, superviseWorkers, workerId } from './workers';
 
 async function main(): Promise<void> {
   const config = loadConfig();
   const { cellName } = requireProxyCell(config);
   // A line per session: buffered, so that connects do not each pay a write to standard output.
   const logger = createLogger({ level: config.log.level, name: `keyhole-proxy-${cellName}`, flushIntervalMs: 200 });
+  if (config.proxy.workers > 1 && !isProxyWorker()) {
+    superviseWorkers({ workers: config.proxy.workers, cellName, host: config.proxy.host, logger });
+    return;
+  }
   const app = await createConsoleProxyApp(config, new PinoNestLogger(logger));
   await app.listen(config.proxy.port, config.proxy.host);
   const address = app.getHttpServer().address();
   const port = typeof address === 'object' && address ? address.port : config.proxy.port;
+  if (isProxyWorker()) {
+    // The supervisor says "console proxy listening" once every worker is.
+    logger.info({ cell: cellName, port, worker: workerId() }, 'console proxy worker listening');
+    return;
+  }
   logger.info({ cell: cellName, host: config.proxy.host, port }, 'console proxy listening');
 }
 

@@ -1,10 +1,13 @@
-import { Controller, Get, Header, HttpCode, Res } from '@nestjs/common';
+import { Controller, Get, Header, HttpCode, Logger, Res } from '@nestjs/common';
 import type { Response } from 'express';
 import { ProxyRuntime } from './proxy-runtime';
+import { clusterMetricsText, isProxyWorker } from './workers';
 
 /** Liveness, readiness (cell database and revocation channel) and Prometheus metrics. */
 @Controller()
 export class OperationsController {
+  private readonly logger = new Logger('ConsoleProxy');
+
   constructor(private readonly runtime: ProxyRuntime) {}
 
   @Get('healthz')
@@ -27,7 +30,16 @@ export class OperationsController {
   @Get('metrics')
   @Header('Cache-Control', 'no-store')
   async metrics(@Res() response: Response): Promise<void> {
+    // A scrape lands on one worker; with several, the supervisor sums them all.
+    let text: string;
+    try {
+      text = isProxyWorker() ? await clusterMetricsText() : await this.runtime.metrics.registry.metrics();
+    } catch (error) {
+      this.logger.error({ err: error }, 'could not collect the metrics');
+      response.status(503).json({ error: { code: 'UNAVAILABLE', message: 'metrics are unavailable' } });
+      return;
+    }
     response.setHeader('Content-Type', this.runtime.metrics.registry.contentType);
-    response.send(await this.runtime.metrics.registry.metrics());
+    response.send(text);
   }
 }

@@ -9,6 +9,7 @@ import { createDataSource, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
+import { isProxyWorker, joinSupervisor, proxyInstanceName } from './workers';
 
 /**
  * Owns the proxy's resources for the app's lifetime: the cell database pool, the metrics, the
@@ -42,11 +43,12 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       }),
     );
     this.metrics = new ProxyMetrics(cellName);
+    if (isProxyWorker()) joinSupervisor(this.metrics.registry);
     this.proxy = new ConsoleProxy(
       {
         cellName,
         cellDatabaseUrl,
-        instance: config.proxy.instance ?? `${hostname()}:${process.pid}`,
+        instance: proxyInstanceName(config.proxy.instance, hostname()),
         settings: config.proxy,
         legacy: legacy ?? undefined,
         forcedFallback: config.legacy.forcedFallback,

@@ -44,6 +44,7 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_HOST: z.string().min(1).default('127.0.0.1'),
   KEYHOLE_PROXY_PORT: integer(0, 65_535).default(6080),
   KEYHOLE_PROXY_INSTANCE: z.string().min(1).max(255).optional(),
+  KEYHOLE_PROXY_WORKERS: z.union([z.literal('auto'), integer(1, 256)]).default(1),
   KEYHOLE_PROXY_ALLOWED_ORIGINS: commaList.default([]),
   KEYHOLE_PROXY_CONSOLE_TYPES: commaList
     .pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1))

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { ConfigurationError, loadConfig } from './keyhole.config';
 
 describe('loadConfig', () => {
@@ -34,6 +35,15 @@ describe('loadConfig', () => {
     expect(message).toContain('KEYHOLE_API_PORT');
     expect(message).toContain('KEYHOLE_LOG_LEVEL');
     expect(message).not.toContain('hunter2');
+  });
+
+  it('runs one proxy process by default, a number of them when asked, or one per CPU with auto', () => {
+    expect(loadConfig({}).proxy.workers).toBe(1);
+    expect(loadConfig({ KEYHOLE_PROXY_WORKERS: '4' }).proxy.workers).toBe(4);
+    expect(loadConfig({ KEYHOLE_PROXY_WORKERS: 'auto' }).proxy.workers).toBe(availableParallelism());
+    for (const bad of ['0', '257', '1.5', 'all']) {
+      expect(() => loadConfig({ KEYHOLE_PROXY_WORKERS: bad })).toThrow(/KEYHOLE_PROXY_WORKERS/);
+    }
   });
 
   it('bounds the pause between purge batches', () => {

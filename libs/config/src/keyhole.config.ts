@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { ENVIRONMENT_SCHEMA } from './config.schema';
 
@@ -43,6 +44,11 @@ export interface KeyholeConfig {
     port: number;
     /** Name of this replica in session records; default `<hostname>:<pid>`. */
     instance: string | undefined;
+    /**
+     * Processes that serve the port together (KEYHOLE_PROXY_WORKERS, `auto` = one per CPU). Default
+     * 1. With more, a supervisor process starts them and each is a replica of its own.
+     */
+    workers: number;
     /** Extra hosts an Origin header may name, besides the request's own Host (Nova's allowed_origins). */
     allowedOrigins: string[];
     /** Console types this proxy serves; others get 404. Default all three. */
@@ -171,6 +177,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
       host: env.KEYHOLE_PROXY_HOST,
       port: env.KEYHOLE_PROXY_PORT,
       instance: env.KEYHOLE_PROXY_INSTANCE,
+      workers: env.KEYHOLE_PROXY_WORKERS === 'auto' ? availableParallelism() : env.KEYHOLE_PROXY_WORKERS,
       allowedOrigins: env.KEYHOLE_PROXY_ALLOWED_ORIGINS.map((origin) => origin.toLowerCase()),
       consoleTypes: env.KEYHOLE_PROXY_CONSOLE_TYPES,
       trustProxy: env.KEYHOLE_PROXY_TRUST_PROXY,
