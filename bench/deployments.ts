@@ -42,8 +42,11 @@ export interface Keyhole {
   operatorKey: string;
   api: Child;
   proxy: Child;
-  /** Restarts the proxy (same port, same database), e.g. to measure a fresh process's memory. */
-  restartProxy(): Promise<void>;
+  /**
+   * Restarts the proxy (same port, same database), e.g. to measure a fresh process's memory;
+   * `environment` overrides settings of this start only (KEYHOLE_PROXY_WORKERS=1).
+   */
+  restartProxy(environment?: Record<string, string>): Promise<void>;
   /** Stops the API and the proxy (SIGTERM: Nest shuts down, profiles are written). */
   stopProcesses(): Promise<void>;
 }
@@ -125,7 +128,7 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   const apiPort = Number((await waitForLog(api, /"port":(\d+),"msg":"token API listening"/, 30_000))[1]);
 
   let proxyRun = 0;
-  const startProxy = async (): Promise<Child> => {
+  const startProxy = async (environment: Record<string, string> = {}): Promise<Child> => {
     proxyRun += 1;
     const proxy = await spawnLogged('console proxy', process.execPath, [...(options.proxyNodeArgs ?? []), proxyMain], {
       logFile: path.join(options.workDir, `console-proxy-${proxyRun}.log`),
@@ -137,6 +140,7 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
         KEYHOLE_PROXY_PORT: String(proxyPort),
         KEYHOLE_DB_POOL_SIZE: String(options.proxyPoolSize),
         ...options.proxyEnvironment,
+        ...environment,
       },
     });
     onCleanup(() => proxy.stop());
@@ -153,10 +157,10 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
     operatorKey,
     api,
     proxy: await startProxy(),
-    async restartProxy() {
+    async restartProxy(environment) {
       // SIGTERM drains for KEYHOLE_PROXY_DRAIN_GRACE_MS; the bench closed its sessions already.
       await keyhole.proxy.stop(20_000);
-      keyhole.proxy = await startProxy();
+      keyhole.proxy = await startProxy(environment);
     },
     async stopProcesses() {
       await Promise.all([keyhole.proxy.stop(20_000), api.stop(20_000)]);

@@ -119,7 +119,8 @@ async function databaseBackends(env: Environment): Promise<number[]> {
 }
 
 function proxyPids(env: Environment, system: SystemName | 'token-api'): number[] {
-  if (system === 'keyhole') return [env.keyhole.proxy.pid];
+  // The proxy and its workers (KEYHOLE_PROXY_WORKERS), all in its process group.
+  if (system === 'keyhole') return groupPids(env.keyhole.proxy.pid);
   if (system === 'websockify') return groupPids(env.websockify.child.pid);
   if (system === 'token-api') return [env.keyhole.api.pid];
   return [];
@@ -386,7 +387,8 @@ async function figureSessions(env: Environment): Promise<Figure[]> {
     const pids = (): number[] => proxyPids(env, run.system);
     if (run.system === 'keyhole') {
       // A fresh process: the earlier figures' garbage must not hide (or inflate) what sessions cost.
-      await env.keyhole.restartProxy();
+      // One process, whatever --proxy-workers says: the target is sessions per process.
+      await env.keyhole.restartProxy({ KEYHOLE_PROXY_WORKERS: '1' });
       await env.generator.connect({ target: targetOf(env, 'keyhole', 'echo'), tokenMode: 'invalid', expectBytes: 1, concurrency: 2, maxCount: 50, durationMs: 2_000, attemptTimeoutMs: 5_000 });
     }
     await sleep(1_500);
@@ -785,6 +787,7 @@ async function main(): Promise<void> {
       // Pings every 10 s so that held sessions answer heartbeats during the hold of figure 3.
       KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS: '10000',
       KEYHOLE_PROXY_DRAIN_GRACE_MS: '2000',
+      KEYHOLE_PROXY_WORKERS: String(options.proxyWorkers),
       ...(options.nodePath ? { NODE_PATH: options.nodePath } : {}),
       ...options.keyholeEnvironment,
     },
@@ -853,7 +856,7 @@ async function main(): Promise<void> {
     ['flood', () => figureFlood(env)],
     ['api', () => figureApi(env, checkTokens)],
     ['purge', () => figurePurge(env, checkTokens)],
-    // Last: it restarts the proxy.
+    // Last: it restarts the proxy, as one process.
     ['sessions', () => figureSessions(env)],
   ];
   for (const [name, run] of phases) {
@@ -885,6 +888,7 @@ async function main(): Promise<void> {
       concurrency: options.concurrency,
       apiConcurrency: options.apiConcurrency,
       proxyPoolSize: options.proxyPoolSize,
+      proxyWorkers: options.proxyWorkers,
       apiPoolSize: options.apiPoolSize,
       purgeRows: options.purgeRows,
       sessionCounts: options.sessionCounts,

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 
 /** Everything a run can be told on the command line (`npm run bench -- --quick --phases=connect,api`). */
@@ -24,6 +25,8 @@ export interface BenchOptions {
   websockifySessions: number;
   purgeRows: number;
   proxyPoolSize: number;
+  /** KEYHOLE_PROXY_WORKERS of the proxy (figure 3 always runs one process). */
+  proxyWorkers: number;
   apiPoolSize: number;
   /** Durations, ms. */
   connectMs: number;
@@ -51,7 +54,9 @@ const USAGE = `npm run bench -- [options]
   --sessions=1000,10000   session counts of figure 3 (capped by the open-file limit)
   --websockify-sessions=N cap of websockify's sessions (a process each; default 500, quick 200)
   --purge-rows=N          expired rows to purge (default 1000000, quick 100000)
-  --proxy-pool=N          KEYHOLE_DB_POOL_SIZE of the proxy (default 20)
+  --proxy-pool=N          KEYHOLE_DB_POOL_SIZE of the proxy, per process (default 20)
+  --proxy-workers=N|auto  KEYHOLE_PROXY_WORKERS of the proxy (default auto: half the cores, at least 1;
+                          the sessions figure always runs one process)
   --api-pool=N            KEYHOLE_DB_POOL_SIZE of the token API (default 10)
   --out=DIR               results directory (default bench/results)
   --keep-logs             keep the processes' logs (printed path)
@@ -72,7 +77,7 @@ export function parseOptions(argv: string[]): BenchOptions {
     if (!match) throw new Error(`unknown argument ${argument}\n\n${USAGE}`);
     flags.set(match[1], match[2] ?? 'true');
   }
-  const known = new Set(['quick', 'phases', 'rounds', 'product', 'no-build', 'profile', 'sessions', 'websockify-sessions', 'purge-rows', 'proxy-pool', 'api-pool', 'out', 'keep-logs', 'postgres', 'node-path', 'env']);
+  const known = new Set(['quick', 'phases', 'rounds', 'product', 'no-build', 'profile', 'sessions', 'websockify-sessions', 'purge-rows', 'proxy-pool', 'proxy-workers', 'api-pool', 'out', 'keep-logs', 'postgres', 'node-path', 'env']);
   for (const flag of flags.keys()) if (!known.has(flag)) throw new Error(`unknown option --${flag}\n\n${USAGE}`);
   const quick = flags.has('quick');
   const int = (name: string, fallback: number, min: number, max: number): number => {
@@ -115,6 +120,8 @@ export function parseOptions(argv: string[]): BenchOptions {
     websockifySessions: int('websockify-sessions', quick ? 200 : 500, 1, 2_000),
     purgeRows: int('purge-rows', quick ? 100_000 : 1_000_000, 1_000, 5_000_000),
     proxyPoolSize: int('proxy-pool', 20, 1, 200),
+    // The generator, PostgreSQL and the consoles run on the same machine: the proxy gets half of it.
+    proxyWorkers: flags.get('proxy-workers') === 'auto' || !flags.has('proxy-workers') ? Math.max(1, Math.floor(availableParallelism() / 2)) : int('proxy-workers', 1, 1, 256),
     apiPoolSize: int('api-pool', 10, 1, 200),
     connectMs: quick ? 1_500 : 4_000,
     sequentialMaxCount: quick ? 150 : 400,

@@ -111,7 +111,7 @@ export function markdown(results: Results): string {
   );
   lines.push(`${String(results.settings.websockify)}; ${String(results.settings.qemu)}; ${String(results.settings.postgres).split(' on ')[0]}.`);
   lines.push(
-    `Medians of ${String(results.settings.rounds)} round(s); systems alternate within each round. Proxy pool ${String(results.settings.proxyPoolSize)}, API pool ${String(results.settings.apiPoolSize)}.${settingsLine(results.settings.keyholeEnvironment as Record<string, string> | undefined)}`,
+    `Medians of ${String(results.settings.rounds)} round(s); systems alternate within each round. Proxy pool ${String(results.settings.proxyPoolSize)}${results.settings.proxyWorkers === undefined ? '' : ` per process, proxy workers ${Number(results.settings.proxyWorkers)} (the sessions figure: 1)`}, API pool ${String(results.settings.apiPoolSize)}.${settingsLine(results.settings.keyholeEnvironment as Record<string, string> | undefined)}`,
   );
   lines.push('');
   lines.push('## Targets');
