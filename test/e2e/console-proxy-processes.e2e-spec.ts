@@ -202,7 +202,7 @@ describe('console proxy replicas (separate processes)', () => {
         return pids.length === 2 && !pids.includes(victim) ? pids : undefined;
       }, 15_000);
       expect(replaced).toContain(survivor);
-      expect(workers.output()).toContain('a console proxy worker exited: starting another');
+      await waitFor(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000);
       const token = await issue('novnc');
       for (let attempt = 0; attempt < 10; attempt++) {
         const { ws } = await connect(`${workers.wsBase}/websockify?token=${token.token}`);

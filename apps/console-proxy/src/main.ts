@@ -7,9 +7,11 @@ import { isProxyWorker, superviseWorkers, workerId } from './workers';
 async function main(): Promise<void> {
   const config = loadConfig();
   const { cellName } = requireProxyCell(config);
+  const supervisor = config.proxy.workers > 1 && !isProxyWorker();
   // A line per session: buffered, so that connects do not each pay a write to standard output.
-  const logger = createLogger({ level: config.log.level, name: `keyhole-proxy-${cellName}`, flushIntervalMs: 200 });
-  if (config.proxy.workers > 1 && !isProxyWorker()) {
+  // The supervisor writes a few lines about its workers, each at once.
+  const logger = createLogger({ level: config.log.level, name: `keyhole-proxy-${cellName}`, flushIntervalMs: supervisor ? undefined : 200 });
+  if (supervisor) {
     superviseWorkers({ workers: config.proxy.workers, cellName, host: config.proxy.host, logger });
     return;
   }
