@@ -15,7 +15,7 @@ import { AggregatorRegistry, Registry } from 'prom-client';
 
 const METRICS_REQUEST = 'keyhole:metrics-request';
 const METRICS_ANSWER = 'keyhole:metrics-answer';
-/** A worker that dies this many times within the window is not started again: the supervisor stops. */
+/** More deaths of workers than this within the window and none is started again: the supervisor stops. */
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 60_000;
 /** How long a worker waits for the supervisor's aggregated metrics. */
