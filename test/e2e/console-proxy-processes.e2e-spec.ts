@@ -5,6 +5,7 @@ import { queryDatabase } from '../support/databases';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
 import { call } from '../support/token-api';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
+import { pollUntil } from '../support/websocket-client';
 
 const INSTANCE = '7d4f0a2e-5b6c-4d8e-9f01-23456789abcd';
 
@@ -197,12 +198,16 @@ describe('console proxy replicas (separate processes)', () => {
     it('replaces a worker that dies, and goes on serving', async () => {
       const [victim, survivor] = workerPids(workers.child.pid);
       process.kill(victim, 'SIGKILL');
-      const replaced = await waitFor(() => {
-        const pids = workerPids(workers.child.pid);
-        return pids.length === 2 && !pids.includes(victim) ? pids : undefined;
-      }, 15_000);
+      const replaced = await pollUntil(
+        () => {
+          const pids = workerPids(workers.child.pid);
+          return pids.length === 2 && !pids.includes(victim) ? pids : undefined;
+        },
+        15_000,
+        'a replacement worker',
+      );
       expect(replaced).toContain(survivor);
-      await waitFor(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000);
+      await pollUntil(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000, "the supervisor's line");
       const token = await issue('novnc');
       for (let attempt = 0; attempt < 10; attempt++) {
         const { ws } = await connect(`${workers.wsBase}/websockify?token=${token.token}`);
@@ -256,14 +261,4 @@ function workerPids(pid: number | undefined): number[] {
 function acceptedConnects(page: string): number | undefined {
   const line = page.split('\n').find((candidate) => candidate.startsWith('keyhole_proxy_connects_total{') && candidate.includes('result="accepted"'));
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
-}
-
-async function waitFor<T>(probe: () => T | undefined, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }

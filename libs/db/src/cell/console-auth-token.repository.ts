@@ -18,7 +18,6 @@ const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens
                        $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
   RETURNING ${TOKEN_COLUMNS}`;
 
-
 export type NewConsoleAuthTokenRow = Pick<
   ConsoleAuthTokenEntity,
   | 'tokenHash'
