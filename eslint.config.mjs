@@ -2,6 +2,7 @@
 // the layering rules of STYLE.md: libs never import apps, and nothing reaches into another lib by
 // a relative path (use the @keyhole/* alias).
 import eslint from '@eslint/js';
+import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
@@ -50,6 +51,12 @@ export default tseslint.config(
       '@typescript-eslint/unbound-method': 'off',
       'no-restricted-imports': 'off',
     },
+  },
+  {
+    // The web clients' page scripts: ES modules that browsers load as they are, with no build step.
+    files: ['libs/web-clients/src/pages/*.js'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, sourceType: 'module', globals: globals.browser },
   },
   {
     files: ['eslint.config.mjs'],

@@ -356,6 +356,21 @@ describe('LegacyTokenStore on a real Redis', () => {
       expect(JSON.parse((await raw.get(`race:${INSTANCE_B}`))!).sort()).toEqual([...tokens].sort());
     });
 
+    it('sends its Lua script once per connection, then by SHA1, and again when Redis lost it (SCRIPT FLUSH)', async () => {
+      const store = await readyStore('nova', 'sha:');
+      const evals = async () => (await commandStats(raw, 'eval')).calls ?? 0;
+      const evalsBefore = await evals();
+      const shasBefore = (await commandStats(raw, 'evalsha')).calls ?? 0;
+      for (const token of ['kh-sha-1', 'kh-sha-2', 'kh-sha-3']) await store.write(token, authorization, 60);
+      expect(await evals()).toBe(evalsBefore + 1);
+      expect((await commandStats(raw, 'evalsha')).calls ?? 0).toBeGreaterThanOrEqual(shasBefore + 2);
+
+      await raw.script('FLUSH');
+      await store.write('kh-sha-4', authorization, 60);
+      expect(await evals()).toBe(evalsBefore + 2);
+      expect(JSON.parse((await raw.get(`sha:${INSTANCE_A}`))!)).toEqual(['kh-sha-1', 'kh-sha-2', 'kh-sha-3', 'kh-sha-4']);
+    });
+
     it('writes websockify values as {"host": "HOST:PORT"}, IPv6 in brackets, with the TTL', async () => {
       const store = await readyStore('websockify', 'wsdual:');
       await store.write('kh-ws-token', authorization, 120);

@@ -47,6 +47,11 @@ status=$(curl -s -o "$workdir/openapi.json" -w '%{http_code}' "$api/v1/openapi.j
 proxy=$(awk '/cell1 proxy:/ {print $3}' "$out")
 status=$(curl -s -o /dev/null -w '%{http_code}' "$proxy/readyz")
 [ "$status" = 200 ] || { echo "cell1 proxy readyz answered $status"; exit 1; }
+# The web pages are files that the build copies into dist/, beside the compiled code.
+for page in vnc_lite.html serial.html keyhole/vnc-lite.js keyhole/serial.js; do
+  status=$(curl -s -o /dev/null -w '%{http_code}' "$proxy/$page")
+  [ "$status" = 200 ] || { echo "cell1 proxy $page answered $status"; exit 1; }
+done
 
 status=$(curl -s -o "$workdir/token.json" -w '%{http_code}' -X POST "$api/v1/cells/cell1/tokens" \
   -H "Authorization: Bearer $agent" -H 'Content-Type: application/json' \
@@ -64,4 +69,4 @@ kill -INT "$pid"
 for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 if kill -0 "$pid" 2>/dev/null; then echo "npm start did not stop on SIGINT"; exit 1; fi
 if pgrep -f -- "$workdir/local/pgdata" >/dev/null; then echo "the embedded PostgreSQL is still running"; exit 1; fi
-echo "smoke: npm start served readyz, openapi, issue (201) and introspect (200), and stopped cleanly"
+echo "smoke: npm start served readyz, openapi, the web pages, issue (201) and introspect (200), and stopped cleanly"

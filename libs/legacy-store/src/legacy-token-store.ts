@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Clock, fingerprintOfHash, instanceUuidSchema, KeyholeError, sha256Hex, systemClock } from '@keyhole/core';
 import { Redis, RedisOptions } from 'ioredis';
 import {
@@ -41,92 +43,22 @@ const MAX_TTL_SECONDS = 366 * 24 * 3600;
 const RECONNECT_BASE_MS = 50;
 const RECONNECT_CAP_MS = 1000;
 
-/*
- * Nova format, dual-write: the token key, then the per-instance list, in one Lua script so that two
- * writes for the same instance cannot lose each other's entry (consoleauth's get-then-set could).
- * Like consoleauth it prunes listed tokens whose keys are gone; the list lives as long as its
- * longest-lived token (no TTL if one has none). The script reads token keys it cannot declare, so it
- * needs a standalone Redis (not Cluster), which is what legacy stores are.
- *
- * KEYS[1] token key, KEYS[2] list key; ARGV[1] token value, ARGV[2] TTL in ms, ARGV[3] token,
- * ARGV[4] key prefix, ARGV[5] longest list. Returns {pruned, 1 if the old list was malformed}.
+/**
+ * The Lua scripts of the Nova format (`lua/*.lua` beside this module; the build copies them into
+ * dist/), as ioredis commands (defineCommand): the first call on a connection sends EVAL, later ones
+ * EVALSHA, and a NOSCRIPT answer (SCRIPT FLUSH, a failover) is retried as EVAL. What each script does
+ * and takes is written at its top.
  */
-const NOVA_WRITE_SCRIPT = `
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local listTtl = tonumber(ARGV[2])
-local persist = false
-local kept = {}
-local pruned = 0
-local malformed = 0
-local raw = redis.pcall('GET', KEYS[2])
-if type(raw) == 'table' and raw.err then
-  malformed = 1
-elseif raw then
-  local ok, listed = pcall(cjson.decode, raw)
-  if not ok or type(listed) ~= 'table' or (next(listed) ~= nil and listed[1] == nil) then
-    malformed = 1
-  else
-    local max = tonumber(ARGV[5])
-    local first = math.max(1, #listed - max + 2)
-    pruned = first - 1
-    for i = first, #listed do
-      local token = listed[i]
-      if type(token) == 'string' and token ~= ARGV[3] then
-        local remaining = redis.call('PTTL', ARGV[4] .. token)
-        if remaining == -2 then
-          pruned = pruned + 1
-        else
-          table.insert(kept, token)
-          if remaining == -1 then persist = true elseif remaining > listTtl then listTtl = remaining end
-        end
-      end
-    end
-  end
-end
-table.insert(kept, ARGV[3])
-if persist then
-  redis.call('SET', KEYS[2], cjson.encode(kept))
-else
-  redis.call('SET', KEYS[2], cjson.encode(kept), 'PX', listTtl)
-end
-return {pruned, malformed}
-`;
+interface LegacyScripts {
+  /** lua/nova-write.lua: the token key and the instance's list. Replies `[pruned, malformed 0|1]`. */
+  novaWrite(tokenKey: string, listKey: string, value: string, ttlMs: number, token: string, keyPrefix: string, maxListed: number): Promise<unknown>;
+  /** lua/nova-delete-instance.lua: the instance's listed tokens, then its list. Replies `[deleted, malformed 0|1]`. */
+  novaDeleteInstance(listKey: string, keyPrefix: string, instanceUuid: string): Promise<unknown>;
+}
 
-/*
- * Nova format, instance deletion (consoleauth's delete_tokens_for_instance): deletes the listed
- * tokens that are this instance's (a listed key holding anything else is left alone), then the
- * list. Never a DEL without keys: Redis answers an arity error, which broke Nova (bug 1794812).
- * A list key holding something other than a JSON array is not ours to delete.
- *
- * KEYS[1] list key; ARGV[1] key prefix, ARGV[2] instance UUID (lowercase).
- * Returns {deleted token keys, 1 if the list was malformed}.
- */
-const NOVA_DELETE_INSTANCE_SCRIPT = `
-local raw = redis.pcall('GET', KEYS[1])
-if not raw then return {0, 0} end
-if type(raw) == 'table' and raw.err then return {0, 1} end
-local ok, listed = pcall(cjson.decode, raw)
-if not ok or type(listed) ~= 'table' or (next(listed) ~= nil and listed[1] == nil) then return {0, 1} end
-local keys = {}
-for _, token in ipairs(listed) do
-  if type(token) == 'string' and token ~= '' then
-    local key = ARGV[1] .. token
-    local value = redis.pcall('GET', key)
-    if type(value) == 'string' then
-      local parsed, entry = pcall(cjson.decode, value)
-      if parsed and type(entry) == 'table' and type(entry.instance_uuid) == 'string' and string.lower(entry.instance_uuid) == ARGV[2] then
-        table.insert(keys, key)
-      end
-    end
-  end
-end
-local deleted = 0
-for first = 1, #keys, 500 do
-  deleted = deleted + redis.call('DEL', unpack(keys, first, math.min(first + 499, #keys)))
-end
-redis.call('DEL', KEYS[1])
-return {deleted, 0}
-`;
+function readScript(name: string): string {
+  return readFileSync(join(__dirname, 'lua', `${name}.lua`), 'utf8');
+}
 
 /**
  * The one place keyhole talks to a legacy Redis token store (Nova consoleauth's or websockify's
@@ -138,7 +70,7 @@ return {deleted, 0}
  * fingerprint (first 12 hex of sha256).
  */
 export class LegacyTokenStore {
-  private readonly redis: Redis;
+  private readonly redis: Redis & LegacyScripts;
   private readonly format: LegacyFormat;
   private readonly keyPrefix: string;
   private readonly clock: Clock;
@@ -181,7 +113,10 @@ export class LegacyTokenStore {
     };
     // ioredis only turns TLS on for a lowercase `rediss://`; be explicit whatever the case.
     if (/^rediss:/i.test(options.redisUrl)) redisOptions.tls = {};
-    this.redis = new Redis(options.redisUrl, redisOptions);
+    const redis = new Redis(options.redisUrl, redisOptions);
+    redis.defineCommand('novaWrite', { numberOfKeys: 2, lua: readScript('nova-write') });
+    redis.defineCommand('novaDeleteInstance', { numberOfKeys: 1, lua: readScript('nova-delete-instance') });
+    this.redis = redis as Redis & LegacyScripts;
 
     // Without an 'error' listener ioredis prints every failed reconnect; log the outage once instead.
     // Messages are ioredis's own (ECONNREFUSED host:port, NOAUTH...): never a key, value or password.
@@ -268,9 +203,7 @@ export class LegacyTokenStore {
     const instanceUuid = this.instanceUuid(authorization.instanceUuid);
     const value = novaTokenValue(token, { ...authorization, instanceUuid }, this.clock.nowMs());
     const listKey = this.keyPrefix + instanceUuid;
-    const reply = await this.run(() =>
-      this.redis.eval(NOVA_WRITE_SCRIPT, 2, key, listKey, value, ttlSeconds * 1000, token, this.keyPrefix, MAX_LISTED_TOKENS),
-    );
+    const reply = await this.run(() => this.redis.novaWrite(key, listKey, value, ttlSeconds * 1000, token, this.keyPrefix, MAX_LISTED_TOKENS));
     if (Array.isArray(reply) && reply[1] === 1) {
       this.logger?.warn({ instance: instanceUuid }, 'legacy per-instance token list was malformed; replaced');
     }
@@ -284,7 +217,7 @@ export class LegacyTokenStore {
   async deleteInstance(instanceUuid: string): Promise<number> {
     if (this.format === 'websockify') return 0;
     const uuid = this.instanceUuid(instanceUuid);
-    const reply = await this.run(() => this.redis.eval(NOVA_DELETE_INSTANCE_SCRIPT, 1, this.keyPrefix + uuid, this.keyPrefix, uuid));
+    const reply = await this.run(() => this.redis.novaDeleteInstance(this.keyPrefix + uuid, this.keyPrefix, uuid));
     if (!Array.isArray(reply) || typeof reply[0] !== 'number') throw this.unavailable(new Error('unexpected script reply'));
     if (reply[1] === 1) {
       this.logger?.warn({ instance: uuid }, 'legacy per-instance token list is malformed; left alone');

@@ -9,8 +9,6 @@ import {
   resolveSpiceDirectory,
   spiceVersion,
 } from './client-packages';
-import { SERIAL_CSS, SERIAL_HTML, SERIAL_JS } from './pages/serial.page';
-import { VNC_LITE_CSS, VNC_LITE_HTML, VNC_LITE_JS } from './pages/vnc-lite.page';
 import {
   ASSET_CACHE_CONTROL,
   isSafeRequestPath,
@@ -37,6 +35,13 @@ interface FixedFile {
   contentType: string;
   etag: string;
 }
+
+/**
+ * keyhole's own pages (`vnc-lite` for noVNC and `serial`: HTML, a script module, a style sheet each),
+ * files beside this module: read from the sources under jest, from dist/ once built (the build
+ * copies them). Their scripts are files of this origin, so the CSP allows no inline script.
+ */
+const PAGES_DIRECTORY = join(__dirname, 'pages');
 
 /** Paths of the noVNC page: Nova's current default (`vnc_lite.html`), its old one and the root. */
 const VNC_PAGE_PATHS = ['/vnc_lite.html', '/vnc.html', '/vnc_auto.html', '/'];
@@ -65,15 +70,15 @@ export function createWebClientsRouter(options: WebClientsOptions = {}): Router 
   const headers: SetHeaders = (response, csp, cacheControl) => setSecurityHeaders(response, csp, cacheControl, frameAncestors);
 
   const pages = new Map<string, FixedFile>([
-    ...VNC_PAGE_PATHS.map((path): [string, FixedFile] => [path, fixedFile(VNC_LITE_HTML, HTML)]),
-    ['/serial.html', fixedFile(SERIAL_HTML, HTML)],
+    ...VNC_PAGE_PATHS.map((path): [string, FixedFile] => [path, pageFile('vnc-lite.html', HTML)]),
+    ['/serial.html', pageFile('serial.html', HTML)],
   ]);
   // A fixed map: nothing under /keyhole/ is looked up on disk by request path.
   const assets = new Map<string, FixedFile>([
-    ['/keyhole/vnc-lite.js', fixedFile(VNC_LITE_JS, JAVASCRIPT)],
-    ['/keyhole/vnc-lite.css', fixedFile(VNC_LITE_CSS, CSS)],
-    ['/keyhole/serial.js', fixedFile(SERIAL_JS, JAVASCRIPT)],
-    ['/keyhole/serial.css', fixedFile(SERIAL_CSS, CSS)],
+    ['/keyhole/vnc-lite.js', pageFile('vnc-lite.js', JAVASCRIPT)],
+    ['/keyhole/vnc-lite.css', pageFile('vnc-lite.css', CSS)],
+    ['/keyhole/serial.js', pageFile('serial.js', JAVASCRIPT)],
+    ['/keyhole/serial.css', pageFile('serial.css', CSS)],
     ['/keyhole/xterm.mjs', fixedFile(readFileSync(join(xterm.root, 'lib/xterm.mjs')), JAVASCRIPT)],
     ['/keyhole/xterm.css', fixedFile(readFileSync(join(xterm.root, 'css/xterm.css')), CSS)],
     ['/keyhole/addon-fit.mjs', fixedFile(readFileSync(join(fitAddon.root, 'lib/addon-fit.mjs')), JAVASCRIPT)],
@@ -121,8 +126,11 @@ export function describeWebClients(options: WebClientsOptions = {}): Record<stri
   };
 }
 
-function fixedFile(content: string | Buffer, contentType: string): FixedFile {
-  const body = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+function pageFile(name: string, contentType: string): FixedFile {
+  return fixedFile(readFileSync(join(PAGES_DIRECTORY, name)), contentType);
+}
+
+function fixedFile(body: Buffer, contentType: string): FixedFile {
   const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
   return { body, contentType, etag };
 }

@@ -9,8 +9,9 @@ import express from 'express';
 import ts from 'typescript';
 import { createWebClientsRouter, describeWebClients, type WebClientsOptions } from './web-clients.router';
 import { isSafeRequestPath, spicePageCsp } from './security-headers';
-import { SERIAL_JS } from './pages/serial.page';
-import { VNC_LITE_JS } from './pages/vnc-lite.page';
+
+const SERIAL_JS = readFileSync(join(__dirname, 'pages', 'serial.js'), 'utf8');
+const VNC_LITE_JS = readFileSync(join(__dirname, 'pages', 'vnc-lite.js'), 'utf8');
 
 interface Answer {
   status: number;
@@ -228,6 +229,29 @@ describe('web clients router', () => {
         compilerOptions: { allowJs: true, module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
       });
       expect(output.diagnostics?.map((diagnostic) => ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'))).toEqual([]);
+    });
+  });
+
+  describe('our pages', () => {
+    it.each([
+      ['/vnc_lite.html', 'vnc-lite.html'],
+      ['/serial.html', 'serial.html'],
+      ['/keyhole/vnc-lite.js', 'vnc-lite.js'],
+      ['/keyhole/serial.js', 'serial.js'],
+      ['/keyhole/vnc-lite.css', 'vnc-lite.css'],
+      ['/keyhole/serial.css', 'serial.css'],
+    ])('serves %s as the file pages/%s is', async (path, file) => {
+      const answer = await server.request(path);
+      expect(answer.status).toBe(200);
+      expect(answer.body).toBe(readFileSync(join(__dirname, 'pages', file), 'utf8'));
+    });
+
+    it.each(['vnc-lite.html', 'serial.html'])('%s has no inline script or handler', (file) => {
+      const html = readFileSync(join(__dirname, 'pages', file), 'utf8');
+      const scripts = [...html.matchAll(/<script\b([^>]*)>([\s\S]*?)<\/script\s*>/gi)];
+      expect(scripts.length).toBeGreaterThan(0);
+      for (const [, attributes, body] of scripts) expect({ attributes, body }).toEqual({ attributes: expect.stringMatching(/\ssrc="keyhole\/[a-z-]+\.js"/), body: '' });
+      expect(html).not.toMatch(/\son[a-z]+\s*=/i);
     });
   });
 

@@ -71,6 +71,7 @@ const FASTIFY_ERRORS: Record<string, () => KeyholeError> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: () => new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'Request bodies must be application/json'),
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new KeyholeError('INVALID_INPUT', 'The request body does not match its Content-Length'),
   FST_ERR_CTP_EMPTY_JSON_BODY: () => new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON'),
+  FST_ERR_CTP_INVALID_JSON_BODY: () => new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON'),
 };
 
 /** Connection-level failures of the database driver: the service is unavailable, not broken. */

@@ -1,79 +1,17 @@
-/**
- * keyhole's noVNC page, served as `/vnc_lite.html` (and `/`, `/vnc.html`, `/vnc_auto.html`): the
- * `@novnc/novnc` package ships only the RFB library, not noVNC's pages, so this is a small page in
- * the manner of noVNC's `vnc_lite.html`, built on `core/rfb.js` of the package (served at `/core/`).
- * Kept as strings so that the TypeScript build carries them into dist/ with the code.
- *
- * Query parameters, read as noVNC reads them (percent-decoded, `+` is not a space):
- *   path       websocket path, default `websockify`; may carry its own query (`websockify?token=T`)
- *   token      appended to `path` as `?token=` when `path` has none (Nova's old `vnc_auto.html?token=`)
- *   host/port  websocket host and port, default the page's
- *   encrypt    `wss` instead of `ws` (true/1/yes); default: whether the page came over https
- *   password   VNC password; when absent and the server asks, the page prompts
- *   scale      scale the remote screen to the window; `resize=scale` is the same, `resize=remote`
- *              asks the server to resize instead
- *   view_only  send no keyboard or mouse input
- */
-
-export const VNC_LITE_HTML = `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<link rel="icon" href="data:,">
-<title>Console</title>
-<link rel="stylesheet" href="keyhole/vnc-lite.css">
-<script type="module" src="keyhole/vnc-lite.js"></script>
-</head>
-<body>
-<div id="top-bar">
-<div id="status" role="status" aria-live="polite">Loading</div>
-<button id="send-ctrl-alt-del" type="button" disabled>Send Ctrl+Alt+Del</button>
-</div>
-<div id="screen"></div>
-</body>
-</html>
-`;
-
-export const VNC_LITE_CSS = `html, body {
-  margin: 0;
-  padding: 0;
-  height: 100%;
-}
-body {
-  display: flex;
-  flex-direction: column;
-  background: #282828;
-  color: #fff;
-  font: 13px/1.4 system-ui, sans-serif;
-}
-#top-bar {
-  display: flex;
-  align-items: center;
-  gap: 12px;
-  padding: 4px 10px;
-  background: #6e84a3;
-  border-bottom: 1px solid #3d4a5c;
-}
-#top-bar.connected { background: #3b6e3b; }
-#top-bar.failed { background: #8a2c2c; }
-#status {
-  flex: 1;
-  text-align: center;
-  overflow: hidden;
-  text-overflow: ellipsis;
-  white-space: nowrap;
-}
-#screen {
-  flex: 1;
-  min-height: 0;
-  overflow: hidden;
-}
-`;
-
-// Browser code (an ES module). No template literals inside: this is a String.raw template.
-export const VNC_LITE_JS = String.raw`// keyhole noVNC page: see vnc_lite.html's query parameters in the keyhole sources (vnc-lite.page.ts).
+// keyhole's noVNC page, served as `/vnc_lite.html` (and `/`, `/vnc.html`, `/vnc_auto.html`): the
+// `@novnc/novnc` package ships only the RFB library, not noVNC's pages, so this is a small page in
+// the manner of noVNC's `vnc_lite.html`, built on `core/rfb.js` of the package (served at `/core/`).
+// This module is served as `/keyhole/vnc-lite.js`, beside vnc-lite.html and vnc-lite.css.
+//
+// Query parameters, read as noVNC reads them (percent-decoded, `+` is not a space):
+//   path       websocket path, default `websockify`; may carry its own query (`websockify?token=T`)
+//   token      appended to `path` as `?token=` when `path` has none (Nova's old `vnc_auto.html?token=`)
+//   host/port  websocket host and port, default the page's
+//   encrypt    `wss` instead of `ws` (true/1/yes); default: whether the page came over https
+//   password   VNC password; when absent and the server asks, the page prompts
+//   scale      scale the remote screen to the window; `resize=scale` is the same, `resize=remote`
+//              asks the server to resize instead
+//   view_only  send no keyboard or mouse input
 import RFB from '../core/rfb.js';
 
 const topBar = document.getElementById('top-bar');
@@ -96,7 +34,7 @@ function readQueryVariable(name, defaultValue) {
   if (!match) return defaultValue;
   try {
     return decodeURIComponent(match[1]);
-  } catch (error) {
+  } catch {
     return defaultValue;
   }
 }
@@ -180,4 +118,3 @@ function connect() {
 }
 
 connect();
-`;
