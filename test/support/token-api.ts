@@ -3,8 +3,7 @@ import { Test } from '@nestjs/testing';
 import { KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
 import { TOKEN_GENERATOR, TokenGenerator } from '@keyhole/tokens';
-import { configureTokenApi, createTokenApiAdapter, nestApplicationOptions } from '../../apps/token-api/src/bootstrap';
-import { TokenApiModule } from '../../apps/token-api/src/app.module';
+import { configureTokenApi, createTokenApiAdapter, nestApplicationOptions, TokenApiModule } from '@keyhole/token-api';
 import { captureLogs } from './log-capture';
 
 export interface RunningTokenApi {

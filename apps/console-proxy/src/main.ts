@@ -1,8 +1,7 @@
 import 'reflect-metadata';
 import { ConfigurationError, loadConfig, requireProxyCell } from '@keyhole/config';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
-import { createConsoleProxyApp } from './bootstrap';
-import { isProxyWorker, superviseWorkers, workerId } from './workers';
+import { createConsoleProxyApp, isProxyWorker, superviseWorkers, workerId } from '@keyhole/console-proxy';
 
 async function main(): Promise<void> {
   const config = loadConfig();

@@ -1,7 +1,7 @@
 import 'reflect-metadata';
 import { ConfigurationError, loadConfig, requireControlUrl } from '@keyhole/config';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
-import { createTokenApi } from './bootstrap';
+import { createTokenApi } from '@keyhole/token-api';
 
 async function main(): Promise<void> {
   const config = loadConfig();

@@ -1,9 +1,5 @@
 import { z } from 'zod';
 
-/**
- * Every setting keyhole reads from the environment, with its default. Durations carry their unit
- * in the name. `process.env` is read in this lib only (`loadConfig`).
- */
 const booleanFromEnv = z
   .enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'])
   .transform((value) => ['true', '1', 'yes', 'on'].includes(value));
@@ -19,62 +15,267 @@ const commaList = z
   .string()
   .transform((value) => value.split(',').map((item) => item.trim()).filter(Boolean));
 
+/** The tables of README.md's Configuration section, in the order the README shows them. */
+export const SETTING_SECTIONS = ['general', 'console-proxy', 'purge-and-legacy'] as const;
+export type SettingSection = (typeof SETTING_SECTIONS)[number];
+
+/** How a setting is documented: README's table is generated from this (`npm run docs:config`). */
+export interface SettingDocumentation {
+  section: SettingSection;
+  /** Markdown, one line: what it does, its range and unit where the name does not say it. */
+  description: string;
+  /** Markdown shown as the default where the schema has none to show (computed at start, or "unset" meaning something). */
+  shownDefault?: string;
+}
+
+export const SETTING_DOCUMENTATION = z.registry<SettingDocumentation>();
+
+function setting<Schema extends z.ZodType>(section: SettingSection, schema: Schema, description: string, shownDefault?: string): Schema {
+  SETTING_DOCUMENTATION.add(schema, { section, description, shownDefault });
+  return schema;
+}
+
+/**
+ * Every setting keyhole reads from the environment: its rules, its default and its documentation,
+ * in one place. Durations carry their unit in the name. `process.env` is read in this lib only
+ * (`loadConfig`).
+ */
 export const ENVIRONMENT_SCHEMA = z.object({
-  KEYHOLE_DATABASE_URL: postgresUrl.optional(),
-  KEYHOLE_DB_POOL_SIZE: integer(1, 200).default(10),
-  KEYHOLE_DB_CONNECT_TIMEOUT_MS: integer(100, 120_000).default(5_000),
-  KEYHOLE_DB_STATEMENT_TIMEOUT_MS: integer(100, 3_600_000).default(30_000),
-  KEYHOLE_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-  KEYHOLE_API_HOST: z.string().min(1).default('127.0.0.1'),
-  KEYHOLE_API_PORT: integer(0, 65_535).default(7880),
-  KEYHOLE_API_BODY_LIMIT_BYTES: integer(256, 1_048_576).default(16_384),
-  KEYHOLE_API_TRUST_PROXY: booleanFromEnv.default(false),
-  KEYHOLE_TOKEN_TTL_SECONDS: integer(1, 31_536_000).default(600),
-  KEYHOLE_TOKEN_MAX_TTL_SECONDS: integer(1, 31_536_000).default(86_400),
-  KEYHOLE_PURGE_BATCH_SIZE: integer(1, 100_000).default(5_000),
-  KEYHOLE_CREDENTIAL_CACHE_TTL_MS: integer(0, 3_600_000).default(60_000),
-  KEYHOLE_ARGON2_MEMORY_KIB: integer(8, 4_194_304).default(19_456),
-  KEYHOLE_ARGON2_TIME_COST: integer(1, 100).default(2),
-  KEYHOLE_ARGON2_PARALLELISM: integer(1, 64).default(1),
-  KEYHOLE_CELL_NAME: z
-    .string()
-    .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63')
-    .optional(),
-  KEYHOLE_CELL_DATABASE_URL: postgresUrl.optional(),
-  KEYHOLE_PROXY_HOST: z.string().min(1).default('127.0.0.1'),
-  KEYHOLE_PROXY_PORT: integer(0, 65_535).default(6080),
-  KEYHOLE_PROXY_INSTANCE: z.string().min(1).max(255).optional(),
-  KEYHOLE_PROXY_WORKERS: z.union([z.literal('auto'), integer(1, 256)]).default(1),
-  KEYHOLE_PROXY_ALLOWED_ORIGINS: commaList.default([]),
-  KEYHOLE_PROXY_CONSOLE_TYPES: commaList
-    .pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1))
-    .default(['novnc', 'spice-html5', 'serial']),
-  KEYHOLE_PROXY_TRUST_PROXY: booleanFromEnv.default(false),
-  KEYHOLE_PROXY_CONNECT_TIMEOUT_MS: integer(100, 120_000).default(5_000),
-  KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS: integer(1_000, 3_600_000).default(30_000),
-  KEYHOLE_PROXY_IDLE_TIMEOUT_MS: integer(0, 86_400_000).default(3_600_000),
-  KEYHOLE_PROXY_MAX_SESSION_MS: integer(0, 604_800_000).default(86_400_000),
-  KEYHOLE_PROXY_MAX_FRAME_BYTES: integer(1_024, 67_108_864).default(1_048_576),
-  KEYHOLE_PROXY_ENFORCE_TOKEN_EXPIRY: booleanFromEnv.default(false),
-  KEYHOLE_PROXY_DRAIN_GRACE_MS: integer(0, 3_600_000).default(60_000),
-  KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: integer(500, 600_000).default(5_000),
-  KEYHOLE_PROXY_SESSION_STALE_MS: integer(1_000, 3_600_000).default(30_000),
-  KEYHOLE_PROXY_SPICE_HTML5_DIR: z.string().default('/usr/share/spice-html5'),
-  KEYHOLE_PROXY_FRAME_ANCESTORS: commaList
-    .pipe(z.array(z.string().regex(/^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$/, 'an origin such as https://dashboard.example.com')))
-    .default([]),
-  KEYHOLE_LEGACY_REDIS_URL: z
-    .string()
-    .refine((value) => /^rediss?:\/\//.test(value), 'must be a redis:// or rediss:// URL')
-    .optional(),
-  KEYHOLE_LEGACY_FORMAT: z.enum(['nova', 'websockify']).default('nova'),
-  KEYHOLE_LEGACY_KEY_PREFIX: z.string().max(128).default(''),
-  KEYHOLE_LEGACY_TIMEOUT_MS: integer(10, 10_000).default(250),
-  KEYHOLE_LEGACY_FALLBACK: z.enum(['on', 'off']).optional(),
-  KEYHOLE_LEGACY_DUAL_WRITE: booleanFromEnv.default(false),
-  KEYHOLE_PURGE_INTERVAL_MS: integer(0, 86_400_000).default(300_000),
-  KEYHOLE_PURGE_PAUSE_MS: integer(0, 10_000).default(0),
-  KEYHOLE_SESSION_RETENTION_MS: integer(0, 31_536_000_000).default(2_592_000_000),
+  KEYHOLE_DATABASE_URL: setting(
+    'general',
+    postgresUrl.optional(),
+    'Control database, `postgres://` or `postgresql://`. Required by the token API and every CLI command except `local`; for `local`, a server to use instead of the embedded one.',
+  ),
+  KEYHOLE_DB_POOL_SIZE: setting(
+    'general',
+    integer(1, 200).default(10),
+    'Connections per pool (1-200). Every database has its own pool: the API has one for the control database and one per cell.',
+  ),
+  KEYHOLE_DB_CONNECT_TIMEOUT_MS: setting(
+    'general',
+    integer(100, 120_000).default(5_000),
+    'Connect timeout, and longest wait for a pooled connection (100-120000).',
+  ),
+  KEYHOLE_DB_STATEMENT_TIMEOUT_MS: setting(
+    'general',
+    integer(100, 3_600_000).default(30_000),
+    'Server-side `statement_timeout` on every keyhole connection (100-3600000).',
+  ),
+  KEYHOLE_LOG_LEVEL: setting(
+    'general',
+    z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+    '`trace`, `debug`, `info`, `warn`, `error`, `fatal` or `silent`. JSON lines (pino) on stdout; the CLI logs to stderr and at `warn` when this is `info`; `keyhole local` logs to its log file.',
+  ),
+  KEYHOLE_API_HOST: setting(
+    'general',
+    z.string().min(1).default('127.0.0.1'),
+    'Address the token API listens on (`0.0.0.0` in a container). `keyhole local` always uses 127.0.0.1.',
+  ),
+  KEYHOLE_API_PORT: setting(
+    'general',
+    integer(0, 65_535).default(7880),
+    'Port of the token API (0-65535; 0 picks a free one). `keyhole local --api-port` overrides it.',
+  ),
+  KEYHOLE_API_BODY_LIMIT_BYTES: setting(
+    'general',
+    integer(256, 1_048_576).default(16_384),
+    'Largest accepted request body (256-1048576); larger is `413 PAYLOAD_TOO_LARGE`.',
+  ),
+  KEYHOLE_API_TRUST_PROXY: setting(
+    'general',
+    booleanFromEnv.default(false),
+    "Take the client address from `X-Forwarded-For` (Fastify's `trustProxy`). Only when the API is reachable solely through a reverse proxy. Accepts `true/false/1/0/yes/no/on/off`.",
+  ),
+  KEYHOLE_TOKEN_TTL_SECONDS: setting(
+    'general',
+    integer(1, 31_536_000).default(600),
+    "Lifetime of a console token when the agent does not ask for one (Nova's default). Must not exceed the maximum.",
+  ),
+  KEYHOLE_TOKEN_MAX_TTL_SECONDS: setting(
+    'general',
+    integer(1, 31_536_000).default(86_400),
+    'Longest `ttlSeconds` an agent may ask for (1-31536000).',
+  ),
+  KEYHOLE_PURGE_BATCH_SIZE: setting(
+    'general',
+    integer(1, 100_000).default(5_000),
+    'Expired rows deleted per statement by a purge (1-100000).',
+  ),
+  KEYHOLE_CREDENTIAL_CACHE_TTL_MS: setting(
+    'general',
+    integer(0, 3_600_000).default(60_000),
+    'How long a verified API key is remembered, sparing argon2 on every request (0-3600000; 0 = never). Revocation is not delayed by it.',
+  ),
+  KEYHOLE_ARGON2_MEMORY_KIB: setting(
+    'general',
+    integer(8, 4_194_304).default(19_456),
+    "argon2id memory for new API keys (OWASP's 19 MiB). Existing keys keep the parameters they were hashed with.",
+  ),
+  KEYHOLE_ARGON2_TIME_COST: setting(
+    'general',
+    integer(1, 100).default(2),
+    'argon2id iterations for new API keys (1-100).',
+  ),
+  KEYHOLE_ARGON2_PARALLELISM: setting(
+    'general',
+    integer(1, 64).default(1),
+    'argon2id lanes for new API keys (1-64).',
+  ),
+  KEYHOLE_CELL_NAME: setting(
+    'console-proxy',
+    z
+      .string()
+      .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63')
+      .optional(),
+    'Required: the cell this proxy serves.',
+  ),
+  KEYHOLE_CELL_DATABASE_URL: setting(
+    'console-proxy',
+    postgresUrl.optional(),
+    "Required: that cell's database. The proxy needs no other database, and no other cell's.",
+  ),
+  KEYHOLE_PROXY_HOST: setting(
+    'console-proxy',
+    z.string().min(1).default('127.0.0.1'),
+    'Listen address (`0.0.0.0` in a container).',
+  ),
+  KEYHOLE_PROXY_PORT: setting(
+    'console-proxy',
+    integer(0, 65_535).default(6080),
+    "Listen port (Nova's noVNC proxy port); 0 picks a free one.",
+  ),
+  KEYHOLE_PROXY_INSTANCE: setting(
+    'console-proxy',
+    z.string().min(1).max(255).optional(),
+    "This replica's name in session records.", '`<hostname>:<pid>`',
+  ),
+  KEYHOLE_PROXY_WORKERS: setting(
+    'console-proxy',
+    z.union([z.literal('auto'), integer(1, 256)]).default(1),
+    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`KEYHOLE_PROXY_INSTANCE/<n>` or `<hostname>:<pid>`). `npm start`'s one-machine mode always runs one.",
+  ),
+  KEYHOLE_PROXY_ALLOWED_ORIGINS: setting(
+    'console-proxy',
+    commaList.default([]),
+    "Comma-separated hosts a browser's `Origin` may name besides the request's own `Host` (Nova's `[console] allowed_origins`).",
+  ),
+  KEYHOLE_PROXY_CONSOLE_TYPES: setting(
+    'console-proxy',
+    commaList
+      .pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1))
+      .default(['novnc', 'spice-html5', 'serial']),
+    'Console types served; a token of another type gets 404.',
+  ),
+  KEYHOLE_PROXY_TRUST_PROXY: setting(
+    'console-proxy',
+    booleanFromEnv.default(false),
+    'Take the client address from `X-Forwarded-For`. (`X-Forwarded-Proto` is always honoured for the origin check, as in Nova.)',
+  ),
+  KEYHOLE_PROXY_CONNECT_TIMEOUT_MS: setting(
+    'console-proxy',
+    integer(100, 120_000).default(5_000),
+    'Timeout of the TCP connect (and HTTP CONNECT) to the console.',
+  ),
+  KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS: setting(
+    'console-proxy',
+    integer(1_000, 3_600_000).default(30_000),
+    'Websocket ping interval; a browser that misses a pong is dropped.',
+  ),
+  KEYHOLE_PROXY_IDLE_TIMEOUT_MS: setting(
+    'console-proxy',
+    integer(0, 86_400_000).default(3_600_000),
+    'Close a session without a byte either way for this long (1008 `idle timeout`); 0 = never.',
+  ),
+  KEYHOLE_PROXY_MAX_SESSION_MS: setting(
+    'console-proxy',
+    integer(0, 604_800_000).default(86_400_000),
+    'Longest session (1008 `session time limit`); 0 = unlimited.',
+  ),
+  KEYHOLE_PROXY_MAX_FRAME_BYTES: setting(
+    'console-proxy',
+    integer(1_024, 67_108_864).default(1_048_576),
+    'Largest websocket message from a browser; larger closes with 1009.',
+  ),
+  KEYHOLE_PROXY_ENFORCE_TOKEN_EXPIRY: setting(
+    'console-proxy',
+    booleanFromEnv.default(false),
+    "End a session when its token expires (1008 `token expired`; Nova's `enforce_session_timeout`).",
+  ),
+  KEYHOLE_PROXY_DRAIN_GRACE_MS: setting(
+    'console-proxy',
+    integer(0, 3_600_000).default(60_000),
+    'On SIGTERM/SIGINT: how long live sessions may go on before they are closed with 1001.',
+  ),
+  KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: setting(
+    'console-proxy',
+    integer(500, 600_000).default(5_000),
+    "How often live sessions' `last_seen_at` and byte counts are written (one statement for all).",
+  ),
+  KEYHOLE_PROXY_SESSION_STALE_MS: setting(
+    'console-proxy',
+    integer(1_000, 3_600_000).default(30_000),
+    'A live session not seen for this long is taken as dead (its proxy crashed) and stops holding its serial port. At least twice the heartbeat.',
+  ),
+  KEYHOLE_PROXY_SPICE_HTML5_DIR: setting(
+    'console-proxy',
+    z.string().default('/usr/share/spice-html5'),
+    "Where Debian's `spice-html5` package keeps its client; not there = no SPICE pages.",
+  ),
+  KEYHOLE_PROXY_FRAME_ANCESTORS: setting(
+    'console-proxy',
+    commaList
+      .pipe(z.array(z.string().regex(/^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$/, 'an origin such as https://dashboard.example.com')))
+      .default([]),
+    "Comma-separated origins (`https://horizon.example.com`) that may show the console pages in a frame, as Horizon's console tab does; none by default.",
+  ),
+  KEYHOLE_PURGE_INTERVAL_MS: setting(
+    'purge-and-legacy',
+    integer(0, 86_400_000).default(300_000),
+    "How often the token API purges every cell (Nova's 300 s); 0 = never (then use the CLI or API).",
+  ),
+  KEYHOLE_PURGE_PAUSE_MS: setting(
+    'purge-and-legacy',
+    integer(0, 10_000).default(0),
+    'Pause between two batches of a purge (0-10000 ms); 0 = back to back.',
+  ),
+  KEYHOLE_SESSION_RETENTION_MS: setting(
+    'purge-and-legacy',
+    integer(0, 31_536_000_000).default(2_592_000_000),
+    'Ended console sessions older than this (30 days) are deleted by the purge; 0 = keep.',
+  ),
+  KEYHOLE_LEGACY_REDIS_URL: setting(
+    'purge-and-legacy',
+    z
+      .string()
+      .refine((value) => /^rediss?:\/\//.test(value), 'must be a redis:// or rediss:// URL')
+      .optional(),
+    'The legacy token store: `redis://[:password@]host:port[/db]`, or `rediss://` for TLS. Unset = no legacy store.',
+  ),
+  KEYHOLE_LEGACY_FORMAT: setting(
+    'purge-and-legacy',
+    z.enum(['nova', 'websockify']).default('nova'),
+    '`nova` (consoleauth: key = token, JSON value, TTL = expiry, per-instance lists) or `websockify` (TokenRedis: `{"host":"HOST:PORT"}` or `HOST:PORT`).',
+  ),
+  KEYHOLE_LEGACY_KEY_PREFIX: setting(
+    'purge-and-legacy',
+    z.string().max(128).default(''),
+    "Prepended to every key; websockify's namespace goes here with its colon (`ns:`).",
+  ),
+  KEYHOLE_LEGACY_TIMEOUT_MS: setting(
+    'purge-and-legacy',
+    integer(10, 10_000).default(250),
+    'Longest wait for Redis on a connect; past it a legacy token is refused (503). Database tokens never wait for Redis.',
+  ),
+  KEYHOLE_LEGACY_FALLBACK: setting(
+    'purge-and-legacy',
+    z.enum(['on', 'off']).optional(),
+    "`on` or `off` forces every cell's fallback flag (Nova's `[workarounds] enable_consoleauth`); the API then reports it forced and refuses to change it. Set it the same on the API and the proxies.", '(unset)',
+  ),
+  KEYHOLE_LEGACY_DUAL_WRITE: setting(
+    'purge-and-legacy',
+    booleanFromEnv.default(false),
+    "Also write every token the API issues into the legacy store, and delete an instance's legacy tokens when they are revoked, for proxies that know only that store during a rolling upgrade. **This stores plaintext tokens in Redis**, as the legacy systems did.",
+  ),
 });
 
 export type Environment = z.input<typeof ENVIRONMENT_SCHEMA>;

@@ -1,6 +1,5 @@
 import path from 'node:path';
 import { z } from 'zod';
-import { LOCAL_CELLS, startLocalDeployment } from '../local/local-deployment';
 import { Command, parseFlags, validated } from './command';
 
 export const localCommand: Command = {
@@ -19,6 +18,7 @@ export const localCommand: Command = {
             values['proxy-ports'],
             '--proxy-ports',
           );
+    const { LOCAL_CELLS, startLocalDeployment } = loadLocalDeployment();
     const deployment = await startLocalDeployment({
       dataDir,
       databaseUrl: config.database.controlUrl,
@@ -62,3 +62,13 @@ export const localCommand: Command = {
     return 0;
   },
 };
+
+/**
+ * The local deployment brings embedded PostgreSQL and both apps' HTTP stacks (Nest's Express and
+ * Fastify platforms): loaded here, on demand, so that every other command (the production
+ * `keyhole migrate` Job above all) loads none of them. A plain require: this is CommonJS output.
+ */
+function loadLocalDeployment(): typeof import('../local/local-deployment') {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('../local/local-deployment') as typeof import('../local/local-deployment');
+}

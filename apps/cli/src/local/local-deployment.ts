@@ -7,10 +7,10 @@ import path from 'node:path';
 import { CellsService } from '@keyhole/cells';
 import { KeyholeConfig, loadConfig } from '@keyhole/config';
 import { CredentialsService } from '@keyhole/credentials';
+import { createConsoleProxyApp } from '@keyhole/console-proxy';
 import { ControlDatabase, createDatabaseIfMissing, migrateDatabase } from '@keyhole/db';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
-import { createConsoleProxyApp } from '../../../console-proxy/src/bootstrap';
-import { createTokenApi } from '../../../token-api/src/bootstrap';
+import { createTokenApi } from '@keyhole/token-api';
 import { openServices } from '../services';
 import { EmbeddedPostgresHandle, startEmbeddedPostgres } from './embedded-postgres';
 

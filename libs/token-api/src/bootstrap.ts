@@ -2,7 +2,7 @@ import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import { KeyholeConfig } from '@keyhole/config';
-import { TokenApiModule } from './app.module';
+import { TokenApiModule } from './token-api.module';
 import { registerJsonBodyParser } from './http/json-body.parser';
 import { registerRequestContext } from './http/request-context.hooks';
 
