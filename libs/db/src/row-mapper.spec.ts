@@ -12,45 +12,48 @@ const samples = new RowMapper(Sample, {
 });
 
 describe('RowMapper', () => {
-  it('lists the columns of every property, or of the ones asked for, in that order', () => {
-    expect(samples.columnList()).toBe('sample_id, display_name');
-    expect(samples.columnList(['name', 'id'])).toBe('display_name, sample_id');
+  it('selects every column under its property name, and names the columns alone for an INSERT', () => {
+    expect(samples.selectList()).toBe('sample_id AS "id", display_name AS "name"');
+    expect(samples.columnNames(['name', 'id'])).toBe('display_name, sample_id');
   });
 
-  it('reads a row into an instance of the entity, converting the columns that say how', () => {
-    const sample = samples.fromRow({ sample_id: '7', display_name: null });
+  it('reads a row so selected into an instance of the entity, converting the columns that say how', () => {
+    const sample = samples.fromRow({ id: '7', name: null });
     expect(sample).toBeInstanceOf(Sample);
     expect(sample).toEqual({ id: 7, name: null });
   });
 
-  it('picks only the properties asked for', () => {
-    expect(samples.pick({ sample_id: '7' }, ['id'])).toStrictEqual({ id: 7 });
+  it('selects and reads only the properties of a projection', () => {
+    const ids = samples.projection(['id']);
+    expect(ids.selectList).toBe('sample_id AS "id"');
+    expect(ids.read({ id: '7' })).toStrictEqual({ id: 7 });
   });
 });
 
 describe('consoleAuthTokenRows', () => {
+  // As pg returns it for `SELECT ${consoleAuthTokenRows.selectList()}`.
   const row = {
     id: '42',
-    token_hash: 'a'.repeat(64),
-    console_type: 'novnc',
+    tokenHash: 'a'.repeat(64),
+    consoleType: 'novnc',
     host: 'hv1',
     port: 5900,
-    tls_port: null,
-    internal_access_path: null,
-    instance_uuid: '00000000-0000-4000-8000-000000000001',
+    tlsPort: null,
+    internalAccessPath: null,
+    instanceUuid: '00000000-0000-4000-8000-000000000001',
     expires: '2000000000',
-    access_url_base: 'https://console.example.com/vnc_lite.html',
-    created_at: new Date('2026-01-01T00:00:00Z'),
-    updated_at: null,
-    row_version: 1,
-    object_version: '1.4',
-    issued_by: null,
+    accessUrlBase: 'https://console.example.com/vnc_lite.html',
+    createdAt: new Date('2026-01-01T00:00:00Z'),
+    updatedAt: null,
+    rowVersion: 1,
+    objectVersion: '1.4',
+    issuedBy: null,
   };
 
   it('reads int8 ids and expiries (strings from pg) as numbers', () => {
     const token = consoleAuthTokenRows.fromRow(row);
     expect(token).toBeInstanceOf(ConsoleAuthTokenEntity);
-    expect(token).toMatchObject({ id: 42, expires: 2_000_000_000, tokenHash: row.token_hash, createdAt: row.created_at, tlsPort: null });
+    expect(token).toMatchObject({ id: 42, expires: 2_000_000_000, tokenHash: row.tokenHash, createdAt: row.createdAt, tlsPort: null });
   });
 
   it('refuses an int8 beyond 2^53 rather than rounding it', () => {

@@ -23,7 +23,7 @@ export class CellSettingRepository {
   /** The newest changes of a setting, newest first. */
   async history(name: string, limit: number): Promise<CellSettingEntity[]> {
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${cellSettingRows.columnList()} FROM cell_settings WHERE name = $1 ORDER BY id DESC LIMIT $2`,
+      `SELECT ${cellSettingRows.selectList()} FROM cell_settings WHERE name = $1 ORDER BY id DESC LIMIT $2`,
       [name, limit],
     );
     return rows.map((row) => cellSettingRows.fromRow(row));

@@ -24,13 +24,13 @@ const NEW_ROW_PROPERTIES = [
 
 export type NewConsoleAuthTokenRow = Pick<ConsoleAuthTokenEntity, (typeof NEW_ROW_PROPERTIES)[number]>;
 
-const NEW_ROW_COLUMNS = consoleAuthTokenRows.columnList(NEW_ROW_PROPERTIES);
+const NEW_ROW_COLUMNS = consoleAuthTokenRows.columnNames(NEW_ROW_PROPERTIES);
 
 // The casts follow NEW_ROW_PROPERTIES, in order.
 const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS})
   SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::integer[], $5::integer[], $6::text[], $7::varchar[],
                        $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
-  RETURNING ${consoleAuthTokenRows.columnList()}`;
+  RETURNING ${consoleAuthTokenRows.selectList()}`;
 
 const INSERT_IF_ABSENT_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS})
   VALUES (${NEW_ROW_PROPERTIES.map((_, index) => `$${index + 1}`).join(', ')})
@@ -40,7 +40,7 @@ const INSERT_IF_ABSENT_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS
  * What the console proxy needs of a token to open its console. Its lookup runs on every connect
  * and every refused guess: no timestamps or bookkeeping columns to parse.
  */
-const GRANT_PROPERTIES = [
+const grants = consoleAuthTokenRows.projection([
   'id',
   'tokenHash',
   'consoleType',
@@ -50,15 +50,13 @@ const GRANT_PROPERTIES = [
   'instanceUuid',
   'expires',
   'accessUrlBase',
-] as const satisfies readonly (keyof ConsoleAuthTokenEntity)[];
+]);
 
-export type ConsoleGrantRow = Pick<ConsoleAuthTokenEntity, (typeof GRANT_PROPERTIES)[number]>;
+export type ConsoleGrantRow = ReturnType<typeof grants.read>;
 
-const FIND_GRANTS_SQL =
-  `SELECT ${consoleAuthTokenRows.columnList(GRANT_PROPERTIES)} ` +
-  'FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2';
+const FIND_GRANTS_SQL = `SELECT ${grants.selectList} FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2`;
 
-const FIND_VALID_SQL = `SELECT ${consoleAuthTokenRows.columnList()} FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1`;
+const FIND_VALID_SQL = `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1`;
 
 export interface TokenListFilter {
   instanceUuid?: string;
@@ -109,12 +107,12 @@ export class ConsoleAuthTokenRepository {
   async findValidByHashes(tokenHashes: string[], nowSeconds: number): Promise<ConsoleGrantRow[]> {
     if (tokenHashes.length === 0) return [];
     const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_console_grants', FIND_GRANTS_SQL, [tokenHashes, nowSeconds]);
-    return rows.map((row) => consoleAuthTokenRows.pick(row, GRANT_PROPERTIES));
+    return rows.map((row) => grants.read(row));
   }
 
   async findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${consoleAuthTokenRows.columnList()} FROM console_auth_tokens WHERE id = $1`,
+      `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens WHERE id = $1`,
       [id],
     );
     return rows.length === 0 ? null : consoleAuthTokenRows.fromRow(rows[0]);
@@ -127,7 +125,7 @@ export class ConsoleAuthTokenRepository {
     if (filter.afterId !== undefined) conditions.push(`id > $${parameters.push(filter.afterId)}`);
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${consoleAuthTokenRows.columnList()} FROM console_auth_tokens ${where} ORDER BY id ASC LIMIT $${parameters.push(filter.limit)}`,
+      `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens ${where} ORDER BY id ASC LIMIT $${parameters.push(filter.limit)}`,
       parameters,
     );
     return rows.map((row) => consoleAuthTokenRows.fromRow(row));
@@ -240,7 +238,7 @@ export class ConsoleAuthTokenRepository {
       }
       return outcomes;
     }
-    const byHash = new Map(raws.map((raw) => [raw.token_hash as string, raw]));
+    const byHash = new Map(raws.map((raw) => [raw.tokenHash as string, raw]));
     return rows.map((row) => {
       const raw = byHash.get(row.tokenHash);
       // Cannot happen (the statement inserts every row or fails); refuse rather than guess.

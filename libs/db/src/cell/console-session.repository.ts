@@ -154,7 +154,7 @@ export class ConsoleSessionRepository {
   }
 
   async findById(id: string): Promise<ConsoleSessionEntity | null> {
-    const { rows } = await this.pool.query<Record<string, unknown>>(`SELECT ${consoleSessionRows.columnList()} FROM console_sessions WHERE id = $1`, [id]);
+    const { rows } = await this.pool.query<Record<string, unknown>>(`SELECT ${consoleSessionRows.selectList()} FROM console_sessions WHERE id = $1`, [id]);
     return rows.length === 0 ? null : consoleSessionRows.fromRow(rows[0]);
   }
 
@@ -165,7 +165,7 @@ export class ConsoleSessionRepository {
     if (filter.instanceUuid !== undefined) conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${consoleSessionRows.columnList()} FROM console_sessions ${where} ORDER BY started_at DESC LIMIT $${parameters.push(filter.limit)}`,
+      `SELECT ${consoleSessionRows.selectList()} FROM console_sessions ${where} ORDER BY started_at DESC LIMIT $${parameters.push(filter.limit)}`,
       parameters,
     );
     return rows.map((row) => consoleSessionRows.fromRow(row));
@@ -175,7 +175,7 @@ export class ConsoleSessionRepository {
   async listLiveOnTargets(targets: { host: string; port: number }[]): Promise<ConsoleSessionEntity[]> {
     if (targets.length === 0) return [];
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${consoleSessionRows.columnList()} FROM console_sessions
+      `SELECT ${consoleSessionRows.selectList()} FROM console_sessions
         WHERE ended_at IS NULL AND (host, port) IN (SELECT * FROM unnest($1::varchar[], $2::int[]))`,
       [targets.map((t) => t.host), targets.map((t) => t.port)],
     );

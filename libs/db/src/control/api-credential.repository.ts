@@ -3,7 +3,7 @@ import { runCounted, runPrepared } from '../database-pool';
 import { keyedLookups, QueryBatcher } from '../query-batcher';
 import { ApiCredentialEntity, apiCredentialRows } from './api-credential.entity';
 
-const FIND_CREDENTIALS_SQL = `SELECT ${apiCredentialRows.columnList()} FROM api_credentials WHERE id = ANY($1::varchar[])`;
+const FIND_CREDENTIALS_SQL = `SELECT ${apiCredentialRows.selectList()} FROM api_credentials WHERE id = ANY($1::varchar[])`;
 
 export type NewApiCredentialRow = Pick<ApiCredentialEntity, 'id' | 'name' | 'role' | 'cellName' | 'secretHash'>;
 
@@ -39,7 +39,7 @@ export class ApiCredentialRepository {
 
   async listAll(includeRevoked: boolean): Promise<ApiCredentialEntity[]> {
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${apiCredentialRows.columnList()} FROM api_credentials ${includeRevoked ? '' : 'WHERE revoked_at IS NULL'} ORDER BY created_at ASC, id ASC`,
+      `SELECT ${apiCredentialRows.selectList()} FROM api_credentials ${includeRevoked ? '' : 'WHERE revoked_at IS NULL'} ORDER BY created_at ASC, id ASC`,
     );
     return rows.map((row) => apiCredentialRows.fromRow(row));
   }

@@ -3,7 +3,7 @@ import { runCounted, runPrepared } from '../database-pool';
 import { keyedLookups, QueryBatcher } from '../query-batcher';
 import { CellEntity, cellRows } from './cell.entity';
 
-const FIND_CELLS_SQL = `SELECT ${cellRows.columnList()} FROM cells WHERE name = ANY($1::varchar[])`;
+const FIND_CELLS_SQL = `SELECT ${cellRows.selectList()} FROM cells WHERE name = ANY($1::varchar[])`;
 
 export type NewCellRow = Pick<CellEntity, 'name' | 'databaseUrl' | 'proxyUrl' | 'accessUrlBases'>;
 
@@ -26,7 +26,7 @@ export class CellRepository {
   }
 
   async listAll(): Promise<CellEntity[]> {
-    const { rows } = await this.pool.query<Record<string, unknown>>(`SELECT ${cellRows.columnList()} FROM cells ORDER BY name ASC`);
+    const { rows } = await this.pool.query<Record<string, unknown>>(`SELECT ${cellRows.selectList()} FROM cells ORDER BY name ASC`);
     return rows.map((row) => cellRows.fromRow(row));
   }
 
