@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { DataSource } from 'typeorm';
-import { ConsoleAuthTokenRepository, ConsoleSessionRepository, createDataSource, NewConsoleSessionRow } from '@keyhole/db';
+import type { Pool } from 'pg';
+import { ConsoleAuthTokenRepository, ConsoleSessionRepository, createPool, NewConsoleSessionRow } from '@keyhole/db';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 
 /*
@@ -14,21 +14,19 @@ const STALE_AFTER_MS = 60_000;
 describe('console sessions on a real cell database', () => {
   let cell: Awaited<ReturnType<typeof createTestDatabase>>;
   /** One pool per simulated proxy replica. */
-  const pools: DataSource[] = [];
+  const pools: Pool[] = [];
   let replicas: ConsoleSessionRepository[];
 
   beforeAll(async () => {
     cell = await createTestDatabase('cell');
     for (let index = 0; index < 4; index++) {
-      const pool = createDataSource('cell', { url: cell.url, poolSize: 5, connectTimeoutMs: 5_000, statementTimeoutMs: 5_000, applicationName: `keyhole-test-${index}` });
-      await pool.initialize();
-      pools.push(pool);
+      pools.push(createPool({ url: cell.url, poolSize: 5, connectTimeoutMs: 5_000, statementTimeoutMs: 5_000, applicationName: `keyhole-test-${index}` }));
     }
     replicas = pools.map((pool) => new ConsoleSessionRepository('cell1', pool));
   });
 
   afterAll(async () => {
-    for (const pool of pools) await pool.destroy();
+    for (const pool of pools) await pool.end();
     await cell?.drop();
   });
 

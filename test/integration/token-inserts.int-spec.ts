@@ -4,7 +4,6 @@ import { KeyholeError, sha256Hex } from '@keyhole/core';
 import { ConsoleAuthTokenRepository, NewConsoleAuthTokenRow, postgresErrorCode } from '@keyhole/db';
 import { randomTokenGenerator, TokensService } from '@keyhole/tokens';
 import { Client, Pool, QueryConfig } from 'pg';
-import { DataSource } from 'typeorm';
 import { testConfig } from '../support/config';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 import { startServices } from '../support/services';
@@ -16,7 +15,7 @@ describe('concurrent token inserts on a real cell database', () => {
   let app: INestApplicationContext;
   let tokens: TokensService;
   let repository: ConsoleAuthTokenRepository;
-  let cellDataSource: DataSource;
+  let cellPool: Pool;
   // Tokens the generator hands out next, in order; random ones once empty.
   const forcedTokens: string[] = [];
 
@@ -29,7 +28,7 @@ describe('concurrent token inserts on a real cell database', () => {
     tokens = app.get(TokensService);
     const database = await app.get(CellDatabases).get('cell1');
     repository = database.tokens;
-    cellDataSource = database.dataSource;
+    cellPool = database.pool;
   });
 
   afterAll(async () => {
@@ -42,9 +41,7 @@ describe('concurrent token inserts on a real cell database', () => {
 
   /** The batches of rows sent to the database as INSERT statements (the hashes of each). */
   const spyOnInserts = () => {
-    // Prepared statements go straight to the DataSource's pg pool.
-    const pool = (cellDataSource.driver as unknown as { master: Pool }).master;
-    const query = jest.spyOn(pool, 'query') as unknown as jest.SpyInstance<unknown, [QueryConfig]>;
+    const query = jest.spyOn(cellPool, 'query') as unknown as jest.SpyInstance<unknown, [QueryConfig]>;
     return () =>
       query.mock.calls
         .map(([config]) => config)

@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
-import { APPLICATION_NAME, ControlDatabase, createDataSource, redactDatabaseUrl } from '@keyhole/db';
+import { APPLICATION_NAME, ControlDatabase, createDataSource, createPool, DatabaseSettings, migrateDatabase, redactDatabaseUrl } from '@keyhole/db';
 import { CellDatabase } from './cell-database';
 import { cellDatabaseUnreachable, cellNotFound } from './cells.errors';
 
@@ -31,22 +31,35 @@ export class CellDatabases implements OnApplicationShutdown {
     return pending;
   }
 
-  /** Opens a pool for a database URL that is not registered yet (cell registration). */
+  /** Opens a cell's pool at this URL and checks that the database answers (CELL_DATABASE_UNREACHABLE if not). */
   async connectUrl(cellName: string, url: string): Promise<CellDatabase> {
-    const dataSource = createDataSource('cell', {
-      url,
-      poolSize: this.config.database.poolSize,
-      connectTimeoutMs: this.config.database.connectTimeoutMs,
-      statementTimeoutMs: this.config.database.statementTimeoutMs,
-      applicationName: `${this.applicationName}:${cellName}`,
-    });
+    const database = new CellDatabase(cellName, createPool(this.settings(cellName, url, this.config.database.poolSize)));
+    try {
+      await database.open();
+    } catch (error) {
+      await database.close();
+      throw cellDatabaseUnreachable(cellName, error);
+    }
+    this.logger.log({ cell: cellName, database: redactDatabaseUrl(url) }, 'cell database connected');
+    return database;
+  }
+
+  /**
+   * Brings a cell database to the latest schema through a DataSource of one connection (plus the
+   * migration lock's), open for the run only; returns the migrations that ran.
+   */
+  async migrate(cellName: string, url: string): Promise<string[]> {
+    const dataSource = createDataSource('cell', this.settings(cellName, url, 1));
     try {
       await dataSource.initialize();
     } catch (error) {
       throw cellDatabaseUnreachable(cellName, error);
     }
-    this.logger.log({ cell: cellName, database: redactDatabaseUrl(url) }, 'cell database connected');
-    return new CellDatabase(cellName, dataSource);
+    try {
+      return await migrateDatabase(dataSource);
+    } finally {
+      await dataSource.destroy();
+    }
   }
 
   /** Closes and forgets a cell's pool (after the cell is removed). */
@@ -55,7 +68,7 @@ export class CellDatabases implements OnApplicationShutdown {
     this.open.delete(cellName);
     if (!pending) return;
     const database = await pending.catch(() => undefined);
-    if (database?.dataSource.isInitialized) await database.dataSource.destroy();
+    await database?.close();
   }
 
   async onApplicationShutdown(): Promise<void> {
@@ -66,5 +79,15 @@ export class CellDatabases implements OnApplicationShutdown {
     const cell = await this.control.cells.findByName(cellName);
     if (!cell) throw cellNotFound(cellName);
     return this.connectUrl(cellName, cell.databaseUrl);
+  }
+
+  private settings(cellName: string, url: string, poolSize: number): DatabaseSettings {
+    return {
+      url,
+      poolSize,
+      connectTimeoutMs: this.config.database.connectTimeoutMs,
+      statementTimeoutMs: this.config.database.statementTimeoutMs,
+      applicationName: `${this.applicationName}:${cellName}`,
+    };
   }
 }

@@ -1,6 +1,6 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { ConsoleType, KeyholeError } from '@keyhole/core';
-import { CellEntity, ControlDatabase, migrateDatabase, postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
+import { CellEntity, ControlDatabase, inTransaction, postgresErrorCode, runCounted, UNIQUE_VIOLATION } from '@keyhole/db';
 import { CellDatabases } from './cell-databases';
 import { cellNotFound } from './cells.errors';
 
@@ -96,15 +96,10 @@ export class CellsService {
    * The cell database itself is left untouched.
    */
   async remove(name: string): Promise<{ revokedCredentials: number }> {
-    const revokedCredentials = await this.control.dataSource.transaction(async (manager) => {
-      // TypeORM answers DELETE and UPDATE with [rows, affected count].
-      const [, deleted] = await manager.query<[unknown, number]>('DELETE FROM cells WHERE name = $1', [name]);
+    const revokedCredentials = await inTransaction(this.control.pool, async (client) => {
+      const deleted = await runCounted(client, 'DELETE FROM cells WHERE name = $1', [name]);
       if (deleted === 0) throw cellNotFound(name);
-      const [, revoked] = await manager.query<[unknown, number]>(
-        'UPDATE api_credentials SET revoked_at = now() WHERE cell_name = $1 AND revoked_at IS NULL',
-        [name],
-      );
-      return revoked;
+      return runCounted(client, 'UPDATE api_credentials SET revoked_at = now() WHERE cell_name = $1 AND revoked_at IS NULL', [name]);
     });
     await this.databases.close(name);
     return { revokedCredentials };
@@ -114,20 +109,14 @@ export class CellsService {
   async migrateAll(): Promise<Record<string, string[]>> {
     const applied: Record<string, string[]> = {};
     for (const cell of await this.control.cells.listAll()) {
-      const database = await this.databases.get(cell.name);
-      applied[cell.name] = await migrateDatabase(database.dataSource);
+      applied[cell.name] = await this.databases.migrate(cell.name, cell.databaseUrl);
     }
     return applied;
   }
 
   private async migrateUrl(name: string, databaseUrl: string): Promise<void> {
-    const database = await this.databases.connectUrl(name, databaseUrl);
-    try {
-      const applied = await migrateDatabase(database.dataSource);
-      this.logger.log({ cell: name, migrations: applied }, 'cell database migrated');
-    } finally {
-      await database.dataSource.destroy();
-    }
+    const applied = await this.databases.migrate(name, databaseUrl);
+    this.logger.log({ cell: name, migrations: applied }, 'cell database migrated');
   }
 
   private async getRow(name: string): Promise<CellEntity> {

@@ -18,10 +18,7 @@ export class OperationsController {
 
   @Get('readyz')
   async ready(@Res({ passthrough: true }) response: Response) {
-    const database = await this.runtime.cell.dataSource.query('SELECT 1').then(
-      () => true,
-      () => false,
-    );
+    const database = await this.runtime.cell.isReachable();
     const ready = database && this.runtime.proxy.ready;
     response.status(ready ? 200 : 503);
     return { status: ready ? 'ready' : 'unavailable', cell: this.runtime.cellName, cellDatabase: database, listening: this.runtime.proxy.ready, liveSessions: this.runtime.proxy.liveSessions };

@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
-import { createDataSource, redactDatabaseUrl } from '@keyhole/db';
+import { createPool, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
@@ -34,7 +34,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     this.cellName = cellName;
     this.cell = new CellDatabase(
       cellName,
-      createDataSource('cell', {
+      createPool({
         url: cellDatabaseUrl,
         poolSize: config.database.poolSize,
         connectTimeoutMs: config.database.connectTimeoutMs,
@@ -61,7 +61,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   }
 
   async onModuleInit(): Promise<void> {
-    await this.cell.dataSource.initialize();
+    await this.cell.open();
     await this.proxy.start();
     this.server().on('upgrade', this.proxy.handleUpgrade);
     this.logger.log(
@@ -90,7 +90,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
 
   async onApplicationShutdown(): Promise<void> {
     await this.proxy.stop();
-    if (this.cell.dataSource.isInitialized) await this.cell.dataSource.destroy();
+    await this.cell.close();
   }
 
   private server(): Server {

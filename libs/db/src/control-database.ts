@@ -1,9 +1,11 @@
 import { Inject, Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import type { Pool } from 'pg';
 import { DataSource } from 'typeorm';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireControlUrl } from '@keyhole/config';
 import { ApiCredentialRepository } from './control/api-credential.repository';
 import { CellRepository } from './control/cell.repository';
 import { createDataSource } from './data-source.factory';
+import { createPool, DatabaseSettings } from './database-pool';
 
 export const APPLICATION_NAME = Symbol('keyhole.applicationName');
 
@@ -11,6 +13,12 @@ export const APPLICATION_NAME = Symbol('keyhole.applicationName');
 @Injectable()
 export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
   private readonly logger = new Logger(ControlDatabase.name);
+  /** Every query of the app on the control database; owned, ended on shutdown. */
+  readonly pool: Pool;
+  /**
+   * For `migrateDatabase` only, which opens it for the run: one connection then, none otherwise,
+   * so the app's connections to the control database stay within the configured pool size.
+   */
   readonly dataSource: DataSource;
   readonly cells: CellRepository;
   readonly credentials: ApiCredentialRepository;
@@ -19,26 +27,29 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
     @Inject(KEYHOLE_CONFIG) config: KeyholeConfig,
     @Inject(APPLICATION_NAME) applicationName: string,
   ) {
-    this.dataSource = createDataSource('control', {
+    const settings: DatabaseSettings = {
       url: requireControlUrl(config),
       poolSize: config.database.poolSize,
       connectTimeoutMs: config.database.connectTimeoutMs,
       statementTimeoutMs: config.database.statementTimeoutMs,
       applicationName,
-    });
-    this.cells = new CellRepository(this.dataSource);
-    this.credentials = new ApiCredentialRepository(this.dataSource);
+    };
+    this.pool = createPool(settings);
+    this.dataSource = createDataSource('control', { ...settings, poolSize: 1 });
+    this.cells = new CellRepository(this.pool);
+    this.credentials = new ApiCredentialRepository(this.pool);
   }
 
   async onModuleInit(): Promise<void> {
-    await this.dataSource.initialize();
+    // Connect once, so that a database that does not answer fails the start, not the first request.
+    await this.pool.query('SELECT 1');
     this.logger.log('control database connected');
   }
 
   /** Whether the database answers a trivial query; for readiness probes. */
   async isReachable(): Promise<boolean> {
     try {
-      await this.dataSource.query('SELECT 1');
+      await this.pool.query('SELECT 1');
       return true;
     } catch {
       return false;
@@ -47,5 +58,6 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
 
   async onApplicationShutdown(): Promise<void> {
     if (this.dataSource.isInitialized) await this.dataSource.destroy();
+    await this.pool.end();
   }
 }

@@ -1,4 +1,3 @@
-import { types } from 'pg';
 import { DataSource, DataSourceOptions } from 'typeorm';
 import { CELL_MIGRATIONS, CONTROL_MIGRATIONS } from '@keyhole/migrations';
 import { ApiCredentialEntity } from './control/api-credential.entity';
@@ -6,28 +5,18 @@ import { CellEntity } from './control/cell.entity';
 import { CellSettingEntity } from './cell/cell-setting.entity';
 import { ConsoleAuthTokenEntity } from './cell/console-auth-token.entity';
 import { ConsoleSessionEntity } from './cell/console-session.entity';
-
-// Nova's created_at/updated_at are `timestamp without time zone` holding UTC. pg would read them
-// in the process's local zone; read them as UTC whatever TZ the process runs in.
-types.setTypeParser(types.builtins.TIMESTAMP, (value: string) => new Date(`${value.replace(' ', 'T')}Z`));
+import { DatabaseSettings } from './database-pool';
 
 export type DatabaseKind = 'control' | 'cell';
-
-export interface DataSourceSettings {
-  url: string;
-  /** Connections in this pool. */
-  poolSize: number;
-  connectTimeoutMs: number;
-  statementTimeoutMs: number;
-  /** Shown in pg_stat_activity, e.g. `keyhole-api` or `keyhole-proxy:cell1`. */
-  applicationName: string;
-}
 
 export const CONTROL_ENTITIES = [CellEntity, ApiCredentialEntity];
 export const CELL_ENTITIES = [ConsoleAuthTokenEntity, ConsoleSessionEntity, CellSettingEntity];
 
-/** A DataSource (not yet initialized) for a control or cell database. Never `synchronize`. */
-export function createDataSource(kind: DatabaseKind, settings: DataSourceSettings): DataSource {
+/**
+ * A DataSource (not yet initialized) for a control or cell database: it runs the migrations.
+ * The apps reach the tables through their own pg pools (createPool). Never `synchronize`.
+ */
+export function createDataSource(kind: DatabaseKind, settings: DatabaseSettings): DataSource {
   const options: DataSourceOptions = {
     type: 'postgres',
     url: settings.url,

@@ -7,19 +7,24 @@ const MIGRATION_LOCK_KEY = 0x6b68_6d69_6772; // "khmigr"
 /**
  * Brings one database to the latest schema. Several processes may start at once (replicas, CLI),
  * so the run holds a session advisory lock; each migration runs in its own transaction.
+ * A DataSource that is not initialized is opened for the run and destroyed after it (the apps
+ * reach their tables through their own pools and keep no DataSource open).
  * Returns the names of the migrations that ran.
  */
 export async function migrateDatabase(dataSource: DataSource): Promise<string[]> {
+  const openedHere = !dataSource.isInitialized;
+  if (openedHere) await dataSource.initialize();
   // The lock lives on its own connection so that a pool of one can still run the migrations.
   const lock = new Client({ connectionString: (dataSource.options as { url: string }).url });
-  await lock.connect();
   try {
+    await lock.connect();
     await lock.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
     const applied = await dataSource.runMigrations({ transaction: 'each' });
     return applied.map((migration) => migration.name);
   } finally {
     // Ending the session releases the lock even if the unlock is never sent.
     await lock.end();
+    if (openedHere) await dataSource.destroy();
   }
 }
 

@@ -56,10 +56,11 @@ export class PurgeService {
     const startedAt = process.hrtime.bigint();
     // The lock is a session lock, so it lives on one connection held for the whole run; the
     // batches themselves run on other pooled connections.
-    const lockRunner = database.dataSource.createQueryRunner();
-    await lockRunner.connect();
+    const lockConnection = await database.pool.connect();
     try {
-      const [{ locked }] = (await lockRunner.query('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_KEY])) as { locked: boolean }[];
+      const {
+        rows: [{ locked }],
+      } = await lockConnection.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_KEY]);
       if (!locked) return { cell: cellName, ran: false, tokens: 0, sessions: 0, durationMs: 0 };
       try {
         const batchSize = this.config.tokens.purgeBatchSize;
@@ -81,10 +82,10 @@ export class PurgeService {
         this.logger.log({ cell: cellName, host: options.host, tokens, sessions, durationMs: Math.round(durationMs) }, 'purge done');
         return { cell: cellName, ran: true, tokens, sessions, durationMs };
       } finally {
-        await lockRunner.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_KEY]);
+        await lockConnection.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_KEY]);
       }
     } finally {
-      await lockRunner.release();
+      lockConnection.release();
     }
   }
 

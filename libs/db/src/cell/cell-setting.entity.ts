@@ -1,5 +1,6 @@
 import { Column, Entity } from 'typeorm';
-import { bigintAsNumber } from '../column-transformers';
+import { bigintAsNumber, int8AsNumber } from '../column-transformers';
+import { RowMapper } from '../row-mapper';
 
 /** One change of a cell setting; the newest row of a name is the current value. */
 @Entity({ name: 'cell_settings' })
@@ -19,3 +20,12 @@ export class CellSettingEntity {
   @Column({ name: 'changed_at', type: 'timestamptz', insert: false, update: false })
   changedAt!: Date;
 }
+
+/** How keyhole's SQL statements read `cell_settings` rows. */
+export const cellSettingRows = new RowMapper(CellSettingEntity, {
+  id: { column: 'id', read: int8AsNumber },
+  name: { column: 'name' },
+  value: { column: 'value' },
+  changedBy: { column: 'changed_by' },
+  changedAt: { column: 'changed_at' },
+});

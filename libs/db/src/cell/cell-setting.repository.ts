@@ -1,7 +1,8 @@
-import { DataSource } from 'typeorm';
-import { CellSettingEntity } from './cell-setting.entity';
+import type { Pool } from 'pg';
+import { CellSettingEntity, cellSettingRows } from './cell-setting.entity';
 import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
+import { inTransaction } from '../database-pool';
 
 /** Names of cell settings. */
 export const LEGACY_FALLBACK_SETTING = 'legacy_fallback';
@@ -10,24 +11,30 @@ export const LEGACY_FALLBACK_SETTING = 'legacy_fallback';
 export class CellSettingRepository {
   constructor(
     readonly cellName: string,
-    private readonly dataSource: DataSource,
+    private readonly pool: Pool,
   ) {}
 
   /** The newest row of a setting, or null when it was never set. */
-  current(name: string): Promise<CellSettingEntity | null> {
-    return this.dataSource.getRepository(CellSettingEntity).findOne({ where: { name }, order: { id: 'DESC' } });
+  async current(name: string): Promise<CellSettingEntity | null> {
+    const [row] = await this.history(name, 1);
+    return row ?? null;
   }
 
   /** The newest changes of a setting, newest first. */
-  history(name: string, limit: number): Promise<CellSettingEntity[]> {
-    return this.dataSource.getRepository(CellSettingEntity).find({ where: { name }, order: { id: 'DESC' }, take: limit });
+  async history(name: string, limit: number): Promise<CellSettingEntity[]> {
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${cellSettingRows.selectList()} FROM cell_settings WHERE name = $1 ORDER BY id DESC LIMIT $2`,
+      [name, limit],
+    );
+    return rows.map((row) => cellSettingRows.fromRow(row));
   }
 
   /** Records a new value and tells every proxy of the cell, in one transaction. */
   set(name: string, value: unknown, changedBy: string): Promise<void> {
-    return this.dataSource.transaction(async (manager) => {
-      await manager.getRepository(CellSettingEntity).insert({ name, value: value as object, changedBy });
-      await notify(manager, consoleEventPayloads({ kind: 'settings' }));
+    return inTransaction(this.pool, async (client) => {
+      // pg would send an array as a PostgreSQL array and a string as text: jsonb wants JSON.
+      await client.query('INSERT INTO cell_settings (name, value, changed_by) VALUES ($1, $2::jsonb, $3)', [name, JSON.stringify(value), changedBy]);
+      await notify(client, consoleEventPayloads({ kind: 'settings' }));
     });
   }
 }

@@ -1,5 +1,6 @@
 import { Column, Entity } from 'typeorm';
-import { bigintAsNumber } from '../column-transformers';
+import { bigintAsNumber, int8AsNumber } from '../column-transformers';
+import { RowMapper } from '../row-mapper';
 
 /**
  * A row of Nova's `console_auth_tokens` cell table plus keyhole's own columns. The plaintext token
@@ -57,3 +58,22 @@ export class ConsoleAuthTokenEntity {
   @Column({ name: 'issued_by', type: 'varchar', length: 32, nullable: true })
   issuedBy!: string | null;
 }
+
+/** How keyhole's SQL statements read `console_auth_tokens` rows. */
+export const consoleAuthTokenRows = new RowMapper(ConsoleAuthTokenEntity, {
+  id: { column: 'id', read: int8AsNumber },
+  tokenHash: { column: 'token_hash' },
+  consoleType: { column: 'console_type' },
+  host: { column: 'host' },
+  port: { column: 'port' },
+  tlsPort: { column: 'tls_port' },
+  internalAccessPath: { column: 'internal_access_path' },
+  instanceUuid: { column: 'instance_uuid' },
+  expires: { column: 'expires', read: int8AsNumber },
+  accessUrlBase: { column: 'access_url_base' },
+  createdAt: { column: 'created_at' },
+  updatedAt: { column: 'updated_at' },
+  rowVersion: { column: 'row_version' },
+  objectVersion: { column: 'object_version' },
+  issuedBy: { column: 'issued_by' },
+});

@@ -1,46 +1,62 @@
-import { DataSource, Repository } from 'typeorm';
-import { ConsoleAuthTokenEntity } from './console-auth-token.entity';
+import type { Pool } from 'pg';
+import { ConsoleAuthTokenEntity, consoleAuthTokenRows } from './console-auth-token.entity';
 import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
+import { inTransaction, runCounted, runPrepared } from '../database-pool';
 import { isRowDataError } from '../postgres-errors';
-import { runPrepared } from '../prepared-statements';
 import { expiredBatchDeleteSql } from './purge-statements';
 import { BatchOutcome, QueryBatcher } from '../query-batcher';
 
-/** Every column of the table, for prepared statements (which must not select `*`). */
-const TOKEN_COLUMNS =
-  'id, token_hash, console_type, host, port, tls_port, internal_access_path, instance_uuid, expires, access_url_base, ' +
-  'created_at, updated_at, row_version, object_version, issued_by';
+/** What keyhole writes of a new row; the table fills in the rest (id, timestamps, row version). */
+const NEW_ROW_PROPERTIES = [
+  'tokenHash',
+  'consoleType',
+  'host',
+  'port',
+  'tlsPort',
+  'internalAccessPath',
+  'instanceUuid',
+  'expires',
+  'accessUrlBase',
+  'objectVersion',
+  'issuedBy',
+] as const satisfies readonly (keyof ConsoleAuthTokenEntity)[];
 
-const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens
-    (token_hash, console_type, host, port, tls_port, internal_access_path, instance_uuid, expires, access_url_base, object_version, issued_by)
+export type NewConsoleAuthTokenRow = Pick<ConsoleAuthTokenEntity, (typeof NEW_ROW_PROPERTIES)[number]>;
+
+const NEW_ROW_COLUMNS = consoleAuthTokenRows.columnNames(NEW_ROW_PROPERTIES);
+
+// The casts follow NEW_ROW_PROPERTIES, in order.
+const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS})
   SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::integer[], $5::integer[], $6::text[], $7::varchar[],
                        $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
-  RETURNING ${TOKEN_COLUMNS}`;
+  RETURNING ${consoleAuthTokenRows.selectList()}`;
 
-export type NewConsoleAuthTokenRow = Pick<
-  ConsoleAuthTokenEntity,
-  | 'tokenHash'
-  | 'consoleType'
-  | 'host'
-  | 'port'
-  | 'tlsPort'
-  | 'internalAccessPath'
-  | 'instanceUuid'
-  | 'expires'
-  | 'accessUrlBase'
-  | 'objectVersion'
-  | 'issuedBy'
->;
+const INSERT_IF_ABSENT_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS})
+  VALUES (${NEW_ROW_PROPERTIES.map((_, index) => `$${index + 1}`).join(', ')})
+  ON CONFLICT DO NOTHING RETURNING id`;
 
 /**
  * What the console proxy needs of a token to open its console. Its lookup runs on every connect
  * and every refused guess: no timestamps or bookkeeping columns to parse.
  */
-export type ConsoleGrantRow = Pick<
-  ConsoleAuthTokenEntity,
-  'id' | 'tokenHash' | 'consoleType' | 'host' | 'port' | 'internalAccessPath' | 'instanceUuid' | 'expires' | 'accessUrlBase'
->;
+const grants = consoleAuthTokenRows.projection([
+  'id',
+  'tokenHash',
+  'consoleType',
+  'host',
+  'port',
+  'internalAccessPath',
+  'instanceUuid',
+  'expires',
+  'accessUrlBase',
+]);
+
+export type ConsoleGrantRow = ReturnType<typeof grants.read>;
+
+const FIND_GRANTS_SQL = `SELECT ${grants.selectList} FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2`;
+
+const FIND_VALID_SQL = `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1`;
 
 export interface TokenListFilter {
   instanceUuid?: string;
@@ -51,14 +67,12 @@ export interface TokenListFilter {
 
 /** Every side effect on one cell's `console_auth_tokens`. Built per cell by the cell registry. */
 export class ConsoleAuthTokenRepository {
-  private readonly rows: Repository<ConsoleAuthTokenEntity>;
   private readonly inserts: QueryBatcher<NewConsoleAuthTokenRow, ConsoleAuthTokenEntity>;
 
   constructor(
     readonly cellName: string,
-    private readonly dataSource: DataSource,
+    private readonly pool: Pool,
   ) {
-    this.rows = dataSource.getRepository(ConsoleAuthTokenEntity);
     this.inserts = new QueryBatcher((rows) => this.insertBatch(rows), { maxInFlight: 2, maxBatchSize: 256 });
   }
 
@@ -73,21 +87,16 @@ export class ConsoleAuthTokenRepository {
 
   /** Inserts a row unless its hash is already stored; returns whether it was inserted (imports). */
   async insertIfAbsent(row: NewConsoleAuthTokenRow): Promise<boolean> {
-    const result = await this.rows.createQueryBuilder().insert().values(row).orIgnore().returning('id').execute();
-    return (result.raw as unknown[]).length > 0;
+    const inserted = await this.pool.query(INSERT_IF_ABSENT_SQL, NEW_ROW_PROPERTIES.map((property) => row[property]));
+    return inserted.rows.length > 0;
   }
 
   /** The row whose hash matches and whose `expires` is strictly after `nowSeconds` (Nova's rule). */
   async findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
-    // Every token check of the API runs this: a prepared statement on the unique index, mapped by
-    // hand, without the query builder's work or a parse and plan per call.
-    const rows = await runPrepared<Record<string, unknown>>(
-      this.dataSource,
-      'keyhole_find_valid_token',
-      `SELECT ${TOKEN_COLUMNS} FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1`,
-      [tokenHash, nowSeconds],
-    );
-    return rows.length === 0 ? null : this.fromRaw(rows[0]);
+    // Every token check of the API runs this: a prepared statement on the unique index, without a
+    // parse and plan per call.
+    const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_valid_token', FIND_VALID_SQL, [tokenHash, nowSeconds]);
+    return rows.length === 0 ? null : consoleAuthTokenRows.fromRow(rows[0]);
   }
 
   /**
@@ -97,37 +106,29 @@ export class ConsoleAuthTokenRepository {
    */
   async findValidByHashes(tokenHashes: string[], nowSeconds: number): Promise<ConsoleGrantRow[]> {
     if (tokenHashes.length === 0) return [];
-    const rows = await runPrepared<Record<string, unknown>>(
-      this.dataSource,
-      'keyhole_find_console_grants',
-      'SELECT id, token_hash, console_type, host, port, internal_access_path, instance_uuid, expires, access_url_base ' +
-        'FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2',
-      [tokenHashes, nowSeconds],
+    const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_console_grants', FIND_GRANTS_SQL, [tokenHashes, nowSeconds]);
+    return rows.map((row) => grants.read(row));
+  }
+
+  async findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens WHERE id = $1`,
+      [id],
     );
-    return rows.map((raw) => ({
-      id: Number(raw.id),
-      tokenHash: raw.token_hash as string,
-      consoleType: raw.console_type as string,
-      host: raw.host as string,
-      port: raw.port as number,
-      internalAccessPath: (raw.internal_access_path as string | null) ?? null,
-      instanceUuid: raw.instance_uuid as string,
-      expires: Number(raw.expires),
-      accessUrlBase: (raw.access_url_base as string | null) ?? null,
-    }));
+    return rows.length === 0 ? null : consoleAuthTokenRows.fromRow(rows[0]);
   }
 
-  findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
-    return this.rows.findOneBy({ id });
-  }
-
-  list(filter: TokenListFilter): Promise<ConsoleAuthTokenEntity[]> {
-    const query = this.rows.createQueryBuilder('t').orderBy('t.id', 'ASC').limit(filter.limit);
-    if (filter.instanceUuid !== undefined) {
-      query.andWhere('t.instance_uuid = :instanceUuid', { instanceUuid: filter.instanceUuid });
-    }
-    if (filter.afterId !== undefined) query.andWhere('t.id > :afterId', { afterId: filter.afterId });
-    return query.getMany();
+  async list(filter: TokenListFilter): Promise<ConsoleAuthTokenEntity[]> {
+    const conditions: string[] = [];
+    const parameters: unknown[] = [];
+    if (filter.instanceUuid !== undefined) conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);
+    if (filter.afterId !== undefined) conditions.push(`id > $${parameters.push(filter.afterId)}`);
+    const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens ${where} ORDER BY id ASC LIMIT $${parameters.push(filter.limit)}`,
+      parameters,
+    );
+    return rows.map((row) => consoleAuthTokenRows.fromRow(row));
   }
 
   /**
@@ -148,32 +149,29 @@ export class ConsoleAuthTokenRepository {
 
   /** Whether this hash belongs to a token revoked in keyhole that has not expired yet. */
   async isRevokedHash(tokenHash: string, nowSeconds: number): Promise<boolean> {
-    const rows = await this.dataSource.query<unknown[]>('SELECT 1 FROM revoked_token_hashes WHERE token_hash = $1 AND expires > $2', [tokenHash, nowSeconds]);
+    const { rows } = await this.pool.query('SELECT 1 FROM revoked_token_hashes WHERE token_hash = $1 AND expires > $2', [tokenHash, nowSeconds]);
     return rows.length > 0;
   }
 
   /** Deletes at most `batchSize` tombstones of tokens that have expired anyway; returns how many. */
   async deleteExpiredTombstonesBatch(nowSeconds: number, batchSize: number): Promise<number> {
-    const [, count] = await this.dataSource.query<[unknown[], number]>(
-      expiredBatchDeleteSql('revoked_token_hashes'),
-      [nowSeconds, batchSize],
-    );
-    return count;
+    return runCounted(this.pool, expiredBatchDeleteSql('revoked_token_hashes'), [nowSeconds, batchSize]);
   }
 
   /** Distinct host:port targets of an instance's valid tokens of one console type. */
   async listValidTargets(instanceUuid: string, consoleType: string, nowSeconds: number): Promise<{ host: string; port: number }[]> {
-    return this.dataSource.query<{ host: string; port: number }[]>(
+    const { rows } = await this.pool.query<{ host: string; port: number }>(
       `SELECT DISTINCT host, port FROM console_auth_tokens
         WHERE instance_uuid = $1 AND console_type = $2 AND expires > $3 ORDER BY host, port`,
       [instanceUuid, consoleType, nowSeconds],
     );
+    return rows;
   }
 
   /** Of these token ids, the ones that no longer have a row (revoked while a proxy was not listening). */
   async findMissing(ids: number[]): Promise<number[]> {
     if (ids.length === 0) return [];
-    const rows = await this.dataSource.query<{ id: string }[]>('SELECT id FROM console_auth_tokens WHERE id = ANY($1::bigint[])', [ids]);
+    const { rows } = await this.pool.query<{ id: string }>('SELECT id FROM console_auth_tokens WHERE id = ANY($1::bigint[])', [ids]);
     const present = new Set(rows.map((row) => Number(row.id)));
     return ids.filter((id) => !present.has(id));
   }
@@ -184,8 +182,8 @@ export class ConsoleAuthTokenRepository {
    * end their sessions, all in one transaction.
    */
   private deleteAndAnnounce(where: string, parameters: unknown[], instanceUuids?: string[]): Promise<number[]> {
-    return this.dataSource.transaction(async (manager) => {
-      const rows = await manager.query<{ id: string }[]>(
+    return inTransaction(this.pool, async (client) => {
+      const { rows } = await client.query<{ id: string }>(
         `WITH deleted AS (DELETE FROM console_auth_tokens WHERE ${where} RETURNING id, token_hash, expires),
               tombstones AS (
                 INSERT INTO revoked_token_hashes (token_hash, expires)
@@ -197,7 +195,7 @@ export class ConsoleAuthTokenRepository {
       const ids = rows.map((row) => Number(row.id));
       // Delivered at commit, so a proxy never ends a session for a revocation that rolled back.
       if (ids.length > 0 || instanceUuids?.length) {
-        await notify(manager, consoleEventPayloads({ kind: 'revoke', tokenIds: ids, ...(instanceUuids ? { instanceUuids } : {}) }));
+        await notify(client, consoleEventPayloads({ kind: 'revoke', tokenIds: ids, ...(instanceUuids ? { instanceUuids } : {}) }));
       }
       return ids;
     });
@@ -211,11 +209,7 @@ export class ConsoleAuthTokenRepository {
   async deleteExpiredBatch(nowSeconds: number, batchSize: number, host?: string): Promise<number> {
     const parameters: unknown[] = [nowSeconds, batchSize];
     if (host !== undefined) parameters.push(host);
-    const [, count] = await this.rows.manager.query<[unknown[], number]>(
-      expiredBatchDeleteSql('console_auth_tokens', host !== undefined),
-      parameters,
-    );
-    return count;
+    return runCounted(this.pool, expiredBatchDeleteSql('console_auth_tokens', host !== undefined), parameters);
   }
 
   /**
@@ -226,19 +220,12 @@ export class ConsoleAuthTokenRepository {
   private async insertBatch(rows: NewConsoleAuthTokenRow[]): Promise<BatchOutcome<ConsoleAuthTokenEntity>[]> {
     let raws: Record<string, unknown>[];
     try {
-      raws = await runPrepared<Record<string, unknown>>(this.dataSource, 'keyhole_insert_tokens', INSERT_ROWS_SQL, [
-        rows.map((row) => row.tokenHash),
-        rows.map((row) => row.consoleType),
-        rows.map((row) => row.host),
-        rows.map((row) => row.port),
-        rows.map((row) => row.tlsPort),
-        rows.map((row) => row.internalAccessPath),
-        rows.map((row) => row.instanceUuid),
-        rows.map((row) => row.expires),
-        rows.map((row) => row.accessUrlBase),
-        rows.map((row) => row.objectVersion),
-        rows.map((row) => row.issuedBy),
-      ]);
+      raws = await runPrepared<Record<string, unknown>>(
+        this.pool,
+        'keyhole_insert_tokens',
+        INSERT_ROWS_SQL,
+        NEW_ROW_PROPERTIES.map((property) => rows.map((row) => row[property])),
+      );
     } catch (error) {
       if (rows.length === 1 || !isRowDataError(error)) throw error;
       const outcomes: BatchOutcome<ConsoleAuthTokenEntity>[] = [];
@@ -251,32 +238,12 @@ export class ConsoleAuthTokenRepository {
       }
       return outcomes;
     }
-    const byHash = new Map(raws.map((raw) => [raw.token_hash as string, raw]));
+    const byHash = new Map(raws.map((raw) => [raw.tokenHash as string, raw]));
     return rows.map((row) => {
       const raw = byHash.get(row.tokenHash);
       // Cannot happen (the statement inserts every row or fails); refuse rather than guess.
       if (raw === undefined) return { ok: false, error: new Error('an inserted token row was not returned') };
-      return { ok: true, value: this.fromRaw(raw) };
+      return { ok: true, value: consoleAuthTokenRows.fromRow(raw) };
     });
-  }
-
-  private fromRaw(raw: Record<string, unknown>): ConsoleAuthTokenEntity {
-    const entity = new ConsoleAuthTokenEntity();
-    entity.id = Number(raw.id);
-    entity.tokenHash = raw.token_hash as string;
-    entity.consoleType = raw.console_type as string;
-    entity.host = raw.host as string;
-    entity.port = raw.port as number;
-    entity.tlsPort = (raw.tls_port as number | null) ?? null;
-    entity.internalAccessPath = (raw.internal_access_path as string | null) ?? null;
-    entity.instanceUuid = raw.instance_uuid as string;
-    entity.expires = Number(raw.expires);
-    entity.accessUrlBase = (raw.access_url_base as string | null) ?? null;
-    entity.createdAt = (raw.created_at as Date | null) ?? null;
-    entity.updatedAt = (raw.updated_at as Date | null) ?? null;
-    entity.rowVersion = raw.row_version as number;
-    entity.objectVersion = (raw.object_version as string | null) ?? null;
-    entity.issuedBy = (raw.issued_by as string | null) ?? null;
-    return entity;
   }
 }

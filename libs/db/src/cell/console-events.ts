@@ -1,25 +1,39 @@
+import { z } from 'zod';
+
 /**
  * The PostgreSQL NOTIFY channel on which a cell tells every proxy replica to end live sessions.
  * Payloads are JSON, at most PostgreSQL's 8000 bytes, so id lists are sent in chunks.
  */
 export const CONSOLE_EVENTS_CHANNEL = 'keyhole_console_events';
 
-export type ConsoleEvent =
+/** Session and instance ids are UUIDs; the bound keeps a hostile payload from growing the id sets. */
+const shortId = z.string().max(36);
+
+/**
+ * The wire format of a notification payload (JSON). Keys beyond these are ignored, so an older
+ * proxy still understands a newer sender's events; anything else is refused whole.
+ */
+const consoleEventSchema = z.discriminatedUnion('kind', [
   /**
    * These tokens were revoked: end every live session that uses one of them, and, for revocations
    * by instance, the sessions of those instances that came from the legacy store (no token id).
+   * Token ids are int8 ids read as numbers: only safe integers are taken.
    */
-  | { kind: 'revoke'; tokenIds: number[]; instanceUuids?: string[] }
+  z.object({ kind: z.literal('revoke'), tokenIds: z.array(z.int()), instanceUuids: z.array(shortId).optional() }),
   /** An operator ended these sessions. */
-  | { kind: 'end-session'; sessionIds: string[] }
+  z.object({ kind: z.literal('end-session'), sessionIds: z.array(shortId) }),
   /** A cell setting changed (the legacy fallback flag): read it again. */
-  | { kind: 'settings' };
+  z.object({ kind: z.literal('settings') }),
+]);
+
+export type ConsoleEvent = z.infer<typeof consoleEventSchema>;
 
 /** Ids per notification: 150 ids of up to 16 digits, or 150 quoted 36-character UUIDs (~5900 bytes), fit. */
 export const IDS_PER_EVENT = 150;
 
 /** Parses a notification payload; null for anything that is not a well-formed event. */
 export function parseConsoleEvent(payload: string | undefined): ConsoleEvent | null {
+  // Longer than NOTIFY allows: not from a keyhole sender, and not worth parsing.
   if (!payload || payload.length > 8000) return null;
   let value: unknown;
   try {
@@ -27,18 +41,8 @@ export function parseConsoleEvent(payload: string | undefined): ConsoleEvent | n
   } catch {
     return null;
   }
-  if (typeof value !== 'object' || value === null) return null;
-  const event = value as Record<string, unknown>;
-  if (event.kind === 'revoke' && Array.isArray(event.tokenIds) && event.tokenIds.every((id) => Number.isSafeInteger(id))) {
-    const instances = event.instanceUuids;
-    if (instances !== undefined && !(Array.isArray(instances) && instances.every((id) => typeof id === 'string' && id.length <= 36))) return null;
-    return instances === undefined ? { kind: 'revoke', tokenIds: event.tokenIds as number[] } : { kind: 'revoke', tokenIds: event.tokenIds as number[], instanceUuids: instances as string[] };
-  }
-  if (event.kind === 'settings') return { kind: 'settings' };
-  if (event.kind === 'end-session' && Array.isArray(event.sessionIds) && event.sessionIds.every((id) => typeof id === 'string' && id.length <= 36)) {
-    return { kind: 'end-session', sessionIds: event.sessionIds as string[] };
-  }
-  return null;
+  const parsed = consoleEventSchema.safeParse(value);
+  return parsed.success ? parsed.data : null;
 }
 
 /** The payloads that announce `event`, chunked to fit NOTIFY. */

@@ -1,5 +1,6 @@
 import { Column, Entity, PrimaryColumn } from 'typeorm';
-import { bigintAsNumber } from '../column-transformers';
+import { bigintAsNumber, int8AsNumber } from '../column-transformers';
+import { RowMapper } from '../row-mapper';
 
 /** One proxied console connection, written by the console proxy of the cell. */
 @Entity({ name: 'console_sessions' })
@@ -52,3 +53,23 @@ export class ConsoleSessionEntity {
   @Column({ name: 'bytes_to_upstream', type: 'bigint', default: 0, transformer: bigintAsNumber })
   bytesToUpstream!: number;
 }
+
+/** How keyhole's SQL statements read `console_sessions` rows. */
+export const consoleSessionRows = new RowMapper(ConsoleSessionEntity, {
+  id: { column: 'id' },
+  tokenId: { column: 'token_id', read: int8AsNumber },
+  tokenSource: { column: 'token_source' },
+  tokenFingerprint: { column: 'token_fingerprint' },
+  instanceUuid: { column: 'instance_uuid' },
+  consoleType: { column: 'console_type' },
+  host: { column: 'host' },
+  port: { column: 'port' },
+  proxyInstance: { column: 'proxy_instance' },
+  clientAddress: { column: 'client_address' },
+  startedAt: { column: 'started_at' },
+  lastSeenAt: { column: 'last_seen_at' },
+  endedAt: { column: 'ended_at' },
+  closeReason: { column: 'close_reason' },
+  bytesToClient: { column: 'bytes_to_client', read: int8AsNumber },
+  bytesToUpstream: { column: 'bytes_to_upstream', read: int8AsNumber },
+});

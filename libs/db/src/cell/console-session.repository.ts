@@ -1,7 +1,7 @@
-import { DataSource, EntityManager } from 'typeorm';
-import { ConsoleSessionEntity } from './console-session.entity';
+import type { Pool, PoolClient } from 'pg';
+import { ConsoleSessionEntity, consoleSessionRows } from './console-session.entity';
 import { CONSOLE_EVENTS_CHANNEL, consoleEventPayloads } from './console-events';
-import { runPrepared } from '../prepared-statements';
+import { inTransaction, runCounted, runPrepared } from '../database-pool';
 
 export type NewConsoleSessionRow = Pick<
   ConsoleSessionEntity,
@@ -34,7 +34,7 @@ export interface SessionListFilter {
 export class ConsoleSessionRepository {
   constructor(
     readonly cellName: string,
-    private readonly dataSource: DataSource,
+    private readonly pool: Pool,
   ) {}
 
   /**
@@ -44,7 +44,7 @@ export class ConsoleSessionRepository {
   async insertBatch(rows: SessionRecord[]): Promise<void> {
     if (rows.length === 0) return;
     await runPrepared(
-      this.dataSource,
+      this.pool,
       'keyhole_insert_sessions',
       `INSERT INTO console_sessions (id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
                                      proxy_instance, client_address, ended_at, close_reason, bytes_to_client, bytes_to_upstream)
@@ -85,7 +85,7 @@ export class ConsoleSessionRepository {
     // A holder may end between the refused insert and the look-up of its id: then try again.
     for (let attempt = 0; attempt < 3; attempt++) {
       const inserted = await runPrepared<{ id: string }>(
-        this.dataSource,
+        this.pool,
         'keyhole_claim_exclusive_console',
         // The stale holder is ended before the insert is checked: the count() in the WHERE is an
         // init plan that runs the UPDATE to completion first, and a row this statement updated no
@@ -114,7 +114,7 @@ export class ConsoleSessionRepository {
         ],
       );
       if (inserted.length > 0) return null;
-      const holders = await this.dataSource.query<{ id: string }[]>(
+      const { rows: holders } = await this.pool.query<{ id: string }>(
         'SELECT id FROM console_sessions WHERE host = $1 AND port = $2 AND console_type = $3 AND ended_at IS NULL LIMIT 1',
         [row.host, row.port, row.consoleType],
       );
@@ -126,7 +126,7 @@ export class ConsoleSessionRepository {
   /** Marks these live sessions as seen now, with their byte counts so far (one statement). */
   async heartbeat(sessions: SessionCounters[]): Promise<void> {
     if (sessions.length === 0) return;
-    await this.dataSource.query(
+    await this.pool.query(
       `UPDATE console_sessions s
           SET last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
          FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, to_client, to_upstream)
@@ -142,7 +142,7 @@ export class ConsoleSessionRepository {
   async endBatch(ends: SessionEnd[]): Promise<void> {
     if (ends.length === 0) return;
     await runPrepared(
-      this.dataSource,
+      this.pool,
       'keyhole_end_sessions',
       `UPDATE console_sessions s
           SET ended_at = COALESCE(ended_at, now()), close_reason = COALESCE(close_reason, v.reason),
@@ -153,33 +153,33 @@ export class ConsoleSessionRepository {
     );
   }
 
-  findById(id: string): Promise<ConsoleSessionEntity | null> {
-    return this.dataSource.getRepository(ConsoleSessionEntity).findOneBy({ id });
+  async findById(id: string): Promise<ConsoleSessionEntity | null> {
+    const { rows } = await this.pool.query<Record<string, unknown>>(`SELECT ${consoleSessionRows.selectList()} FROM console_sessions WHERE id = $1`, [id]);
+    return rows.length === 0 ? null : consoleSessionRows.fromRow(rows[0]);
   }
 
-  list(filter: SessionListFilter): Promise<ConsoleSessionEntity[]> {
-    const query = this.dataSource
-      .getRepository(ConsoleSessionEntity)
-      .createQueryBuilder('s')
-      .orderBy('s.started_at', 'DESC')
-      .limit(filter.limit);
-    if (filter.liveOnly) query.andWhere('s.ended_at IS NULL');
-    if (filter.instanceUuid !== undefined) query.andWhere('s.instance_uuid = :instanceUuid', { instanceUuid: filter.instanceUuid });
-    return query.getMany();
+  async list(filter: SessionListFilter): Promise<ConsoleSessionEntity[]> {
+    const conditions: string[] = [];
+    const parameters: unknown[] = [];
+    if (filter.liveOnly) conditions.push('ended_at IS NULL');
+    if (filter.instanceUuid !== undefined) conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);
+    const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${consoleSessionRows.selectList()} FROM console_sessions ${where} ORDER BY started_at DESC LIMIT $${parameters.push(filter.limit)}`,
+      parameters,
+    );
+    return rows.map((row) => consoleSessionRows.fromRow(row));
   }
 
   /** Live sessions on these console targets (exclusive-port status), of any type. */
-  listLiveOnTargets(targets: { host: string; port: number }[]): Promise<ConsoleSessionEntity[]> {
-    if (targets.length === 0) return Promise.resolve([]);
-    return this.dataSource
-      .getRepository(ConsoleSessionEntity)
-      .createQueryBuilder('s')
-      .where('s.ended_at IS NULL')
-      .andWhere('(s.host, s.port) IN (SELECT * FROM unnest(:hosts::varchar[], :ports::int[]))', {
-        hosts: targets.map((t) => t.host),
-        ports: targets.map((t) => t.port),
-      })
-      .getMany();
+  async listLiveOnTargets(targets: { host: string; port: number }[]): Promise<ConsoleSessionEntity[]> {
+    if (targets.length === 0) return [];
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${consoleSessionRows.selectList()} FROM console_sessions
+        WHERE ended_at IS NULL AND (host, port) IN (SELECT * FROM unnest($1::varchar[], $2::int[]))`,
+      [targets.map((t) => t.host), targets.map((t) => t.port)],
+    );
+    return rows.map((row) => consoleSessionRows.fromRow(row));
   }
 
   /**
@@ -187,13 +187,14 @@ export class ConsoleSessionRepository {
    * (the notification is delivered at commit). Returns false when no live session has that id.
    */
   endByOperator(id: string): Promise<boolean> {
-    return this.dataSource.transaction(async (manager) => {
-      const [, count] = await manager.query<[unknown[], number]>(
+    return inTransaction(this.pool, async (client) => {
+      const count = await runCounted(
+        client,
         `UPDATE console_sessions SET ended_at = now(), close_reason = 'ended by operator' WHERE id = $1 AND ended_at IS NULL`,
         [id],
       );
       if (count === 0) return false;
-      await notify(manager, consoleEventPayloads({ kind: 'end-session', sessionIds: [id] }));
+      await notify(client, consoleEventPayloads({ kind: 'end-session', sessionIds: [id] }));
       return true;
     });
   }
@@ -201,7 +202,7 @@ export class ConsoleSessionRepository {
   /** Of these sessions, the ids no longer live in the database (ended by an operator meanwhile). */
   async findEnded(ids: string[]): Promise<string[]> {
     if (ids.length === 0) return [];
-    const rows = await this.dataSource.query<{ id: string }[]>(
+    const { rows } = await this.pool.query<{ id: string }>(
       'SELECT id FROM console_sessions WHERE id = ANY($1::uuid[]) AND ended_at IS NOT NULL',
       [ids],
     );
@@ -210,7 +211,9 @@ export class ConsoleSessionRepository {
 
   /** How many sessions with a token from the legacy store started since `since`. */
   async countLegacySince(since: Date): Promise<number> {
-    const [{ count }] = await this.dataSource.query<{ count: number }[]>(
+    const {
+      rows: [{ count }],
+    } = await this.pool.query<{ count: number }>(
       `SELECT count(*)::int AS count FROM console_sessions WHERE token_source = 'legacy' AND started_at >= $1`,
       [since],
     );
@@ -219,16 +222,16 @@ export class ConsoleSessionRepository {
 
   /** Deletes at most `batchSize` sessions that ended before `endedBefore`; returns how many. */
   async deleteEndedBatch(endedBefore: Date, batchSize: number): Promise<number> {
-    const [, count] = await this.dataSource.query<[unknown[], number]>(
+    return runCounted(
+      this.pool,
       `DELETE FROM console_sessions WHERE id IN (
          SELECT id FROM console_sessions WHERE ended_at < $1 ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED)`,
       [endedBefore, batchSize],
     );
-    return count;
   }
 }
 
 /** Sends notifications on the console events channel inside the caller's transaction. */
-export async function notify(manager: EntityManager, payloads: string[]): Promise<void> {
-  for (const payload of payloads) await manager.query('SELECT pg_notify($1, $2)', [CONSOLE_EVENTS_CHANNEL, payload]);
+export async function notify(client: PoolClient, payloads: string[]): Promise<void> {
+  for (const payload of payloads) await client.query('SELECT pg_notify($1, $2)', [CONSOLE_EVENTS_CHANNEL, payload]);
 }

@@ -1,4 +1,5 @@
 import { Column, Entity, PrimaryColumn } from 'typeorm';
+import { RowMapper } from '../row-mapper';
 
 export type CredentialRole = 'agent' | 'operator';
 
@@ -31,3 +32,15 @@ export class ApiCredentialEntity {
   @Column({ name: 'revoked_at', type: 'timestamptz', nullable: true })
   revokedAt!: Date | null;
 }
+
+/** How keyhole's SQL statements read `api_credentials` rows. */
+export const apiCredentialRows = new RowMapper(ApiCredentialEntity, {
+  id: { column: 'id' },
+  name: { column: 'name' },
+  role: { column: 'role' },
+  cellName: { column: 'cell_name' },
+  secretHash: { column: 'secret_hash' },
+  createdAt: { column: 'created_at' },
+  lastUsedAt: { column: 'last_used_at' },
+  revokedAt: { column: 'revoked_at' },
+});

@@ -1,30 +1,34 @@
-import { DataSource, IsNull, Repository } from 'typeorm';
-import { runPrepared } from '../prepared-statements';
+import type { Pool } from 'pg';
+import { runCounted, runPrepared } from '../database-pool';
 import { keyedLookups, QueryBatcher } from '../query-batcher';
-import { ApiCredentialEntity } from './api-credential.entity';
+import { ApiCredentialEntity, apiCredentialRows } from './api-credential.entity';
 
-const FIND_CREDENTIALS_SQL =
-  'SELECT id, name, role, cell_name, secret_hash, created_at, last_used_at, revoked_at FROM api_credentials WHERE id = ANY($1::varchar[])';
+const FIND_CREDENTIALS_SQL = `SELECT ${apiCredentialRows.selectList()} FROM api_credentials WHERE id = ANY($1::varchar[])`;
 
 export type NewApiCredentialRow = Pick<ApiCredentialEntity, 'id' | 'name' | 'role' | 'cellName' | 'secretHash'>;
 
 /** The `api_credentials` table of the control database. */
 export class ApiCredentialRepository {
-  private readonly rows: Repository<ApiCredentialEntity>;
   // Every API request reads its key's row: concurrent reads share one query.
   private readonly lookups: QueryBatcher<string, ApiCredentialEntity | null>;
 
-  constructor(private readonly dataSource: DataSource) {
-    this.rows = dataSource.getRepository(ApiCredentialEntity);
+  constructor(private readonly pool: Pool) {
     this.lookups = keyedLookups(
-      async (ids) => (await runPrepared<Record<string, unknown>>(this.dataSource, 'keyhole_find_credentials', FIND_CREDENTIALS_SQL, [ids])).map(fromRaw),
+      async (ids) =>
+        (await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_credentials', FIND_CREDENTIALS_SQL, [ids])).map((row) => apiCredentialRows.fromRow(row)),
       (credential) => credential.id,
       { maxInFlight: 2, maxBatchSize: 256 },
     );
   }
 
   async insert(row: NewApiCredentialRow): Promise<ApiCredentialEntity> {
-    await this.rows.insert(row);
+    await this.pool.query('INSERT INTO api_credentials (id, name, role, cell_name, secret_hash) VALUES ($1, $2, $3, $4, $5)', [
+      row.id,
+      row.name,
+      row.role,
+      row.cellName,
+      row.secretHash,
+    ]);
     return (await this.findById(row.id)) as ApiCredentialEntity;
   }
 
@@ -33,43 +37,19 @@ export class ApiCredentialRepository {
     return this.lookups.call(id);
   }
 
-  listAll(includeRevoked: boolean): Promise<ApiCredentialEntity[]> {
-    return this.rows.find({
-      where: includeRevoked ? {} : { revokedAt: IsNull() },
-      order: { createdAt: 'ASC', id: 'ASC' },
-    });
+  async listAll(includeRevoked: boolean): Promise<ApiCredentialEntity[]> {
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${apiCredentialRows.selectList()} FROM api_credentials ${includeRevoked ? '' : 'WHERE revoked_at IS NULL'} ORDER BY created_at ASC, id ASC`,
+    );
+    return rows.map((row) => apiCredentialRows.fromRow(row));
   }
 
   /** Marks the credential revoked now; returns false when it does not exist or was revoked. */
   async markRevoked(id: string): Promise<boolean> {
-    const result = await this.rows
-      .createQueryBuilder()
-      .update()
-      .set({ revokedAt: () => 'now()' })
-      .where('id = :id AND revoked_at IS NULL', { id })
-      .execute();
-    return (result.affected ?? 0) > 0;
+    return (await runCounted(this.pool, 'UPDATE api_credentials SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL', [id])) > 0;
   }
 
   async touchLastUsed(id: string): Promise<void> {
-    await this.rows
-      .createQueryBuilder()
-      .update()
-      .set({ lastUsedAt: () => 'now()' })
-      .where('id = :id', { id })
-      .execute();
+    await this.pool.query('UPDATE api_credentials SET last_used_at = now() WHERE id = $1', [id]);
   }
-}
-
-function fromRaw(raw: Record<string, unknown>): ApiCredentialEntity {
-  const entity = new ApiCredentialEntity();
-  entity.id = raw.id as string;
-  entity.name = raw.name as string;
-  entity.role = raw.role as ApiCredentialEntity['role'];
-  entity.cellName = (raw.cell_name as string | null) ?? null;
-  entity.secretHash = raw.secret_hash as string;
-  entity.createdAt = raw.created_at as Date;
-  entity.lastUsedAt = (raw.last_used_at as Date | null) ?? null;
-  entity.revokedAt = (raw.revoked_at as Date | null) ?? null;
-  return entity;
 }

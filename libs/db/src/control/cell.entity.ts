@@ -1,4 +1,5 @@
 import { Column, Entity, PrimaryColumn } from 'typeorm';
+import { RowMapper } from '../row-mapper';
 
 /** A registered cell: where its database is and where its console proxy is reached. */
 @Entity({ name: 'cells' })
@@ -24,3 +25,13 @@ export class CellEntity {
   @Column({ name: 'updated_at', type: 'timestamptz', insert: false })
   updatedAt!: Date;
 }
+
+/** How keyhole's SQL statements read `cells` rows. */
+export const cellRows = new RowMapper(CellEntity, {
+  name: { column: 'name' },
+  databaseUrl: { column: 'database_url' },
+  proxyUrl: { column: 'proxy_url' },
+  accessUrlBases: { column: 'access_url_bases' },
+  createdAt: { column: 'created_at' },
+  updatedAt: { column: 'updated_at' },
+});
