@@ -906,22 +906,18 @@ async function main(): Promise<void> {
   };
   results.targets = evaluateTargets(results);
   await keyhole.stopProcesses();
-  if (options.profile) results.diagnostics.profiles = summarizeProfiles(profileDir);
+  if (options.profile) results.diagnostics.profiles = listProfiles(profileDir);
   await writeReports(results, options.outDir);
   log(`results: ${path.join(options.outDir, 'latest.md')}, latest.json, ratios.png (${results.durationSeconds} s)`);
 }
 
 /**
- * Writes a summary and a flame graph next to every profile of the run (the flamegraph role) and
- * returns the profiles' paths relative to `profileDir`.
+ * The profiles of the run, relative to `profileDir`. speedscope and Chrome DevTools (Performance,
+ * "Load profile") read the `.cpuprofile` files as they are, with flame graphs and self/total tables.
  */
-function summarizeProfiles(profileDir: string): string[] {
+function listProfiles(profileDir: string): string[] {
   const profiles = readdirSync(profileDir, { recursive: true, encoding: 'utf8' }).filter((file) => file.endsWith('.cpuprofile'));
-  for (const file of profiles) {
-    const done = spawnSync(process.execPath, [path.join(__dirname, 'run.cjs'), '--role=flamegraph', path.join(profileDir, file)], { stdio: 'ignore', timeout: 120_000 });
-    if (done.status !== 0) log(`  could not summarize the profile ${file} (status ${String(done.status)})`);
-  }
-  log(`profiles, summaries and flame graphs: ${profileDir}`);
+  log(`CPU profiles (open them in speedscope or Chrome DevTools): ${profileDir}`);
   return profiles;
 }
 
