@@ -5,7 +5,7 @@ import { queryDatabase } from '../support/databases';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
 import { call } from '../support/token-api';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
-import { pollUntil } from '../support/websocket-client';
+import { waitUntil } from '../support/wait';
 
 const INSTANCE = '7d4f0a2e-5b6c-4d8e-9f01-23456789abcd';
 
@@ -86,13 +86,15 @@ describe('console proxy replicas (separate processes)', () => {
     a.ws!.close();
     await end;
     // The end is recorded asynchronously by replica A; replica B must then let the next one in.
-    const deadline = Date.now() + 5_000;
-    let b: { ws?: WebSocket; status?: number } = {};
-    while (Date.now() < deadline) {
-      b = await connect(`${replicas[1].wsBase}/serial?token=${second.token}`);
-      if (b.ws) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    const b = await waitUntil(
+      async () => {
+        const attempt = await connect(`${replicas[1].wsBase}/serial?token=${second.token}`);
+        return attempt.ws ? attempt : undefined;
+      },
+      5_000,
+      'replica B to let the next serial session in',
+      { intervalMs: 50 },
+    );
     expect(b.ws).toBeDefined();
     expect(await echoes(b.ws!, 'second')).toBe(true);
     b.ws!.close();
@@ -198,7 +200,7 @@ describe('console proxy replicas (separate processes)', () => {
     it('replaces a worker that dies, and goes on serving', async () => {
       const [victim, survivor] = workerPids(workers.child.pid);
       process.kill(victim, 'SIGKILL');
-      const replaced = await pollUntil(
+      const replaced = await waitUntil(
         () => {
           const pids = workerPids(workers.child.pid);
           return pids.length === 2 && !pids.includes(victim) ? pids : undefined;
@@ -207,7 +209,7 @@ describe('console proxy replicas (separate processes)', () => {
         'a replacement worker',
       );
       expect(replaced).toContain(survivor);
-      await pollUntil(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000, "the supervisor's line");
+      await waitUntil(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000, "the supervisor's line");
       const token = await issue('novnc');
       for (let attempt = 0; attempt < 10; attempt++) {
         const { ws } = await connect(`${workers.wsBase}/websockify?token=${token.token}`);

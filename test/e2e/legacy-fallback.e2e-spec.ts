@@ -9,7 +9,8 @@ import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { startRedisServer, TestRedisServer } from '../support/redis-server';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call, RunningTokenApi, startTokenApi } from '../support/token-api';
-import { ConsoleClient, ConsoleClientOptions, connectConsole, expectRefusedUpgrade, pollUntil, terminateAllClients } from '../support/websocket-client';
+import { waitUntil } from '../support/wait';
+import { ConsoleClient, ConsoleClientOptions, connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
 import { dumpDatabase, expectError, keyParts } from './helpers';
 
 /*
@@ -235,27 +236,37 @@ async function useConsole(running: RunningProxy, token: string, options: Console
 
 /** Tries the token until the proxy accepts it; resolves with how long that took from `sinceMs`. */
 async function acceptedWithin(running: RunningProxy, token: string, sinceMs: number, timeoutMs: number): Promise<{ client: ConsoleClient; elapsedMs: number }> {
-  const deadline = sinceMs + timeoutMs;
   let last: number | undefined;
-  for (;;) {
-    const attempt = await tryConnect(running, token);
-    if (typeof attempt !== 'number') return { client: attempt, elapsedMs: performance.now() - sinceMs };
-    last = attempt;
-    if (performance.now() > deadline) throw new Error(`the token was still refused (HTTP ${last}) ${timeoutMs} ms later`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  const client = await waitUntil(
+    async () => {
+      const attempt = await tryConnect(running, token);
+      if (typeof attempt !== 'number') return attempt;
+      last = attempt;
+      return undefined;
+    },
+    sinceMs + timeoutMs - performance.now(),
+    () => `the token to be accepted (still refused with HTTP ${last})`,
+    { intervalMs: 20 },
+  );
+  return { client, elapsedMs: performance.now() - sinceMs };
 }
 
 /** Tries the token until the proxy refuses it with `status`; resolves with how long that took. */
 async function refusedWithin(running: RunningProxy, token: string, status: number, sinceMs: number, timeoutMs: number): Promise<number> {
-  const deadline = sinceMs + timeoutMs;
-  for (;;) {
-    const attempt = await tryConnect(running, token);
-    if (attempt === status) return performance.now() - sinceMs;
-    if (typeof attempt !== 'number') await attempt.close();
-    if (performance.now() > deadline) throw new Error(`the token was not refused with ${status} within ${timeoutMs} ms (got ${typeof attempt === 'number' ? attempt : 'a websocket'})`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  let last: number | string = 'nothing';
+  await waitUntil(
+    async () => {
+      const attempt = await tryConnect(running, token);
+      if (attempt === status) return true;
+      if (typeof attempt !== 'number') await attempt.close();
+      last = typeof attempt === 'number' ? attempt : 'a websocket';
+      return undefined;
+    },
+    sinceMs + timeoutMs - performance.now(),
+    () => `the token to be refused with ${status} (got ${last})`,
+    { intervalMs: 20 },
+  );
+  return performance.now() - sinceMs;
 }
 
 async function issueDatabaseToken(api: RunningTokenApi = deployment.api, body: Record<string, unknown> = {}): Promise<{ id: number; token: string; instanceUuid: string; accessUrl: string; expires: number }> {
@@ -282,7 +293,7 @@ async function setFallback(enabled: boolean, following: RunningProxy[] = [proxy]
 /** Setup only (the tests themselves judge the flag by connecting): the proxies' view of the flag. */
 async function waitForFlag(enabled: boolean, following: RunningProxy[]): Promise<void> {
   for (const running of following) {
-    await pollUntil(() => (running.runtime.proxy.fallbackEnabled === enabled ? true : undefined), 2_000, `the proxy to see the fallback ${enabled ? 'on' : 'off'}`);
+    await waitUntil(() => (running.runtime.proxy.fallbackEnabled === enabled ? true : undefined), 2_000, `the proxy to see the fallback ${enabled ? 'on' : 'off'}`);
   }
 }
 
@@ -292,7 +303,7 @@ async function sessionsOf(token: string): Promise<SessionRow[]> {
 
 /** The sessions of a token once `count` of them have ended and been recorded. */
 async function endedSessionsOf(token: string, count: number): Promise<SessionRow[]> {
-  return pollUntil(
+  return waitUntil(
     async () => {
       const rows = await sessionsOf(token);
       return rows.length === count && rows.every((row) => row.ended_at !== null) ? rows : undefined;
@@ -369,7 +380,7 @@ async function commandStats(name: string): Promise<Record<string, number>> {
 /** total_commands_processed once nothing but this probe talks to Redis (each INFO adds one). */
 async function quietCommandCount(): Promise<number> {
   let previous = Number((await redisInfo('stats')).total_commands_processed);
-  return pollUntil(
+  return waitUntil(
     async () => {
       const current = Number((await redisInfo('stats')).total_commands_processed);
       const quiet = current === previous + 1;
@@ -446,7 +457,7 @@ describe('switching the fallback while the proxy runs', () => {
     await expectEcho(client);
 
     // Operators see the live legacy session (its record is written within 20 ms) and can end it like any other.
-    const live = await pollUntil(
+    const live = await waitUntil(
       async () => {
         const listed = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${instanceUuid}`, { key: deployment.operatorKey });
         expect(listed.status).toBe(200);
@@ -462,7 +473,7 @@ describe('switching the fallback while the proxy runs', () => {
     expect(ended.status).toBe(204);
     expect((await client.waitForClose(FLAG_PROPAGATION_MS + 500)).code).toBe(1008);
     // The API marks the end at once; the proxy adds the byte counts when it has closed the session.
-    const session = await pollUntil(
+    const session = await waitUntil(
       async () => (await sessionsOf(legacy)).find((row) => row.bytes_to_client !== '0'),
       5_000,
       'the proxy to record the byte counts',
@@ -823,7 +834,7 @@ describe('a legacy store that stops answering', () => {
     const failures = logEntries().filter((entry) => entry.msg === 'token lookup failed' && entry.fingerprint === fingerprintOf(legacy));
     expect(failures.length).toBeGreaterThanOrEqual(2);
     expect(JSON.stringify(failures)).toMatch(/legacy token store did not answer/);
-    await pollUntil(() => logEntries().find((entry) => entry.msg === 'legacy token store unreachable'), 2_000, 'the outage to be logged');
+    await waitUntil(() => logEntries().find((entry) => entry.msg === 'legacy token store unreachable'), 2_000, 'the outage to be logged');
 
     // Back on the same port (empty: nothing was saved); the legacy system writes the token again.
     await redis.restart();
@@ -876,7 +887,7 @@ describe('malformed legacy values', () => {
       await raw.set(token, value(token), 'EX', 600);
       const refused = await refusal(checked, token);
       expect({ name, status: refused.status }).toEqual({ name, status: 401 });
-      const warned = await pollUntil(
+      const warned = await waitUntil(
         () => logEntries().find((entry) => entry.msg === 'legacy token value is malformed; ignored' && entry.fingerprint === fingerprintOf(token)),
         2_000,
         `the warning about ${name}`,

@@ -2,6 +2,7 @@ import { sha256Hex } from '@keyhole/core';
 import { queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { call } from '../support/token-api';
+import { waitUntil } from '../support/wait';
 
 /** The token API purges every cell on its own schedule, and says so in its metrics. */
 describe('scheduled purge', () => {
@@ -29,13 +30,15 @@ describe('scheduled purge', () => {
         );
       }
     }
-    const deadline = Date.now() + 5_000;
-    let remaining: Record<string, unknown>[] = [];
-    while (Date.now() < deadline) {
-      remaining = (await Promise.all(Object.values(deployment.cellUrls).map((url) => queryDatabase(url, 'SELECT token_hash FROM console_auth_tokens')))).flat();
-      if (remaining.length === 2) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    const remaining = await waitUntil(
+      async () => {
+        const rows = (await Promise.all(Object.values(deployment.cellUrls).map((url) => queryDatabase(url, 'SELECT token_hash FROM console_auth_tokens')))).flat();
+        return rows.length === 2 ? rows : undefined;
+      },
+      5_000,
+      'the scheduled purge of both cells',
+      { intervalMs: 100 },
+    );
     expect(remaining.map((row) => row.token_hash).sort()).toEqual([sha256Hex('valid-cell1'), sha256Hex('valid-cell2')].sort());
     const metrics = await call(deployment.api.baseUrl, 'GET', '/metrics');
     expect(metrics.status).toBe(200);

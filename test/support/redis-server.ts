@@ -2,6 +2,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { Redis } from 'ioredis';
 import { freePort } from './real/network';
+import { waitUntil, withDeadline } from './wait';
 
 /*
  * A redis-server of the test's own (never the shared one on 6379), on a free port of 127.0.0.1,
@@ -45,10 +46,10 @@ export async function startRedisServer(): Promise<TestRedisServer> {
     const exited = new Promise<void>((resolve) => current.once('exit', () => resolve()));
     current.kill('SIGCONT');
     current.kill(signal);
-    if (!(await within(exited, STOP_TIMEOUT_MS))) {
+    await withDeadline(exited, STOP_TIMEOUT_MS, `redis-server on port ${port} to exit`).catch(() => {
       current.kill('SIGKILL');
-      if (!(await within(exited, STOP_TIMEOUT_MS))) throw new Error(`redis-server on port ${port} did not exit`);
-    }
+      return withDeadline(exited, STOP_TIMEOUT_MS, `redis-server on port ${port} to exit after SIGKILL`);
+    });
   };
 
   return {
@@ -108,15 +109,18 @@ async function spawnRedis(port: number): Promise<ChildProcess> {
     process.once('exit', killOnExit);
     child.once('exit', () => process.off('exit', killOnExit));
 
-    while (!exited && Date.now() < deadline) {
-      if (await pings(port)) return child;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    if (spawnError) throw new Error(`could not start redis-server: ${spawnError.message}`);
-    if (!exited) {
+    // true once it answers PING, false when it exited.
+    const answered = await waitUntil(
+      async () => (exited ? false : (await pings(port)) || undefined),
+      deadline - Date.now(),
+      () => `redis-server on port ${port} to answer PING: ${output}`,
+      { intervalMs: 20 },
+    ).catch((error: unknown) => {
       child.kill('SIGKILL');
-      throw new Error(`redis-server on port ${port} did not answer PING within ${START_TIMEOUT_MS} ms: ${output}`);
-    }
+      throw error;
+    });
+    if (answered) return child;
+    if (spawnError) throw new Error(`could not start redis-server: ${spawnError.message}`);
     // Exited at start (the port may still be held by the previous server a moment): try again.
     if (Date.now() >= deadline) throw new Error(`redis-server on port ${port} exited at start: ${output}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
@@ -141,16 +145,4 @@ function pings(port: number): Promise<boolean> {
     });
     socket.on('error', () => done(false));
   });
-}
-
-async function within(promise: Promise<void>, timeoutMs: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(false), timeoutMs);
-  });
-  try {
-    return await Promise.race([promise.then(() => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

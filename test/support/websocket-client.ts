@@ -1,5 +1,6 @@
 import { IncomingHttpHeaders } from 'node:http';
 import WebSocket, { ClientOptions, RawData } from 'ws';
+import { withDeadline } from './wait';
 
 /*
  * A websocket client for the console proxy tests, built on `ws` (a real client speaking the real
@@ -205,26 +206,6 @@ export function expectUpgradeError(url: string, timeoutMs = DEFAULT_TIMEOUT_MS):
 export function terminateAllClients(): void {
   for (const ws of clients) ws.terminate();
   clients.clear();
-}
-
-/** `promise`, or a rejection naming what was awaited once `timeoutMs` have passed. */
-export function withDeadline<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Polls `probe` every 25 ms until it returns a value other than undefined, or fails at the deadline. */
-export async function pollUntil<T>(probe: () => Promise<T | undefined> | T | undefined, timeoutMs = DEFAULT_TIMEOUT_MS, what = 'a condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
 }
 
 /** A URL without its query (which holds the token), for error messages. */

@@ -1,7 +1,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { closeSocket, connectTcp, freePort, retryUntil } from './network';
+import { waitUntil } from '../wait';
+import { closeSocket, connectTcp, freePort } from './network';
 import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processes';
 
 /** A running Debian websockify (the Python reference proxy), resolving tokens with its TokenFile plugin. */
@@ -51,11 +52,11 @@ export async function startWebsockify(
     try {
       websockify = await startProcess('websockify', args, { PYTHONUNBUFFERED: '1' });
       const started = websockify;
-      const listening = retryUntil(
-        deadline,
-        async () => closeSocket(await connectTcp(port, 1_000)),
-        () => `websockify did not listen on 127.0.0.1:${port} in time.\n  command: ${started.commandLine}\n  output:\n${started.output()}`,
-        { signal: cancel.signal },
+      const listening = waitUntil(
+        async () => closeSocket(await connectTcp(port, 1_000)).then(() => true),
+        deadline - Date.now(),
+        () => `websockify to listen on 127.0.0.1:${port}.\n  command: ${started.commandLine}\n  output:\n${started.output()}`,
+        { intervalMs: 50, retryErrors: true, signal: cancel.signal },
       );
       await Promise.race([listening, failOnExit(started, 'websockify', 'while starting')]);
       let stopping: Promise<void> | undefined;
