@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { queryDatabase } from '../support/databases';
+import { metricValue, scrapeMetrics } from '../support/metrics';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
 import { call } from '../support/token-api';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
@@ -191,9 +192,7 @@ describe('console proxy replicas (separate processes)', () => {
       for (const instance of instances) expect(instance).toMatch(/^workers\/\d+$/);
       // Whichever worker answers the scrape, it counts every worker's connects.
       for (let scrape = 0; scrape < 4; scrape++) {
-        const response = await fetch(`${baseUrl()}/metrics`);
-        expect(response.status).toBe(200);
-        expect(acceptedConnects(await response.text())).toBe(opened);
+        expect(metricValue(await scrapeMetrics(baseUrl()), 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(opened);
       }
     });
 
@@ -257,10 +256,4 @@ function workerPids(pid: number | undefined): number[] {
   } catch {
     return [];
   }
-}
-
-/** The value of keyhole_proxy_connects_total{result="accepted"} in a Prometheus text page. */
-function acceptedConnects(page: string): number | undefined {
-  const line = page.split('\n').find((candidate) => candidate.startsWith('keyhole_proxy_connects_total{') && candidate.includes('result="accepted"'));
-  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 }

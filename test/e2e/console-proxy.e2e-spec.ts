@@ -6,6 +6,7 @@ import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { queryDatabase } from '../support/databases';
 import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
+import { metricValue } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
@@ -1118,15 +1119,3 @@ describe('logs', () => {
     expect(everything).not.toContain('/websockify');
   });
 });
-
-/** The value of one sample of a Prometheus text exposition whose labels include `labels`. */
-function metricValue(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const sampleLabels = Object.fromEntries([...(match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((label) => [label[1], label[2]]));
-    if (Object.entries(labels).every(([key, value]) => sampleLabels[key] === value)) return Number(match[3]);
-  }
-  return undefined;
-}

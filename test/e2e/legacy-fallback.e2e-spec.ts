@@ -6,6 +6,7 @@ import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
+import { metricValue, scrapeMetrics } from '../support/metrics';
 import { startRedisServer, TestRedisServer } from '../support/redis-server';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call, RunningTokenApi, startTokenApi } from '../support/token-api';
@@ -390,23 +391,6 @@ async function quietCommandCount(): Promise<number> {
     3_000,
     'Redis to be quiet',
   );
-}
-
-async function metricsOf(running: RunningProxy): Promise<string> {
-  const response = await fetch(`${running.httpBase}/metrics`);
-  expect(response.status).toBe(200);
-  return response.text();
-}
-
-function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const sampleLabels = Object.fromEntries([...(match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((label) => [label[1], label[2]]));
-    if (Object.entries(labels).every(([key, value]) => sampleLabels[key] === value)) return Number(match[3]);
-  }
-  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -919,7 +903,7 @@ describe('metrics', () => {
 
     // Off: no lookup at all.
     expect((await refusal(measured, legacy)).status).toBe(401);
-    let text = await metricsOf(measured);
+    let text = await scrapeMetrics(measured.httpBase);
     expect(metricValue(text, 'keyhole_proxy_legacy_lookups_total')).toBeUndefined();
 
     await setFallback(true, [proxy, measured]);
@@ -939,7 +923,7 @@ describe('metrics', () => {
     const restartedAt = performance.now();
     raw = redis.client();
 
-    text = await metricsOf(measured);
+    text = await scrapeMetrics(measured.httpBase);
     const lookups = (result: string) => metricValue(text, 'keyhole_proxy_legacy_lookups_total', { cell: 'cell1', result }) ?? 0;
     expect({ served: lookups('served'), miss: lookups('miss'), unavailable: lookups('unavailable') }).toEqual({ served: 2, miss: 2, unavailable: 1 });
     expect(metricValue(text, 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(4);
