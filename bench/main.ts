@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Client } from 'pg';
 import { expiredBatchDeleteSql } from '../libs/db/src/cell/purge-statements';
 import { QemuVm, startQemuVm } from '../test/support/real/qemu';
+import { withDeadline } from '../test/support/wait';
 import { Keyhole, issueToken, startKeyhole, startWebsockify, Websockify } from './deployments';
 import { Generator } from './generator';
 import { BenchOptions, parseOptions } from './options';
@@ -26,7 +27,6 @@ import {
   runCleanup,
   sleep,
   snapshotProcesses,
-  withTimeout,
 } from './procs';
 import type { ConnectResult, HttpResult, Target } from './protocol';
 import { writeReports } from './report';
@@ -77,9 +77,9 @@ async function startUpstreams(): Promise<Upstreams> {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGTERM');
-    await withTimeout(exited, 5_000, 'stopping the upstreams').catch(() => child.kill('SIGKILL'));
+    await withDeadline(exited, 5_000, 'the upstreams to stop').catch(() => child.kill('SIGKILL'));
   });
-  const ports = await withTimeout(
+  const ports = await withDeadline(
     new Promise<Upstreams['ports']>((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`upstreams exited (${code})`)));
       child.on('message', (message: { type: string; ports?: Upstreams['ports'] }) => {
@@ -87,13 +87,13 @@ async function startUpstreams(): Promise<Upstreams> {
       });
     }),
     15_000,
-    'starting the upstreams',
+    'the upstreams to start',
   );
   return {
     pid: child.pid!,
     ports,
     openConnections: () =>
-      withTimeout(
+      withDeadline(
         new Promise((resolve) => {
           const listener = (message: { type: string; open?: Record<string, number> }): void => {
             if (message.type !== 'stats') return;
@@ -122,7 +122,7 @@ async function databaseBackends(env: Environment): Promise<number[]> {
 function proxyPids(env: Environment, system: SystemName | 'token-api'): number[] {
   // The proxy and its workers (KEYHOLE_PROXY_WORKERS), all in its process group.
   if (system === 'keyhole') return groupPids(env.keyhole.proxy.pid);
-  if (system === 'websockify') return groupPids(env.websockify.child.pid);
+  if (system === 'websockify') return groupPids(env.websockify.pid);
   if (system === 'token-api') return [env.keyhole.api.pid];
   return [];
 }
@@ -167,7 +167,7 @@ async function withCpu<T>(env: Environment, system: SystemName | 'token-api', wo
   const database = new Set([...databaseBefore, ...(await databaseBackends(env))]);
   const proxy =
     system === 'websockify'
-      ? [...after.group].filter(([, group]) => group === env.websockify.child.pid).map(([pid]) => pid)
+      ? [...after.group].filter(([, group]) => group === env.websockify.pid).map(([pid]) => pid)
       : proxyPids(env, system);
   const percent = (used: number): number => Math.round((used / seconds) * 1000) / 10;
   const mine = new Set([...descendants(after, process.pid), ...database]);
