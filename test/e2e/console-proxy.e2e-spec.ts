@@ -3,7 +3,7 @@ import { createServer, Socket, connect as connectTcp } from 'node:net';
 import { Client } from 'pg';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
-import { queryDatabase } from '../support/databases';
+import { queryDatabase, SessionRow } from '../support/databases';
 import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue } from '../support/metrics';
@@ -37,24 +37,6 @@ interface IssuedToken {
   consoleType: string;
   port: number;
   fingerprint: string;
-}
-
-interface SessionRow extends Record<string, unknown> {
-  id: string;
-  token_id: string | null;
-  token_fingerprint: string;
-  instance_uuid: string;
-  console_type: string;
-  host: string;
-  port: number;
-  proxy_instance: string;
-  client_address: string | null;
-  started_at: Date;
-  last_seen_at: Date;
-  ended_at: Date | null;
-  close_reason: string | null;
-  bytes_to_client: string;
-  bytes_to_upstream: string;
 }
 
 let deployment: TestDeployment;

@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import { runCli } from '../../apps/cli/src/main';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
-import { queryDatabase } from '../support/databases';
+import { queryDatabase, SessionRow } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
 import { startRedisServer, TestRedisServer } from '../support/redis-server';
@@ -46,22 +46,6 @@ const secrets: string[] = [];
 const stderrChunks: string[] = [];
 let stderrSpy: jest.SpyInstance;
 const savedEnvironment = { ...process.env };
-
-interface SessionRow extends Record<string, unknown> {
-  id: string;
-  token_id: string | null;
-  token_source: string;
-  token_fingerprint: string;
-  instance_uuid: string;
-  console_type: string;
-  host: string;
-  port: number;
-  proxy_instance: string;
-  ended_at: Date | null;
-  close_reason: string | null;
-  bytes_to_client: string;
-  bytes_to_upstream: string;
-}
 
 interface TokenRow extends Record<string, unknown> {
   id: string;
