@@ -1,12 +1,13 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Client } from 'pg';
 import { freePort } from '../test/support/real/network';
-import { Child, onCleanup, sleep, spawnLogged, waitForLog } from './procs';
+import { ManagedProcess, startProcess, waitForOutput } from '../test/support/real/processes';
+import { startWebsockify as startHarnessWebsockify, Websockify } from '../test/support/real/websockify';
+import { onCleanup } from './procs';
 
 /**
  * The systems under test, started the way production starts them: keyhole from its compiled
@@ -40,8 +41,8 @@ export interface Keyhole {
   proxyPort: number;
   agentKey: string;
   operatorKey: string;
-  api: Child;
-  proxy: Child;
+  api: ManagedProcess;
+  proxy: ManagedProcess;
   /**
    * Restarts the proxy (same port, same database), e.g. to measure a fresh process's memory;
    * `environment` overrides settings of this start only (KEYHOLE_PROXY_WORKERS=1).
@@ -111,7 +112,8 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   const operatorKey = keyOf(await cli('credentials', 'create', '--role', 'operator', '--cell', cellName, '--name', 'bench-operator'));
 
   mkdirSync(options.workDir, { recursive: true });
-  const api = await spawnLogged('token API', process.execPath, [...(options.apiNodeArgs ?? []), apiMain], {
+  const api = await startProcess(process.execPath, [...(options.apiNodeArgs ?? []), apiMain], {
+    name: 'token API',
     logFile: path.join(options.workDir, 'token-api.log'),
     env: {
       ...baseEnvironment,
@@ -125,12 +127,13 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
     },
   });
   onCleanup(() => api.stop());
-  const apiPort = Number((await waitForLog(api, /"port":(\d+),"msg":"token API listening"/, 30_000))[1]);
+  const apiPort = Number((await waitForOutput(api, /"port":(\d+),"msg":"token API listening"/, 30_000))[1]);
 
   let proxyRun = 0;
-  const startProxy = async (environment: Record<string, string> = {}): Promise<Child> => {
+  const startProxy = async (environment: Record<string, string> = {}): Promise<ManagedProcess> => {
     proxyRun += 1;
-    const proxy = await spawnLogged('console proxy', process.execPath, [...(options.proxyNodeArgs ?? []), proxyMain], {
+    const proxy = await startProcess(process.execPath, [...(options.proxyNodeArgs ?? []), proxyMain], {
+      name: 'console proxy',
       logFile: path.join(options.workDir, `console-proxy-${proxyRun}.log`),
       env: {
         ...baseEnvironment,
@@ -144,7 +147,7 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
       },
     });
     onCleanup(() => proxy.stop());
-    await waitForLog(proxy, /"msg":"console proxy listening"/, 30_000);
+    await waitForOutput(proxy, /"msg":"console proxy listening"/, 30_000);
     return proxy;
   };
   const keyhole: Keyhole = {
@@ -182,38 +185,14 @@ export async function issueToken(keyhole: Keyhole, target: { host: string; port:
   return body.token;
 }
 
-export interface Websockify {
-  port: number;
-  child: Child;
-}
+export type { Websockify };
 
 /**
- * `websockify --token-plugin TokenFile --token-source DIR 127.0.0.1:PORT`, DIR holding one file of
- * `TOKEN: HOST:PORT` lines (websockify reads every file of the directory, so nothing else goes there).
+ * Debian's websockify with its TokenFile plugin (the harness's launcher), its output in the run's
+ * work directory.
  */
 export async function startWebsockify(targets: Record<string, string>, workDir: string): Promise<Websockify> {
-  const tokenDirectory = path.join(workDir, 'websockify-tokens');
-  mkdirSync(tokenDirectory, { recursive: true });
-  writeFileSync(path.join(tokenDirectory, 'tokens'), Object.entries(targets).map(([token, target]) => `${token}: ${target}\n`).join(''));
-  const port = await freePort();
-  const child = await spawnLogged('websockify', 'websockify', ['--token-plugin', 'TokenFile', '--token-source', tokenDirectory, `127.0.0.1:${port}`], {
-    logFile: path.join(workDir, 'websockify.log'),
-    env: { ...process.env, PYTHONUNBUFFERED: '1' },
-  });
-  onCleanup(() => child.stop(5_000));
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const listening = await new Promise<boolean>((resolve) => {
-      const socket = createConnection({ host: '127.0.0.1', port });
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (listening) break;
-    if (child.hasExited() || Date.now() > deadline) throw new Error(`websockify did not listen on ${port}:\n${child.tail()}`);
-    await sleep(50);
-  }
-  return { port, child };
+  const websockify = await startHarnessWebsockify(targets, { logFile: path.join(workDir, 'websockify.log') });
+  onCleanup(() => websockify.stop());
+  return websockify;
 }

@@ -1,5 +1,6 @@
 import { ChildProcess, fork } from 'node:child_process';
 import path from 'node:path';
+import { withDeadline } from '../test/support/wait';
 import type {
   ConnectJob,
   ConnectResult,
@@ -13,7 +14,7 @@ import type {
   ThroughputResult,
   ToGenerator,
 } from './protocol';
-import { onCleanup, withTimeout } from './procs';
+import { onCleanup } from './procs';
 
 /** One load generator process (bench/loadgen.ts), driven over IPC. */
 export class Generator {
@@ -46,7 +47,7 @@ export class Generator {
     const child = fork(path.join(__dirname, 'run.cjs'), ['--role=loadgen'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
     const generator = new Generator(name, child);
     onCleanup(() => generator.stop());
-    await withTimeout(generator.next((message) => message.type === 'ready'), 20_000, `${name} start`);
+    await withDeadline(generator.next((message) => message.type === 'ready'), 20_000, `${name} to start`);
     return generator;
   }
 
@@ -73,7 +74,7 @@ export class Generator {
     const id = this.nextId++;
     const result = new Promise<T>((resolve, reject) => this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject }));
     this.post({ type: 'job', id, job });
-    return withTimeout(result, timeoutMs, `${this.name} ${job.type} job`);
+    return withDeadline(result, timeoutMs, `the ${job.type} job of ${this.name}`);
   }
 
   connect(job: Omit<ConnectJob, 'type'>): Promise<ConnectResult> {
@@ -105,17 +106,17 @@ export class Generator {
     const opened = this.next<SessionsOpened>((message) => message.type === 'opened');
     const done = this.job<{ closed: number }>({ type: 'sessions', ...job }, job.openTimeoutMs + 15 * 60_000);
     done.catch(() => undefined);
-    const openedMessage = await withTimeout(Promise.race([opened, done.then(() => Promise.reject(new Error('sessions job ended early')))]), job.openTimeoutMs + 30_000, 'opening sessions');
+    const openedMessage = await withDeadline(Promise.race([opened, done.then(() => Promise.reject(new Error('sessions job ended early')))]), job.openTimeoutMs + 30_000, 'the sessions to open');
     return {
       opened: openedMessage,
       probe: async () => {
         const probed = this.next<SessionsProbed>((message) => message.type === 'probed');
         this.post({ type: 'probe' });
-        return withTimeout(probed, 120_000, 'probing sessions');
+        return withDeadline(probed, 120_000, 'the sessions to answer a probe');
       },
       close: async () => {
         this.post({ type: 'close' });
-        await withTimeout(done, 180_000, 'closing sessions');
+        await withDeadline(done, 180_000, 'the sessions to close');
       },
     };
   }

@@ -12,7 +12,7 @@ export interface BenchOptions {
   build: boolean;
   outDir: string;
   serverUrl: string;
-  /** Write V8 CPU profiles of the proxy and the API into OUT/profiles, with flame graphs. */
+  /** Write V8 CPU profiles of the proxy and the API into OUT/profiles. */
   profile: boolean;
   keepLogs: boolean;
   /** Extra module directory (NODE_PATH) for keyhole's processes, e.g. an optional native module to try. */
@@ -50,7 +50,7 @@ const USAGE = `npm run bench -- [options]
   --rounds=N              alternation rounds per figure (default 3, quick 1)
   --product=DIR           measure the dist/ of another checkout (e.g. a git worktree with a fix)
   --no-build              do not rebuild dist/ even when sources are newer
-  --profile               V8 CPU profiles of the proxy and the API (OUT/profiles), with flame graphs
+  --profile               V8 CPU profiles of the proxy and the API (OUT/profiles, .cpuprofile files)
   --sessions=1000,10000   session counts of figure 3 (capped by the open-file limit)
   --websockify-sessions=N cap of websockify's sessions (a process each; default 500, quick 200)
   --purge-rows=N          expired rows to purge (default 1000000, quick 100000)

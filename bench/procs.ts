@@ -1,27 +1,15 @@
-import { ChildProcess, spawn } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
+import { stopAllProcesses } from '../test/support/real/processes';
+import { withDeadline } from '../test/support/wait';
 
 /**
- * Processes the benchmark starts, and what it reads about processes from /proc: CPU time and memory.
- * Every child runs in its own process group (so a proxy's helpers, like websockify's per-connection
- * forks, stop with it) and writes its output to a log file, not to a pipe the orchestrator would
- * have to read while it measures.
+ * The bench's cleanup on exit and signals, and what it reads about processes from /proc: CPU time
+ * and memory. Its processes are the harness's (`startProcess` of test/support/real/processes.ts):
+ * each in its own process group, its output in a log file rather than a pipe that the orchestrator
+ * would have to read while it measures.
  */
 
-export interface Child {
-  readonly name: string;
-  readonly pid: number;
-  readonly logFile: string;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  hasExited(): boolean;
-  /** The last `bytes` of the log file, for error messages. */
-  tail(bytes?: number): string;
-  /** `signal` (SIGTERM) to the group, SIGKILL after `graceMs`; resolves once the leader exited. Idempotent. */
-  stop(graceMs?: number, signal?: NodeJS.Signals): Promise<void>;
-}
-
-const running = new Set<Child & { kill(signal: NodeJS.Signals): void }>();
 const cleanups: (() => Promise<void> | void)[] = [];
 let hooksInstalled = false;
 let cleaningUp: Promise<void> | undefined;
@@ -38,12 +26,12 @@ export function runCleanup(): Promise<void> {
     while (cleanups.length > 0) {
       const step = cleanups.pop()!;
       try {
-        await withTimeout(Promise.resolve(step()), 30_000, 'cleanup step');
+        await withDeadline(Promise.resolve(step()), 30_000, 'a cleanup step');
       } catch (error) {
         process.stderr.write(`cleanup: ${error instanceof Error ? error.message : String(error)}\n`);
       }
     }
-    await Promise.all([...running].map((child) => child.stop(3_000)));
+    await stopAllProcesses(3_000);
   })();
   return cleaningUp;
 }
@@ -59,117 +47,12 @@ function installHooks(): void {
       void runCleanup().finally(() => process.exit(130));
     });
   }
-  // Last resort (an exception that skipped the finally blocks): no process outlives the bench.
-  process.on('exit', () => {
-    for (const child of running) child.kill('SIGKILL');
-  });
+  // Last resort (an exception that skipped the finally blocks): startProcess kills what is left on exit.
 }
 
-export interface SpawnOptions {
-  env?: NodeJS.ProcessEnv;
-  cwd?: string;
-  logFile: string;
-}
-
-/** Starts `command` in its own process group, stdout and stderr appended to `logFile`. */
-export async function spawnLogged(name: string, command: string, args: string[], options: SpawnOptions): Promise<Child> {
-  installHooks();
-  const fd = openSync(options.logFile, 'w');
-  let child: ChildProcess;
-  try {
-    child = spawn(command, args, { stdio: ['ignore', fd, fd], detached: true, env: options.env ?? process.env, cwd: options.cwd });
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
-  } finally {
-    closeSync(fd);
-  }
-  const pid = child.pid!;
-  let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exitInfo = { code, signal };
-      running.delete(handle);
-      resolve(exitInfo);
-    });
-  });
-  const kill = (signal: NodeJS.Signals): void => {
-    try {
-      process.kill(-pid, signal);
-    } catch {
-      // The group is gone already.
-    }
-  };
-  let stopping: Promise<void> | undefined;
-  const handle = {
-    name,
-    pid,
-    logFile: options.logFile,
-    exited,
-    kill,
-    hasExited: () => exitInfo !== undefined,
-    tail: (bytes = 4_000) => tailFile(options.logFile, bytes),
-    stop(graceMs = 10_000, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-      stopping ??= (async () => {
-        if (exitInfo) {
-          kill('SIGKILL'); // helpers left in the group, if any
-          return;
-        }
-        kill(signal);
-        const timer = setTimeout(() => kill('SIGKILL'), graceMs);
-        await exited;
-        clearTimeout(timer);
-        kill('SIGKILL');
-      })();
-      return stopping;
-    },
-  };
-  running.add(handle);
-  return handle;
-}
-
-export function tailFile(file: string, bytes: number): string {
-  try {
-    const content = readFileSync(file);
-    return content.subarray(Math.max(0, content.length - bytes)).toString('utf8');
-  } catch {
-    return '';
-  }
-}
-
-/** Waits until `pattern` appears in the child's log (polling), failing when it exits or after `timeoutMs`. */
-export async function waitForLog(child: Child, pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let text = '';
-    try {
-      text = readFileSync(child.logFile, 'utf8');
-    } catch {
-      // not written yet
-    }
-    const match = pattern.exec(text);
-    if (match) return match;
-    if (child.hasExited()) throw new Error(`${child.name} exited before ${pattern}:\n${child.tail()}`);
-    if (Date.now() > deadline) throw new Error(`${child.name}: no ${pattern} within ${timeoutMs} ms:\n${child.tail()}`);
-    await sleep(50);
-  }
-}
-
+/** A pause between measurements (pacing, not a wait for a state: that is `waitUntil`). */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 // Type checking is `npm run typecheck`, which covers bench/ too.
 //
 //   node bench/run.cjs [options]            the orchestrator (what `npm run bench` runs)
-//   node bench/run.cjs --role=NAME [...]    a helper (loadgen, upstreams; flamegraph, compare: tools)
+//   node bench/run.cjs --role=NAME [...]    a helper (loadgen, upstreams; compare, report: tools)
 const fs = require('node:fs');
 const path = require('node:path');
 const swc = require('@swc/core');
@@ -25,7 +25,6 @@ const ROLES = {
   main: './main.ts',
   loadgen: './loadgen.ts',
   upstreams: './upstreams.ts',
-  flamegraph: './flamegraph.ts',
   compare: './compare.ts',
   report: './report.ts',
 };

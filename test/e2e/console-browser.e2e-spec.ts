@@ -10,6 +10,7 @@ import { queryDatabase } from '../support/databases';
 import { artifactsDir, Browser, launchBrowser } from '../support/real/browser';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
 import { call } from '../support/token-api';
+import { waitUntil } from '../support/wait';
 
 const INSTANCE = '9c1f6e2a-4b3d-4e5f-8a7b-6c5d4e3f2a1b';
 
@@ -127,13 +128,12 @@ describe('consoles in a real browser through the proxy', () => {
     await page.keyboard.type('x');
     await page.close();
     // The session's end is recorded with its byte counts once the browser has left.
-    const deadline = Date.now() + 5_000;
-    let row: Record<string, unknown> | undefined;
-    while (Date.now() < deadline) {
-      [row] = await queryDatabase(deployment.cellUrls.cell1, 'SELECT bytes_to_upstream, close_reason FROM console_sessions WHERE token_id = $1 AND ended_at IS NOT NULL', [issued.id]);
-      if (row) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    const row = await waitUntil(
+      async () => (await queryDatabase(deployment.cellUrls.cell1, 'SELECT bytes_to_upstream, close_reason FROM console_sessions WHERE token_id = $1 AND ended_at IS NOT NULL', [issued.id]))[0],
+      5_000,
+      'the end of the session to be recorded',
+      { intervalMs: 50 },
+    );
     expect(row).toMatchObject({ close_reason: 'client closed' });
     expect(Number(row?.bytes_to_upstream)).toBeGreaterThanOrEqual(1);
     expect(proxy.logs()).not.toContain(issued.token);

@@ -8,7 +8,8 @@ import { createTestDatabase, queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
-import { ConsoleClient, connectConsole, expectRefusedUpgrade, pollUntil, RefusedUpgrade, terminateAllClients, withDeadline } from '../support/websocket-client';
+import { waitUntil, withDeadline } from '../support/wait';
+import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade, terminateAllClients } from '../support/websocket-client';
 
 /*
  * What the console proxy decides on the HTTP upgrade, before any websocket exists: each refusal
@@ -98,7 +99,7 @@ async function expectAccepted(
   const sessionsBefore = await sessionCount(databaseUrl);
   const client = await connectConsole(target, options);
   expect((await client.roundTrip('hello console')).toString()).toBe('hello console');
-  await pollUntil(async () => ((await sessionCount(databaseUrl)) > sessionsBefore ? true : undefined), 2_000, 'the session record');
+  await waitUntil(async () => ((await sessionCount(databaseUrl)) > sessionsBefore ? true : undefined), 2_000, 'the session record');
   return client;
 }
 
@@ -367,7 +368,7 @@ describe('malformed or abandoned upgrades', () => {
       'Sec-WebSocket-Key: not-a-valid-key',
     ]);
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
-    await pollUntil(() => (openConnections() === 0 ? true : undefined), 3_000, 'no open console connection');
+    await waitUntil(() => (openConnections() === 0 ? true : undefined), 3_000, 'no open console connection');
     // The serial port is free for the next client.
     const client = await expectAccepted(url(proxy, (await issue({ consoleType: 'serial', port: upstream.port })).token));
     await client.close();
@@ -395,12 +396,12 @@ describe('malformed or abandoned upgrades', () => {
     // The proxy handles the request after the client left: wait for a sign of it (a console
     // connection or a session record). A proxy that notices the departure first leaves neither,
     // so this wait is bounded and its timeout is not a failure.
-    await pollUntil(
+    await waitUntil(
       async () => (upstream.connections.length > 0 || (await liveRows()) > 0 ? true : undefined),
       2_000,
       'the abandoned upgrade to be handled',
     ).catch(() => undefined);
-    await pollUntil(async () => (openConnections() === 0 && (await liveRows()) === 0 ? true : undefined), 3_000, 'nothing left behind');
+    await waitUntil(async () => (openConnections() === 0 && (await liveRows()) === 0 ? true : undefined), 3_000, 'nothing left behind');
     const client = await expectAccepted(url(proxy, (await issue({ consoleType: 'serial', port: upstream.port })).token));
     await client.close();
   });

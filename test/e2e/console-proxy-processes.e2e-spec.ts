@@ -2,10 +2,11 @@ import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { queryDatabase } from '../support/databases';
+import { metricValue, scrapeMetrics } from '../support/metrics';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
 import { call } from '../support/token-api';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
-import { pollUntil } from '../support/websocket-client';
+import { waitUntil } from '../support/wait';
 
 const INSTANCE = '7d4f0a2e-5b6c-4d8e-9f01-23456789abcd';
 
@@ -86,13 +87,15 @@ describe('console proxy replicas (separate processes)', () => {
     a.ws!.close();
     await end;
     // The end is recorded asynchronously by replica A; replica B must then let the next one in.
-    const deadline = Date.now() + 5_000;
-    let b: { ws?: WebSocket; status?: number } = {};
-    while (Date.now() < deadline) {
-      b = await connect(`${replicas[1].wsBase}/serial?token=${second.token}`);
-      if (b.ws) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    const b = await waitUntil(
+      async () => {
+        const attempt = await connect(`${replicas[1].wsBase}/serial?token=${second.token}`);
+        return attempt.ws ? attempt : undefined;
+      },
+      5_000,
+      'replica B to let the next serial session in',
+      { intervalMs: 50 },
+    );
     expect(b.ws).toBeDefined();
     expect(await echoes(b.ws!, 'second')).toBe(true);
     b.ws!.close();
@@ -189,16 +192,14 @@ describe('console proxy replicas (separate processes)', () => {
       for (const instance of instances) expect(instance).toMatch(/^workers\/\d+$/);
       // Whichever worker answers the scrape, it counts every worker's connects.
       for (let scrape = 0; scrape < 4; scrape++) {
-        const response = await fetch(`${baseUrl()}/metrics`);
-        expect(response.status).toBe(200);
-        expect(acceptedConnects(await response.text())).toBe(opened);
+        expect(metricValue(await scrapeMetrics(baseUrl()), 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(opened);
       }
     });
 
     it('replaces a worker that dies, and goes on serving', async () => {
       const [victim, survivor] = workerPids(workers.child.pid);
       process.kill(victim, 'SIGKILL');
-      const replaced = await pollUntil(
+      const replaced = await waitUntil(
         () => {
           const pids = workerPids(workers.child.pid);
           return pids.length === 2 && !pids.includes(victim) ? pids : undefined;
@@ -207,7 +208,7 @@ describe('console proxy replicas (separate processes)', () => {
         'a replacement worker',
       );
       expect(replaced).toContain(survivor);
-      await pollUntil(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000, "the supervisor's line");
+      await waitUntil(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000, "the supervisor's line");
       const token = await issue('novnc');
       for (let attempt = 0; attempt < 10; attempt++) {
         const { ws } = await connect(`${workers.wsBase}/websockify?token=${token.token}`);
@@ -255,10 +256,4 @@ function workerPids(pid: number | undefined): number[] {
   } catch {
     return [];
   }
-}
-
-/** The value of keyhole_proxy_connects_total{result="accepted"} in a Prometheus text page. */
-function acceptedConnects(page: string): number | undefined {
-  const line = page.split('\n').find((candidate) => candidate.startsWith('keyhole_proxy_connects_total{') && candidate.includes('result="accepted"'));
-  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 }

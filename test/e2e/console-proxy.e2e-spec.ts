@@ -3,19 +3,20 @@ import { createServer, Socket, connect as connectTcp } from 'node:net';
 import { Client } from 'pg';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
-import { queryDatabase } from '../support/databases';
+import { queryDatabase, SessionRow } from '../support/databases';
+import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
+import { metricValue } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
+import { waitUntil, withDeadline } from '../support/wait';
 import {
   ConsoleClient,
   ConsoleClientOptions,
   connectConsole,
   expectRefusedUpgrade,
   expectUpgradeError,
-  pollUntil,
   terminateAllClients,
-  withDeadline,
 } from '../support/websocket-client';
 
 /*
@@ -36,24 +37,6 @@ interface IssuedToken {
   consoleType: string;
   port: number;
   fingerprint: string;
-}
-
-interface SessionRow extends Record<string, unknown> {
-  id: string;
-  token_id: string | null;
-  token_fingerprint: string;
-  instance_uuid: string;
-  console_type: string;
-  host: string;
-  port: number;
-  proxy_instance: string;
-  client_address: string | null;
-  started_at: Date;
-  last_seen_at: Date;
-  ended_at: Date | null;
-  close_reason: string | null;
-  bytes_to_client: string;
-  bytes_to_upstream: string;
 }
 
 let deployment: TestDeployment;
@@ -133,7 +116,7 @@ async function sessionRows(tokenId: number): Promise<SessionRow[]> {
 
 /** The one session row of a token, once it has ended and its end (with byte counts) is recorded. */
 async function endedSession(tokenId: number, timeoutMs = 5_000): Promise<SessionRow> {
-  return pollUntil(
+  return waitUntil(
     async () => {
       const rows = await sessionRows(tokenId);
       return rows.length === 1 && rows[0].ended_at !== null ? rows[0] : undefined;
@@ -145,7 +128,7 @@ async function endedSession(tokenId: number, timeoutMs = 5_000): Promise<Session
 
 /** Waits until the proxy's final write (close reason kept, byte counts updated) is visible. */
 async function endedSessionWithBytes(tokenId: number, bytesToClient: number, bytesToUpstream: number, timeoutMs = 5_000): Promise<SessionRow> {
-  return pollUntil(
+  return waitUntil(
     async () => {
       const rows = await sessionRows(tokenId);
       const row = rows[0];
@@ -157,20 +140,11 @@ async function endedSessionWithBytes(tokenId: number, bytesToClient: number, byt
 }
 
 async function liveSession(tokenId: number, timeoutMs = 5_000): Promise<SessionRow> {
-  return pollUntil(
+  return waitUntil(
     async () => (await sessionRows(tokenId)).find((row) => row.ended_at === null),
     timeoutMs,
     `a live session of token ${tokenId}`,
   );
-}
-
-/** A TCP port on 127.0.0.1 with nothing listening on it. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 function once<T = void>(emitter: { once: (event: string, listener: (value: T) => void) => unknown }, event: string, timeoutMs = 5_000): Promise<T> {
@@ -350,7 +324,7 @@ describe('byte pump', () => {
     // Wait until the console is blocked: waiting for 'drain', and nothing written for 500 ms.
     let lastWritten = -1;
     let stableSince = Date.now();
-    await pollUntil(
+    await waitUntil(
       () => {
         const written = upstreamSocket?.bytesWritten ?? 0;
         if (written !== lastWritten) {
@@ -388,7 +362,7 @@ describe('byte pump', () => {
     });
     const baseline = processMemory();
     const client = await open(await issue({ port: upstream.port }));
-    const consoleSide = await pollUntil(() => upstreamSocket, 5_000, 'the console connection');
+    const consoleSide = await waitUntil(() => upstreamSocket, 5_000, 'the console connection');
 
     // A well-behaved browser: at most 16 messages (1 MiB) not yet handed to the network.
     const chunk = patternBuffer(251 * 256);
@@ -412,7 +386,7 @@ describe('byte pump', () => {
     let lastSent = -1;
     let stableSince = Date.now();
     const startedAt = Date.now();
-    await pollUntil(
+    await waitUntil(
       () => {
         if (sent !== lastSent) {
           lastSent = sent;
@@ -431,16 +405,16 @@ describe('byte pump', () => {
     const checker = new PatternChecker();
     consoleSide.on('data', checker.check);
     consoleSide.resume();
-    await pollUntil(() => (checker.position >= blockedAt + 8 * MiB ? true : undefined), 30_000, 'the browser to be read again');
+    await waitUntil(() => (checker.position >= blockedAt + 8 * MiB ? true : undefined), 30_000, 'the browser to be read again');
     stop = true;
     await withDeadline(pump, 10_000, 'the browser to stop sending');
-    await pollUntil(() => (checker.position === sent ? true : undefined), 10_000, 'every byte to reach the console');
+    await waitUntil(() => (checker.position === sent ? true : undefined), 10_000, 'every byte to reach the console');
     expect(checker.corruptAt).toBeUndefined();
     await client.close();
   });
 
   it('closes with 1011 "console unreachable" when nothing listens on the console port', async () => {
-    const token = await issue({ port: await closedPort() });
+    const token = await issue({ port: await freePort() });
     const client = await open(token);
     const close = await client.waitForClose();
     expect(close.code).toBe(1011);
@@ -577,7 +551,7 @@ describe('session records', () => {
       `GET /websockify?token=${encodeURIComponent(token.token)} HTTP/1.1\r\nHost: 127.0.0.1:${proxy.port}\r\n` +
         `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\n\r\n`,
     );
-    await pollUntil(() => (received.includes('\r\n\r\n') ? true : undefined), 5_000, 'the 101 answer');
+    await waitUntil(() => (received.includes('\r\n\r\n') ? true : undefined), 5_000, 'the 101 answer');
     expect(received.toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
     await liveSession(token.id);
     // A masked close frame, code 1000 (a client's frames are masked; this mask is zero bytes).
@@ -656,7 +630,7 @@ describe('exclusive serial consoles (Nova bug 1425640)', () => {
       await locker.query('BEGIN');
       await locker.query('SELECT 1 FROM console_sessions WHERE id = $1 FOR UPDATE', [holder.id]);
       expect((await firstClient.close()).code).toBe(1000);
-      await pollUntil(
+      await waitUntil(
         async () => {
           const waiting = await queryDatabase(
             deployment.cellUrls.cell1,
@@ -806,7 +780,7 @@ describe('live revocation', () => {
     const close = await client.waitForClose(5_000);
     expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
     expect(close.atMs - revokedAt).toBeLessThan(2_000);
-    await pollUntil(
+    await waitUntil(
       async () => {
         const ready = await fetch(`${proxy.httpBase}/readyz`);
         return ready.status === 200 && ((await ready.json()) as { listening: boolean }).listening ? true : undefined;
@@ -856,7 +830,7 @@ describe('ending a session by operator', () => {
     const client = await open(token);
     expect((await client.roundTrip(Buffer.alloc(100, 3))).length).toBe(100);
 
-    const listed = await pollUntil(
+    const listed = await waitUntil(
       async () => {
         const response = await call(deployment.api.baseUrl, 'GET', '/v1/cells/cell1/sessions?live=true', { key: deployment.operatorKey });
         expect(response.status).toBe(200);
@@ -1015,7 +989,7 @@ describe('graceful shutdown', () => {
 
     const signalledAt = Date.now();
     const shutdown = closeProxy(draining, 'SIGTERM');
-    await pollUntil(() => (draining.logs().includes('draining console sessions') ? true : undefined), 3_000, 'the drain to start');
+    await waitUntil(() => (draining.logs().includes('draining console sessions') ? true : undefined), 3_000, 'the drain to start');
 
     // New connections are refused...
     const refusal = await expectUpgradeError(consoleUrl(draining, (await issue()).token));
@@ -1090,7 +1064,7 @@ describe('logs', () => {
   it('log one "console session ended" line per session, with its facts, and never a token or a request URL', async () => {
     // Every session has ended by now (clients are terminated after each test). Rows inserted by
     // the test itself (a crashed proxy's) have no log line.
-    const rows = await pollUntil(
+    const rows = await waitUntil(
       async () => {
         const all = await queryDatabase<SessionRow>(deployment.cellUrls.cell1, "SELECT * FROM console_sessions WHERE proxy_instance <> 'crashed-proxy'");
         return all.every((row) => row.ended_at !== null) ? all : undefined;
@@ -1127,15 +1101,3 @@ describe('logs', () => {
     expect(everything).not.toContain('/websockify');
   });
 });
-
-/** The value of one sample of a Prometheus text exposition whose labels include `labels`. */
-function metricValue(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const sampleLabels = Object.fromEntries([...(match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((label) => [label[1], label[2]]));
-    if (Object.entries(labels).every(([key, value]) => sampleLabels[key] === value)) return Number(match[3]);
-  }
-  return undefined;
-}

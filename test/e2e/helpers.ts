@@ -93,18 +93,3 @@ export async function dumpDatabase(url: string): Promise<Record<string, string>>
   }
   return dump;
 }
-
-/**
- * Waits until `condition` holds, checking on every turn of the event loop, for at most
- * `timeoutMs`: for effects that happen just after a response was read (an access log line is
- * written on the server's `finish` event).
- */
-export async function eventually<T>(probe: () => T | undefined, timeoutMs = 2_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}

@@ -4,12 +4,14 @@ import type { Redis } from 'ioredis';
 import { runCli } from '../../apps/cli/src/main';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
-import { queryDatabase } from '../support/databases';
+import { queryDatabase, SessionRow } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
+import { metricValue, scrapeMetrics } from '../support/metrics';
 import { startRedisServer, TestRedisServer } from '../support/redis-server';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call, RunningTokenApi, startTokenApi } from '../support/token-api';
-import { ConsoleClient, ConsoleClientOptions, connectConsole, expectRefusedUpgrade, pollUntil, terminateAllClients } from '../support/websocket-client';
+import { waitUntil } from '../support/wait';
+import { ConsoleClient, ConsoleClientOptions, connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
 import { dumpDatabase, expectError, keyParts } from './helpers';
 
 /*
@@ -44,22 +46,6 @@ const secrets: string[] = [];
 const stderrChunks: string[] = [];
 let stderrSpy: jest.SpyInstance;
 const savedEnvironment = { ...process.env };
-
-interface SessionRow extends Record<string, unknown> {
-  id: string;
-  token_id: string | null;
-  token_source: string;
-  token_fingerprint: string;
-  instance_uuid: string;
-  console_type: string;
-  host: string;
-  port: number;
-  proxy_instance: string;
-  ended_at: Date | null;
-  close_reason: string | null;
-  bytes_to_client: string;
-  bytes_to_upstream: string;
-}
 
 interface TokenRow extends Record<string, unknown> {
   id: string;
@@ -235,27 +221,37 @@ async function useConsole(running: RunningProxy, token: string, options: Console
 
 /** Tries the token until the proxy accepts it; resolves with how long that took from `sinceMs`. */
 async function acceptedWithin(running: RunningProxy, token: string, sinceMs: number, timeoutMs: number): Promise<{ client: ConsoleClient; elapsedMs: number }> {
-  const deadline = sinceMs + timeoutMs;
   let last: number | undefined;
-  for (;;) {
-    const attempt = await tryConnect(running, token);
-    if (typeof attempt !== 'number') return { client: attempt, elapsedMs: performance.now() - sinceMs };
-    last = attempt;
-    if (performance.now() > deadline) throw new Error(`the token was still refused (HTTP ${last}) ${timeoutMs} ms later`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  const client = await waitUntil(
+    async () => {
+      const attempt = await tryConnect(running, token);
+      if (typeof attempt !== 'number') return attempt;
+      last = attempt;
+      return undefined;
+    },
+    sinceMs + timeoutMs - performance.now(),
+    () => `the token to be accepted (still refused with HTTP ${last})`,
+    { intervalMs: 20 },
+  );
+  return { client, elapsedMs: performance.now() - sinceMs };
 }
 
 /** Tries the token until the proxy refuses it with `status`; resolves with how long that took. */
 async function refusedWithin(running: RunningProxy, token: string, status: number, sinceMs: number, timeoutMs: number): Promise<number> {
-  const deadline = sinceMs + timeoutMs;
-  for (;;) {
-    const attempt = await tryConnect(running, token);
-    if (attempt === status) return performance.now() - sinceMs;
-    if (typeof attempt !== 'number') await attempt.close();
-    if (performance.now() > deadline) throw new Error(`the token was not refused with ${status} within ${timeoutMs} ms (got ${typeof attempt === 'number' ? attempt : 'a websocket'})`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  let last: number | string = 'nothing';
+  await waitUntil(
+    async () => {
+      const attempt = await tryConnect(running, token);
+      if (attempt === status) return true;
+      if (typeof attempt !== 'number') await attempt.close();
+      last = typeof attempt === 'number' ? attempt : 'a websocket';
+      return undefined;
+    },
+    sinceMs + timeoutMs - performance.now(),
+    () => `the token to be refused with ${status} (got ${last})`,
+    { intervalMs: 20 },
+  );
+  return performance.now() - sinceMs;
 }
 
 async function issueDatabaseToken(api: RunningTokenApi = deployment.api, body: Record<string, unknown> = {}): Promise<{ id: number; token: string; instanceUuid: string; accessUrl: string; expires: number }> {
@@ -282,7 +278,7 @@ async function setFallback(enabled: boolean, following: RunningProxy[] = [proxy]
 /** Setup only (the tests themselves judge the flag by connecting): the proxies' view of the flag. */
 async function waitForFlag(enabled: boolean, following: RunningProxy[]): Promise<void> {
   for (const running of following) {
-    await pollUntil(() => (running.runtime.proxy.fallbackEnabled === enabled ? true : undefined), 2_000, `the proxy to see the fallback ${enabled ? 'on' : 'off'}`);
+    await waitUntil(() => (running.runtime.proxy.fallbackEnabled === enabled ? true : undefined), 2_000, `the proxy to see the fallback ${enabled ? 'on' : 'off'}`);
   }
 }
 
@@ -292,7 +288,7 @@ async function sessionsOf(token: string): Promise<SessionRow[]> {
 
 /** The sessions of a token once `count` of them have ended and been recorded. */
 async function endedSessionsOf(token: string, count: number): Promise<SessionRow[]> {
-  return pollUntil(
+  return waitUntil(
     async () => {
       const rows = await sessionsOf(token);
       return rows.length === count && rows.every((row) => row.ended_at !== null) ? rows : undefined;
@@ -369,7 +365,7 @@ async function commandStats(name: string): Promise<Record<string, number>> {
 /** total_commands_processed once nothing but this probe talks to Redis (each INFO adds one). */
 async function quietCommandCount(): Promise<number> {
   let previous = Number((await redisInfo('stats')).total_commands_processed);
-  return pollUntil(
+  return waitUntil(
     async () => {
       const current = Number((await redisInfo('stats')).total_commands_processed);
       const quiet = current === previous + 1;
@@ -379,23 +375,6 @@ async function quietCommandCount(): Promise<number> {
     3_000,
     'Redis to be quiet',
   );
-}
-
-async function metricsOf(running: RunningProxy): Promise<string> {
-  const response = await fetch(`${running.httpBase}/metrics`);
-  expect(response.status).toBe(200);
-  return response.text();
-}
-
-function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const sampleLabels = Object.fromEntries([...(match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((label) => [label[1], label[2]]));
-    if (Object.entries(labels).every(([key, value]) => sampleLabels[key] === value)) return Number(match[3]);
-  }
-  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,7 +425,7 @@ describe('switching the fallback while the proxy runs', () => {
     await expectEcho(client);
 
     // Operators see the live legacy session (its record is written within 20 ms) and can end it like any other.
-    const live = await pollUntil(
+    const live = await waitUntil(
       async () => {
         const listed = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${instanceUuid}`, { key: deployment.operatorKey });
         expect(listed.status).toBe(200);
@@ -462,7 +441,7 @@ describe('switching the fallback while the proxy runs', () => {
     expect(ended.status).toBe(204);
     expect((await client.waitForClose(FLAG_PROPAGATION_MS + 500)).code).toBe(1008);
     // The API marks the end at once; the proxy adds the byte counts when it has closed the session.
-    const session = await pollUntil(
+    const session = await waitUntil(
       async () => (await sessionsOf(legacy)).find((row) => row.bytes_to_client !== '0'),
       5_000,
       'the proxy to record the byte counts',
@@ -823,7 +802,7 @@ describe('a legacy store that stops answering', () => {
     const failures = logEntries().filter((entry) => entry.msg === 'token lookup failed' && entry.fingerprint === fingerprintOf(legacy));
     expect(failures.length).toBeGreaterThanOrEqual(2);
     expect(JSON.stringify(failures)).toMatch(/legacy token store did not answer/);
-    await pollUntil(() => logEntries().find((entry) => entry.msg === 'legacy token store unreachable'), 2_000, 'the outage to be logged');
+    await waitUntil(() => logEntries().find((entry) => entry.msg === 'legacy token store unreachable'), 2_000, 'the outage to be logged');
 
     // Back on the same port (empty: nothing was saved); the legacy system writes the token again.
     await redis.restart();
@@ -876,7 +855,7 @@ describe('malformed legacy values', () => {
       await raw.set(token, value(token), 'EX', 600);
       const refused = await refusal(checked, token);
       expect({ name, status: refused.status }).toEqual({ name, status: 401 });
-      const warned = await pollUntil(
+      const warned = await waitUntil(
         () => logEntries().find((entry) => entry.msg === 'legacy token value is malformed; ignored' && entry.fingerprint === fingerprintOf(token)),
         2_000,
         `the warning about ${name}`,
@@ -908,7 +887,7 @@ describe('metrics', () => {
 
     // Off: no lookup at all.
     expect((await refusal(measured, legacy)).status).toBe(401);
-    let text = await metricsOf(measured);
+    let text = await scrapeMetrics(measured.httpBase);
     expect(metricValue(text, 'keyhole_proxy_legacy_lookups_total')).toBeUndefined();
 
     await setFallback(true, [proxy, measured]);
@@ -928,7 +907,7 @@ describe('metrics', () => {
     const restartedAt = performance.now();
     raw = redis.client();
 
-    text = await metricsOf(measured);
+    text = await scrapeMetrics(measured.httpBase);
     const lookups = (result: string) => metricValue(text, 'keyhole_proxy_legacy_lookups_total', { cell: 'cell1', result }) ?? 0;
     expect({ served: lookups('served'), miss: lookups('miss'), unavailable: lookups('unavailable') }).toEqual({ served: 2, miss: 2, unavailable: 1 });
     expect(metricValue(text, 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(4);

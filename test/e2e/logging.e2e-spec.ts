@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { call } from '../support/token-api';
-import { ApiResponse, eventually, fingerprintOf, issueBody, keyParts, randomSecret } from './helpers';
+import { waitUntil } from '../support/wait';
+import { ApiResponse, fingerprintOf, issueBody, keyParts, randomSecret } from './helpers';
 
 /*
  * A token never appears in a log line, nor does an API key or its secret (DESIGN.md, Tokens):
@@ -66,7 +67,7 @@ describe('token API logs', () => {
   /** Waits for one access line per request (written when each response finished) and checks them. */
   async function expectAccessLines(requests: { requestId: string; method: string; path: string; status: number }[]): Promise<void> {
     // A missing line is reported by the assertions below, not by the wait.
-    await eventually(() => (requests.every((request) => accessLinesByRequest().has(request.requestId)) ? true : undefined)).catch(() => false);
+    await waitUntil(() => (requests.every((request) => accessLinesByRequest().has(request.requestId)) ? true : undefined), 2_000, 'an access line per request', { intervalMs: 0 }).catch(() => false);
     const byRequest = accessLinesByRequest();
     for (const request of requests) {
       // The line names the route template, never the path as sent (a token may be in it).
@@ -197,7 +198,7 @@ describe('token API logs', () => {
     expect((await send('GET', `/v1/cells/cell2/tokens/${token}`, { key: deployment.operatorKey })).status).toBe(400);
     expect((await send('DELETE', `/v1/cells/cell2/tokens/${token}`, { key: deployment.agentKeys.cell2 })).status).toBe(400);
 
-    await eventually(() => (logLines().filter((line) => line.msg === 'request' && line.requestId?.startsWith('path-')).length >= requests.length ? true : undefined));
+    await waitUntil(() => (logLines().filter((line) => line.msg === 'request' && line.requestId?.startsWith('path-')).length >= requests.length ? true : undefined), 2_000, 'the access lines', { intervalMs: 0 });
     expectNoSecretsInLogs({ token });
   });
 });

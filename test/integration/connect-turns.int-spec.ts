@@ -49,20 +49,10 @@ describe('ConnectTurns', () => {
     sockets.push(...results.map((result) => result.socket));
 
     for (const result of results) expect(result.bytes.equals(BANNER)).toBe(true);
-    // A dropped SYN is sent again after 1 s: taking turns, no connect comes near that.
+    // A dropped SYN is sent again after 1 s: taking turns, no connect comes near that. (What the
+    // kernel does without turns is measured by the bench, bench/syn-retry.ts, not asserted here.)
     expect(Math.max(...results.map((result) => result.ms))).toBeLessThan(800);
     expect(turns.busyConsoles).toBe(0);
-  });
-
-  it('reproduces the problem it solves: without turns, one of 3 simultaneous connects waits for a SYN retry', async () => {
-    const qemuLike = await startConsole(1, true);
-    consoles.push(qemuLike);
-
-    // A backlog of 1 queues 2 connections; the third SYN is dropped and sent again after 1 s.
-    const results = await Promise.all(Array.from({ length: 3 }, () => firstBytes(qemuLike.port, undefined)));
-    sockets.push(...results.map((result) => result.socket));
-
-    expect(Math.max(...results.map((result) => result.ms))).toBeGreaterThanOrEqual(900);
   });
 
   it('does not make a connect wait when no other connect to that console is in its handshake', async () => {

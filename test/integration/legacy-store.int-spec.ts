@@ -1,14 +1,14 @@
-import { ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { connect, createServer } from 'node:net';
 import { fingerprintOfHash, sha256Hex } from '@keyhole/core';
 import { LegacyStoreUnavailable, LegacyTokenStore } from '@keyhole/legacy-store';
 import { Redis } from 'ioredis';
 import { captureLogs } from '../support/log-capture';
+import { startRedisServer, TestRedisServer } from '../support/redis-server';
+import { waitUntil, withDeadline } from '../support/wait';
 
 /*
- * The legacy token store against a real redis-server of its own (not the shared one), started on a
- * free port, written "as the legacy system would" with a plain client, then stopped, killed and
+ * The legacy token store against a real redis-server of its own (not the shared one, the harness's
+ * launcher), written "as the legacy system would" with a plain client, then stopped, killed and
  * restarted under the store's feet.
  */
 
@@ -36,72 +36,6 @@ function novaValue(token: string, fields: Record<string, unknown> = {}): string 
   });
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (!address || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
-
-/** One PING over a raw socket: true when the server answers +PONG within 200 ms. */
-function pings(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    const done = (answer: boolean) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(answer);
-    };
-    const timer = setTimeout(() => done(false), 200);
-    socket.on('connect', () => socket.write('PING\r\n'));
-    socket.on('data', (data) => done(data.toString().startsWith('+PONG')));
-    socket.on('error', () => done(false));
-  });
-}
-
-async function waitFor(what: string, condition: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-async function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  });
-  let exited = false;
-  child.once('exit', () => (exited = true));
-  await waitFor('redis-server to answer PING', async () => {
-    if (exited) throw new Error('redis-server exited at start');
-    return pings(port);
-  }, 5000);
-  return child;
-}
-
-/** Waits for `promise` at most `timeoutMs`, leaving no timer behind. */
-async function within<T>(what: string, promise: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function stopRedis(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGCONT');
-  child.kill('SIGKILL');
-  await within('redis-server to exit', exited, 5000);
-}
-
 async function commandStats(client: Redis, command: string): Promise<Record<string, number>> {
   const info = await client.info('commandstats');
   const line = info.split('\r\n').find((entry) => entry.startsWith(`cmdstat_${command}:`));
@@ -122,8 +56,7 @@ async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
 }
 
 describe('LegacyTokenStore on a real Redis', () => {
-  let port: number;
-  let redis: ChildProcess;
+  let redis: TestRedisServer;
   let raw: Redis;
   const stores: LegacyTokenStore[] = [];
   const logs = captureLogs('legacy-store-test');
@@ -135,7 +68,7 @@ describe('LegacyTokenStore on a real Redis', () => {
   const timings: Record<string, string> = {};
 
   function openStore(format: 'nova' | 'websockify', keyPrefix: string): LegacyTokenStore {
-    const store = new LegacyTokenStore({ redisUrl: `redis://127.0.0.1:${port}`, format, keyPrefix, timeoutMs: TIMEOUT_MS }, logger);
+    const store = new LegacyTokenStore({ redisUrl: redis.url, format, keyPrefix, timeoutMs: TIMEOUT_MS }, logger);
     stores.push(store);
     return store;
   }
@@ -143,21 +76,20 @@ describe('LegacyTokenStore on a real Redis', () => {
   async function readyStore(format: 'nova' | 'websockify', keyPrefix: string): Promise<LegacyTokenStore> {
     const store = openStore(format, keyPrefix);
     // Commands are not queued before the connection is up: wait for it as a caller's readiness check would.
-    await waitFor('the store to connect', async () => (await store.lookup('warm-up').then(() => true, () => false)), 5000);
+    await waitUntil(() => store.lookup('warm-up').then(() => true, () => undefined), 5000, 'the store to connect');
     return store;
   }
 
   beforeAll(async () => {
-    port = await freePort();
-    redis = await startRedis(port);
-    raw = new Redis({ host: '127.0.0.1', port, retryStrategy: () => 50 });
+    redis = await startRedisServer();
+    raw = new Redis({ host: '127.0.0.1', port: redis.port, retryStrategy: () => 50 });
     raw.on('error', () => undefined);
   });
 
   afterAll(async () => {
     await Promise.all(stores.map((store) => store.close()));
     raw?.disconnect();
-    if (redis) await stopRedis(redis);
+    await redis?.close();
     if (Object.keys(timings).length > 0) console.log(`legacy store timings: ${JSON.stringify(timings)}`);
   });
 
@@ -226,7 +158,7 @@ describe('LegacyTokenStore on a real Redis', () => {
 
       const expiring = uuid(5);
       await raw.set(`nova:${expiring}`, novaValue(expiring), 'PX', 30);
-      await waitFor('the key to expire', async () => (await raw.exists(`nova:${expiring}`)) === 0, 2000);
+      await waitUntil(async () => ((await raw.exists(`nova:${expiring}`)) === 0 ? true : undefined), 2000, 'the key to expire');
       expect(await store.lookup(expiring)).toBeNull();
 
       const long = 'x'.repeat(257);
@@ -408,7 +340,7 @@ describe('LegacyTokenStore on a real Redis', () => {
         expect(await store.deleteInstance('55555555-5555-4555-8555-555555555555')).toBe(0);
         expect(await openStore('websockify', 'del:').deleteInstance(INSTANCE_B)).toBe(0);
         await raw.echo('monitor-sentinel');
-        await waitFor('MONITOR to catch up', async () => seen.some((args) => args[0] === 'echo' && args[1] === 'monitor-sentinel'), 2000);
+        await waitUntil(() => (seen.some((args) => args[0] === 'echo' && args[1] === 'monitor-sentinel') ? true : undefined), 2000, 'MONITOR to catch up');
       } finally {
         monitor.disconnect();
       }
@@ -473,7 +405,7 @@ describe('LegacyTokenStore on a real Redis', () => {
       await raw.set(`nova:${token}`, novaValue(token), 'EX', 600);
       expect(await store.lookup(token)).not.toBeNull();
 
-      redis.kill('SIGSTOP');
+      redis.pause();
       try {
         const started = Date.now();
         await expect(store.lookup(token)).rejects.toBeInstanceOf(LegacyStoreUnavailable);
@@ -484,10 +416,10 @@ describe('LegacyTokenStore on a real Redis', () => {
         await expect(store.lookup(token)).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE', reason: expect.stringMatching(/^(timeout|disconnected)$/) });
         expect(store.healthy).toBe(false);
       } finally {
-        redis.kill('SIGCONT');
+        redis.resume();
       }
       const resumed = Date.now();
-      await waitFor('lookups to work again', async () => (await store.lookup(token).catch(() => null)) !== null, 5000);
+      await waitUntil(async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined), 5000, 'lookups to work again');
       timings.resumeRecoveryMs = String(Date.now() - resumed);
       expect(store.healthy).toBe(true);
     });
@@ -499,7 +431,7 @@ describe('LegacyTokenStore on a real Redis', () => {
       await raw.set(`nova:${token}`, novaValue(token), 'EX', 600);
       expect(await store.lookup(token)).not.toBeNull();
 
-      await stopRedis(redis);
+      await redis.kill();
       const started = Date.now();
       const failure = await store.lookup(token).then(
         () => undefined,
@@ -522,15 +454,15 @@ describe('LegacyTokenStore on a real Redis', () => {
         expect(Date.now() - callStarted).toBeLessThan(1000);
       }
 
-      redis = await startRedis(port);
+      await redis.restart();
       const restarted = Date.now();
-      if (raw.status !== 'ready') await within('the plain client to reconnect', once(raw, 'ready'), 5000);
+      if (raw.status !== 'ready') await withDeadline(once(raw, 'ready'), 5000, 'the plain client to reconnect');
       await raw.set(`nova:${token}`, novaValue(token), 'EX', 600);
-      await waitFor('lookups to work again', async () => (await store.lookup(token).catch(() => null)) !== null, 5000);
+      await waitUntil(async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined), 5000, 'lookups to work again');
       timings.restartRecoveryMs = String(Date.now() - restarted);
       expect(store.healthy).toBe(true);
       // Each store reconnects on its own schedule: until it has, it fails closed, as above.
-      await waitFor('the second store to answer again', async () => (await websockify.lookup('anything').then(() => true, () => false)), 5000);
+      await waitUntil(() => websockify.lookup('anything').then(() => true, () => undefined), 5000, 'the second store to answer again');
       expect(await websockify.lookup('anything')).toBeNull();
       // One warning for the outage per store, not one per reconnect attempt.
       expect(logs.lines.filter((line) => line.includes('legacy token store unreachable')).length).toBeLessThanOrEqual(2 * stores.length);

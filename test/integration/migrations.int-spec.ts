@@ -1,5 +1,4 @@
-import { createDataSource, migrateDatabase } from '@keyhole/db';
-import { createTestDatabase, queryDatabase } from '../support/databases';
+import { createTestDatabase, migrateTestDatabase, queryDatabase } from '../support/databases';
 
 describe('migrations', () => {
   it('build the cell schema with the indexes Nova has plus one on expires, and run only once', async () => {
@@ -28,19 +27,7 @@ describe('migrations', () => {
       }
       expect(byName.expires.data_type).toBe('bigint');
 
-      const dataSource = createDataSource('cell', {
-        url: cell.url,
-        poolSize: 1,
-        connectTimeoutMs: 5000,
-        statementTimeoutMs: 5000,
-        applicationName: 'keyhole-test',
-      });
-      await dataSource.initialize();
-      try {
-        expect(await migrateDatabase(dataSource)).toEqual([]);
-      } finally {
-        await dataSource.destroy();
-      }
+      expect(await migrateTestDatabase('cell', cell.url)).toEqual([]);
     } finally {
       await cell.drop();
     }

@@ -5,6 +5,7 @@ import { artifactsDir, Browser, launchBrowser } from '../support/real/browser';
 import { readFirstBytes } from '../support/real/network';
 import { QemuVm, SerialConsole, startQemuVm } from '../support/real/qemu';
 import { startWebsockify, Websockify } from '../support/real/websockify';
+import { waitUntil } from '../support/wait';
 
 const RFB_BANNER = 'RFB 003.008\n';
 const BIOS_BANNER = /SeaBIOS \(version [^)]+\)[\s\S]*Press ESC for boot menu/;
@@ -54,8 +55,7 @@ describe('real-upstream harness: QEMU, websockify, Chromium', () => {
       await starting.resume();
       // Right after this line SeaBIOS copies itself into shadow RAM: a QMP system_reset sent then
       // leaves the CPU in a half-copied BIOS for good. (Without the harness's wait, 4 to 8 runs in 10 failed.)
-      const deadline = Date.now() + 10_000;
-      while (!starting.firmwareLog().includes('No Xen hypervisor found.') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1));
+      await waitUntil(() => (starting.firmwareLog().includes('No Xen hypervisor found.') ? true : undefined), 10_000, 'SeaBIOS to start', { intervalMs: 1 });
       expect(starting.firmwareLog()).toContain('No Xen hypervisor found.');
       await starting.reset();
       // The first boot printed the banner too: only what follows the reset counts.

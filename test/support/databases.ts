@@ -23,19 +23,18 @@ export async function createTemplates(): Promise<void> {
     const url = urlForDatabase(templateName(kind));
     await dropDatabase(url);
     await createDatabaseIfMissing(url);
-    const dataSource = createDataSource(kind, {
-      url,
-      poolSize: 1,
-      connectTimeoutMs: 5_000,
-      statementTimeoutMs: 60_000,
-      applicationName: 'keyhole-test-setup',
-    });
-    await dataSource.initialize();
-    try {
-      await migrateDatabase(dataSource);
-    } finally {
-      await dataSource.destroy();
-    }
+    await migrateTestDatabase(kind, url);
+  }
+}
+
+/** Runs the real migrations on a database of this kind; resolves with the names of those it applied. */
+export async function migrateTestDatabase(kind: DatabaseKind, url: string): Promise<string[]> {
+  const dataSource = createDataSource(kind, { url, poolSize: 1, connectTimeoutMs: 5_000, statementTimeoutMs: 60_000, applicationName: 'keyhole-test' });
+  await dataSource.initialize();
+  try {
+    return await migrateDatabase(dataSource);
+  } finally {
+    await dataSource.destroy();
   }
 }
 
@@ -49,6 +48,26 @@ export async function createTestDatabase(kind: DatabaseKind): Promise<{ url: str
   const url = urlForDatabase(name);
   await createDatabaseIfMissing(url, templateName(kind));
   return { url, name, drop: () => dropDatabase(url) };
+}
+
+/** A console_sessions row as pg returns it (bigint columns as strings), for assertions on raw rows. */
+export interface SessionRow extends Record<string, unknown> {
+  id: string;
+  token_id: string | null;
+  token_source: string;
+  token_fingerprint: string;
+  instance_uuid: string;
+  console_type: string;
+  host: string;
+  port: number;
+  proxy_instance: string;
+  client_address: string | null;
+  started_at: Date;
+  last_seen_at: Date;
+  ended_at: Date | null;
+  close_reason: string | null;
+  bytes_to_client: string;
+  bytes_to_upstream: string;
 }
 
 /** Runs one query on a database with a short-lived client (assertions on raw rows). */

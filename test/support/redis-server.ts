@@ -1,7 +1,8 @@
-import { ChildProcess, spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { Redis } from 'ioredis';
 import { freePort } from './real/network';
+import { ManagedProcess, startProcess } from './real/processes';
+import { waitUntil } from './wait';
 
 /*
  * A redis-server of the test's own (never the shared one on 6379), on a free port of 127.0.0.1,
@@ -36,19 +37,17 @@ export interface TestRedisServer {
 export async function startRedisServer(): Promise<TestRedisServer> {
   const port = await freePort();
   const clients = new Set<Redis>();
-  let child: ChildProcess | undefined = await spawnRedis(port);
+  let child: ManagedProcess | undefined = await spawnRedis(port);
+  const signal = (name: NodeJS.Signals): void => {
+    if (child && !child.hasExited()) process.kill(child.pid, name);
+  };
 
-  const stopChild = async (signal: NodeJS.Signals): Promise<void> => {
+  const stopChild = async (stopSignal: NodeJS.Signals): Promise<void> => {
     const current = child;
+    // A frozen server must run again to act on the signal.
+    signal('SIGCONT');
     child = undefined;
-    if (!current || current.exitCode !== null || current.signalCode !== null) return;
-    const exited = new Promise<void>((resolve) => current.once('exit', () => resolve()));
-    current.kill('SIGCONT');
-    current.kill(signal);
-    if (!(await within(exited, STOP_TIMEOUT_MS))) {
-      current.kill('SIGKILL');
-      if (!(await within(exited, STOP_TIMEOUT_MS))) throw new Error(`redis-server on port ${port} did not exit`);
-    }
+    await current?.stop(STOP_TIMEOUT_MS, stopSignal);
   };
 
   return {
@@ -65,10 +64,10 @@ export async function startRedisServer(): Promise<TestRedisServer> {
       return client;
     },
     pause() {
-      child?.kill('SIGSTOP');
+      signal('SIGSTOP');
     },
     resume() {
-      child?.kill('SIGCONT');
+      signal('SIGCONT');
     },
     kill: () => stopChild('SIGKILL'),
     async restart() {
@@ -83,42 +82,25 @@ export async function startRedisServer(): Promise<TestRedisServer> {
   };
 }
 
-async function spawnRedis(port: number): Promise<ChildProcess> {
+async function spawnRedis(port: number): Promise<ManagedProcess> {
   const deadline = Date.now() + START_TIMEOUT_MS;
-  let output = '';
   for (;;) {
-    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+    const server = await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']).catch((error: Error) => {
+      throw new Error(`could not start redis-server: ${error.message}`);
     });
-    // Kept short: only for the error message when the server does not come up.
-    const keep = (chunk: Buffer) => {
-      output = (output + chunk.toString('utf8')).slice(-2_000);
-    };
-    child.stdout?.on('data', keep);
-    child.stderr?.on('data', keep);
-    let exited = false;
-    let spawnError: Error | undefined;
-    child.once('exit', () => (exited = true));
-    child.once('error', (error) => {
-      spawnError = error;
-      exited = true;
+    // true once it answers PING, false when it exited.
+    const answered = await waitUntil(
+      async () => (server.hasExited() ? false : (await pings(port)) || undefined),
+      deadline - Date.now(),
+      () => `redis-server on port ${port} to answer PING: ${server.output().slice(-2_000)}`,
+      { intervalMs: 20 },
+    ).catch(async (error: unknown) => {
+      await server.stop(0, 'SIGKILL');
+      throw error;
     });
-    // A test process that dies must not leave a server behind.
-    const killOnExit = () => child.kill('SIGKILL');
-    process.once('exit', killOnExit);
-    child.once('exit', () => process.off('exit', killOnExit));
-
-    while (!exited && Date.now() < deadline) {
-      if (await pings(port)) return child;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    if (spawnError) throw new Error(`could not start redis-server: ${spawnError.message}`);
-    if (!exited) {
-      child.kill('SIGKILL');
-      throw new Error(`redis-server on port ${port} did not answer PING within ${START_TIMEOUT_MS} ms: ${output}`);
-    }
+    if (answered) return server;
     // Exited at start (the port may still be held by the previous server a moment): try again.
-    if (Date.now() >= deadline) throw new Error(`redis-server on port ${port} exited at start: ${output}`);
+    if (Date.now() >= deadline) throw new Error(`redis-server on port ${port} exited at start: ${server.output().slice(-2_000)}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -141,16 +123,4 @@ function pings(port: number): Promise<boolean> {
     });
     socket.on('error', () => done(false));
   });
-}
-
-async function within(promise: Promise<void>, timeoutMs: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(false), timeoutMs);
-  });
-  try {
-    return await Promise.race([promise.then(() => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

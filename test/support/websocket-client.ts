@@ -1,5 +1,6 @@
 import { IncomingHttpHeaders } from 'node:http';
 import WebSocket, { ClientOptions, RawData } from 'ws';
+import { withDeadline } from './wait';
 
 /*
  * A websocket client for the console proxy tests, built on `ws` (a real client speaking the real
@@ -151,53 +152,59 @@ export function connectConsole(url: string, options: ConsoleClientOptions = {}):
  */
 export function expectRefusedUpgrade(url: string, options: ClientOptions & { protocols?: string[]; timeoutMs?: number } = {}): Promise<RefusedUpgrade> {
   const { protocols, timeoutMs = DEFAULT_TIMEOUT_MS, ...clientOptions } = options;
-  const ws = new WebSocket(url, protocols ?? [], { handshakeTimeout: timeoutMs, ...clientOptions });
-  clients.add(ws);
-  return withDeadline(
-    new Promise<RefusedUpgrade>((resolve, reject) => {
-      ws.once('open', () => {
-        ws.terminate();
-        reject(new Error('the upgrade was accepted: a websocket opened'));
+  return attemptThatMustNotOpen<RefusedUpgrade>(url, protocols ?? [], { handshakeTimeout: timeoutMs, ...clientOptions }, `the upgrade to ${redactUrl(url)} to be refused`, (ws, resolve, reject) => {
+    ws.once('unexpected-response', (_request, response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.once('end', () => {
+        clients.delete(ws);
+        resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), headers: response.headers });
       });
-      ws.once('unexpected-response', (_request, response) => {
-        const chunks: Buffer[] = [];
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.once('end', () => {
-          clients.delete(ws);
-          resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), headers: response.headers });
-        });
-        response.once('error', reject);
-      });
-      ws.once('error', reject);
-      ws.once('close', () => clients.delete(ws));
-    }),
-    timeoutMs + 500,
-    `the upgrade to ${redactUrl(url)} to be refused`,
-  );
+      response.once('error', reject);
+    });
+    ws.once('error', reject);
+    ws.once('close', () => clients.delete(ws));
+  });
 }
 
 /** The error of an upgrade attempt that got no HTTP answer at all (connection refused, reset). */
 export function expectUpgradeError(url: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<Error & { code?: string }> {
-  const ws = new WebSocket(url, { handshakeTimeout: timeoutMs });
+  return attemptThatMustNotOpen<Error>(url, [], { handshakeTimeout: timeoutMs }, 'the upgrade to fail', (ws, resolve, reject) => {
+    ws.once('unexpected-response', (_request, response) => {
+      response.resume();
+      ws.terminate();
+      reject(new Error(`the upgrade got an HTTP answer (${response.statusCode}) instead of a connection error`));
+    });
+    ws.once('error', (error) => {
+      clients.delete(ws);
+      resolve(error);
+    });
+  });
+}
+
+/**
+ * A tracked websocket that fails the attempt if it opens; `settle` listens for the outcome the
+ * caller expects. Bounded by the handshake timeout and half a second.
+ */
+function attemptThatMustNotOpen<T>(
+  url: string,
+  protocols: string[],
+  options: ClientOptions & { handshakeTimeout: number },
+  what: string,
+  settle: (ws: WebSocket, resolve: (value: T) => void, reject: (error: unknown) => void) => void,
+): Promise<T> {
+  const ws = new WebSocket(url, protocols, options);
   clients.add(ws);
   return withDeadline(
-    new Promise<Error>((resolve, reject) => {
+    new Promise<T>((resolve, reject) => {
       ws.once('open', () => {
         ws.terminate();
         reject(new Error('the upgrade was accepted: a websocket opened'));
       });
-      ws.once('unexpected-response', (_request, response) => {
-        response.resume();
-        ws.terminate();
-        reject(new Error(`the upgrade got an HTTP answer (${response.statusCode}) instead of a connection error`));
-      });
-      ws.once('error', (error) => {
-        clients.delete(ws);
-        resolve(error);
-      });
+      settle(ws, resolve, reject);
     }),
-    timeoutMs + 500,
-    'the upgrade to fail',
+    options.handshakeTimeout + 500,
+    what,
   );
 }
 
@@ -205,26 +212,6 @@ export function expectUpgradeError(url: string, timeoutMs = DEFAULT_TIMEOUT_MS):
 export function terminateAllClients(): void {
   for (const ws of clients) ws.terminate();
   clients.clear();
-}
-
-/** `promise`, or a rejection naming what was awaited once `timeoutMs` have passed. */
-export function withDeadline<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Polls `probe` every 25 ms until it returns a value other than undefined, or fails at the deadline. */
-export async function pollUntil<T>(probe: () => Promise<T | undefined> | T | undefined, timeoutMs = DEFAULT_TIMEOUT_MS, what = 'a condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
 }
 
 /** A URL without its query (which holds the token), for error messages. */

@@ -28,15 +28,20 @@ function fakeStore() {
 }
 
 const writeDelayMs = 5;
-const afterDelay = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, writeDelayMs + 5));
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+// Fake timers: the write delay passes when the test says so, not on the clock.
+const afterDelay = (): Promise<void> => jest.advanceTimersByTimeAsync(writeDelayMs + 5);
+const nextTurn = (): Promise<void> => jest.advanceTimersByTimeAsync(0);
 
 describe('SessionRecorder', () => {
   let warnings: jest.SpyInstance;
   beforeEach(() => {
+    jest.useFakeTimers();
     warnings = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
   });
-  afterEach(() => warnings.mockRestore());
+  afterEach(() => {
+    warnings.mockRestore();
+    jest.useRealTimers();
+  });
 
   /** The session ids of the "could not record" warnings so far. */
   const lostSessions = (): string[] => warnings.mock.calls.map(([fields]) => (fields as { sessionId: string }).sessionId);

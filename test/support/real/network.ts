@@ -13,31 +13,6 @@ export async function freePort(): Promise<number> {
   return address.port;
 }
 
-/**
- * Calls `attempt` until it resolves, every `intervalMs` (default 50) until `deadline` (epoch ms), then
- * fails with `describe()` and the last error. `signal` stops it early (when a racing failure has won).
- */
-export async function retryUntil<T>(
-  deadline: number,
-  attempt: () => Promise<T>,
-  describe: () => string,
-  { intervalMs = 50, signal }: { intervalMs?: number; signal?: AbortSignal } = {},
-): Promise<T> {
-  let lastError: unknown;
-  for (;;) {
-    if (signal?.aborted) throw new Error(`${describe()}: cancelled`);
-    try {
-      return await attempt();
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() + intervalMs > deadline) {
-      throw new Error(`${describe()}; last attempt: ${lastError instanceof Error ? lastError.message : String(lastError)}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
-
 /** Opens a TCP connection, failing after `timeoutMs`. */
 export async function connectTcp(port: number, timeoutMs: number, host = '127.0.0.1'): Promise<Socket> {
   return new Promise((resolve, reject) => {

@@ -1,18 +1,39 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { accessSync, closeSync, constants, openSync, readFileSync } from 'node:fs';
+import { basename, delimiter, join } from 'node:path';
+import { waitUntil } from '../wait';
 
-/** A child process the harness started: its output for error messages, its exit, and a bounded stop. */
+/**
+ * A child process the harness (or the bench) started: its output for error messages, its exit, and
+ * a bounded stop.
+ */
 export interface ManagedProcess {
   readonly pid: number;
+  /** What error messages call it (default: the command's file name). */
+  readonly name: string;
   readonly commandLine: string;
   /** stdout and stderr interleaved (the last 64 KiB), for error messages. */
   output(): string;
   hasExited(): boolean;
   /** Resolves when the process has exited (never rejects). */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** SIGTERM, then SIGKILL after `graceMs` (default 5000); resolves once it has exited. Idempotent. */
-  stop(graceMs?: number): Promise<void>;
+  /**
+   * `signal` (default SIGTERM) to the process group, SIGKILL after `graceMs` (default 5000); resolves
+   * once the process has exited, after a SIGKILL to whatever it left in its group. Idempotent.
+   */
+  stop(graceMs?: number, signal?: NodeJS.Signals): Promise<void>;
+}
+
+export interface StartProcessOptions {
+  /** The whole environment of the process (default: this process's). */
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  name?: string;
+  /**
+   * Write stdout and stderr to this file instead of a pipe that this process reads: for a process
+   * that writes a lot while this one measures (the bench). `output()` reads the file's end.
+   */
+  logFile?: string;
 }
 
 const OUTPUT_LIMIT = 64 * 1024;
@@ -33,9 +54,25 @@ function installExitHook(): void {
  * Spawns `command` in its own process group (so helpers it forks, like websockify's per-connection
  * processes, are stopped with it) and resolves once the OS has started it; rejects if it cannot start.
  */
-export async function startProcess(command: string, args: string[], env: Record<string, string> = {}): Promise<ManagedProcess> {
+export async function startProcess(command: string, args: string[], options: StartProcessOptions = {}): Promise<ManagedProcess> {
   installExitHook();
-  const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, ...env } });
+  const { logFile } = options;
+  const fd = logFile === undefined ? undefined : openSync(logFile, 'w');
+  let child: ChildProcess;
+  try {
+    child = spawn(command, args, {
+      stdio: ['ignore', fd ?? 'pipe', fd ?? 'pipe'],
+      detached: true,
+      env: options.env ?? process.env,
+      cwd: options.cwd,
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
   let output = '';
   const append = (chunk: Buffer): void => {
     output = (output + chunk.toString('utf8')).slice(-OUTPUT_LIMIT);
@@ -43,10 +80,6 @@ export async function startProcess(command: string, args: string[], env: Record<
   child.stdout?.on('data', append);
   child.stderr?.on('data', append);
 
-  await new Promise<void>((resolve, reject) => {
-    child.once('spawn', resolve);
-    child.once('error', reject);
-  });
   const pid = child.pid!;
   let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -58,7 +91,6 @@ export async function startProcess(command: string, args: string[], env: Record<
   });
 
   const kill = (signal: NodeJS.Signals): void => {
-    if (exitInfo) return;
     try {
       process.kill(-pid, signal);
     } catch {
@@ -69,22 +101,25 @@ export async function startProcess(command: string, args: string[], env: Record<
   let stopping: Promise<void> | undefined;
   const managed = {
     pid,
+    name: options.name ?? basename(command),
     commandLine: [command, ...args].join(' '),
-    output: () => output,
+    output: () => (logFile === undefined ? output : tailFile(logFile, OUTPUT_LIMIT)),
     hasExited: () => exitInfo !== undefined,
     exited,
     kill,
-    stop(graceMs = 5_000): Promise<void> {
+    stop(graceMs = 5_000, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
       stopping ??= (async () => {
-        kill('SIGTERM');
-        let timer: NodeJS.Timeout | undefined;
-        const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
-        const first = await Promise.race([exited, graceOver]);
-        clearTimeout(timer);
-        if (first === 'timeout') {
-          kill('SIGKILL');
+        if (!exitInfo) {
+          kill(signal);
+          let timer: NodeJS.Timeout | undefined;
+          const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
+          const first = await Promise.race([exited, graceOver]);
+          clearTimeout(timer);
+          if (first === 'timeout') kill('SIGKILL');
           await exited;
         }
+        // Helpers left in the group, if any.
+        kill('SIGKILL');
       })();
       return stopping;
     },
@@ -93,11 +128,41 @@ export async function startProcess(command: string, args: string[], env: Record<
   return managed;
 }
 
+/** Stops every process started here that is still running. */
+export async function stopAllProcesses(graceMs?: number): Promise<void> {
+  await Promise.all([...running].map((managed) => managed.stop(graceMs)));
+}
+
 /** The process's exit as an error, for racing against a wait (`during` says what was awaited). */
 export function failOnExit(managed: ManagedProcess, name: string, during: string): Promise<never> {
   return managed.exited.then(({ code, signal }) => {
     throw new Error(`${name} exited (code ${code}, signal ${signal}) ${during}.\n  command: ${managed.commandLine}\n  output:\n${managed.output()}`);
   });
+}
+
+/** Waits until `pattern` appears in the process's output; fails when it exits first or after `timeoutMs`. */
+export function waitForOutput(managed: ManagedProcess, pattern: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
+  return waitUntil(
+    () => {
+      const match = pattern.exec(managed.output());
+      if (match) return match;
+      if (managed.hasExited()) throw new Error(`${managed.name} exited before ${pattern}:\n${managed.output()}`);
+      return undefined;
+    },
+    timeoutMs,
+    () => `${pattern} from ${managed.name}:\n${managed.output()}`,
+    { intervalMs: 50 },
+  );
+}
+
+/** The last `bytes` of a file ('' while it does not exist). */
+export function tailFile(file: string, bytes: number): string {
+  try {
+    const content = readFileSync(file);
+    return content.subarray(Math.max(0, content.length - bytes)).toString('utf8');
+  } catch {
+    return '';
+  }
 }
 
 /** The executable `command` would run from PATH, or undefined. */

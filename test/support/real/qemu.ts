@@ -2,7 +2,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { closeSocket, connectTcp, freePort, readFirstBytes, retryUntil } from './network';
+import { waitUntil } from '../wait';
+import { closeSocket, connectTcp, freePort, readFirstBytes } from './network';
 import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processes';
 
 /**
@@ -144,14 +145,15 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
   try {
     qemu = await startProcess(QEMU_BINARY, args);
     const started = qemu;
-    const describe = (what: string): string =>
-      `QEMU did not ${what} within the start timeout.\n  command: ${started.commandLine}\n  output:\n${started.output()}`;
+    const describe = (what: string): string => `QEMU to ${what} (the start timeout).\n  command: ${started.commandLine}\n  output:\n${started.output()}`;
+    const retry = <T>(attempt: () => Promise<T>, what: string): Promise<T> =>
+      waitUntil(attempt, deadline - Date.now(), () => describe(what), { intervalMs: 50, retryErrors: true, signal });
     const ready = (async () => {
-      const banner = await retryUntil(deadline, () => readFirstBytes(vncPort, RFB_BANNER.length, 1_000), () => describe(`send the RFB banner on VNC port ${vncPort}`), { signal });
+      const banner = await retry(() => readFirstBytes(vncPort, RFB_BANNER.length, 1_000), `send the RFB banner on VNC port ${vncPort}`);
       if (banner.toString('latin1') !== RFB_BANNER) throw new Error(`VNC port ${vncPort} sent ${JSON.stringify(banner.toString('latin1'))}, not the RFB 3.8 banner`);
-      const probe = await retryUntil(deadline, () => connectTcp(serialPort, 1_000), () => describe(`accept on serial port ${serialPort}`), { signal });
+      const probe = await retry(() => connectTcp(serialPort, 1_000), `accept on serial port ${serialPort}`);
       await closeSocket(probe);
-      const client = await retryUntil(deadline, () => QmpClient.connect(qmpPath, 1_000), () => describe(`answer QMP on ${qmpPath}`), { signal });
+      const client = await retry(() => QmpClient.connect(qmpPath, 1_000), `answer QMP on ${qmpPath}`);
       if (signal.aborted) client.close();
       qmp = client;
       // The probe must be gone from QEMU's side too, or a test's "client attached" check could see it.
@@ -196,7 +198,7 @@ function makeVm({
   const resetOnce = async (timeoutMs: number): Promise<void> => {
     if (cpuHasRun) {
       await Promise.race([
-        waitForFirmwareSettled(firmwareLogPath, settledWhenIdle, Date.now() + timeoutMs, () => `QEMU's guest did not settle within ${timeoutMs} ms, and a reset before that can wedge it`),
+        waitForFirmwareSettled(firmwareLogPath, settledWhenIdle, Date.now() + timeoutMs, () => "QEMU's guest to settle (a reset before that can wedge it)"),
         failOnExit(qemu, 'QEMU', 'while waiting for its guest to settle before a reset'),
       ]);
     }
@@ -227,7 +229,7 @@ function makeVm({
         qmp,
         (filename) => !filename.startsWith('disconnected:') && (peer === undefined || filename.endsWith(peer)),
         Date.now() + timeoutMs,
-        () => `QEMU did not attach ${localPort === undefined ? 'a client' : `the client from port ${localPort}`} to serial port ${serialPort} within ${timeoutMs} ms`,
+        () => `QEMU to attach ${localPort === undefined ? 'a client' : `the client from port ${localPort}`} to serial port ${serialPort}`,
       );
     },
     async connectSerial(timeoutMs = 5_000) {
@@ -268,13 +270,14 @@ function settledCount(firmwareLogPath: string): number {
 
 /** Waits until SeaBIOS has reported `count` settled boots in all, failing with the log's end. */
 async function waitForFirmwareSettled(firmwareLogPath: string, count: number, deadline: number, describe: () => string, signal?: AbortSignal): Promise<void> {
-  await retryUntil(
-    deadline,
+  await waitUntil(
     async () => {
       if (settledCount(firmwareLogPath) < count) throw new Error(`firmware log ends:\n${readFirmwareLog(firmwareLogPath).slice(-1_000)}`);
+      return true;
     },
+    deadline - Date.now(),
     describe,
-    { intervalMs: 20, signal },
+    { intervalMs: 20, retryErrors: true, signal },
   );
 }
 
@@ -285,15 +288,16 @@ async function waitForChardev(
   describe: () => string,
   signal?: AbortSignal,
 ): Promise<void> {
-  await retryUntil(
-    deadline,
+  await waitUntil(
     async () => {
       const chardevs = (await qmp.execute('query-chardev')) as { label: string; filename: string }[];
       const filename = chardevs.find((chardev) => chardev.label === SERIAL_CHARDEV_ID)?.filename;
       if (filename === undefined || !accept(filename)) throw new Error(`serial chardev is ${filename ?? 'missing'}`);
+      return true;
     },
+    deadline - Date.now(),
     describe,
-    { intervalMs: 20, signal },
+    { intervalMs: 20, retryErrors: true, signal },
   );
 }
 

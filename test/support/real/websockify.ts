@@ -1,13 +1,16 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { closeSocket, connectTcp, freePort, retryUntil } from './network';
+import { waitUntil } from '../wait';
+import { closeSocket, connectTcp, freePort } from './network';
 import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processes';
 
 /** A running Debian websockify (the Python reference proxy), resolving tokens with its TokenFile plugin. */
 export interface Websockify {
   /** Listening port on 127.0.0.1: websocket at `ws://127.0.0.1:PORT/?token=TOKEN`, files at `http://...` with `web`. */
   readonly port: number;
+  /** Its process group: websockify and its per-connection processes. */
+  readonly pid: number;
   readonly commandLine: string;
   output(): string;
   /** Stops websockify and its per-connection processes; removes the token directory. Idempotent. */
@@ -21,11 +24,12 @@ export function isWebsockifyAvailable(): boolean {
 /**
  * Starts `websockify --token-plugin TokenFile --token-source DIR [--web WEB] 127.0.0.1:PORT` where DIR
  * holds one file of `TOKEN: HOST:PORT` lines built from `targets` (token -> "host:port"), and waits
- * (at most `timeoutMs`, default 15 000) until it accepts connections.
+ * (at most `timeoutMs`, default 15 000) until it accepts connections. `logFile`: its output goes
+ * there rather than through a pipe (see `startProcess`).
  */
 export async function startWebsockify(
   targets: Record<string, string>,
-  options: { web?: string; timeoutMs?: number } = {},
+  options: { web?: string; timeoutMs?: number; logFile?: string } = {},
 ): Promise<Websockify> {
   if (!isWebsockifyAvailable()) throw new Error('websockify is not on PATH: install it (Debian: apt-get install -y websockify)');
   for (const [token, target] of Object.entries(targets)) {
@@ -49,18 +53,19 @@ export async function startWebsockify(
     let websockify: ManagedProcess | undefined;
     const cancel = new AbortController();
     try {
-      websockify = await startProcess('websockify', args, { PYTHONUNBUFFERED: '1' });
+      websockify = await startProcess('websockify', args, { env: { ...process.env, PYTHONUNBUFFERED: '1' }, logFile: options.logFile });
       const started = websockify;
-      const listening = retryUntil(
-        deadline,
-        async () => closeSocket(await connectTcp(port, 1_000)),
-        () => `websockify did not listen on 127.0.0.1:${port} in time.\n  command: ${started.commandLine}\n  output:\n${started.output()}`,
-        { signal: cancel.signal },
+      const listening = waitUntil(
+        async () => closeSocket(await connectTcp(port, 1_000)).then(() => true),
+        deadline - Date.now(),
+        () => `websockify to listen on 127.0.0.1:${port}.\n  command: ${started.commandLine}\n  output:\n${started.output()}`,
+        { intervalMs: 50, retryErrors: true, signal: cancel.signal },
       );
       await Promise.race([listening, failOnExit(started, 'websockify', 'while starting')]);
       let stopping: Promise<void> | undefined;
       return {
         port,
+        pid: started.pid,
         commandLine: started.commandLine,
         output: () => started.output(),
         stop: () =>
