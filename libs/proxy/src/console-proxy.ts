@@ -5,10 +5,10 @@ import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
-import { Clock, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
+import { Clock, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
 import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
-import { isPlausibleToken, NO_INSTANCE_UUID } from '@keyhole/tokens';
+import { NO_INSTANCE_UUID } from '@keyhole/tokens';
 import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BatchedTokenLookup } from './batched-token-lookup';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
@@ -216,7 +216,7 @@ export class ConsoleProxy {
     if (this.draining) return this.refuse(socket, 503, 'proxy is shutting down', 'draining');
     const presented = extractToken(request.url ?? '/', request.headers.cookie);
     if (!presented) return this.refuse(socket, 401, 'a console token is required', 'no_token');
-    // Implausible tokens (too long, not printable ASCII) could match nothing: no database work.
+    // Implausible tokens (empty, too long, not printable ASCII) could match nothing: no database work.
     if (!isPlausibleToken(presented)) return this.refuseToken(socket, request, undefined);
     const tokenHash = sha256Hex(presented);
 
