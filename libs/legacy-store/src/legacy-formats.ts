@@ -14,7 +14,7 @@ export type LegacyFormat = 'nova' | 'websockify';
 export interface LegacyAuthorization {
   /** null in websockify's format, which has no instance */
   instanceUuid: string | null;
-  /** null in websockify's format; the proxy then treats it as any type it serves */
+  /** null in websockify's format, whose consoles are VNC (WEBSOCKIFY_CONSOLE_TYPE) */
   consoleType: string | null;
   /** Hostname or IP address; IPv6 without brackets. */
   host: string;
@@ -29,6 +29,12 @@ export interface LegacyAuthorization {
   /** Epoch seconds when the key expires (from Redis PTTL); null if the key has no TTL. */
   expiresAt: number | null;
 }
+
+/** Stands for "no instance" where a websockify token (its format has none) needs one: session rows, imported tokens. */
+export const NO_INSTANCE_UUID = '00000000-0000-0000-0000-000000000000';
+
+/** The console type of a websockify token: its format has none, its consoles are VNC. */
+export const WEBSOCKIFY_CONSOLE_TYPE = 'novnc';
 
 /** Values larger than this are ignored without parsing: a real one is a few hundred bytes. */
 export const MAX_LEGACY_VALUE_BYTES = 64 * 1024;

@@ -7,8 +7,8 @@ import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
 import { Clock, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleEvent, LEGACY_FALLBACK_SETTING } from '@keyhole/db';
+import { NO_INSTANCE_UUID, WEBSOCKIFY_CONSOLE_TYPE } from '@keyhole/legacy-store';
 import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
-import { NO_INSTANCE_UUID } from '@keyhole/tokens';
 import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BatchedTokenLookup } from './batched-token-lookup';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
@@ -354,8 +354,7 @@ export class ConsoleProxy {
       tokenId: null,
       fingerprint: fingerprintOfHash(tokenHash),
       instanceUuid: legacy.instanceUuid ?? NO_INSTANCE_UUID,
-      // websockify's format has no type: its consoles are VNC.
-      consoleType: legacy.consoleType ?? 'novnc',
+      consoleType: legacy.consoleType ?? WEBSOCKIFY_CONSOLE_TYPE,
       host: legacy.host,
       port: legacy.port,
       internalAccessPath: legacy.internalAccessPath,
