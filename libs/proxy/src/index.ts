@@ -7,4 +7,6 @@ export * from './live-session';
 export * from './proxy.metrics';
 export * from './session-recorder';
 export * from './session-registry';
+export * from './upgrade-gate';
+export * from './upgrade-refusals';
 export * from './websocket-masking';
