@@ -1,31 +1,19 @@
 import { Logger } from '@nestjs/common';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocket, WebSocketServer } from 'ws';
+import { setTimeout as delay } from 'node:timers/promises';
+import { WebSocketServer } from 'ws';
 import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
 import type { Clock } from '@keyhole/core';
 import type { ConsoleEvent } from '@keyhole/db';
-import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
-import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import { ConsoleEventsListener } from './console-events.listener';
-import type { LiveSession } from './live-session';
 import { ProxyMetrics } from './proxy.metrics';
+import { SessionLauncher } from './session-launcher';
 import { SessionRecorder } from './session-recorder';
 import { SessionRegistry } from './session-registry';
 import { UpgradeGate, UpgradeGateOptions } from './upgrade-gate';
 import { destroyAfterFinish, Refusal, refuseUpgrade } from './upgrade-refusals';
-
-/** Backpressure thresholds of each session's console-to-browser direction. */
-const HIGH_WATER_MARK_BYTES = 256 * 1024;
-const LOW_WATER_MARK_BYTES = 64 * 1024;
-
-/**
- * How long past its TCP connect a console that has not spoken yet keeps the next connect to it
- * waiting (see ConnectTurns: QEMU's VNC server speaks at once, SPICE and serial consoles wait for
- * the client).
- */
-const CONSOLE_SETTLE_MS = 50;
 
 export interface ConsoleProxyOptions extends UpgradeGateOptions {
   cellDatabaseUrl: string;
@@ -45,19 +33,10 @@ export class ConsoleProxy {
   private readonly events: ConsoleEventsListener;
   private draining = false;
   private readonly gate: UpgradeGate;
-  /** Session-end writes not yet done; stop() waits for them before the pool closes. */
-  private readonly pendingWrites = new Set<Promise<unknown>>();
-  /**
-   * Sessions past their checks whose console is still connecting. Revocations and operator ends
-   * that arrive meanwhile mark them here, and the session is closed as soon as it would start.
-   */
-  private readonly connecting = new Map<string, { tokenId: number | null; cancelled?: CloseReason }>();
-  private readonly recorder: SessionRecorder;
-  /** Connects to one console take turns, so that QEMU's listen backlog of 1 never drops one. */
-  private readonly connectTurns = new ConnectTurns(CONSOLE_SETTLE_MS);
+  private readonly launcher: SessionLauncher;
 
   constructor(
-    private readonly options: ConsoleProxyOptions,
+    options: ConsoleProxyOptions,
     private readonly cell: CellDatabase,
     private readonly metrics: ProxyMetrics,
     private readonly clock: Clock,
@@ -84,8 +63,9 @@ export class ConsoleProxy {
       cell.sessions,
       () => clock.nowMs(),
     );
-    this.recorder = new SessionRecorder(cell.sessions);
-    this.gate = new UpgradeGate(options, cell, this.recorder, metrics, clock);
+    const recorder = new SessionRecorder(cell.sessions);
+    this.gate = new UpgradeGate(options, cell, recorder, metrics, clock);
+    this.launcher = new SessionLauncher(settings.connectTimeoutMs, this.registry, recorder, this.gate, metrics, clock, () => this.draining);
     this.events = new ConsoleEventsListener(options.cellDatabaseUrl, `keyhole-proxy:${options.cellName}:events`, {
       onEvent: (event) => this.onConsoleEvent(event),
       reconcile: () => this.reconcile(),
@@ -132,14 +112,7 @@ export class ConsoleProxy {
     this.registry.stop();
     this.gate.stop();
     await this.events.stop();
-    const deadline = Date.now() + 5_000;
-    while ((this.registry.size > 0 || this.pendingWrites.size > 0) && Date.now() < deadline) {
-      await Promise.race([Promise.allSettled([...this.pendingWrites]), delay(25)]);
-    }
-    // Rows of sessions that never got as far as an end are still queued: write them too.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.recorder.flush(), new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))))]);
-    clearTimeout(timer);
+    await this.launcher.waitForWrites(Date.now() + 5_000);
   }
 
   /** The http server's 'upgrade' listener. Never throws; every path answers or closes the socket. */
@@ -158,23 +131,14 @@ export class ConsoleProxy {
     const grant = await this.gate.check(request);
     if (grant.kind !== 'grant') return this.refuse(socket, grant);
 
-    const upstream = connectUpstream(
-      { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
-      this.options.settings.connectTimeoutMs,
-      this.connectTurns,
-    );
-    // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
-    upstream.catch(ignore);
-    this.connecting.set(grant.id, { tokenId: grant.tokenId });
+    const pending = this.launcher.connect(grant);
     // If ws never completes the upgrade (a bad Sec-WebSocket-Key, a client that left during the
     // checks), release the console and the session at once instead of holding a serial port.
     let settled = false;
     const abandon = (): void => {
       if (settled) return;
       settled = true;
-      this.connecting.delete(grant.id);
-      upstream.then((connection) => connection.destroy(), ignore);
-      this.recordEnd(grant, 'client closed', this.noTraffic());
+      this.launcher.abandon(pending);
     };
     if (socket.destroyed) return abandon();
     socket.once('close', abandon);
@@ -190,100 +154,21 @@ export class ConsoleProxy {
       // The browser may write before the console is connected: hold its frames in the socket
       // (no 'message' listener yet, so ws would drop them) until the pump starts.
       ws.pause();
-      this.attach(ws, upstream, grant, startedAt).catch((error: unknown) => {
+      this.launcher.start(ws, pending, startedAt).catch((error: unknown) => {
         this.logger.error({ err: error, sessionId: grant.id }, 'session setup failed');
         ws.terminate();
       });
     });
   }
 
-  private async attach(
-    ws: WebSocket,
-    upstreamPromise: ReturnType<typeof connectUpstream>,
-    session: Omit<LiveSession, 'bridge'>,
-    startedAt: bigint,
-  ): Promise<void> {
-    let upstream;
-    try {
-      upstream = await upstreamPromise;
-    } catch (error) {
-      this.connecting.delete(session.id);
-      const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
-      this.metrics.connects.inc({ result: 'upstream_failed' });
-      this.logger.warn({ sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason }, 'console unreachable');
-      // Paused since the upgrade: read again, or the browser's close reply is never seen.
-      ws.resume();
-      ws.close(CLOSE_CODES['console unreachable'], `console unreachable: ${reason}`);
-      this.recordEnd(session, 'console unreachable', this.noTraffic());
-      return;
-    }
-    const cancelled = this.connecting.get(session.id)?.cancelled;
-    this.connecting.delete(session.id);
-    if (ws.readyState !== WebSocket.OPEN || this.draining || cancelled) {
-      upstream.destroy();
-      const reason: CloseReason = cancelled ?? (this.draining ? 'proxy shutdown' : 'client closed');
-      ws.resume();
-      if (ws.readyState === WebSocket.OPEN) ws.close(CLOSE_CODES[reason], reason);
-      this.recordEnd(session, reason, this.noTraffic());
-      return;
-    }
-    const live: LiveSession = {
-      ...session,
-      bridge: new ConsoleBridge(ws, upstream, {
-        highWaterMarkBytes: HIGH_WATER_MARK_BYTES,
-        lowWaterMarkBytes: LOW_WATER_MARK_BYTES,
-        nowMs: () => this.clock.nowMs(),
-        onEnd: (reason, stats) => {
-          this.registry.remove(live);
-          this.metrics.sessionsLive.dec();
-          this.metrics.bytes.inc({ direction: 'to_client' }, stats.bytesToClient);
-          this.metrics.bytes.inc({ direction: 'to_console' }, stats.bytesToUpstream);
-          this.recordEnd(live, reason, stats);
-        },
-      }),
-    };
-    this.registry.add(live);
-    this.metrics.sessionsLive.inc();
-    this.metrics.connects.inc({ result: 'accepted' });
-    this.metrics.connectSeconds.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
-    live.bridge.start();
-  }
-
-  private recordEnd(session: Omit<LiveSession, 'bridge'>, reason: CloseReason, stats: BridgeStats): void {
-    this.metrics.sessionsEnded.inc({ reason: reason.replace(/ /g, '_') });
-    this.logger.log(
-      {
-        sessionId: session.id,
-        fingerprint: session.tokenFingerprint,
-        instance: session.instanceUuid,
-        consoleType: session.consoleType,
-        bytesToClient: stats.bytesToClient,
-        bytesToConsole: stats.bytesToUpstream,
-        durationMs: stats.endedAtMs - stats.startedAtMs,
-        reason,
-      },
-      'console session ended',
-    );
-    // The recorder writes the end after the row (or with it, when the row is not written yet).
-    const write = this.recorder
-      .end({ id: session.id, reason, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream })
-      .finally(() => this.pendingWrites.delete(write));
-    this.pendingWrites.add(write);
-    this.gate.releaseWhenWritten(session, write);
-  }
-
   private onConsoleEvent(event: ConsoleEvent): void {
     if (event.kind === 'revoke') {
-      const revoked = new Set(event.tokenIds);
-      for (const entry of this.connecting.values()) if (entry.tokenId !== null && revoked.has(entry.tokenId)) entry.cancelled = 'token revoked';
+      this.launcher.cancelByTokenIds(new Set(event.tokenIds), 'token revoked');
       let closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
       if (event.instanceUuids?.length) closed += this.registry.closeLegacyByInstances(event.instanceUuids, 'token revoked');
       if (closed > 0) this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');
     } else if (event.kind === 'end-session') {
-      for (const id of event.sessionIds) {
-        const entry = this.connecting.get(id);
-        if (entry) entry.cancelled = 'ended by operator';
-      }
+      this.launcher.cancelBySessionIds(event.sessionIds, 'ended by operator');
       this.registry.closeBySessionIds(event.sessionIds, 'ended by operator');
     } else {
       this.gate.readFallbackFlag().catch((error: unknown) => this.logger.warn({ err: error }, 'could not read the legacy fallback flag'));
@@ -299,11 +184,6 @@ export class ConsoleProxy {
     if (ended.length > 0) this.registry.closeBySessionIds(ended, 'ended by operator');
   }
 
-  private noTraffic(): BridgeStats {
-    const nowMs = this.clock.nowMs();
-    return { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: nowMs, endedAtMs: nowMs };
-  }
-
   private refuse(socket: Duplex, refusal: Refusal): void {
     this.metrics.connects.inc({ result: refuseUpgrade(socket, refusal) });
   }
@@ -311,9 +191,5 @@ export class ConsoleProxy {
 
 const DRAINING: Refusal = { kind: 'draining' };
 const INTERNAL_ERROR: Refusal = { kind: 'internal_error' };
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 function ignore(): void {}

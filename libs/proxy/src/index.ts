@@ -5,6 +5,7 @@ export * from './console-proxy';
 export * from './handshake-rules';
 export * from './live-session';
 export * from './proxy.metrics';
+export * from './session-launcher';
 export * from './session-recorder';
 export * from './session-registry';
 export * from './upgrade-gate';
