@@ -4,3 +4,4 @@ export * from './secrets';
 export * from './core.module';
 export * from './console-types';
 export * from './field-schemas';
+export * from './presented-token';

@@ -1,4 +1,4 @@
-import { isPresentableToken, MAX_LEGACY_VALUE_BYTES, novaTokenValue, parseLegacyValue, websockifyTokenValue } from './legacy-formats';
+import { MAX_LEGACY_VALUE_BYTES, novaTokenValue, parseLegacyValue, websockifyTokenValue } from './legacy-formats';
 
 const TOKEN = '0f4b1a52-9b7e-4c1e-8d6a-2f3e4d5c6b7a';
 const INSTANCE = '11111111-1111-4111-8111-111111111111';
@@ -22,18 +22,6 @@ function nova(fields: Record<string, unknown>): Buffer {
 function parse(format: 'nova' | 'websockify', value: string | Buffer) {
   return parseLegacyValue(format, typeof value === 'string' ? Buffer.from(value) : value, TOKEN);
 }
-
-describe('isPresentableToken', () => {
-  it('accepts 1..256 printable ASCII characters only', () => {
-    expect(isPresentableToken(TOKEN)).toBe(true);
-    expect(isPresentableToken('x'.repeat(256))).toBe(true);
-    expect(isPresentableToken('x'.repeat(257))).toBe(false);
-    expect(isPresentableToken('')).toBe(false);
-    expect(isPresentableToken('abc\n')).toBe(false);
-    expect(isPresentableToken('abc\u0000')).toBe(false);
-    expect(isPresentableToken('tökén')).toBe(false);
-  });
-});
 
 describe('Nova consoleauth values', () => {
   it('reads every field, the access URL without query and fragment', () => {

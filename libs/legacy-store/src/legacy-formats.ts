@@ -14,7 +14,7 @@ export type LegacyFormat = 'nova' | 'websockify';
 export interface LegacyAuthorization {
   /** null in websockify's format, which has no instance */
   instanceUuid: string | null;
-  /** null in websockify's format; the proxy then treats it as any type it serves */
+  /** null in websockify's format, whose consoles are VNC (WEBSOCKIFY_CONSOLE_TYPE) */
   consoleType: string | null;
   /** Hostname or IP address; IPv6 without brackets. */
   host: string;
@@ -30,13 +30,15 @@ export interface LegacyAuthorization {
   expiresAt: number | null;
 }
 
+/** Stands for "no instance" where a websockify token (its format has none) needs one: session rows, imported tokens. */
+export const NO_INSTANCE_UUID = '00000000-0000-0000-0000-000000000000';
+
+/** The console type of a websockify token: its format has none, its consoles are VNC. */
+export const WEBSOCKIFY_CONSOLE_TYPE = 'novnc';
+
 /** Values larger than this are ignored without parsing: a real one is a few hundred bytes. */
 export const MAX_LEGACY_VALUE_BYTES = 64 * 1024;
 
-/** Longest token looked up; longer ones (and any with a non-printable character) are refused unread. */
-export const MAX_LEGACY_TOKEN_LENGTH = 256;
-
-const PRESENTABLE_TOKEN = /^[\x20-\x7e]+$/;
 /** Console types and access paths end up in logs and (for the path) in an HTTP request line. */
 const PRINTABLE = /^[\x20-\x7e]*$/;
 const MAX_CONSOLE_TYPE_LENGTH = 255;
@@ -44,11 +46,6 @@ const MAX_CONSOLE_TYPE_LENGTH = 255;
 const MAX_INTERNAL_ACCESS_PATH_LENGTH = 255;
 const MAX_ACCESS_URL_LENGTH = 2048;
 const ACCESS_URL_SCHEMES = ['http:', 'https:', 'ws:', 'wss:'];
-
-/** Whether a presented token may be looked up at all: 1..256 printable ASCII characters. */
-export function isPresentableToken(token: string): boolean {
-  return token.length > 0 && token.length <= MAX_LEGACY_TOKEN_LENGTH && PRESENTABLE_TOKEN.test(token);
-}
 
 export type LegacyValue =
   | { kind: 'authorization'; authorization: Omit<LegacyAuthorization, 'expiresAt'> }

@@ -1,9 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Clock, fingerprintOfHash, instanceUuidSchema, KeyholeError, sha256Hex, systemClock } from '@keyhole/core';
+import { Clock, fingerprintOfHash, instanceUuidSchema, isPlausibleToken, KeyholeError, sha256Hex, systemClock } from '@keyhole/core';
 import { Redis, RedisOptions } from 'ioredis';
 import {
-  isPresentableToken,
   LegacyAuthorization,
   LegacyFormat,
   LegacyWrite,
@@ -150,7 +149,7 @@ export class LegacyTokenStore {
    * asking Redis. Throws LegacyStoreUnavailable when Redis cannot answer within timeoutMs.
    */
   async lookup(token: string): Promise<LegacyAuthorization | null> {
-    if (!isPresentableToken(token)) return null;
+    if (!isPlausibleToken(token)) return null;
     const key = this.keyPrefix + token;
     // GETRANGE bounds what Redis sends: one byte past the limit is enough to know a value is too big.
     const results = await this.run(() => this.redis.pipeline().getrangeBuffer(key, 0, MAX_LEGACY_VALUE_BYTES).pttl(key).exec());
@@ -188,7 +187,7 @@ export class LegacyTokenStore {
    * consoleauth did); websockify format writes `{"host":"HOST:PORT"}` (IPv6 in brackets).
    */
   async write(token: string, authorization: LegacyWrite, ttlSeconds: number): Promise<void> {
-    if (!isPresentableToken(token)) {
+    if (!isPlausibleToken(token)) {
       throw new KeyholeError('INVALID_INPUT', 'A legacy token must be 1..256 printable ASCII characters');
     }
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_TTL_SECONDS) {
@@ -239,7 +238,7 @@ export class LegacyTokenStore {
     do {
       const [next, keys] = await this.run(() => this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', SCAN_COUNT));
       cursor = next;
-      const candidates = keys.filter((key) => key.startsWith(this.keyPrefix) && !seen.has(key) && isPresentableToken(key.slice(this.keyPrefix.length)));
+      const candidates = keys.filter((key) => key.startsWith(this.keyPrefix) && !seen.has(key) && isPlausibleToken(key.slice(this.keyPrefix.length)));
       if (candidates.length === 0) continue;
       const pipeline = this.redis.pipeline();
       for (const key of candidates) pipeline.getrangeBuffer(key, 0, MAX_LEGACY_VALUE_BYTES).pttl(key);

@@ -2,7 +2,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { CellDatabases, CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, isConsoleType, KeyholeError, nowSeconds, sha256Hex } from '@keyhole/core';
-import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
+import { LEGACY_TOKEN_STORE, LegacyTokenStore, NO_INSTANCE_UUID, WEBSOCKIFY_CONSOLE_TYPE } from '@keyhole/legacy-store';
 import { CURRENT_OBJECT_VERSION } from './console-auth-token.object';
 
 export interface LegacyImportResult {
@@ -16,9 +16,6 @@ export interface LegacyImportResult {
   /** Legacy tokens of a console type keyhole does not serve. */
   skipped: number;
 }
-
-/** Stands for "no instance" in imported websockify tokens (its format has none; the column may not be null). */
-export const NO_INSTANCE_UUID = '00000000-0000-0000-0000-000000000000';
 
 /**
  * Moves every live legacy token into a cell database, hashed, with the same expiry, so the fallback
@@ -44,8 +41,7 @@ export class LegacyImportService {
     const result: LegacyImportResult = { cell: cellName, seen: 0, imported: 0, alreadyPresent: 0, skipped: 0 };
     for await (const { token, authorization, ttlSeconds } of this.legacy.scan()) {
       result.seen += 1;
-      // websockify's format has no type: its consoles are VNC.
-      const consoleType = authorization.consoleType ?? 'novnc';
+      const consoleType = authorization.consoleType ?? WEBSOCKIFY_CONSOLE_TYPE;
       if (!isConsoleType(consoleType)) {
         result.skipped += 1;
         continue;

@@ -7,9 +7,3 @@ export const TOKEN_GENERATOR = Symbol('keyhole.tokenGenerator');
 
 /** 32 bytes from the CSPRNG as base64url: 43 characters, 256 bits. */
 export const randomTokenGenerator: TokenGenerator = () => randomBytes(32).toString('base64url');
-
-/**
- * Longest presented token that is hashed and looked up. Ours are 43 characters, Nova's UUIDs 36,
- * legacy stores' a few dozen; anything longer is refused without touching the database.
- */
-export const MAX_PRESENTED_TOKEN_LENGTH = 256;

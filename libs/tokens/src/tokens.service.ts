@@ -2,12 +2,12 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { CellDatabases } from '@keyhole/cells';
 import { CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
-import { CLOCK, Clock, ConsoleType, KeyholeError, fingerprintOfHash, nowSeconds, sha256Hex } from '@keyhole/core';
+import { CLOCK, Clock, ConsoleType, KeyholeError, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex } from '@keyhole/core';
 import { ConsoleAuthTokenRepository, postgresErrorCode, UNIQUE_VIOLATION } from '@keyhole/db';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 import { ConsoleAuthToken, CURRENT_OBJECT_VERSION } from './console-auth-token.object';
 import { invalidToken, tokenIdNotFound, tokenInUse } from './tokens.errors';
-import { MAX_PRESENTED_TOKEN_LENGTH, TOKEN_GENERATOR, TokenGenerator } from './token-generator';
+import { TOKEN_GENERATOR, TokenGenerator } from './token-generator';
 
 export interface AuthorizeInput {
   instanceUuid: string;
@@ -177,7 +177,7 @@ export class TokensService {
 /**
  * The one token check, shared by the API and the console proxy: one indexed lookup of sha256(token)
  * with `expires > nowSeconds`. Null for unknown, expired, revoked and implausible tokens alike;
- * implausible ones (empty, too long, not printable ASCII) never reach the database.
+ * implausible ones (see isPlausibleToken) never reach the database.
  */
 export async function findValidToken(
   tokens: ConsoleAuthTokenRepository,
@@ -187,10 +187,4 @@ export async function findValidToken(
   if (!isPlausibleToken(token)) return null;
   const row = await tokens.findValidByHash(sha256Hex(token), nowSeconds);
   return row ? ConsoleAuthToken.fromRow(tokens.cellName, row, token) : null;
-}
-
-/** Whether a presented token could match a stored one; implausible ones never reach the database. */
-export function isPlausibleToken(token: string): boolean {
-  // Printable ASCII only: control characters or non-ASCII never belong to a token we could match.
-  return token.length > 0 && token.length <= MAX_PRESENTED_TOKEN_LENGTH && /^[\x21-\x7e]+$/.test(token);
 }

@@ -1,0 +1,181 @@
+import { Logger } from '@nestjs/common';
+import { setTimeout as delay } from 'node:timers/promises';
+import { WebSocket } from 'ws';
+import type { Clock } from '@keyhole/core';
+import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
+import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
+import type { LiveSession } from './live-session';
+import type { ProxyMetrics } from './proxy.metrics';
+import type { SessionRecorder } from './session-recorder';
+import type { SessionRegistry } from './session-registry';
+import type { UpgradeGate, UpgradeGrant } from './upgrade-gate';
+
+/** Backpressure thresholds of each session's console-to-browser direction. */
+const HIGH_WATER_MARK_BYTES = 256 * 1024;
+const LOW_WATER_MARK_BYTES = 64 * 1024;
+
+/**
+ * How long past its TCP connect a console that has not spoken yet keeps the next connect to it
+ * waiting (see ConnectTurns: QEMU's VNC server speaks at once, SPICE and serial consoles wait for
+ * the client).
+ */
+const CONSOLE_SETTLE_MS = 50;
+
+/** A granted session whose console is being connected. */
+export interface PendingSession {
+  grant: UpgradeGrant;
+  upstream: ReturnType<typeof connectUpstream>;
+}
+
+/**
+ * Takes a granted session from its console connect to its end: connects the console while the
+ * websocket upgrade completes, starts the byte pump (or closes the websocket when the console is
+ * unreachable, the session was ended meanwhile, or the proxy drains), and records every end once,
+ * in the session record, the log and the metrics.
+ */
+export class SessionLauncher {
+  // Its lines are the proxy's.
+  private readonly logger = new Logger('ConsoleProxy');
+  /** Connects to one console take turns, so that QEMU's listen backlog of 1 never drops one. */
+  private readonly connectTurns = new ConnectTurns(CONSOLE_SETTLE_MS);
+  /**
+   * Sessions past their checks whose console is still connecting. Revocations and operator ends
+   * that arrive meanwhile mark them here, and the session is closed as soon as it would start.
+   */
+  private readonly connecting = new Map<string, { tokenId: number | null; cancelled?: CloseReason }>();
+  /** Session-end writes not yet done; waitForWrites() waits for them before the pool closes. */
+  private readonly pendingWrites = new Set<Promise<unknown>>();
+
+  constructor(
+    private readonly connectTimeoutMs: number,
+    private readonly registry: SessionRegistry,
+    private readonly recorder: SessionRecorder,
+    private readonly gate: Pick<UpgradeGate, 'releaseWhenWritten'>,
+    private readonly metrics: ProxyMetrics,
+    private readonly clock: Clock,
+    private readonly draining: () => boolean,
+  ) {}
+
+  /** Starts connecting to the granted console. */
+  connect(grant: UpgradeGrant): PendingSession {
+    const upstream = connectUpstream(
+      { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+      this.connectTimeoutMs,
+      this.connectTurns,
+    );
+    // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
+    upstream.catch(ignore);
+    this.connecting.set(grant.id, { tokenId: grant.tokenId });
+    return { grant, upstream };
+  }
+
+  /** The websocket never opened: releases the console and ends the session. */
+  abandon({ grant, upstream }: PendingSession): void {
+    this.connecting.delete(grant.id);
+    upstream.then((connection) => connection.destroy(), ignore);
+    this.recordEnd(grant, 'client closed', this.noTraffic());
+  }
+
+  /** Pipes the open websocket to the console once it is connected. */
+  async start(ws: WebSocket, { grant: session, upstream: upstreamPromise }: PendingSession, startedAt: bigint): Promise<void> {
+    let upstream;
+    try {
+      upstream = await upstreamPromise;
+    } catch (error) {
+      this.connecting.delete(session.id);
+      const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
+      this.metrics.connects.inc({ result: 'upstream_failed' });
+      this.logger.warn({ sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason }, 'console unreachable');
+      // Paused since the upgrade: read again, or the browser's close reply is never seen.
+      ws.resume();
+      ws.close(CLOSE_CODES['console unreachable'], `console unreachable: ${reason}`);
+      this.recordEnd(session, 'console unreachable', this.noTraffic());
+      return;
+    }
+    const cancelled = this.connecting.get(session.id)?.cancelled;
+    this.connecting.delete(session.id);
+    const draining = this.draining();
+    if (ws.readyState !== WebSocket.OPEN || draining || cancelled) {
+      upstream.destroy();
+      const reason: CloseReason = cancelled ?? (draining ? 'proxy shutdown' : 'client closed');
+      ws.resume();
+      if (ws.readyState === WebSocket.OPEN) ws.close(CLOSE_CODES[reason], reason);
+      this.recordEnd(session, reason, this.noTraffic());
+      return;
+    }
+    const live: LiveSession = {
+      ...session,
+      bridge: new ConsoleBridge(ws, upstream, {
+        highWaterMarkBytes: HIGH_WATER_MARK_BYTES,
+        lowWaterMarkBytes: LOW_WATER_MARK_BYTES,
+        nowMs: () => this.clock.nowMs(),
+        onEnd: (reason, stats) => {
+          this.registry.remove(live);
+          this.metrics.sessionsLive.dec();
+          this.metrics.bytes.inc({ direction: 'to_client' }, stats.bytesToClient);
+          this.metrics.bytes.inc({ direction: 'to_console' }, stats.bytesToUpstream);
+          this.recordEnd(live, reason, stats);
+        },
+      }),
+    };
+    this.registry.add(live);
+    this.metrics.sessionsLive.inc();
+    this.metrics.connects.inc({ result: 'accepted' });
+    this.metrics.connectSeconds.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
+    live.bridge.start();
+  }
+
+  /** Marks the connecting sessions of these tokens: they close as soon as they would start. */
+  cancelByTokenIds(revoked: ReadonlySet<number>, reason: CloseReason): void {
+    for (const entry of this.connecting.values()) if (entry.tokenId !== null && revoked.has(entry.tokenId)) entry.cancelled = reason;
+  }
+
+  /** Marks these connecting sessions: they close as soon as they would start. */
+  cancelBySessionIds(sessionIds: readonly string[], reason: CloseReason): void {
+    for (const id of sessionIds) {
+      const entry = this.connecting.get(id);
+      if (entry) entry.cancelled = reason;
+    }
+  }
+
+  /** Waits, until `deadlineMs` (Date.now() time) at most, for live sessions to end and every record to be written. */
+  async waitForWrites(deadlineMs: number): Promise<void> {
+    while ((this.registry.size > 0 || this.pendingWrites.size > 0) && Date.now() < deadlineMs) {
+      await Promise.race([Promise.allSettled([...this.pendingWrites]), delay(25)]);
+    }
+    // Rows of sessions that never got as far as an end are still queued: write them too.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.recorder.flush(), new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadlineMs - Date.now()))))]);
+    clearTimeout(timer);
+  }
+
+  private recordEnd(session: Omit<LiveSession, 'bridge'>, reason: CloseReason, stats: BridgeStats): void {
+    this.metrics.sessionsEnded.inc({ reason: reason.replace(/ /g, '_') });
+    this.logger.log(
+      {
+        sessionId: session.id,
+        fingerprint: session.tokenFingerprint,
+        instance: session.instanceUuid,
+        consoleType: session.consoleType,
+        bytesToClient: stats.bytesToClient,
+        bytesToConsole: stats.bytesToUpstream,
+        durationMs: stats.endedAtMs - stats.startedAtMs,
+        reason,
+      },
+      'console session ended',
+    );
+    // The recorder writes the end after the row (or with it, when the row is not written yet).
+    const write = this.recorder
+      .end({ id: session.id, reason, bytesToClient: stats.bytesToClient, bytesToUpstream: stats.bytesToUpstream })
+      .finally(() => this.pendingWrites.delete(write));
+    this.pendingWrites.add(write);
+    this.gate.releaseWhenWritten(session, write);
+  }
+
+  private noTraffic(): BridgeStats {
+    const nowMs = this.clock.nowMs();
+    return { bytesToClient: 0, bytesToUpstream: 0, startedAtMs: nowMs, endedAtMs: nowMs };
+  }
+}
+
+function ignore(): void {}

@@ -1,0 +1,82 @@
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { ConnectResult } from './proxy.metrics';
+
+/**
+ * Why a websocket upgrade is refused, with what its message needs. Nothing here may hold a token:
+ * the message goes to the client and the kind's label to a metric.
+ */
+interface RefusalDetails {
+  draining: object;
+  no_token: object;
+  /** Unknown, expired, revoked or implausible: one answer for all. */
+  invalid_token: object;
+  wrong_console_type: { consoleType: string };
+  forbidden_origin: { reason: string };
+  console_busy: { consoleType: string; heldBy: string };
+  /** The cell database (or the legacy store) could not be asked: fail closed. */
+  unavailable: object;
+  /** A bug: the upgrade threw. */
+  internal_error: object;
+}
+
+export type RefusalKind = keyof RefusalDetails;
+
+/** A refused upgrade: its kind and the details of that kind. */
+export type Refusal<K extends RefusalKind = RefusalKind> = { [P in K]: { readonly kind: P } & Readonly<RefusalDetails[P]> }[K];
+
+interface RefusalAnswer<K extends RefusalKind> {
+  status: number;
+  /** The response body (one line). */
+  message: (refusal: Refusal<K>) => string;
+  /** The label of `keyhole_proxy_connects_total`. */
+  metric: Exclude<ConnectResult, 'accepted' | 'upstream_failed'>;
+}
+
+/**
+ * Every refusal's answer, in one table: a kind without an entry does not compile. Statuses are the
+ * design's (token 401, console type 404, origin 403, busy exclusive console 409, cannot check 503).
+ */
+export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
+  draining: { status: 503, message: () => 'proxy is shutting down', metric: 'draining' },
+  no_token: { status: 401, message: () => 'a console token is required', metric: 'no_token' },
+  invalid_token: { status: 401, message: () => 'invalid or expired token', metric: 'invalid_token' },
+  wrong_console_type: {
+    status: 404,
+    message: (refusal) => `this proxy does not serve ${refusal.consoleType} consoles`,
+    metric: 'wrong_console_type',
+  },
+  forbidden_origin: { status: 403, message: (refusal) => refusal.reason, metric: 'forbidden_origin' },
+  console_busy: {
+    status: 409,
+    message: (refusal) => `console busy: another session (${refusal.heldBy}) is connected to this ${refusal.consoleType} port`,
+    metric: 'console_busy',
+  },
+  unavailable: { status: 503, message: () => 'console authorization is unavailable', metric: 'unavailable' },
+  internal_error: { status: 500, message: () => 'internal error', metric: 'unavailable' },
+};
+
+/**
+ * Answers a refused upgrade with its status line and message and closes the socket (or destroys
+ * it when it can no longer be written). Returns the refusal's metric label.
+ */
+export function refuseUpgrade<K extends RefusalKind>(socket: Duplex, refusal: Refusal<K>): RefusalAnswer<K>['metric'] {
+  const answer: RefusalAnswer<K> = REFUSALS[refusal.kind];
+  if (!socket.writable) {
+    socket.destroy();
+    return answer.metric;
+  }
+  const body = `${answer.message(refusal)}\n`;
+  socket.end(
+    `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ''}\r\n` +
+      'Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+  socket.once('finish', destroyAfterFinish);
+  return answer.metric;
+}
+
+/** A 'finish' listener: once our last bytes are out, nothing more can come or go. */
+export function destroyAfterFinish(this: Duplex): void {
+  this.destroy();
+}
