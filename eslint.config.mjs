@@ -20,13 +20,13 @@ const layering = {
       },
       create(context) {
         const [kind, name] = path.relative(import.meta.dirname, context.filename).split(path.sep);
-        if ((kind !== 'apps' && kind !== 'libs') || !name) return {};
+        if ((kind !== 'apps' && kind !== 'libs') || !name) {return {};}
         const owner = path.join(import.meta.dirname, kind, name);
         const check = (node) => {
           const source = node?.value;
-          if (typeof source !== 'string' || !source.startsWith('.')) return;
+          if (typeof source !== 'string' || !source.startsWith('.')) {return;}
           const target = path.resolve(path.dirname(context.filename), source);
-          if (target === owner || target.startsWith(owner + path.sep)) return;
+          if (target === owner || target.startsWith(owner + path.sep)) {return;}
           context.report({ node, messageId: 'leaves', data: { source, owner: `${kind}/${name}` } });
         };
         return {
@@ -55,6 +55,11 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/consistent-type-imports': 'off',
       '@typescript-eslint/require-await': 'off',
+      // A switch over a union (console types, refusal kinds, event kinds) handles every member, so
+      // adding one points at each place that must decide what it means.
+      '@typescript-eslint/switch-exhaustiveness-check': 'error',
+      eqeqeq: 'error',
+      curly: 'error',
       'no-restricted-imports': [
         'error',
         { patterns: [{ group: ['../../*/src/*', '../../../libs/*', '../../libs/*'], message: 'Import other libs through their @keyhole/* alias.' }] },
@@ -93,6 +98,7 @@ export default tseslint.config(
     files: ['libs/web-clients/src/pages/*.js'],
     ...tseslint.configs.disableTypeChecked,
     languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, sourceType: 'module', globals: globals.browser },
+    rules: { ...tseslint.configs.disableTypeChecked.rules, eqeqeq: 'error', curly: 'error' },
   },
   {
     files: ['eslint.config.mjs'],

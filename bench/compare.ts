@@ -61,12 +61,12 @@ export function compare(before: Results, after: Results): string {
   for (const figure of after.figures) {
     const old = before.figures.find((candidate) => candidate.id === figure.id);
     const metrics = MAIN_METRICS[figure.id];
-    if (!old || !metrics) continue;
+    if (!old || !metrics) {continue;}
     for (const system of systemsOf(figure)) {
       for (const metric of metrics) {
         const was = medianOf(old, system, metric);
         const now = medianOf(figure, system, metric);
-        if (!Number.isFinite(was) && !Number.isFinite(now)) continue;
+        if (!Number.isFinite(was) && !Number.isFinite(now)) {continue;}
         rows.push([figure.id, system, metric, formatNumber(was), formatNumber(now), Number.isFinite(was) && was !== 0 ? `${formatNumber(now / was)}x` : '-']);
       }
     }

@@ -31,14 +31,14 @@ export class Generator {
       if (message.type === 'result' || message.type === 'error') {
         const waiter = this.pending.get(message.id);
         this.pending.delete(message.id);
-        if (message.type === 'result') waiter?.resolve(message.result);
-        else waiter?.reject(new Error(`${name}: ${message.message}`));
+        if (message.type === 'result') {waiter?.resolve(message.result);}
+        else {waiter?.reject(new Error(`${name}: ${message.message}`));}
       }
-      for (const listener of this.listeners) listener(message);
+      for (const listener of this.listeners) {listener(message);}
     });
     child.once('exit', (code, signal) => {
       this.exited = true;
-      for (const waiter of this.pending.values()) waiter.reject(new Error(`${name} exited (${code ?? signal})`));
+      for (const waiter of this.pending.values()) {waiter.reject(new Error(`${name} exited (${code ?? signal})`));}
       this.pending.clear();
     });
   }
@@ -56,13 +56,13 @@ export class Generator {
   }
 
   private post(message: ToGenerator): void {
-    if (!this.exited) this.child.send(message);
+    if (!this.exited) {this.child.send(message);}
   }
 
   private next<T extends FromGenerator>(accept: (message: FromGenerator) => boolean): Promise<T> {
     return new Promise((resolve) => {
       const listener = (message: FromGenerator): void => {
-        if (!accept(message)) return;
+        if (!accept(message)) {return;}
         this.listeners.delete(listener);
         resolve(message as T);
       };
@@ -122,7 +122,7 @@ export class Generator {
   }
 
   async stop(): Promise<void> {
-    if (this.exited) return;
+    if (this.exited) {return;}
     const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
     this.child.disconnect();
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);

@@ -74,7 +74,7 @@ function log(line: string): void {
 async function startUpstreams(): Promise<Upstreams> {
   const child: ChildProcess = fork(path.join(__dirname, 'run.cjs'), ['--role=upstreams'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
   onCleanup(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
+    if (child.exitCode !== null || child.signalCode !== null) {return;}
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGTERM');
     await withDeadline(exited, 5_000, 'the upstreams to stop').catch(() => child.kill('SIGKILL'));
@@ -83,7 +83,7 @@ async function startUpstreams(): Promise<Upstreams> {
     new Promise<Upstreams['ports']>((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`upstreams exited (${code})`)));
       child.on('message', (message: { type: string; ports?: Upstreams['ports'] }) => {
-        if (message.type === 'ready' && message.ports) resolve(message.ports);
+        if (message.type === 'ready' && message.ports) {resolve(message.ports);}
       });
     }),
     15_000,
@@ -96,7 +96,7 @@ async function startUpstreams(): Promise<Upstreams> {
       withDeadline(
         new Promise((resolve) => {
           const listener = (message: { type: string; open?: Record<string, number> }): void => {
-            if (message.type !== 'stats') return;
+            if (message.type !== 'stats') {return;}
             child.off('message', listener);
             resolve(message.open ?? {});
           };
@@ -121,9 +121,9 @@ async function databaseBackends(env: Environment): Promise<number[]> {
 
 function proxyPids(env: Environment, system: SystemName | 'token-api'): number[] {
   // The proxy and its workers (KEYHOLE_PROXY_WORKERS), all in its process group.
-  if (system === 'keyhole') return groupPids(env.keyhole.proxy.pid);
-  if (system === 'websockify') return groupPids(env.websockify.pid);
-  if (system === 'token-api') return [env.keyhole.api.pid];
+  if (system === 'keyhole') {return groupPids(env.keyhole.proxy.pid);}
+  if (system === 'websockify') {return groupPids(env.websockify.pid);}
+  if (system === 'token-api') {return [env.keyhole.api.pid];}
   return [];
 }
 
@@ -155,7 +155,7 @@ async function waitForQuiet(env: Environment, maxOtherPercent = 30): Promise<voi
   ).catch(() => undefined);
   const waited = Date.now() - started - 500;
   quietBudgetMs = Math.max(0, quietBudgetMs - waited);
-  if (waited > 1_000) log(`  (waited ${(waited / 1000).toFixed(1)} s for other processes on the machine to go quiet)`);
+  if (waited > 1_000) {log(`  (waited ${(waited / 1000).toFixed(1)} s for other processes on the machine to go quiet)`);}
 }
 
 /** Runs `work` and reports the CPU each party used meanwhile, in percent of one core. */
@@ -401,7 +401,7 @@ async function figureSessions(env: Environment): Promise<Figure[]> {
     );
   }
   const runs: { system: 'keyhole' | 'websockify'; count: number; requested: number }[] = [];
-  for (const count of counts) runs.push({ system: 'keyhole', count: Math.min(count, keyholeCap), requested: count });
+  for (const count of counts) {runs.push({ system: 'keyhole', count: Math.min(count, keyholeCap), requested: count });}
   const websockifyCount = Math.min(options.websockifySessions, Math.max(...counts));
   runs.push({ system: 'websockify', count: websockifyCount, requested: websockifyCount });
   for (const run of runs) {
@@ -710,7 +710,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     });
     const { answer, seconds, checks } = during.value;
     env.diagnostics.purgeCheckP99PerSecond = { before: perSecondP99(before.latenciesMs), during: perSecondP99(checks.latenciesMs) };
-    if (answer.status !== 200) throw new Error(`purge answered ${answer.status}: ${JSON.stringify(answer.body)}`);
+    if (answer.status !== 200) {throw new Error(`purge answered ${answer.status}: ${JSON.stringify(answer.body)}`);}
     const remaining = Number((await cell.query<{ count: string }>('SELECT count(*) FROM console_auth_tokens WHERE expires <= $1', [now])).rows[0].count);
     const purged = answer.body.purged ?? 0;
     const check = beforeAndDuring('check', before.latenciesMs, checks.latenciesMs);
@@ -755,14 +755,14 @@ function ensureBuilt(options: BenchOptions): void {
   const newestSource = Math.max(
     ...['apps', 'libs', 'migrations'].map((directory) => newestMtimeMs(path.join(options.productDir, directory), ['.ts'])),
   );
-  if (builtAt >= newestSource) return;
+  if (builtAt >= newestSource) {return;}
   if (!options.build) {
     log(`warning: ${dist} is older than the sources (--no-build given): measuring the old build`);
     return;
   }
   log(`building ${options.productDir} (dist/ is ${builtAt ? 'older than the sources' : 'missing'})`);
   const built = spawnSync('npm', ['run', 'build'], { cwd: options.productDir, stdio: 'inherit' });
-  if (built.status !== 0) throw new Error('npm run build failed');
+  if (built.status !== 0) {throw new Error('npm run build failed');}
 }
 
 async function main(): Promise<void> {
@@ -774,8 +774,8 @@ async function main(): Promise<void> {
   mkdirSync(options.outDir, { recursive: true });
   const workDir = mkdtempSync(path.join(os.tmpdir(), 'keyhole-bench-'));
   onCleanup(() => {
-    if (options.keepLogs) log(`logs kept in ${workDir}`);
-    else rmSync(workDir, { recursive: true, force: true });
+    if (options.keepLogs) {log(`logs kept in ${workDir}`);}
+    else {rmSync(workDir, { recursive: true, force: true });}
   });
   const profileDir = path.join(options.outDir, 'profiles');
   if (options.profile) {
@@ -869,7 +869,7 @@ async function main(): Promise<void> {
       collectTokens: 200,
     });
     checkTokens = issued.tokens;
-    if (checkTokens.length === 0) throw new Error(`could not issue tokens for the checks: ${JSON.stringify(issued.failures)}`);
+    if (checkTokens.length === 0) {throw new Error(`could not issue tokens for the checks: ${JSON.stringify(issued.failures)}`);}
   }
   const phases: [string, () => Promise<Figure[]>][] = [
     ['connect', async () => [...(await noteSynRetry(env)), ...(await figureConnect(env, 'qemu')), ...(await figureConnect(env, 'banner'))]],
@@ -881,7 +881,7 @@ async function main(): Promise<void> {
     ['sessions', () => figureSessions(env)],
   ];
   for (const [name, run] of phases) {
-    if (!options.phases.has(name as never)) continue;
+    if (!options.phases.has(name as never)) {continue;}
     try {
       figures.push(...(await run()));
     } catch (error) {
@@ -927,7 +927,7 @@ async function main(): Promise<void> {
   };
   results.targets = evaluateTargets(results);
   await keyhole.stopProcesses();
-  if (options.profile) results.diagnostics.profiles = listProfiles(profileDir);
+  if (options.profile) {results.diagnostics.profiles = listProfiles(profileDir);}
   await writeReports(results, options.outDir);
   log(`results: ${path.join(options.outDir, 'latest.md')}, latest.json, ratios.png (${results.durationSeconds} s)`);
 }
@@ -944,7 +944,7 @@ function listProfiles(profileDir: string): string[] {
 
 function productCommit(directory: string): string {
   const head = spawnSync('git', ['-C', directory, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' });
-  if (head.status !== 0) return 'unknown';
+  if (head.status !== 0) {return 'unknown';}
   const dirty = spawnSync('git', ['-C', directory, 'status', '--porcelain', '--', 'apps', 'libs', 'migrations'], { encoding: 'utf8' });
   return `${head.stdout.trim()}${dirty.stdout.trim() ? ' with uncommitted changes in apps/libs/migrations' : ''}`;
 }

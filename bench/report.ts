@@ -16,12 +16,12 @@ export async function writeReports(results: Results, outDir: string): Promise<vo
   const svg = ratioChart(results);
   writeFileSync(path.join(outDir, 'ratios.svg'), svg);
   const rendered = renderPng(svg, path.join(outDir, 'ratios.png'));
-  if (!rendered) process.stdout.write('note: no Chromium found to render ratios.png; ratios.svg has the chart\n');
+  if (!rendered) {process.stdout.write('note: no Chromium found to render ratios.png; ratios.svg has the chart\n');}
 }
 
 function jsonNumbers(_key: string, value: unknown): unknown {
   if (typeof value === 'number') {
-    if (!Number.isFinite(value)) return null;
+    if (!Number.isFinite(value)) {return null;}
     return Number.isInteger(value) ? value : Math.round(value * 1000) / 1000;
   }
   return value;
@@ -30,8 +30,8 @@ function jsonNumbers(_key: string, value: unknown): unknown {
 const SYSTEMS = ['direct', 'keyhole', 'websockify'] as const;
 
 function metricValue(metric: string, value: number): string {
-  if (Number.isInteger(value)) return String(value);
-  if (/PerSecond$|perSecond|rowsPerSecond/.test(metric)) return formatNumber(value, 4);
+  if (Number.isInteger(value)) {return String(value);}
+  if (/PerSecond$|perSecond|rowsPerSecond/.test(metric)) {return formatNumber(value, 4);}
   return formatNumber(value);
 }
 
@@ -53,7 +53,7 @@ function systemsTable(figure: Figure): string {
     const failed = figure.samples.filter((sample) => sample.system === system).reduce((sum, sample) => sum + (sample.metrics.failed ?? 0), 0);
     return String(failed);
   });
-  if (figure.samples.some((sample) => sample.metrics.failed !== undefined)) rows.push(['failed attempts (all rounds)', ...failures]);
+  if (figure.samples.some((sample) => sample.metrics.failed !== undefined)) {rows.push(['failed attempts (all rounds)', ...failures]);}
   return table(header, rows);
 }
 
@@ -83,7 +83,7 @@ function cpuTable(figure: Figure): string {
     .map((system): [Sample['system'], ReturnType<typeof medianCpu>] => [system, medianCpu(figure, system)])
     .filter(([, cpu]) => cpu !== undefined)
     .map(([system, cpu]) => [system, ...(['proxy', 'generator', 'database', 'consoles', 'machine', 'other'] as const).map((key) => formatNumber(cpu![key]))]);
-  if (rows.length === 0) return '';
+  if (rows.length === 0) {return '';}
   return `CPU, median, % of one core (proxy = the system under test: keyhole's proxy, websockify and its forks, or the token API):\n\n${table(['system', 'proxy', 'generator', 'database', 'consoles', 'machine', 'other'], rows)}`;
 }
 
@@ -96,7 +96,7 @@ function targetValue(target: Target): string {
 }
 
 function verdict(target: Target): string {
-  if (target.met === null) return 'not measurable';
+  if (target.met === null) {return 'not measurable';}
   return target.met ? 'met' : '**missed**';
 }
 
@@ -127,11 +127,11 @@ export function markdown(results: Results): string {
   for (const figure of results.figures) {
     lines.push(`## ${figure.title}`);
     lines.push('');
-    if (figure.id === 'sessions') lines.push(sessionsTable(figure));
-    else if (figure.samples.every((sample) => sample.system === 'token-api')) lines.push(apiTable(figure));
-    else lines.push(systemsTable(figure));
+    if (figure.id === 'sessions') {lines.push(sessionsTable(figure));}
+    else if (figure.samples.every((sample) => sample.system === 'token-api')) {lines.push(apiTable(figure));}
+    else {lines.push(systemsTable(figure));}
     const cpu = cpuTable(figure);
-    if (cpu) lines.push(cpu);
+    if (cpu) {lines.push(cpu);}
     const details = figure.samples.filter((sample) => (sample.detail && Object.keys(sample.detail).length > 0) || (sample.cpu?.other ?? 0) > 50);
     if (details.length > 0) {
       lines.push('Details:');
@@ -147,7 +147,7 @@ export function markdown(results: Results): string {
   if (results.notes.length > 0) {
     lines.push('## Notes');
     lines.push('');
-    for (const note of results.notes) lines.push(`- ${note}`);
+    for (const note of results.notes) {lines.push(`- ${note}`);}
     lines.push('');
   }
   return `${lines.join('\n')}\n`;
@@ -206,14 +206,14 @@ export function ratioChart(results: Results): string {
 }
 
 function chromiumBinary(): string | undefined {
-  for (const candidate of ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']) if (existsSync(candidate)) return candidate;
+  for (const candidate of ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']) {if (existsSync(candidate)) {return candidate;}}
   return undefined;
 }
 
 /** Renders the SVG to PNG with headless Chromium (no network); false when there is no Chromium. */
 export function renderPng(svg: string, pngFile: string): boolean {
   const chromium = chromiumBinary();
-  if (!chromium) return false;
+  if (!chromium) {return false;}
   const width = Number(/width="(\d+)"/.exec(svg)?.[1] ?? 1100);
   const height = Number(/height="(\d+)"/.exec(svg)?.[1] ?? 600);
   const directory = mkdtempSync(path.join(os.tmpdir(), 'keyhole-bench-chart-'));
@@ -235,7 +235,7 @@ export function renderPng(svg: string, pngFile: string): boolean {
       ],
       { encoding: 'utf8', timeout: 60_000 },
     );
-    if (result.status !== 0 || !existsSync(pngFile)) throw new Error(`chromium could not render the chart: ${result.stderr}`);
+    if (result.status !== 0 || !existsSync(pngFile)) {throw new Error(`chromium could not render the chart: ${result.stderr}`);}
     return true;
   } finally {
     rmSync(directory, { recursive: true, force: true });

@@ -46,7 +46,7 @@ export function evaluateTargets(results: Results): Target[] {
     ['throughput-up', 'client to console'],
   ] as const) {
     const throughput = figure(id);
-    if (!throughput) continue;
+    if (!throughput) {continue;}
     add({
       id,
       figure: '2',

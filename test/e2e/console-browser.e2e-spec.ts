@@ -57,10 +57,10 @@ describe('consoles in a real browser through the proxy', () => {
   const litFraction = (page: Page) =>
     page.evaluate(() => {
       const canvas = document.querySelector('canvas');
-      if (!canvas || canvas.width === 0) return 0;
+      if (!canvas || canvas.width === 0) {return 0;}
       const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
       let lit = 0;
-      for (let index = 0; index < data.length; index += 4) if (data[index] + data[index + 1] + data[index + 2] > 60) lit += 1;
+      for (let index = 0; index < data.length; index += 4) {if (data[index] + data[index + 1] + data[index + 2] > 60) {lit += 1;}}
       return lit / (data.length / 4);
     });
 
@@ -76,9 +76,9 @@ describe('consoles in a real browser through the proxy', () => {
     await page.waitForFunction(
       () => {
         const canvas = document.querySelector('canvas');
-        if (!canvas || canvas.width < 100) return false;
+        if (!canvas || canvas.width < 100) {return false;}
         const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
-        for (let index = 0; index < data.length; index += 4) if (data[index] + data[index + 1] + data[index + 2] > 60) return true;
+        for (let index = 0; index < data.length; index += 4) {if (data[index] + data[index + 1] + data[index + 2] > 60) {return true;}}
         return false;
       },
       undefined,

@@ -116,10 +116,10 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) await running.close().catch(() => undefined);
-  for (const upstream of upstreams) await upstream.close();
+  for (const running of proxies) {await running.close().catch(() => undefined);}
+  for (const upstream of upstreams) {await upstream.close();}
   await deployment?.stop();
-  for (const drop of databasesToDrop) await drop();
+  for (const drop of databasesToDrop) {await drop();}
 });
 
 describe('token checks', () => {
@@ -190,7 +190,7 @@ describe('token checks', () => {
   it('logs refused tokens at debug level with their fingerprint, and counts them in one info line (a flood of guesses is not a flood of lines)', async () => {
     const counting = await startProxy('cell1', deployment.cellUrls.cell1, { KEYHOLE_PROXY_INSTANCE: 'proxy-refusals' });
     const guesses = [1, 2, 3].map(() => randomBytes(32).toString('base64url'));
-    for (const guess of guesses) await expectRefused(url(counting, guess), 401);
+    for (const guess of guesses) {await expectRefused(url(counting, guess), 401);}
     await expectRefused(url(counting, 'x'.repeat(300)), 401);
     // Stopping writes the count of the last interval.
     await counting.close();
@@ -345,7 +345,7 @@ describe('malformed or abandoned upgrades', () => {
       socket.on('close', () => resolve(answer));
       socket.once('connect', () => {
         socket.write([`GET ${target} HTTP/1.1`, 'Host: 127.0.0.1', ...headers, '', ''].join('\r\n'));
-        if (abandon) socket.destroy();
+        if (abandon) {socket.destroy();}
       });
       setTimeout(() => reject(new Error('no answer to the raw upgrade')), 5_000).unref();
     });

@@ -109,7 +109,7 @@ describe('console proxy replicas (separate processes)', () => {
       connect(`${replicas[1].wsBase}/websockify?token=${two.token}`),
       connect(`${replicas[1].wsBase}/websockify?token=${other.token}`),
     ]);
-    for (const session of sessions) expect(await echoes(session.ws!, 'ok')).toBe(true);
+    for (const session of sessions) {expect(await echoes(session.ws!, 'ok')).toBe(true);}
     const ends = sessions.map((session) => closed(session.ws!));
     const revokedAt = Date.now();
     const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${INSTANCE}/tokens`, { key: deployment.agentKeys.cell1 });
@@ -162,7 +162,7 @@ describe('console proxy replicas (separate processes)', () => {
 
     afterAll(async () => {
       await workers?.stop('SIGKILL');
-      for (const pid of workerPids(workers?.child.pid)) process.kill(pid, 'SIGKILL');
+      for (const pid of workerPids(workers?.child.pid)) {process.kill(pid, 'SIGKILL');}
     });
 
     it('serves one port from two processes, each recorded as a replica of its own, and sums their metrics', async () => {
@@ -173,7 +173,7 @@ describe('console proxy replicas (separate processes)', () => {
       for (let wave = 0; wave < 10 && instances.length < 2; wave++) {
         const token = await issue('novnc', '2b7c1f0e-3d4a-4b5c-8d6e-7f8091a2b3c4');
         const sessions = await Promise.all(Array.from({ length: 20 }, () => connect(`${workers.wsBase}/websockify?token=${token.token}`)));
-        for (const session of sessions) expect(await echoes(session.ws!, 'hello')).toBe(true);
+        for (const session of sessions) {expect(await echoes(session.ws!, 'hello')).toBe(true);}
         opened += sessions.length;
         await Promise.all(
           sessions.map((session) => {
@@ -189,7 +189,7 @@ describe('console proxy replicas (separate processes)', () => {
         instances = rows.map((row) => row.proxy_instance);
       }
       expect(instances).toHaveLength(2);
-      for (const instance of instances) expect(instance).toMatch(/^workers\/\d+$/);
+      for (const instance of instances) {expect(instance).toMatch(/^workers\/\d+$/);}
       // Whichever worker answers the scrape, it counts every worker's connects.
       for (let scrape = 0; scrape < 4; scrape++) {
         expect(metricValue(await scrapeMetrics(baseUrl()), 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(opened);
@@ -232,12 +232,12 @@ describe('console proxy replicas (separate processes)', () => {
       const token = await issue('novnc');
       const sessions = await Promise.all(Array.from({ length: 6 }, () => connect(`${workers.wsBase}/websockify?token=${token.token}`)));
       // Each session is through to its console before the signal (one still connecting is closed at once).
-      for (const session of sessions) expect(await echoes(session.ws!, 'before drain')).toBe(true);
+      for (const session of sessions) {expect(await echoes(session.ws!, 'before drain')).toBe(true);}
       const ends = sessions.map((session) => closed(session.ws!));
       const signalledAt = Date.now();
       workers.child.kill('SIGTERM');
       await new Promise((resolve) => setTimeout(resolve, 300));
-      for (const session of sessions) expect(await echoes(session.ws!, 'during drain')).toBe(true);
+      for (const session of sessions) {expect(await echoes(session.ws!, 'during drain')).toBe(true);}
       for (const end of await Promise.all(ends)) {
         expect({ code: end.code, reason: end.reason }).toEqual({ code: 1001, reason: 'proxy shutdown' });
         expect(end.atMs - signalledAt).toBeGreaterThanOrEqual(1_400);
@@ -250,7 +250,7 @@ describe('console proxy replicas (separate processes)', () => {
 
 /** The pids of a process's children (the workers of a supervisor), from /proc. */
 function workerPids(pid: number | undefined): number[] {
-  if (pid === undefined) return [];
+  if (pid === undefined) {return [];}
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   } catch {

@@ -154,7 +154,7 @@ function once<T = void>(emitter: { once: (event: string, listener: (value: T) =>
 /** Bytes i -> i % 251: a stream whose every position can be checked (251 is prime, not a power of two). */
 function patternBuffer(length: number): Buffer {
   const buffer = Buffer.alloc(length);
-  for (let i = 0; i < length; i += 1) buffer[i] = i % 251;
+  for (let i = 0; i < length; i += 1) {buffer[i] = i % 251;}
   return buffer;
 }
 
@@ -174,7 +174,7 @@ class PatternChecker {
     for (let offset = 0; offset < chunk.length; offset += 4 * MiB) {
       const part = chunk.subarray(offset, offset + 4 * MiB);
       const start = (this.position + offset) % 251;
-      if (this.corruptAt === undefined && !part.equals(this.reference.subarray(start, start + part.length))) this.corruptAt = this.position + offset;
+      if (this.corruptAt === undefined && !part.equals(this.reference.subarray(start, start + part.length))) {this.corruptAt = this.position + offset;}
     }
     this.position += chunk.length;
   };
@@ -192,8 +192,8 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) await closeProxy(running).catch(() => undefined);
-  for (const upstream of upstreams) await upstream.close();
+  for (const running of proxies) {await closeProxy(running).catch(() => undefined);}
+  for (const upstream of upstreams) {await upstream.close();}
   await deployment?.stop();
 });
 
@@ -209,7 +209,7 @@ describe('byte pump', () => {
     // split however the network and the proxy like.
     const parts = [1, 2, 3, 100, 1000, 4096, 65_536, 65_537, 300_000].map((size) => randomBytes(size));
     const before = client.receivedBytes;
-    for (const part of parts) await client.send(part);
+    for (const part of parts) {await client.send(part);}
     const expected = Buffer.concat(parts);
     const all = await client.waitForBytes(before + expected.length);
     expect(all.subarray(before).equals(expected)).toBe(true);
@@ -443,7 +443,7 @@ describe('byte pump', () => {
       expect(accepted).toHaveLength(20);
       await Promise.all(clients.map((client) => client.close()));
     } finally {
-      for (const socket of accepted) socket.destroy();
+      for (const socket of accepted) {socket.destroy();}
       await new Promise((resolve) => qemuLike.close(resolve));
     }
   });
@@ -456,13 +456,13 @@ describe('byte pump', () => {
         const onData = (data: Buffer) => {
           buffered += data.toString('latin1');
           const end = buffered.indexOf('\r\n\r\n');
-          if (end === -1) return;
+          if (end === -1) {return;}
           socket.off('data', onData);
           requestHead = buffered.slice(0, end);
           // The answer and the console's banner in ONE write: one TCP segment.
           socket.write('HTTP/1.1 200 OK\r\n\r\nRFB 003.008\n');
           const rest = buffered.slice(end + 4);
-          if (rest) socket.write(Buffer.from(rest, 'latin1'));
+          if (rest) {socket.write(Buffer.from(rest, 'latin1'));}
           socket.pipe(socket);
         };
         socket.on('data', onData);
@@ -484,8 +484,8 @@ describe('byte pump', () => {
           const writeNext = (): void => {
             socket.write(pieces.shift()!);
             // Separate TCP segments: the proxy must reassemble the head.
-            if (pieces.length > 0) setTimeout(writeNext, 20);
-            else socket.pipe(socket);
+            if (pieces.length > 0) {setTimeout(writeNext, 20);}
+            else {socket.pipe(socket);}
           };
           writeNext();
         });
@@ -571,7 +571,7 @@ describe('session records', () => {
       let got = 0;
       socket.on('data', (data: Buffer) => {
         got += data.length;
-        if (got >= 10) socket.end(Buffer.alloc(20, 7));
+        if (got >= 10) {socket.end(Buffer.alloc(20, 7));}
       });
     });
     const token = await issue({ port: upstream.port, consoleType: 'spice-html5' });
@@ -961,7 +961,7 @@ describe('heartbeat', () => {
       new Promise<void>((resolve) =>
         client.ws.on('ping', () => {
           pings += 1;
-          if (pings === 3) resolve();
+          if (pings === 3) {resolve();}
         }),
       ),
       6_000,
@@ -1096,7 +1096,7 @@ describe('logs', () => {
     }
 
     const everything = lines.join('\n');
-    for (const token of issuedTokens) expect(everything).not.toContain(token);
+    for (const token of issuedTokens) {expect(everything).not.toContain(token);}
     expect(everything).not.toContain('token=');
     expect(everything).not.toContain('/websockify');
   });

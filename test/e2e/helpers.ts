@@ -22,7 +22,7 @@ export function fingerprintOf(token: string): string {
 /** The two parts of an API key `khk_<id>_<secret>`. */
 export function keyParts(key: string): { id: string; secret: string } {
   const match = /^khk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/.exec(key);
-  if (!match) throw new Error('not an API key of the documented format');
+  if (!match) {throw new Error('not an API key of the documented format');}
   return { id: match[1], secret: match[2] };
 }
 

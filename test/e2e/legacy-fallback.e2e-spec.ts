@@ -79,8 +79,8 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) await closeProxy(running).catch(() => undefined);
-  for (const api of extraApis) await closeApi(api).catch(() => undefined);
+  for (const running of proxies) {await closeProxy(running).catch(() => undefined);}
+  for (const api of extraApis) {await closeApi(api).catch(() => undefined);}
   await deployment?.stop();
   await echoUpstream?.close();
   await redis?.close();
@@ -108,7 +108,7 @@ async function startProxy(environment: Record<string, string> = {}): Promise<Run
 }
 
 async function closeProxy(running: RunningProxy): Promise<void> {
-  if (closedProxies.has(running)) return;
+  if (closedProxies.has(running)) {return;}
   closedProxies.add(running);
   await running.close();
 }
@@ -120,7 +120,7 @@ async function startApi(environment: Record<string, string>): Promise<RunningTok
 }
 
 async function closeApi(api: RunningTokenApi): Promise<void> {
-  if (closedApis.has(api)) return;
+  if (closedApis.has(api)) {return;}
   closedApis.add(api);
   await api.close();
 }
@@ -195,7 +195,7 @@ async function tryConnect(running: RunningProxy, token: string, options: Console
     return await connect(running, token, options);
   } catch (error) {
     const refused = /upgrade refused with HTTP (\d+)/.exec(String(error));
-    if (refused) return Number(refused[1]);
+    if (refused) {return Number(refused[1]);}
     throw error;
   }
 }
@@ -225,7 +225,7 @@ async function acceptedWithin(running: RunningProxy, token: string, sinceMs: num
   const client = await waitUntil(
     async () => {
       const attempt = await tryConnect(running, token);
-      if (typeof attempt !== 'number') return attempt;
+      if (typeof attempt !== 'number') {return attempt;}
       last = attempt;
       return undefined;
     },
@@ -242,8 +242,8 @@ async function refusedWithin(running: RunningProxy, token: string, status: numbe
   await waitUntil(
     async () => {
       const attempt = await tryConnect(running, token);
-      if (attempt === status) return true;
-      if (typeof attempt !== 'number') await attempt.close();
+      if (attempt === status) {return true;}
+      if (typeof attempt !== 'number') {await attempt.close();}
       last = typeof attempt === 'number' ? attempt : 'a websocket';
       return undefined;
     },
@@ -342,7 +342,7 @@ function logEntries(): Record<string, unknown>[] {
 
 function expectNoSecretInLogs(): void {
   const text = allLogs();
-  for (const secret of secrets) expect(text).not.toContain(secret);
+  for (const secret of secrets) {expect(text).not.toContain(secret);}
 }
 
 async function redisInfo(section: string): Promise<Record<string, string>> {
@@ -358,7 +358,7 @@ async function redisInfo(section: string): Promise<Record<string, string>> {
 /** `cmdstat_NAME` of INFO commandstats as numbers (calls, failed_calls...); empty when never called. */
 async function commandStats(name: string): Promise<Record<string, number>> {
   const line = (await redisInfo('commandstats'))[`cmdstat_${name}`];
-  if (!line) return {};
+  if (!line) {return {};}
   return Object.fromEntries(line.split(',').map((pair) => pair.split('=')).map(([key, value]) => [key, Number(value)]));
 }
 
@@ -739,7 +739,7 @@ describe('keyhole legacy import', () => {
     expect(Number(serialRow.expires) - importedAt).toBeLessThanOrEqual(1801);
     expect(await tokenRowsByHash(unserved)).toEqual([]);
     const dump = JSON.stringify(await dumpDatabase(deployment.cellUrls.cell1));
-    for (const token of [vnc, serial, unserved]) expect(dump).not.toContain(token);
+    for (const token of [vnc, serial, unserved]) {expect(dump).not.toContain(token);}
 
     const again = await keyhole(['legacy', 'import', '--cell', 'cell1'], environment);
     expect(again).toEqual({ code: 0, out: 'cell cell1: 3 live legacy token(s): 0 imported, 2 already present, 1 of an unserved type skipped' });

@@ -58,7 +58,7 @@ describe('token API logs', () => {
   function accessLinesByRequest(): Map<string, LogLine[]> {
     const byRequest = new Map<string, LogLine[]>();
     for (const line of logLines()) {
-      if (line.msg !== 'request' || line.requestId === undefined) continue;
+      if (line.msg !== 'request' || line.requestId === undefined) {continue;}
       byRequest.set(line.requestId, [...(byRequest.get(line.requestId) ?? []), line]);
     }
     return byRequest;
@@ -119,7 +119,7 @@ describe('token API logs', () => {
     const tokens = issued.map((entry) => entry.token);
 
     // Operators look them up.
-    for (const token of tokens) expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token } })).status).toBe(200);
+    for (const token of tokens) {expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token } })).status).toBe(200);}
     expect((await send('POST', '/v1/tokens/introspect', { key: scopedKey, body: { token: tokens[0], cell: 'cell1' } })).status).toBe(200);
     expect((await send('GET', `/v1/cells/cell1/tokens?instanceUuid=${instance}`, { key: operator })).status).toBe(200);
     expect((await send('GET', `/v1/cells/cell1/tokens/${issued[0].id}`, { key: scopedKey })).status).toBe(200);
@@ -148,7 +148,7 @@ describe('token API logs', () => {
       issueBody({ consoleType: live }),
       issueBody({ instanceUuid: agentKey }),
     ];
-    for (const body of badBodies) expect((await send('POST', '/v1/cells/cell1/tokens', { key: agentKey, body })).status).toBe(400);
+    for (const body of badBodies) {expect((await send('POST', '/v1/cells/cell1/tokens', { key: agentKey, body })).status).toBe(400);}
     expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token: `${live}\u0000` } })).status).toBe(404);
     expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token: live, apiKey: agentKey } })).status).toBe(400);
     expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token: live.repeat(7) } })).status).toBe(400);
@@ -175,7 +175,7 @@ describe('token API logs', () => {
     expectNoSecretsInLogs(secrets);
 
     const text = deployment.api.logs();
-    for (const token of tokens) expect(text).toContain(fingerprintOf(token));
+    for (const token of tokens) {expect(text).toContain(fingerprintOf(token));}
     const issuedLines = logLines().filter((line) => line.msg === 'console token issued');
     expect(issuedLines.map((line) => (line as { fingerprint?: string }).fingerprint)).toEqual(expect.arrayContaining(tokens.map(fingerprintOf)));
 
@@ -183,7 +183,7 @@ describe('token API logs', () => {
     const routes = new Set(logLines().filter((entry) => entry.msg === 'request').map((entry) => entry.route));
     expect(routes).toContain('/v1/cells/:cell/tokens');
     expect(routes).toContain('/v1/tokens/introspect');
-    for (const route of routes) expect(route ?? '').not.toContain('?');
+    for (const route of routes) {expect(route ?? '').not.toContain('?');}
   });
 
   it('does not log a token that a client puts in the URL path by mistake', async () => {

@@ -57,7 +57,7 @@ describe('token API: errors and access rules', () => {
         ['a key without the Bearer scheme', { authorization: deployment.operatorKey }],
       ];
       const answers: [string, ApiResponse][] = [];
-      for (const [name, headers] of attempts) answers.push([name, await call(base, 'GET', '/v1/cells/cell1/tokens', { headers })]);
+      for (const [name, headers] of attempts) {answers.push([name, await call(base, 'GET', '/v1/cells/cell1/tokens', { headers })]);}
 
       const reference = withoutRequestId(answers[0][1].body);
       expect(reference).toEqual({ code: 'UNAUTHENTICATED', message: expect.any(String) });
@@ -196,7 +196,7 @@ describe('token API: errors and access rules', () => {
       expectError(answer, 400, 'INVALID_INPUT');
       expect(answer.body.details.in).toBe('body');
       expect(invalidFields(answer)).toEqual(fields);
-      for (const field of fields) expect(answer.body.message).toContain(field);
+      for (const field of fields) {expect(answer.body.message).toContain(field);}
       expect(await countTokenRows(deployment.cellUrls.cell1)).toBe(rows);
     });
 
@@ -401,12 +401,12 @@ describe('token API: errors and access rules', () => {
 
       const documented = new Set<string>();
       for (const [path, operations] of Object.entries(answer.body.paths as Record<string, Record<string, unknown>>)) {
-        for (const method of Object.keys(operations)) documented.add(`${method.toUpperCase()} ${path}`);
+        for (const method of Object.keys(operations)) {documented.add(`${method.toUpperCase()} ${path}`);}
       }
       // The routes the HTTP server actually serves, as OpenAPI spells them (HEAD is implied by GET).
       const served = new Set<string>();
       for (const route of deployment.api.routes) {
-        if (route.method === 'HEAD') continue;
+        if (route.method === 'HEAD') {continue;}
         served.add(`${route.method} ${route.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')}`);
       }
       expect(served.size).toBeGreaterThanOrEqual(17);

@@ -41,7 +41,7 @@ describe('token API: console token lifecycle', () => {
 
   async function issue(cell: string, key: string, body: Record<string, unknown> = issueBody(), headers: Record<string, string> = {}): Promise<ApiResponse> {
     const response = await call(deployment.api.baseUrl, 'POST', `/v1/cells/${cell}/tokens`, { key, body, headers });
-    if (typeof response.body?.token === 'string') handedOut.push(response.body.token);
+    if (typeof response.body?.token === 'string') {handedOut.push(response.body.token);}
     return response;
   }
 
@@ -262,17 +262,17 @@ describe('token API: console token lifecycle', () => {
       // What issuing is for is there in every version.
       expect(issued.body.token).toMatch(TOKEN_FORMAT);
       expect(issued.body.accessUrl).toContain(issued.body.token);
-      for (const field of ['id', 'consoleType', 'host', 'port', 'instanceUuid', 'accessUrlBase', ...present]) expect(issued.body).toHaveProperty(field);
-      for (const field of absent) expect(issued.body).not.toHaveProperty(field);
-      if (present.includes('tlsPort')) expect(issued.body.tlsPort).toBe(5999);
+      for (const field of ['id', 'consoleType', 'host', 'port', 'instanceUuid', 'accessUrlBase', ...present]) {expect(issued.body).toHaveProperty(field);}
+      for (const field of absent) {expect(issued.body).not.toHaveProperty(field);}
+      if (present.includes('tlsPort')) {expect(issued.body.tlsPort).toBe(5999);}
 
       const fetched = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.body.id}`, { key: deployment.operatorKey, headers });
       expect(fetched.status).toBe(200);
       expect(fetched.headers.get('keyhole-object-version')).toBe(version);
       expect(fetched.body.objectVersion).toBe(version);
       expect(fetched.body.id).toBe(issued.body.id);
-      for (const field of present) expect(fetched.body).toHaveProperty(field);
-      for (const field of absent) expect(fetched.body).not.toHaveProperty(field);
+      for (const field of present) {expect(fetched.body).toHaveProperty(field);}
+      for (const field of absent) {expect(fetched.body).not.toHaveProperty(field);}
     });
 
     it('refuses an unknown object version with 400 UNSUPPORTED_OBJECT_VERSION and issues nothing', async () => {
@@ -477,9 +477,9 @@ describe('token API: expiry and purge (manual clock)', () => {
 
     for (const extra of [{}, { cell: 'cell1' }]) {
       const answers = await Promise.all([introspect(unknown, extra), introspect(expiring.token, extra), introspect(revoked.token, extra)]);
-      for (const answer of answers) expectError(answer, 404, 'TOKEN_NOT_FOUND');
+      for (const answer of answers) {expectError(answer, 404, 'TOKEN_NOT_FOUND');}
       const [reference, ...others] = answers.map((answer) => withoutRequestId(answer.body));
-      for (const other of others) expect(other).toEqual(reference);
+      for (const other of others) {expect(other).toEqual(reference);}
     }
   });
 });

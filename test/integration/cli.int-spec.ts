@@ -120,7 +120,7 @@ describe('keyhole CLI', () => {
     // The compiled CLI as the production migrate Job runs it, in a process of its own; it then
     // prints every CommonJS module it loaded (an ESM package required from CommonJS is listed too).
     const main = path.resolve(__dirname, '../../dist/apps/cli/src/main.js');
-    if (!existsSync(main)) throw new Error(`${main} is missing: run "npm run build" first`);
+    if (!existsSync(main)) {throw new Error(`${main} is missing: run "npm run build" first`);}
     const script = `require(${JSON.stringify(main)}).runCli(['migrate'], () => {}).then((code) => process.stdout.write(JSON.stringify({ code, modules: Object.keys(require.cache) })))`;
     const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], {
       env: { PATH: process.env.PATH, KEYHOLE_DATABASE_URL: control.url, KEYHOLE_LOG_LEVEL: 'error' },

@@ -26,7 +26,7 @@ describe('console sessions on a real cell database', () => {
   });
 
   afterAll(async () => {
-    for (const pool of pools) await pool.end();
+    for (const pool of pools) {await pool.end();}
     await cell?.drop();
   });
 
@@ -110,7 +110,7 @@ describe('console sessions on a real cell database', () => {
     expect(byId[live.id]).toMatchObject({ close_reason: 'client closed', bytes_to_client: '100', bytes_to_upstream: '7' });
     expect(byId[short.id]).toMatchObject({ close_reason: 'console closed', bytes_to_client: '12', bytes_to_upstream: '0' });
     expect(byId[kicked.id]).toMatchObject({ close_reason: 'ended by operator', bytes_to_client: '5', bytes_to_upstream: '6' });
-    for (const row of rows) expect(row.ended_at).not.toBeNull();
+    for (const row of rows) {expect(row.ended_at).not.toBeNull();}
   });
 
   it('checks many token hashes in one query: valid ones only, expired and unknown ones left out', async () => {

@@ -39,7 +39,7 @@ function novaValue(token: string, fields: Record<string, unknown> = {}): string 
 async function commandStats(client: Redis, command: string): Promise<Record<string, number>> {
   const info = await client.info('commandstats');
   const line = info.split('\r\n').find((entry) => entry.startsWith(`cmdstat_${command}:`));
-  if (!line) return {};
+  if (!line) {return {};}
   return Object.fromEntries(
     line
       .slice(line.indexOf(':') + 1)
@@ -51,7 +51,7 @@ async function commandStats(client: Redis, command: string): Promise<Record<stri
 
 async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   const items: T[] = [];
-  for await (const item of iterable) items.push(item);
+  for await (const item of iterable) {items.push(item);}
   return items;
 }
 
@@ -90,7 +90,7 @@ describe('LegacyTokenStore on a real Redis', () => {
     await Promise.all(stores.map((store) => store.close()));
     raw?.disconnect();
     await redis?.close();
-    if (Object.keys(timings).length > 0) console.log(`legacy store timings: ${JSON.stringify(timings)}`);
+    if (Object.keys(timings).length > 0) {console.log(`legacy store timings: ${JSON.stringify(timings)}`);}
   });
 
   describe('lookup', () => {
@@ -293,7 +293,7 @@ describe('LegacyTokenStore on a real Redis', () => {
       const evals = async () => (await commandStats(raw, 'eval')).calls ?? 0;
       const evalsBefore = await evals();
       const shasBefore = (await commandStats(raw, 'evalsha')).calls ?? 0;
-      for (const token of ['kh-sha-1', 'kh-sha-2', 'kh-sha-3']) await store.write(token, authorization, 60);
+      for (const token of ['kh-sha-1', 'kh-sha-2', 'kh-sha-3']) {await store.write(token, authorization, 60);}
       expect(await evals()).toBe(evalsBefore + 1);
       expect((await commandStats(raw, 'evalsha')).calls ?? 0).toBeGreaterThanOrEqual(shasBefore + 2);
 
@@ -362,7 +362,7 @@ describe('LegacyTokenStore on a real Redis', () => {
       const store = await readyStore('nova', 'scan:');
       const live = Array.from({ length: 230 }, (_, index) => uuid(1000 + index));
       const pipeline = raw.pipeline();
-      for (const token of live) pipeline.set(`scan:${token}`, novaValue(token), 'EX', 900);
+      for (const token of live) {pipeline.set(`scan:${token}`, novaValue(token), 'EX', 900);}
       await pipeline.exec();
       await raw.set(`scan:${uuid(2000)}`, novaValue(uuid(2000))); // no TTL
       await raw.set(`scan:${INSTANCE_A}`, JSON.stringify(live.slice(0, 3)));
@@ -456,7 +456,7 @@ describe('LegacyTokenStore on a real Redis', () => {
 
       await redis.restart();
       const restarted = Date.now();
-      if (raw.status !== 'ready') await withDeadline(once(raw, 'ready'), 5000, 'the plain client to reconnect');
+      if (raw.status !== 'ready') {await withDeadline(once(raw, 'ready'), 5000, 'the plain client to reconnect');}
       await raw.set(`nova:${token}`, novaValue(token), 'EX', 600);
       await waitUntil(async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined), 5000, 'lookups to work again');
       timings.restartRecoveryMs = String(Date.now() - restarted);

@@ -135,7 +135,7 @@ describe('TokensService on a real cell database', () => {
   });
 
   it('purges exactly the expired rows (expires <= now), in batches, of every host or of one', async () => {
-    for (let index = 0; index < 5; index += 1) await authorize({ host: index % 2 ? 'hv1' : 'hv2', ttlSeconds: 10 });
+    for (let index = 0; index < 5; index += 1) {await authorize({ host: index % 2 ? 'hv1' : 'hv2', ttlSeconds: 10 });}
     const boundary = await authorize({ host: 'hv1', ttlSeconds: 20 });
     const valid = await authorize({ host: 'hv1', ttlSeconds: 21 });
     clock.set((T0 + 20) * 1000);

@@ -13,7 +13,7 @@ export function urlForDatabase(name: string): string {
 
 function templateName(kind: DatabaseKind): string {
   const runId = process.env.KEYHOLE_TEST_RUN_ID;
-  if (!runId) throw new Error('KEYHOLE_TEST_RUN_ID is not set: run the tests through jest (global setup)');
+  if (!runId) {throw new Error('KEYHOLE_TEST_RUN_ID is not set: run the tests through jest (global setup)');}
   return `keyhole_tpl_${kind}_${runId}`;
 }
 
@@ -39,7 +39,7 @@ export async function migrateTestDatabase(kind: DatabaseKind, url: string): Prom
 }
 
 export async function dropTemplates(): Promise<void> {
-  for (const kind of ['control', 'cell'] as const) await dropDatabase(urlForDatabase(templateName(kind)));
+  for (const kind of ['control', 'cell'] as const) {await dropDatabase(urlForDatabase(templateName(kind)));}
 }
 
 /** A fresh, fully migrated database of this kind for one test file; `drop()` removes it. */

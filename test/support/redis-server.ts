@@ -39,7 +39,7 @@ export async function startRedisServer(): Promise<TestRedisServer> {
   const clients = new Set<Redis>();
   let child: ManagedProcess | undefined = await spawnRedis(port);
   const signal = (name: NodeJS.Signals): void => {
-    if (child && !child.hasExited()) process.kill(child.pid, name);
+    if (child && !child.hasExited()) {process.kill(child.pid, name);}
   };
 
   const stopChild = async (stopSignal: NodeJS.Signals): Promise<void> => {
@@ -75,7 +75,7 @@ export async function startRedisServer(): Promise<TestRedisServer> {
       child = await spawnRedis(port);
     },
     async close() {
-      for (const client of clients) client.disconnect();
+      for (const client of clients) {client.disconnect();}
       clients.clear();
       await stopChild('SIGTERM');
     },
@@ -98,9 +98,9 @@ async function spawnRedis(port: number): Promise<ManagedProcess> {
       await server.stop(0, 'SIGKILL');
       throw error;
     });
-    if (answered) return server;
+    if (answered) {return server;}
     // Exited at start (the port may still be held by the previous server a moment): try again.
-    if (Date.now() >= deadline) throw new Error(`redis-server on port ${port} exited at start: ${server.output().slice(-2_000)}`);
+    if (Date.now() >= deadline) {throw new Error(`redis-server on port ${port} exited at start: ${server.output().slice(-2_000)}`);}
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -119,7 +119,7 @@ function pings(port: number): Promise<boolean> {
     socket.on('connect', () => socket.write('PING\r\n'));
     socket.on('data', (data) => {
       answer += data.toString('utf8');
-      if (answer.includes('\r\n')) done(answer.startsWith('+PONG'));
+      if (answer.includes('\r\n')) {done(answer.startsWith('+PONG'));}
     });
     socket.on('error', () => done(false));
   });

@@ -20,8 +20,8 @@ export async function startServices(
   class ServicesModule {}
 
   const builder = Test.createTestingModule({ imports: [ServicesModule] });
-  if (overrides.clock) builder.overrideProvider(CLOCK).useValue(overrides.clock);
-  if (overrides.tokenGenerator) builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);
+  if (overrides.clock) {builder.overrideProvider(CLOCK).useValue(overrides.clock);}
+  if (overrides.tokenGenerator) {builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);}
   const capture = captureLogs();
   const moduleRef = await builder.setLogger(capture.logger).compile();
   const app = await moduleRef.init();

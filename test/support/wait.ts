@@ -35,12 +35,12 @@ export async function waitUntil<T>(
   const describe = (): string => (typeof what === 'string' ? what : what());
   let lastError: unknown;
   for (;;) {
-    if (signal?.aborted) throw new Error(`cancelled while waiting for ${describe()}`);
+    if (signal?.aborted) {throw new Error(`cancelled while waiting for ${describe()}`);}
     try {
       const value = await probe();
-      if (value !== undefined) return value;
+      if (value !== undefined) {return value;}
     } catch (error) {
-      if (!retryErrors) throw error;
+      if (!retryErrors) {throw error;}
       lastError = error;
     }
     if (Date.now() >= deadline) {

@@ -66,7 +66,7 @@ export class CellDatabases implements OnApplicationShutdown {
   async close(cellName: string): Promise<void> {
     const pending = this.open.get(cellName);
     this.open.delete(cellName);
-    if (!pending) return;
+    if (!pending) {return;}
     const database = await pending.catch(() => undefined);
     await database?.close();
   }
@@ -77,7 +77,7 @@ export class CellDatabases implements OnApplicationShutdown {
 
   private async connect(cellName: string): Promise<CellDatabase> {
     const cell = await this.control.cells.findByName(cellName);
-    if (!cell) throw cellNotFound(cellName);
+    if (!cell) {throw cellNotFound(cellName);}
     return this.connectUrl(cellName, cell.databaseUrl);
   }
 

@@ -18,7 +18,7 @@ export async function createConsoleProxyApp(
   const app = await NestFactory.create<NestExpressApplication>(ProxyAppModule.forRoot(config), proxyApplicationOptions(logger));
   configureConsoleProxyApp(app, config, logger);
   // A process that hosts several apps (the local deployment) handles signals itself.
-  if (options.handleSignals) app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  if (options.handleSignals) {app.enableShutdownHooks(['SIGTERM', 'SIGINT']);}
   return app;
 }
 

@@ -57,7 +57,7 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
-    if (this.dataSource.isInitialized) await this.dataSource.destroy();
+    if (this.dataSource.isInitialized) {await this.dataSource.destroy();}
     await this.pool.end();
   }
 }

@@ -65,7 +65,7 @@ describe('BatchedTokenLookup', () => {
     await nextTurn();
     await nextTurn();
     expect(tokens.queries.map((query) => query.hashes)).toEqual([[hash(1), hash(2)], [hash(3)]]);
-    for (const query of tokens.queries) query.answer();
+    for (const query of tokens.queries) {query.answer();}
     expect(await answers).toEqual([null, null, null]);
   });
 
@@ -75,7 +75,7 @@ describe('BatchedTokenLookup', () => {
     const answers = [lookup.findValid(hash(1)), lookup.findValid(hash(2))];
     await nextTurn();
     tokens.queries[0].fail(new Error('connection terminated'));
-    for (const answer of answers) await expect(answer).rejects.toThrow('connection terminated');
+    for (const answer of answers) {await expect(answer).rejects.toThrow('connection terminated');}
     const again = lookup.findValid(hash(1));
     await nextTurn();
     tokens.queries[1].answer();

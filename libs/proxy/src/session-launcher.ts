@@ -99,7 +99,7 @@ export class SessionLauncher {
       upstream.destroy();
       const reason: CloseReason = cancelled ?? (draining ? 'proxy shutdown' : 'client closed');
       ws.resume();
-      if (ws.readyState === WebSocket.OPEN) ws.close(CLOSE_CODES[reason], reason);
+      if (ws.readyState === WebSocket.OPEN) {ws.close(CLOSE_CODES[reason], reason);}
       this.recordEnd(session, reason, this.noTraffic());
       return;
     }
@@ -127,14 +127,14 @@ export class SessionLauncher {
 
   /** Marks the connecting sessions of these tokens: they close as soon as they would start. */
   cancelByTokenIds(revoked: ReadonlySet<number>, reason: CloseReason): void {
-    for (const entry of this.connecting.values()) if (entry.tokenId !== null && revoked.has(entry.tokenId)) entry.cancelled = reason;
+    for (const entry of this.connecting.values()) {if (entry.tokenId !== null && revoked.has(entry.tokenId)) {entry.cancelled = reason;}}
   }
 
   /** Marks these connecting sessions: they close as soon as they would start. */
   cancelBySessionIds(sessionIds: readonly string[], reason: CloseReason): void {
     for (const id of sessionIds) {
       const entry = this.connecting.get(id);
-      if (entry) entry.cancelled = reason;
+      if (entry) {entry.cancelled = reason;}
     }
   }
 

@@ -137,9 +137,9 @@ export class UpgradeGate {
   /** Decides an upgrade request: a grant (the session's row is claimed or queued) or a refusal. */
   async check(request: IncomingMessage): Promise<UpgradeGrant | Refusal> {
     const presented = extractToken(request.url ?? '/', request.headers.cookie);
-    if (!presented) return NO_TOKEN;
+    if (!presented) {return NO_TOKEN;}
     // Implausible tokens could match nothing: no database work.
-    if (!isPlausibleToken(presented)) return this.invalidToken(request, undefined);
+    if (!isPlausibleToken(presented)) {return this.invalidToken(request, undefined);}
     const tokenHash = sha256Hex(presented);
 
     let token: TokenGrant | null;
@@ -152,7 +152,7 @@ export class UpgradeGate {
       this.logger.error({ err: error, fingerprint: fingerprintOfHash(tokenHash) }, 'token lookup failed');
       return UNAVAILABLE;
     }
-    if (!token) return this.invalidToken(request, tokenHash);
+    if (!token) {return this.invalidToken(request, tokenHash);}
     if (!(this.options.settings.consoleTypes as string[]).includes(token.consoleType)) {
       return { kind: 'wrong_console_type', consoleType: token.consoleType };
     }
@@ -211,11 +211,11 @@ export class UpgradeGate {
    * that a browser reconnecting at once is not refused by its own session. `written` never rejects.
    */
   releaseWhenWritten(session: Pick<NewConsoleSessionRow, 'consoleType' | 'host' | 'port'>, written: Promise<unknown>): void {
-    if (!EXCLUSIVE_CONSOLE_TYPES.has(session.consoleType)) return;
+    if (!EXCLUSIVE_CONSOLE_TYPES.has(session.consoleType)) {return;}
     const target = targetKey(session.host, session.port);
     this.endingTargets.set(target, written);
     const release = (): void => {
-      if (this.endingTargets.get(target) === written) this.endingTargets.delete(target);
+      if (this.endingTargets.get(target) === written) {this.endingTargets.delete(target);}
     };
     written.then(release, release);
   }
@@ -224,7 +224,7 @@ export class UpgradeGate {
   private clientAddress(request: IncomingMessage): string | null {
     if (this.options.settings.trustProxy) {
       const forwarded = header(request, 'x-forwarded-for')?.split(',')[0]?.trim();
-      if (forwarded) return forwarded.slice(0, 64);
+      if (forwarded) {return forwarded.slice(0, 64);}
     }
     return request.socket.remoteAddress ?? null;
   }
@@ -234,9 +234,9 @@ export class UpgradeGate {
    * legacy token is then served exactly like a database one.
    */
   private async legacyGrant(presented: string, tokenHash: string, request: IncomingMessage): Promise<TokenGrant | null> {
-    if (!this.fallbackEnabled || !this.options.legacy) return null;
+    if (!this.fallbackEnabled || !this.options.legacy) {return null;}
     // A token revoked in keyhole must not come back through a legacy copy of it (dual-write).
-    if (await this.cell.tokens.isRevokedHash(tokenHash, nowSeconds(this.clock))) return null;
+    if (await this.cell.tokens.isRevokedHash(tokenHash, nowSeconds(this.clock))) {return null;}
     let legacy: LegacyAuthorization | null;
     try {
       legacy = await this.options.legacy.lookup(presented);
@@ -245,7 +245,7 @@ export class UpgradeGate {
       throw error;
     }
     this.metrics.legacyLookups.inc({ result: legacy ? 'served' : 'miss' });
-    if (!legacy) return null;
+    if (!legacy) {return null;}
     return {
       source: 'legacy',
       tokenId: null,
@@ -274,7 +274,7 @@ export class UpgradeGate {
   }
 
   private logRefusedTokens(): void {
-    if (this.refusedTokens === 0) return;
+    if (this.refusedTokens === 0) {return;}
     this.logger.log({ instance: this.options.instance, refused: this.refusedTokens, intervalMs: REFUSAL_SUMMARY_INTERVAL_MS }, 'refused invalid or expired tokens');
     this.refusedTokens = 0;
   }

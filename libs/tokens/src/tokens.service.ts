@@ -80,7 +80,7 @@ export class TokensService {
       await this.dualWrite(issued, ttlSeconds);
       return issued;
     } catch (error) {
-      if (postgresErrorCode(error) === UNIQUE_VIOLATION) throw tokenInUse();
+      if (postgresErrorCode(error) === UNIQUE_VIOLATION) {throw tokenInUse();}
       throw error;
     }
   }
@@ -91,7 +91,7 @@ export class TokensService {
    * The token is valid in the cell database either way, so a failed copy is logged, not fatal.
    */
   private async dualWrite(issued: ConsoleAuthToken, ttlSeconds: number): Promise<void> {
-    if (!this.config.legacy.dualWrite || !this.legacy || issued.token === undefined) return;
+    if (!this.config.legacy.dualWrite || !this.legacy || issued.token === undefined) {return;}
     const row = issued.row;
     try {
       await this.legacy.write(
@@ -118,7 +118,7 @@ export class TokensService {
   async validate(cellName: string, token: string): Promise<ConsoleAuthToken> {
     const database = await this.databases.get(cellName);
     const found = await findValidToken(database.tokens, token, nowSeconds(this.clock));
-    if (!found) throw invalidToken();
+    if (!found) {throw invalidToken();}
     return found;
   }
 
@@ -128,22 +128,22 @@ export class TokensService {
    * not be asked, the answer is that error, not "not found" (fail closed).
    */
   async introspect(cellNames: string[], token: string): Promise<ConsoleAuthToken> {
-    if (!isPlausibleToken(token)) throw invalidToken();
+    if (!isPlausibleToken(token)) {throw invalidToken();}
     const results = await Promise.allSettled(cellNames.map((cellName) => this.validate(cellName, token)));
     const found = results.find((result) => result.status === 'fulfilled');
-    if (found) return found.value;
+    if (found) {return found.value;}
     const failure = results.find(
       (result): result is PromiseRejectedResult =>
         result.status === 'rejected' && !(result.reason instanceof KeyholeError && result.reason.code === 'TOKEN_NOT_FOUND'),
     );
-    if (failure) throw failure.reason;
+    if (failure) {throw failure.reason;}
     throw invalidToken();
   }
 
   /** A token's stored authorization (never its plaintext), whatever its expiry. */
   async get(cellName: string, id: number): Promise<ConsoleAuthToken> {
     const row = await (await this.databases.get(cellName)).tokens.findById(id);
-    if (!row) throw tokenIdNotFound(cellName, id);
+    if (!row) {throw tokenIdNotFound(cellName, id);}
     return ConsoleAuthToken.fromRow(cellName, row);
   }
 
@@ -154,7 +154,7 @@ export class TokensService {
 
   async revokeById(cellName: string, id: number): Promise<void> {
     const deleted = await (await this.databases.get(cellName)).tokens.deleteById(id);
-    if (!deleted) throw tokenIdNotFound(cellName, id);
+    if (!deleted) {throw tokenIdNotFound(cellName, id);}
     this.logger.log({ cell: cellName, tokenId: id }, 'console token revoked');
   }
 
@@ -184,7 +184,7 @@ export async function findValidToken(
   token: string,
   nowSeconds: number,
 ): Promise<ConsoleAuthToken | null> {
-  if (!isPlausibleToken(token)) return null;
+  if (!isPlausibleToken(token)) {return null;}
   const row = await tokens.findValidByHash(sha256Hex(token), nowSeconds);
   return row ? ConsoleAuthToken.fromRow(tokens.cellName, row, token) : null;
 }

@@ -34,7 +34,7 @@ export async function connectUpstream(target: UpstreamTarget, timeoutMs: number,
     throw error;
   }
   if (target.internalAccessPath === null) {
-    if (release) turns?.holdUntilSpoken(socket, release);
+    if (release) {turns?.holdUntilSpoken(socket, release);}
     return socket;
   }
   try {
@@ -83,14 +83,14 @@ function sendConnect(socket: Socket, path: string, timeoutMs: number): Promise<v
       socket.off('data', onData);
       socket.off('error', onError);
       socket.off('end', onEnd);
-      if (error) reject(error);
-      else resolve();
+      if (error) {reject(error);}
+      else {resolve();}
     };
     const onData = (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
       const headEnd = received.indexOf('\r\n\r\n');
       if (headEnd === -1) {
-        if (received.length > MAX_CONNECT_RESPONSE_BYTES) finish(new UpstreamError('CONNECT malformed', 'CONNECT response head too long'));
+        if (received.length > MAX_CONNECT_RESPONSE_BYTES) {finish(new UpstreamError('CONNECT malformed', 'CONNECT response head too long'));}
         return;
       }
       socket.pause();
@@ -100,7 +100,7 @@ function sendConnect(socket: Socket, path: string, timeoutMs: number): Promise<v
         finish(new UpstreamError('CONNECT refused', `CONNECT was answered with "${statusLine.slice(0, 64)}"`));
         return;
       }
-      if (rest.length > 0) socket.unshift(rest);
+      if (rest.length > 0) {socket.unshift(rest);}
       finish();
     };
     const onError = (error: Error) => finish(new UpstreamError('connect failed', 'console connection failed during CONNECT', { cause: error }));

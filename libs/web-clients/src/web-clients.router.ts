@@ -138,7 +138,7 @@ function fixedFile(body: Buffer, contentType: string): FixedFile {
 function sendFixedFile(response: Response, file: FixedFile, cacheControl: string, headers: SetHeaders): void {
   headers(response, PAGE_CSP, cacheControl);
   response.setHeader('Content-Type', file.contentType);
-  if (cacheControl !== PAGE_CACHE_CONTROL) response.setHeader('ETag', file.etag);
+  if (cacheControl !== PAGE_CACHE_CONTROL) {response.setHeader('ETag', file.etag);}
   // res.send answers 304 itself when the request's If-None-Match matches the ETag.
   response.send(file.body);
 }
@@ -170,10 +170,10 @@ class SpicePageCsp {
   private readonly cache = new Map<string, { key: string; csp: string }>();
 
   forFile(filePath: string, stat: Stats): string {
-    if (!isHtml(filePath)) return PAGE_CSP;
+    if (!isHtml(filePath)) {return PAGE_CSP;}
     const key = `${stat.mtimeMs}:${stat.size}`;
     const cached = this.cache.get(filePath);
-    if (cached?.key === key) return cached.csp;
+    if (cached?.key === key) {return cached.csp;}
     const csp = spicePageCsp(readFileSync(filePath, 'utf8'));
     this.cache.set(filePath, { key, csp });
     return csp;

@@ -152,7 +152,7 @@ describe('web clients router', () => {
       const pending = ['/keyhole/vnc-lite.js'];
       while (pending.length > 0) {
         const path = pending.pop()!;
-        if (seen.has(path)) continue;
+        if (seen.has(path)) {continue;}
         seen.add(path);
         const answer = await server.request(path);
         expect({ path, status: answer.status }).toEqual({ path, status: 200 });
@@ -188,7 +188,7 @@ describe('web clients router', () => {
       const pending = ['/keyhole/serial.js'];
       while (pending.length > 0) {
         const path = pending.pop()!;
-        if (seen.has(path)) continue;
+        if (seen.has(path)) {continue;}
         seen.add(path);
         const answer = await server.request(path);
         expectJavaScript(answer);
@@ -250,7 +250,7 @@ describe('web clients router', () => {
       const html = readFileSync(join(__dirname, 'pages', file), 'utf8');
       const scripts = [...html.matchAll(/<script\b([^>]*)>([\s\S]*?)<\/script\s*>/gi)];
       expect(scripts.length).toBeGreaterThan(0);
-      for (const [, attributes, body] of scripts) expect({ attributes, body }).toEqual({ attributes: expect.stringMatching(/\ssrc="keyhole\/[a-z-]+\.js"/), body: '' });
+      for (const [, attributes, body] of scripts) {expect({ attributes, body }).toEqual({ attributes: expect.stringMatching(/\ssrc="keyhole\/[a-z-]+\.js"/), body: '' });}
       expect(html).not.toMatch(/\son[a-z]+\s*=/i);
     });
   });

@@ -43,10 +43,10 @@ let exitHookInstalled = false;
 // If a test file dies without its afterAll, do not leave QEMU or websockify behind: the 'exit' event
 // runs synchronously on normal exit of the jest worker, which is the most a child can be given in Node.
 function installExitHook(): void {
-  if (exitHookInstalled) return;
+  if (exitHookInstalled) {return;}
   exitHookInstalled = true;
   process.on('exit', () => {
-    for (const managed of running) managed.kill('SIGKILL');
+    for (const managed of running) {managed.kill('SIGKILL');}
   });
 }
 
@@ -71,7 +71,7 @@ export async function startProcess(command: string, args: string[], options: Sta
       child.once('error', reject);
     });
   } finally {
-    if (fd !== undefined) closeSync(fd);
+    if (fd !== undefined) {closeSync(fd);}
   }
   let output = '';
   const append = (chunk: Buffer): void => {
@@ -115,7 +115,7 @@ export async function startProcess(command: string, args: string[], options: Sta
           const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
           const first = await Promise.race([exited, graceOver]);
           clearTimeout(timer);
-          if (first === 'timeout') kill('SIGKILL');
+          if (first === 'timeout') {kill('SIGKILL');}
           await exited;
         }
         // Helpers left in the group, if any.
@@ -145,8 +145,8 @@ export function waitForOutput(managed: ManagedProcess, pattern: RegExp, timeoutM
   return waitUntil(
     () => {
       const match = pattern.exec(managed.output());
-      if (match) return match;
-      if (managed.hasExited()) throw new Error(`${managed.name} exited before ${pattern}:\n${managed.output()}`);
+      if (match) {return match;}
+      if (managed.hasExited()) {throw new Error(`${managed.name} exited before ${pattern}:\n${managed.output()}`);}
       return undefined;
     },
     timeoutMs,
@@ -168,7 +168,7 @@ export function tailFile(file: string, bytes: number): string {
 /** The executable `command` would run from PATH, or undefined. */
 export function findOnPath(command: string): string | undefined {
   for (const directory of (process.env.PATH ?? '').split(delimiter)) {
-    if (!directory) continue;
+    if (!directory) {continue;}
     const candidate = join(directory, command);
     try {
       accessSync(candidate, constants.X_OK);

@@ -31,10 +31,10 @@ export async function startWebsockify(
   targets: Record<string, string>,
   options: { web?: string; timeoutMs?: number; logFile?: string } = {},
 ): Promise<Websockify> {
-  if (!isWebsockifyAvailable()) throw new Error('websockify is not on PATH: install it (Debian: apt-get install -y websockify)');
+  if (!isWebsockifyAvailable()) {throw new Error('websockify is not on PATH: install it (Debian: apt-get install -y websockify)');}
   for (const [token, target] of Object.entries(targets)) {
     // TokenFile splits each line at ': ' and the target at ':'; anything else would be misread silently.
-    if (!/^[A-Za-z0-9_-]+$/.test(token) || !/^[^\s:]+:\d+$/.test(target)) throw new Error(`bad websockify target ${token}: ${target}`);
+    if (!/^[A-Za-z0-9_-]+$/.test(token) || !/^[^\s:]+:\d+$/.test(target)) {throw new Error(`bad websockify target ${token}: ${target}`);}
   }
   const deadline = Date.now() + (options.timeoutMs ?? 15_000);
   const tokenDirectory = mkdtempSync(join(tmpdir(), 'keyhole-websockify-'));

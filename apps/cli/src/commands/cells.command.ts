@@ -16,14 +16,14 @@ export const cellsAddCommand: Command = {
       },
       true,
     );
-    if (positionals.length !== 1) throw new UsageError('name exactly one cell');
+    if (positionals.length !== 1) {throw new UsageError('name exactly one cell');}
     const name = validated(cellNameSchema, positionals[0], 'NAME');
     const databaseUrl = validated(postgresUrlSchema, values['database-url'], '--database-url');
     const proxyUrl = validated(absoluteUrlSchema(['http', 'https']), values['proxy-url'], '--proxy-url');
     const accessUrlBases: Partial<Record<ConsoleType, string>> = {};
     for (const entry of values['access-url-base'] ?? []) {
       const [type, ...rest] = entry.split('=');
-      if (!isConsoleType(type)) throw new UsageError(`--access-url-base: TYPE must be one of ${CONSOLE_TYPES.join(', ')}`);
+      if (!isConsoleType(type)) {throw new UsageError(`--access-url-base: TYPE must be one of ${CONSOLE_TYPES.join(', ')}`);}
       accessUrlBases[type] = validated(absoluteUrlSchema(['http', 'https', 'ws', 'wss']), rest.join('='), '--access-url-base');
     }
     const cell = await (await services()).get(CellsService).register({ name, databaseUrl, proxyUrl, accessUrlBases });
@@ -54,7 +54,7 @@ export const cellsRemoveCommand: Command = {
   summary: 'unregister a cell and revoke the credentials scoped to it (its database is kept)',
   async run({ args, services, out }) {
     const { positionals } = parseFlags(args, {}, true);
-    if (positionals.length !== 1) throw new UsageError('name exactly one cell');
+    if (positionals.length !== 1) {throw new UsageError('name exactly one cell');}
     const name = validated(cellNameSchema, positionals[0], 'NAME');
     const { revokedCredentials } = await (await services()).get(CellsService).remove(name);
     out(`removed cell ${name}; revoked ${revokedCredentials} credential(s)`);

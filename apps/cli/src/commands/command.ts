@@ -45,7 +45,7 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(
 /** Validates one flag value with the same rules the API applies. */
 export function validated<Schema extends z.ZodType>(schema: Schema, value: unknown, flag: string): z.output<Schema> {
   const parsed = schema.safeParse(value);
-  if (parsed.success) return parsed.data;
+  if (parsed.success) {return parsed.data;}
   throw new UsageError(describeZodIssues(parsed.error, flag).map((issue) => `${issue.field}: ${issue.message}`).join('; '));
 }
 
@@ -61,11 +61,11 @@ export function printRows(out: (line: string) => void, rows: Record<string, unkn
   }
   const columns = Object.keys(rows[0]);
   const cell = (value: unknown): string => {
-    if (value === null || value === undefined) return '-';
+    if (value === null || value === undefined) {return '-';}
     return typeof value === 'string' ? value : JSON.stringify(value);
   };
   const widths = columns.map((column) => Math.max(column.length, ...rows.map((row) => cell(row[column]).length)));
   const line = (values: string[]) => values.map((value, index) => value.padEnd(widths[index])).join('  ').trimEnd();
   out(line(columns.map((column) => column.toUpperCase())));
-  for (const row of rows) out(line(columns.map((column) => cell(row[column]))));
+  for (const row of rows) {out(line(columns.map((column) => cell(row[column]))));}
 }

@@ -11,8 +11,8 @@ export const fallbackCommand: Command = {
   async run({ args, services, out }) {
     const { values, positionals } = parseFlags(args, { cell: { type: 'string' }, all: { type: 'boolean' }, json: { type: 'boolean' } }, true);
     const action = positionals[0];
-    if (positionals.length !== 1 || !['on', 'off', 'status'].includes(action)) throw new UsageError('say on, off or status');
-    if ((values.cell === undefined) === !values.all) throw new UsageError('give exactly one of --cell NAME and --all');
+    if (positionals.length !== 1 || !['on', 'off', 'status'].includes(action)) {throw new UsageError('say on, off or status');}
+    if ((values.cell === undefined) === !values.all) {throw new UsageError('give exactly one of --cell NAME and --all');}
     const app = await services();
     const cells = values.all
       ? (await app.get(CellsService).list()).map((cell) => cell.name)
@@ -20,8 +20,8 @@ export const fallbackCommand: Command = {
     const fallback = app.get(FallbackService);
     const results: FallbackStatus[] = [];
     for (const cell of cells) {
-      if (action === 'status') results.push(await fallback.status(cell));
-      else results.push(await fallback.set(cell, action === 'on', `cli ${userInfo().username}`));
+      if (action === 'status') {results.push(await fallback.status(cell));}
+      else {results.push(await fallback.set(cell, action === 'on', `cli ${userInfo().username}`));}
     }
     if (values.json) {
       out(JSON.stringify(results, null, 2));

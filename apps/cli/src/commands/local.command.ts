@@ -41,7 +41,7 @@ export const localCommand: Command = {
     out('');
     out('API keys (new at every start; the previous local keys are revoked):');
     out(`  operator (every cell):  ${deployment.operatorKey}`);
-    for (const [cell, key] of Object.entries(deployment.agentKeys)) out(`  ${`agent ${cell}:`.padEnd(24)}${key}`);
+    for (const [cell, key] of Object.entries(deployment.agentKeys)) {out(`  ${`agent ${cell}:`.padEnd(24)}${key}`);}
     out('');
     out('Try it:');
     out(`  export KEYHOLE_AGENT_KEY=${deployment.agentKeys.cell1}`);

@@ -46,7 +46,7 @@ export const tokensRevokeCommand: Command = {
   async run({ args, services, out }) {
     const { values } = parseFlags(args, { cell: { type: 'string' }, id: { type: 'string' }, instance: { type: 'string' } });
     const cell = validated(cellNameSchema, values.cell, '--cell');
-    if ((values.id === undefined) === (values.instance === undefined)) throw new UsageError('give exactly one of --id and --instance');
+    if ((values.id === undefined) === (values.instance === undefined)) {throw new UsageError('give exactly one of --id and --instance');}
     const tokens = (await services()).get(TokensService);
     if (values.id !== undefined) {
       const id = validated(z.coerce.number().int().min(1), values.id, '--id');

@@ -138,7 +138,7 @@ function localProxyUrl(port: number): string {
 async function pointCellsAtProxies(config: KeyholeConfig, cells: { name: string; proxyUrl: string }[], logger: LoggerService): Promise<void> {
   const services = await openServices(config, logger);
   try {
-    for (const cell of cells) await services.get(CellsService).updateProxyUrl(cell.name, cell.proxyUrl);
+    for (const cell of cells) {await services.get(CellsService).updateProxyUrl(cell.name, cell.proxyUrl);}
   } finally {
     await services.close();
   }
@@ -170,7 +170,7 @@ async function prepareDatabases(
 
     const credentials = services.get(CredentialsService);
     for (const old of await credentials.list({ includeRevoked: false })) {
-      if (old.name.startsWith('local-')) await credentials.revoke(old.id);
+      if (old.name.startsWith('local-')) {await credentials.revoke(old.id);}
     }
     const operatorKey = (await credentials.create({ name: 'local-operator', role: 'operator', cellName: null })).key;
     const agentKeys: Record<string, string> = {};

@@ -53,7 +53,7 @@ describe('consoleEventPayloads', () => {
     const tokenIds = Array.from({ length: IDS_PER_EVENT * 2 + 1 }, (_, index) => Number.MAX_SAFE_INTEGER - index);
     const payloads = consoleEventPayloads({ kind: 'revoke', tokenIds, instanceUuids: [uuid(1)] });
     expect(payloads).toHaveLength(3);
-    for (const payload of payloads) expect(Buffer.byteLength(payload)).toBeLessThan(8000);
+    for (const payload of payloads) {expect(Buffer.byteLength(payload)).toBeLessThan(8000);}
     const events = payloads.map((payload) => parseConsoleEvent(payload));
     // The instances ride with the first chunk only.
     expect(events.map((event) => (event?.kind === 'revoke' ? event.instanceUuids : null))).toEqual([[uuid(1)], undefined, undefined]);

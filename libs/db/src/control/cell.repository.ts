@@ -45,8 +45,8 @@ export class CellRepository {
   async updateEndpoints(name: string, changes: Partial<Pick<CellEntity, 'databaseUrl' | 'proxyUrl'>>): Promise<void> {
     const parameters: unknown[] = [name];
     const assignments = ['updated_at = now()'];
-    if (changes.databaseUrl !== undefined) assignments.push(`database_url = $${parameters.push(changes.databaseUrl)}`);
-    if (changes.proxyUrl !== undefined) assignments.push(`proxy_url = $${parameters.push(changes.proxyUrl)}`);
+    if (changes.databaseUrl !== undefined) {assignments.push(`database_url = $${parameters.push(changes.databaseUrl)}`);}
+    if (changes.proxyUrl !== undefined) {assignments.push(`proxy_url = $${parameters.push(changes.proxyUrl)}`);}
     await this.pool.query(`UPDATE cells SET ${assignments.join(', ')} WHERE name = $1`, parameters);
   }
 

@@ -76,7 +76,7 @@ socket.binaryType = 'arraybuffer';
 const encoder = new TextEncoder();
 
 function send(bytes) {
-  if (socket.readyState === WebSocket.OPEN) socket.send(bytes);
+  if (socket.readyState === WebSocket.OPEN) {socket.send(bytes);}
 }
 
 socket.addEventListener('open', () => setStatus('connected', 'connected'));
