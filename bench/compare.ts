@@ -25,7 +25,9 @@ const MAIN_METRICS: Record<string, string[]> = {
 };
 
 function table(header: string[], rows: string[][]): string {
-  return [`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n');
+  return [`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((row) => `| ${row.join(' | ')} |`)].join(
+    '\n',
+  );
 }
 
 function systemsOf(figure: Figure): Sample['system'][] {
@@ -61,13 +63,24 @@ export function compare(before: Results, after: Results): string {
   for (const figure of after.figures) {
     const old = before.figures.find((candidate) => candidate.id === figure.id);
     const metrics = MAIN_METRICS[figure.id];
-    if (!old || !metrics) {continue;}
+    if (!old || !metrics) {
+      continue;
+    }
     for (const system of systemsOf(figure)) {
       for (const metric of metrics) {
         const was = medianOf(old, system, metric);
         const now = medianOf(figure, system, metric);
-        if (!Number.isFinite(was) && !Number.isFinite(now)) {continue;}
-        rows.push([figure.id, system, metric, formatNumber(was), formatNumber(now), Number.isFinite(was) && was !== 0 ? `${formatNumber(now / was)}x` : '-']);
+        if (!Number.isFinite(was) && !Number.isFinite(now)) {
+          continue;
+        }
+        rows.push([
+          figure.id,
+          system,
+          metric,
+          formatNumber(was),
+          formatNumber(now),
+          Number.isFinite(was) && was !== 0 ? `${formatNumber(now / was)}x` : '-',
+        ]);
       }
     }
   }

@@ -73,7 +73,11 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   const cliMain = path.join(dist, 'cli/src/main.js');
   const apiMain = path.join(dist, 'token-api/src/main.js');
   const proxyMain = path.join(dist, 'console-proxy/src/main.js');
-  for (const file of [cliMain, apiMain, proxyMain]) {if (!existsSync(file)) {throw new Error(`${file} is missing: run "npm run build" in ${options.productDir}`);}}
+  for (const file of [cliMain, apiMain, proxyMain]) {
+    if (!existsSync(file)) {
+      throw new Error(`${file} is missing: run "npm run build" in ${options.productDir}`);
+    }
+  }
 
   const suffix = randomBytes(4).toString('hex');
   const controlName = `keyhole_bench_control_${suffix}`;
@@ -85,11 +89,15 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   // Dropped at the end whatever happens (FORCE: a process that did not stop cannot keep them).
   onCleanup(() =>
     onServer(options.serverUrl, async (client) => {
-      for (const name of [cellDbName, controlName]) {await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);}
+      for (const name of [cellDbName, controlName]) {
+        await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      }
     }),
   );
   await onServer(options.serverUrl, async (client) => {
-    for (const name of [controlName, cellDbName]) {await client.query(`CREATE DATABASE ${name}`);}
+    for (const name of [controlName, cellDbName]) {
+      await client.query(`CREATE DATABASE ${name}`);
+    }
   });
 
   const baseEnvironment: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, KEYHOLE_LOG_LEVEL: 'info' };
@@ -105,7 +113,9 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   await cli('cells', 'add', cellName, '--database-url', cellUrl, '--proxy-url', `http://127.0.0.1:${proxyPort}`);
   const keyOf = (output: string): string => {
     const key = /khk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}/.exec(output)?.[0];
-    if (!key) {throw new Error(`no API key in the CLI's answer:\n${output}`);}
+    if (!key) {
+      throw new Error(`no API key in the CLI's answer:\n${output}`);
+    }
     return key;
   };
   const agentKey = keyOf(await cli('credentials', 'create', '--role', 'agent', '--cell', cellName, '--name', 'bench-agent'));
@@ -177,11 +187,19 @@ export async function issueToken(keyhole: Keyhole, target: { host: string; port:
   const response = await fetch(`${keyhole.apiUrl}/v1/cells/${keyhole.cellName}/tokens`, {
     method: 'POST',
     headers: { Authorization: `Bearer ${keyhole.agentKey}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ instanceUuid: '00000000-0000-4000-8000-00000000be01', consoleType: 'novnc', host: target.host, port: target.port, ttlSeconds }),
+    body: JSON.stringify({
+      instanceUuid: '00000000-0000-4000-8000-00000000be01',
+      consoleType: 'novnc',
+      host: target.host,
+      port: target.port,
+      ttlSeconds,
+    }),
     signal: AbortSignal.timeout(10_000),
   });
   const body = (await response.json()) as { token?: string };
-  if (response.status !== 201 || !body.token) {throw new Error(`issuing a token failed: ${response.status} ${JSON.stringify(body)}`);}
+  if (response.status !== 201 || !body.token) {
+    throw new Error(`issuing a token failed: ${response.status} ${JSON.stringify(body)}`);
+  }
   return body.token;
 }
 

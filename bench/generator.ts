@@ -31,23 +31,37 @@ export class Generator {
       if (message.type === 'result' || message.type === 'error') {
         const waiter = this.pending.get(message.id);
         this.pending.delete(message.id);
-        if (message.type === 'result') {waiter?.resolve(message.result);}
-        else {waiter?.reject(new Error(`${name}: ${message.message}`));}
+        if (message.type === 'result') {
+          waiter?.resolve(message.result);
+        } else {
+          waiter?.reject(new Error(`${name}: ${message.message}`));
+        }
       }
-      for (const listener of this.listeners) {listener(message);}
+      for (const listener of this.listeners) {
+        listener(message);
+      }
     });
     child.once('exit', (code, signal) => {
       this.exited = true;
-      for (const waiter of this.pending.values()) {waiter.reject(new Error(`${name} exited (${code ?? signal})`));}
+      for (const waiter of this.pending.values()) {
+        waiter.reject(new Error(`${name} exited (${code ?? signal})`));
+      }
       this.pending.clear();
     });
   }
 
   static async start(name: string): Promise<Generator> {
-    const child = fork(path.join(__dirname, 'run.cjs'), ['--role=loadgen'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
+    const child = fork(path.join(__dirname, 'run.cjs'), ['--role=loadgen'], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv: [],
+    });
     const generator = new Generator(name, child);
     onCleanup(() => generator.stop());
-    await withDeadline(generator.next((message) => message.type === 'ready'), 20_000, `${name} to start`);
+    await withDeadline(
+      generator.next((message) => message.type === 'ready'),
+      20_000,
+      `${name} to start`,
+    );
     return generator;
   }
 
@@ -56,13 +70,17 @@ export class Generator {
   }
 
   private post(message: ToGenerator): void {
-    if (!this.exited) {this.child.send(message);}
+    if (!this.exited) {
+      this.child.send(message);
+    }
   }
 
   private next<T extends FromGenerator>(accept: (message: FromGenerator) => boolean): Promise<T> {
     return new Promise((resolve) => {
       const listener = (message: FromGenerator): void => {
-        if (!accept(message)) {return;}
+        if (!accept(message)) {
+          return;
+        }
         this.listeners.delete(listener);
         resolve(message as T);
       };
@@ -106,7 +124,11 @@ export class Generator {
     const opened = this.next<SessionsOpened>((message) => message.type === 'opened');
     const done = this.job<{ closed: number }>({ type: 'sessions', ...job }, job.openTimeoutMs + 15 * 60_000);
     done.catch(() => undefined);
-    const openedMessage = await withDeadline(Promise.race([opened, done.then(() => Promise.reject(new Error('sessions job ended early')))]), job.openTimeoutMs + 30_000, 'the sessions to open');
+    const openedMessage = await withDeadline(
+      Promise.race([opened, done.then(() => Promise.reject(new Error('sessions job ended early')))]),
+      job.openTimeoutMs + 30_000,
+      'the sessions to open',
+    );
     return {
       opened: openedMessage,
       probe: async () => {
@@ -122,7 +144,9 @@ export class Generator {
   }
 
   async stop(): Promise<void> {
-    if (this.exited) {return;}
+    if (this.exited) {
+      return;
+    }
     const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
     this.child.disconnect();
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);

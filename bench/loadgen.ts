@@ -38,7 +38,9 @@ process.on('message', (message: ToGenerator) => {
     stopRequested = false;
     run(message.job)
       .then((result) => send({ type: 'result', id: message.id, result }))
-      .catch((error: unknown) => send({ type: 'error', id: message.id, message: error instanceof Error ? (error.stack ?? error.message) : String(error) }));
+      .catch((error: unknown) =>
+        send({ type: 'error', id: message.id, message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+      );
   } else if (message.type === 'stop') {
     stopRequested = true;
   } else {
@@ -146,10 +148,14 @@ interface WebSocketDialer {
 /** Parses the target once per job. Tokens (base64url) go into the request target as they are. */
 function webSocketDialer(job: ConnectJob, target: Extract<Target, { kind: 'ws' }>): WebSocketDialer {
   const url = new URL(target.url);
-  if (url.protocol !== 'ws:') {throw new Error(`connect jobs speak ws:// only, not ${target.url}`);}
+  if (url.protocol !== 'ws:') {
+    throw new Error(`connect jobs speak ws:// only, not ${target.url}`);
+  }
   const requestTarget = `${url.pathname}${url.search}`;
   const placeholder = requestTarget.indexOf('{token}');
-  if (placeholder < 0 && target.url.includes('{token}')) {throw new Error(`{token} must be in the query: ${target.url}`);}
+  if (placeholder < 0 && target.url.includes('{token}')) {
+    throw new Error(`{token} must be in the query: ${target.url}`);
+  }
   const tokenAt = placeholder < 0 ? requestTarget.length : placeholder;
   const afterToken = placeholder < 0 ? requestTarget.length : placeholder + '{token}'.length;
   const keyBytes = randomBytes(16 * HANDSHAKE_SLOTS);
@@ -159,7 +165,11 @@ function webSocketDialer(job: ConnectJob, target: Extract<Target, { kind: 'ws' }
   for (let slot = 0; slot < HANDSHAKE_SLOTS; slot++) {
     const key = keyBytes.toString('base64', slot * 16, slot * 16 + 16);
     keys.push(key);
-    accepts.push(createHash('sha1').update(key + WEBSOCKET_GUID).digest('base64'));
+    accepts.push(
+      createHash('sha1')
+        .update(key + WEBSOCKET_GUID)
+        .digest('base64'),
+    );
     closeFrames.push(maskedCloseFrame());
   }
   return {
@@ -180,7 +190,9 @@ function webSocketDialer(job: ConnectJob, target: Extract<Target, { kind: 'ws' }
 function maskedCloseFrame(): Buffer {
   const frame = Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
   let mask = randomBytes(4);
-  while (mask.readUInt32BE(0) === 0) {mask = randomBytes(4);}
+  while (mask.readUInt32BE(0) === 0) {
+    mask = randomBytes(4);
+  }
   mask.copy(frame, 2);
   frame[6] ^= mask[0];
   frame[7] ^= mask[1];
@@ -190,7 +202,9 @@ function maskedCloseFrame(): Buffer {
 /** The value of the header `needle` (`\r\n<lower-case name>:`) in `source`, trimmed; `lower` is `source` in lower case. */
 function headerValue(source: string, lower: string, needle: string): string | undefined {
   const at = lower.indexOf(needle);
-  if (at < 0) {return undefined;}
+  if (at < 0) {
+    return undefined;
+  }
   const start = at + needle.length;
   return source.slice(start, lower.indexOf('\r\n', start)).trim();
 }
@@ -235,7 +249,10 @@ class WebSocketAttempt {
     socket.on('error', (error: Error & { code?: string }) => this.onError(error));
     this.timer = setTimeout(() => this.finish(false, 'timeout', this.phase === 'open'), this.job.attemptTimeoutMs);
     // Written before the connect completes: net sends it as soon as it does.
-    socket.write(dialer.beforeToken + (dialer.token ?? randomToken()) + dialer.beforeKey + dialer.keys[this.slot] + dialer.afterKey, 'latin1');
+    socket.write(
+      dialer.beforeToken + (dialer.token ?? randomToken()) + dialer.beforeKey + dialer.keys[this.slot] + dialer.afterKey,
+      'latin1',
+    );
   }
 
   private readHead(chunk: Buffer): void {
@@ -249,33 +266,59 @@ class WebSocketAttempt {
       this.partial = data;
       return;
     }
-    if (end < 0 || end > MAX_HEAD_BYTES) {return this.fail('bad response head');}
+    if (end < 0 || end > MAX_HEAD_BYTES) {
+      return this.fail('bad response head');
+    }
     // Up to the last header's CRLF, so that every header line starts and ends with one.
     const head = data.toString('latin1', 0, end + 2);
     const status = STATUS_LINE.exec(head)?.[1];
-    if (status === undefined) {return this.fail('bad response head');}
+    if (status === undefined) {
+      return this.fail('bad response head');
+    }
     // Refused before the upgrade (keyhole answers 401 to a bad token).
-    if (status !== '101') {return this.finish(this.invalid, `http ${status}`, false);}
+    if (status !== '101') {
+      return this.finish(this.invalid, `http ${status}`, false);
+    }
     const problem = this.upgradeProblem(head);
-    if (problem) {return this.fail(problem);}
+    if (problem) {
+      return this.fail(problem);
+    }
     this.phase = 'open';
-    if (end + 4 < data.length) {this.readFrames(data, end + 4);}
+    if (end + 4 < data.length) {
+      this.readFrames(data, end + 4);
+    }
   }
 
   /** What RFC 6455 (4.1) asks a client to check in a 101 answer; undefined when all is well. */
   private upgradeProblem(head: string): string | undefined {
     const lower = head.toLowerCase();
-    if (headerValue(head, lower, '\r\nsec-websocket-accept:') !== this.dialer.accepts[this.slot]) {return 'bad accept';}
-    if (headerValue(lower, lower, '\r\nupgrade:') !== 'websocket') {return 'bad upgrade';}
-    if (!headerValue(lower, lower, '\r\nconnection:')?.split(',').some((option) => option.trim() === 'upgrade')) {return 'bad upgrade';}
-    if (headerValue(head, lower, '\r\nsec-websocket-protocol:') !== 'binary') {return 'bad subprotocol';}
-    if (lower.includes('\r\nsec-websocket-extensions:')) {return 'bad extensions';}
+    if (headerValue(head, lower, '\r\nsec-websocket-accept:') !== this.dialer.accepts[this.slot]) {
+      return 'bad accept';
+    }
+    if (headerValue(lower, lower, '\r\nupgrade:') !== 'websocket') {
+      return 'bad upgrade';
+    }
+    if (
+      !headerValue(lower, lower, '\r\nconnection:')
+        ?.split(',')
+        .some((option) => option.trim() === 'upgrade')
+    ) {
+      return 'bad upgrade';
+    }
+    if (headerValue(head, lower, '\r\nsec-websocket-protocol:') !== 'binary') {
+      return 'bad subprotocol';
+    }
+    if (lower.includes('\r\nsec-websocket-extensions:')) {
+      return 'bad extensions';
+    }
     return undefined;
   }
 
   /** Server frames: unmasked, data payloads counted while open, control frames whole, pings ignored. */
   private readFrames(chunk: Buffer, from: number): void {
-    if (this.phase === 'ended' || this.phase === 'done') {return;}
+    if (this.phase === 'ended' || this.phase === 'done') {
+      return;
+    }
     let data = chunk;
     let offset = from;
     if (this.partial) {
@@ -290,26 +333,38 @@ class WebSocketAttempt {
         offset += take;
         if (this.phase === 'open') {
           this.received += take;
-          if (this.received >= this.job.expectBytes) {this.finish(!this.invalid, this.invalid ? 'accepted an invalid token' : 'ok', true);}
+          if (this.received >= this.job.expectBytes) {
+            this.finish(!this.invalid, this.invalid ? 'accepted an invalid token' : 'ok', true);
+          }
         }
         continue;
       }
       const available = data.length - offset;
-      if (available < 2) {break;}
+      if (available < 2) {
+        break;
+      }
       const first = data[offset];
       const second = data[offset + 1];
       // No extension was negotiated, so no RSV bit; a server never masks.
-      if (second & 0x80) {return this.fail('masked server frame');}
-      if (first & 0x70) {return this.fail('bad frame');}
+      if (second & 0x80) {
+        return this.fail('masked server frame');
+      }
+      if (first & 0x70) {
+        return this.fail('bad frame');
+      }
       const opcode = first & 0x0f;
       let length = second & 0x7f;
       let start = offset + 2;
       if (length === 126) {
-        if (available < 4) {break;}
+        if (available < 4) {
+          break;
+        }
         length = data.readUInt16BE(offset + 2);
         start += 2;
       } else if (length === 127) {
-        if (available < 10) {break;}
+        if (available < 10) {
+          break;
+        }
         length = data.readUInt32BE(offset + 2) * 0x1_0000_0000 + data.readUInt32BE(offset + 6);
         start += 8;
       }
@@ -319,45 +374,67 @@ class WebSocketAttempt {
         offset = start;
         continue;
       }
-      if (opcode < 8 || opcode > 10 || length > 125 || !(first & 0x80)) {return this.fail('bad frame');}
-      if (data.length < start + length) {break;}
-      if (opcode === 8) {return this.onCloseFrame(length >= 2 ? data.readUInt16BE(start) : 1005);}
+      if (opcode < 8 || opcode > 10 || length > 125 || !(first & 0x80)) {
+        return this.fail('bad frame');
+      }
+      if (data.length < start + length) {
+        break;
+      }
+      if (opcode === 8) {
+        return this.onCloseFrame(length >= 2 ? data.readUInt16BE(start) : 1005);
+      }
       offset = start + length; // ping, pong
     }
-    if (offset < data.length) {this.partial = data.subarray(offset);}
+    if (offset < data.length) {
+      this.partial = data.subarray(offset);
+    }
   }
 
   private onCloseFrame(code: number): void {
     // Before enough data, the close is the outcome (and answered); either way both close frames
     // have now been exchanged, so our side ends and the server closes the connection.
-    if (this.phase === 'open') {this.finish(this.invalid, `closed ${code} before data`, true);}
+    if (this.phase === 'open') {
+      this.finish(this.invalid, `closed ${code} before data`, true);
+    }
     this.phase = 'ended';
     this.socket.end();
   }
 
   private onClose(): void {
-    if (this.phase === 'head') {this.finish(this.invalid, 'closed before data', false);}
-    else if (this.phase === 'open') {this.finish(this.invalid, 'closed 1006 before data', false);}
-    else {this.closed?.();}
+    if (this.phase === 'head') {
+      this.finish(this.invalid, 'closed before data', false);
+    } else if (this.phase === 'open') {
+      this.finish(this.invalid, 'closed 1006 before data', false);
+    } else {
+      this.closed?.();
+    }
     this.phase = 'done';
   }
 
   private onError(error: Error & { code?: string }): void {
     // websockify refuses an unknown token by hanging up before answering the upgrade. After the
     // upgrade, a lost connection is an abnormal close (1006), as a browser reports it.
-    if (this.phase === 'head') {this.finish(this.invalid, `error ${error.code ?? error.message}`, false);}
-    else if (this.phase === 'open') {this.finish(this.invalid, 'closed 1006 before data', false);}
+    if (this.phase === 'head') {
+      this.finish(this.invalid, `error ${error.code ?? error.message}`, false);
+    } else if (this.phase === 'open') {
+      this.finish(this.invalid, 'closed 1006 before data', false);
+    }
   }
 
   /** A protocol failure: the attempt failed (unless already settled) and the socket goes. */
   private fail(reason: string): void {
-    if (this.phase === 'head' || this.phase === 'open') {this.finish(false, reason, false);}
-    else {this.socket.destroy();}
+    if (this.phase === 'head' || this.phase === 'open') {
+      this.finish(false, reason, false);
+    } else {
+      this.socket.destroy();
+    }
   }
 
   /** Settles the attempt once. graceful: send our close frame and let the server close (bounded). */
   private finish(ok: boolean, reason: string, graceful: boolean): void {
-    if (this.phase !== 'head' && this.phase !== 'open') {return;}
+    if (this.phase !== 'head' && this.phase !== 'open') {
+      return;
+    }
     clearTimeout(this.timer);
     let closing: Promise<void> | undefined;
     if (graceful) {
@@ -385,7 +462,9 @@ function attemptTcp(job: ConnectJob, target: Extract<Target, { kind: 'tcp' }>): 
     const socket = createConnection({ host: target.host, port: target.port, noDelay: true });
     const timer = setTimeout(() => finish(false, 'timeout'), job.attemptTimeoutMs);
     const finish = (ok: boolean, reason: string): void => {
-      if (settled) {return;}
+      if (settled) {
+        return;
+      }
       settled = true;
       clearTimeout(timer);
       socket.end();
@@ -401,7 +480,9 @@ function attemptTcp(job: ConnectJob, target: Extract<Target, { kind: 'tcp' }>): 
     };
     socket.on('data', (chunk: Buffer) => {
       received += chunk.length;
-      if (received >= job.expectBytes) {finish(true, 'ok');}
+      if (received >= job.expectBytes) {
+        finish(true, 'ok');
+      }
     });
     socket.on('close', () => finish(false, 'closed before data'));
     socket.on('error', (error: Error & { code?: string }) => finish(false, `error ${error.code ?? error.message}`));
@@ -410,7 +491,9 @@ function attemptTcp(job: ConnectJob, target: Extract<Target, { kind: 'tcp' }>): 
 
 function attemptOf(job: ConnectJob): () => Promise<Outcome> {
   const target = job.target;
-  if (target.kind === 'tcp') {return () => attemptTcp(job, target);}
+  if (target.kind === 'tcp') {
+    return () => attemptTcp(job, target);
+  }
   const dialer = webSocketDialer(job, target);
   return () => attemptWebSocket(job, dialer);
 }
@@ -428,16 +511,22 @@ async function runConnect(job: ConnectJob): Promise<ConnectResult> {
       const begin = performance.now();
       const outcome = await attempt();
       const latency = performance.now() - begin;
-      if (outcome.closing) {closings.push(outcome.closing);}
+      if (outcome.closing) {
+        closings.push(outcome.closing);
+      }
       if (outcome.ok) {
         result.ok += 1;
         result.latenciesMs.push(latency);
-        if (job.tokenMode === 'invalid') {count(result.refusals, outcome.reason);}
+        if (job.tokenMode === 'invalid') {
+          count(result.refusals, outcome.reason);
+        }
       } else {
         result.failed += 1;
         count(result.failures, outcome.reason);
       }
-      if (job.pauseMs) {await new Promise((resolve) => setTimeout(resolve, job.pauseMs));}
+      if (job.pauseMs) {
+        await new Promise((resolve) => setTimeout(resolve, job.pauseMs));
+      }
     }
   };
   await Promise.all(Array.from({ length: job.concurrency }, loop));
@@ -472,7 +561,9 @@ function rawWebSocket(target: Extract<Target, { kind: 'ws' }>, timeoutMs: number
       },
     });
     request.on('upgrade', (_response, socket: Socket, head: Buffer) => {
-      if (head.length > 0) {socket.unshift(head);}
+      if (head.length > 0) {
+        socket.unshift(head);
+      }
       socket.setNoDelay(true);
       resolve(socket);
     });
@@ -492,10 +583,14 @@ function maskedFrame(payload: Buffer): Buffer {
   header[1] = 0x80 | 127; // masked, 64-bit length
   header.writeBigUInt64BE(BigInt(payload.length), 2);
   let mask = randomBytes(4);
-  while (mask.readUInt32BE(0) === 0) {mask = randomBytes(4);}
+  while (mask.readUInt32BE(0) === 0) {
+    mask = randomBytes(4);
+  }
   mask.copy(header, 10);
   const masked = Buffer.alloc(payload.length);
-  for (let index = 0; index < payload.length; index++) {masked[index] = payload[index] ^ mask[index & 3];}
+  for (let index = 0; index < payload.length; index++) {
+    masked[index] = payload[index] ^ mask[index & 3];
+  }
   return Buffer.concat([header, masked]);
 }
 
@@ -539,8 +634,12 @@ async function runThroughput(job: ThroughputJob): Promise<ThroughputResult> {
     const write = (): void => {
       while (!finished && !socket.destroyed) {
         const accepted = socket.write(unit);
-        if (counting) {counted += payloadBytes;}
-        if (!accepted) {return;}
+        if (counting) {
+          counted += payloadBytes;
+        }
+        if (!accepted) {
+          return;
+        }
       }
     };
     socket.on('drain', write);
@@ -611,11 +710,21 @@ function holdWebSocket(target: Extract<Target, { kind: 'ws' }>, timeoutMs: numbe
           return closed;
         },
         probe: (probeTimeoutMs) =>
-          closed ? Promise.resolve(false) : echoProbe((data) => ws.send(data, { binary: true }), (handler) => (onData = handler), probeTimeoutMs),
+          closed
+            ? Promise.resolve(false)
+            : echoProbe(
+                (data) => ws.send(data, { binary: true }),
+                (handler) => (onData = handler),
+                probeTimeoutMs,
+              ),
         close: async () => {
-          if (!closed) {ws.close(1000);}
+          if (!closed) {
+            ws.close(1000);
+          }
           await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);
-          if (!closed) {ws.terminate();}
+          if (!closed) {
+            ws.terminate();
+          }
         },
       }),
     );
@@ -643,7 +752,13 @@ function holdTcp(target: Extract<Target, { kind: 'tcp' }>, timeoutMs: number): P
           return closed;
         },
         probe: (probeTimeoutMs) =>
-          closed ? Promise.resolve(false) : echoProbe((data) => socket.write(data), (handler) => (onData = handler), probeTimeoutMs),
+          closed
+            ? Promise.resolve(false)
+            : echoProbe(
+                (data) => socket.write(data),
+                (handler) => (onData = handler),
+                probeTimeoutMs,
+              ),
         close: async () => {
           socket.end();
           await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);
@@ -666,7 +781,9 @@ async function runSessions(job: SessionsJob): Promise<{ closed: number }> {
       next += 1;
       try {
         const target = job.target;
-        sessions.push(target.kind === 'ws' ? await holdWebSocket(target, job.attemptTimeoutMs) : await holdTcp(target, job.attemptTimeoutMs));
+        sessions.push(
+          target.kind === 'ws' ? await holdWebSocket(target, job.attemptTimeoutMs) : await holdTcp(target, job.attemptTimeoutMs),
+        );
       } catch (error) {
         failed += 1;
         count(failures, error instanceof Error ? error.message : String(error));
@@ -722,7 +839,9 @@ async function runHttp(job: HttpJob): Promise<HttpResult> {
           result.latenciesMs.push(performance.now() - since);
           if (answer !== undefined && result.tokens.length < job.collectTokens) {
             const token = (JSON.parse(answer) as { token?: string }).token;
-            if (token) {result.tokens.push(token);}
+            if (token) {
+              result.tokens.push(token);
+            }
           }
         } else {
           result.failed += 1;
@@ -745,8 +864,11 @@ async function runHttp(job: HttpJob): Promise<HttpResult> {
           response.on('data', (chunk: Buffer) => chunks.push(chunk));
           response.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
-            if (response.statusCode === job.expectStatus) {finish(true, 'ok', job.collectTokens > 0 ? text : undefined);}
-            else {finish(false, `http ${response.statusCode} ${text.slice(0, 120)}`);}
+            if (response.statusCode === job.expectStatus) {
+              finish(true, 'ok', job.collectTokens > 0 ? text : undefined);
+            } else {
+              finish(false, `http ${response.statusCode} ${text.slice(0, 120)}`);
+            }
           });
           response.on('error', (error) => finish(false, `error ${error.message}`));
         },

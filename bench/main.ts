@@ -72,9 +72,14 @@ function log(line: string): void {
 }
 
 async function startUpstreams(): Promise<Upstreams> {
-  const child: ChildProcess = fork(path.join(__dirname, 'run.cjs'), ['--role=upstreams'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
+  const child: ChildProcess = fork(path.join(__dirname, 'run.cjs'), ['--role=upstreams'], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv: [],
+  });
   onCleanup(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) {return;}
+    if (child.exitCode !== null || child.signalCode !== null) {
+      return;
+    }
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGTERM');
     await withDeadline(exited, 5_000, 'the upstreams to stop').catch(() => child.kill('SIGKILL'));
@@ -83,7 +88,9 @@ async function startUpstreams(): Promise<Upstreams> {
     new Promise<Upstreams['ports']>((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`upstreams exited (${code})`)));
       child.on('message', (message: { type: string; ports?: Upstreams['ports'] }) => {
-        if (message.type === 'ready' && message.ports) {resolve(message.ports);}
+        if (message.type === 'ready' && message.ports) {
+          resolve(message.ports);
+        }
       });
     }),
     15_000,
@@ -96,7 +103,9 @@ async function startUpstreams(): Promise<Upstreams> {
       withDeadline(
         new Promise((resolve) => {
           const listener = (message: { type: string; open?: Record<string, number> }): void => {
-            if (message.type !== 'stats') {return;}
+            if (message.type !== 'stats') {
+              return;
+            }
             child.off('message', listener);
             resolve(message.open ?? {});
           };
@@ -121,9 +130,15 @@ async function databaseBackends(env: Environment): Promise<number[]> {
 
 function proxyPids(env: Environment, system: SystemName | 'token-api'): number[] {
   // The proxy and its workers (KEYHOLE_PROXY_WORKERS), all in its process group.
-  if (system === 'keyhole') {return groupPids(env.keyhole.proxy.pid);}
-  if (system === 'websockify') {return groupPids(env.websockify.pid);}
-  if (system === 'token-api') {return [env.keyhole.api.pid];}
+  if (system === 'keyhole') {
+    return groupPids(env.keyhole.proxy.pid);
+  }
+  if (system === 'websockify') {
+    return groupPids(env.websockify.pid);
+  }
+  if (system === 'token-api') {
+    return [env.keyhole.api.pid];
+  }
   return [];
 }
 
@@ -155,11 +170,17 @@ async function waitForQuiet(env: Environment, maxOtherPercent = 30): Promise<voi
   ).catch(() => undefined);
   const waited = Date.now() - started - 500;
   quietBudgetMs = Math.max(0, quietBudgetMs - waited);
-  if (waited > 1_000) {log(`  (waited ${(waited / 1000).toFixed(1)} s for other processes on the machine to go quiet)`);}
+  if (waited > 1_000) {
+    log(`  (waited ${(waited / 1000).toFixed(1)} s for other processes on the machine to go quiet)`);
+  }
 }
 
 /** Runs `work` and reports the CPU each party used meanwhile, in percent of one core. */
-async function withCpu<T>(env: Environment, system: SystemName | 'token-api', work: () => Promise<T>): Promise<{ value: T; cpu: CpuUsage }> {
+async function withCpu<T>(
+  env: Environment,
+  system: SystemName | 'token-api',
+  work: () => Promise<T>,
+): Promise<{ value: T; cpu: CpuUsage }> {
   await waitForQuiet(env);
   const databaseBefore = await databaseBackends(env);
   const before = snapshotProcesses();
@@ -195,7 +216,12 @@ function wsTarget(env: Environment, system: 'keyhole' | 'websockify', upstream: 
   if (system === 'keyhole') {
     const base = `http://127.0.0.1:${env.keyhole.proxyPort}`;
     // noVNC's path convention: /websockify?token=...
-    return { kind: 'ws', url: `ws://127.0.0.1:${env.keyhole.proxyPort}/websockify?token={token}`, token: env.tokens.keyhole[upstream], origin: base };
+    return {
+      kind: 'ws',
+      url: `ws://127.0.0.1:${env.keyhole.proxyPort}/websockify?token={token}`,
+      token: env.tokens.keyhole[upstream],
+      origin: base,
+    };
   }
   return {
     kind: 'ws',
@@ -257,7 +283,6 @@ function latencyMetrics(result: ConnectResult | HttpResult): Record<string, numb
   };
 }
 
-
 /** CPU each party spent per operation, ms (from its CPU share and the operation rate). */
 function perOperation(cpu: CpuUsage, perSecond: number): Record<string, number> {
   const ms = (percent: number): number => (perSecond > 0 ? (percent / 100 / perSecond) * 1000 : Number.NaN);
@@ -298,7 +323,13 @@ async function figureConnect(env: Environment, upstream: 'qemu' | 'banner'): Pro
   log(`figure 1: connect latency to ${consoleName} (warming up)`);
   // Warm (JIT, pools): a proxy in service has seen millions of connects; the first few hundred are slower.
   for (const system of systems) {
-    await env.generator.connect({ ...attempt, target: targetOf(env, system, upstream), concurrency: 4, maxCount: options.quick ? 200 : 600, durationMs: 3_000 });
+    await env.generator.connect({
+      ...attempt,
+      target: targetOf(env, system, upstream),
+      concurrency: 4,
+      maxCount: options.quick ? 200 : 600,
+      durationMs: 3_000,
+    });
   }
   for (let round = 0; round < options.rounds; round++) {
     for (const system of rotation(systems, round)) {
@@ -307,13 +338,25 @@ async function figureConnect(env: Environment, upstream: 'qemu' | 'banner'): Pro
         env.generator.connect({ ...attempt, target, concurrency: 1, maxCount: options.sequentialMaxCount, durationMs: options.connectMs }),
       );
       const seqMetrics = latencyMetrics(seq.value);
-      sequential.samples.push({ round, system, metrics: { ...seqMetrics, ...perOperation(seq.cpu, seqMetrics.perSecond) }, cpu: seq.cpu, detail: failureDetail(seq.value.failures) });
+      sequential.samples.push({
+        round,
+        system,
+        metrics: { ...seqMetrics, ...perOperation(seq.cpu, seqMetrics.perSecond) },
+        cpu: seq.cpu,
+        detail: failureDetail(seq.value.failures),
+      });
       await sleep(300);
       const conc = await withCpu(env, system, () =>
         env.generator.connect({ ...attempt, target, concurrency: options.concurrency, maxCount: 1_000_000, durationMs: options.connectMs }),
       );
       const concMetrics = latencyMetrics(conc.value);
-      concurrent.samples.push({ round, system, metrics: { ...concMetrics, ...perOperation(conc.cpu, concMetrics.perSecond) }, cpu: conc.cpu, detail: failureDetail(conc.value.failures) });
+      concurrent.samples.push({
+        round,
+        system,
+        metrics: { ...concMetrics, ...perOperation(conc.cpu, concMetrics.perSecond) },
+        cpu: conc.cpu,
+        detail: failureDetail(conc.value.failures),
+      });
       log(
         `  round ${round + 1} ${system.padEnd(10)} sequential p50 ${summarize(seq.value.latenciesMs).p50.toFixed(2)} ms (proxy cpu ${seq.cpu.proxy}%)` +
           `  c${options.concurrency}: ${(conc.value.ok / (conc.value.elapsedMs / 1000)).toFixed(0)}/s p50 ${summarize(conc.value.latenciesMs).p50.toFixed(1)} p99 ${summarize(conc.value.latenciesMs).p99.toFixed(1)} ms` +
@@ -348,8 +391,18 @@ async function figureThroughput(env: Environment): Promise<Figure[]> {
   const { options } = env;
   const systems: SystemName[] = ['direct', 'keyhole', 'websockify'];
   const figures: Record<'down' | 'up', Figure> = {
-    down: { id: 'throughput-down', title: 'Throughput, console to client (one bulk stream)', metricNotes: { megabytesPerSecond: 'MB/s (10^6 bytes)' }, samples: [] },
-    up: { id: 'throughput-up', title: 'Throughput, client to console (one bulk stream)', metricNotes: { megabytesPerSecond: 'MB/s (10^6 bytes)' }, samples: [] },
+    down: {
+      id: 'throughput-down',
+      title: 'Throughput, console to client (one bulk stream)',
+      metricNotes: { megabytesPerSecond: 'MB/s (10^6 bytes)' },
+      samples: [],
+    },
+    up: {
+      id: 'throughput-up',
+      title: 'Throughput, client to console (one bulk stream)',
+      metricNotes: { megabytesPerSecond: 'MB/s (10^6 bytes)' },
+      samples: [],
+    },
   };
   log('figure 2: throughput');
   for (let round = 0; round < options.rounds; round++) {
@@ -357,10 +410,23 @@ async function figureThroughput(env: Environment): Promise<Figure[]> {
       for (const direction of ['down', 'up'] as const) {
         const target = targetOf(env, system, direction === 'down' ? 'source' : 'sink');
         const measured = await withCpu(env, system, () =>
-          env.generator.throughput({ target, direction, warmupMs: options.quick ? 300 : 500, durationMs: options.throughputMs, chunkBytes: 64 * 1024 }),
+          env.generator.throughput({
+            target,
+            direction,
+            warmupMs: options.quick ? 300 : 500,
+            durationMs: options.throughputMs,
+            chunkBytes: 64 * 1024,
+          }),
         );
-        figures[direction].samples.push({ round, system, metrics: { megabytesPerSecond: measured.value.megabytesPerSecond }, cpu: measured.cpu });
-        log(`  round ${round + 1} ${system.padEnd(10)} ${direction.padEnd(4)} ${measured.value.megabytesPerSecond.toFixed(0)} MB/s  cpu proxy ${measured.cpu.proxy}% gen ${measured.cpu.generator}% consoles ${measured.cpu.consoles}%`);
+        figures[direction].samples.push({
+          round,
+          system,
+          metrics: { megabytesPerSecond: measured.value.megabytesPerSecond },
+          cpu: measured.cpu,
+        });
+        log(
+          `  round ${round + 1} ${system.padEnd(10)} ${direction.padEnd(4)} ${measured.value.megabytesPerSecond.toFixed(0)} MB/s  cpu proxy ${measured.cpu.proxy}% gen ${measured.cpu.generator}% consoles ${measured.cpu.consoles}%`,
+        );
         await sleep(300);
       }
     }
@@ -392,16 +458,22 @@ async function figureSessions(env: Environment): Promise<Figure[]> {
   const fdLimit = openFileLimit();
   const keyholeCap = Math.floor((fdLimit - 200) / 2);
   const counts = [...new Set(options.sessionCounts)];
-  log(`figure 3: concurrent sessions ${counts.join(', ')} (keyhole cap ${keyholeCap} by the open-file limit ${fdLimit}; websockify cap ${options.websockifySessions})`);
+  log(
+    `figure 3: concurrent sessions ${counts.join(', ')} (keyhole cap ${keyholeCap} by the open-file limit ${fdLimit}; websockify cap ${options.websockifySessions})`,
+  );
   if (counts.some((count) => count > keyholeCap)) {
     env.notes.push(
       `Sessions: the open-file limit of this process is ${fdLimit}` +
-        (hardOpenFileLimit() <= fdLimit ? ` (its hard limit too${canRaiseLimits() ? '' : ', and without CAP_SYS_RESOURCE it cannot be raised'})` : ` (raise it with ulimit -n; the hard limit is ${hardOpenFileLimit()})`) +
+        (hardOpenFileLimit() <= fdLimit
+          ? ` (its hard limit too${canRaiseLimits() ? '' : ', and without CAP_SYS_RESOURCE it cannot be raised'})`
+          : ` (raise it with ulimit -n; the hard limit is ${hardOpenFileLimit()})`) +
         `, and a keyhole session needs two descriptors (browser and console sockets), so one proxy process can hold at most ~${keyholeCap} sessions here; the 10,000-session figure is measured at ${keyholeCap}.`,
     );
   }
   const runs: { system: 'keyhole' | 'websockify'; count: number; requested: number }[] = [];
-  for (const count of counts) {runs.push({ system: 'keyhole', count: Math.min(count, keyholeCap), requested: count });}
+  for (const count of counts) {
+    runs.push({ system: 'keyhole', count: Math.min(count, keyholeCap), requested: count });
+  }
   const websockifyCount = Math.min(options.websockifySessions, Math.max(...counts));
   runs.push({ system: 'websockify', count: websockifyCount, requested: websockifyCount });
   for (const run of runs) {
@@ -410,7 +482,15 @@ async function figureSessions(env: Environment): Promise<Figure[]> {
       // A fresh process: the earlier figures' garbage must not hide (or inflate) what sessions cost.
       // One process, whatever --proxy-workers says: the target is sessions per process.
       await env.keyhole.restartProxy({ KEYHOLE_PROXY_WORKERS: '1' });
-      await env.generator.connect({ target: targetOf(env, 'keyhole', 'echo'), tokenMode: 'invalid', expectBytes: 1, concurrency: 2, maxCount: 50, durationMs: 2_000, attemptTimeoutMs: 5_000 });
+      await env.generator.connect({
+        target: targetOf(env, 'keyhole', 'echo'),
+        tokenMode: 'invalid',
+        expectBytes: 1,
+        concurrency: 2,
+        maxCount: 50,
+        durationMs: 2_000,
+        attemptTimeoutMs: 5_000,
+      });
     }
     await sleep(1_500);
     const before = memoryOf(pids());
@@ -445,7 +525,8 @@ async function figureSessions(env: Environment): Promise<Figure[]> {
       const afterHold = memoryOf(pids());
       const probed = await held.probe();
       const opened = held.opened.opened;
-      const perSession = (after: MemoryReading, field: 'rssKib' | 'pssKib'): number => (opened > 0 ? (after[field] - before[field]) / opened : Number.NaN);
+      const perSession = (after: MemoryReading, field: 'rssKib' | 'pssKib'): number =>
+        opened > 0 ? (after[field] - before[field]) / opened : Number.NaN;
       const peak = (field: 'rssKib' | 'pssKib'): MemoryReading => (afterHold[field] > open[field] ? afterHold : open);
       const sample: Sample = {
         round: 0,
@@ -497,7 +578,8 @@ async function figureFlood(env: Environment): Promise<Figure[]> {
     title: `Invalid-token handshakes at concurrency ${options.concurrency}, and valid users meanwhile`,
     metricNotes: {
       rejectedPerSecond: 'invalid-token handshakes refused per second',
-      validP99Before: 'valid users (5, each connecting every 50 ms to the instant-banner console) p99 connect latency without the flood, ms',
+      validP99Before:
+        'valid users (5, each connecting every 50 ms to the instant-banner console) p99 connect latency without the flood, ms',
       validP99During: 'the same during the flood, ms',
       validP99Ratio: 'during / before',
       ...PER_OPERATION_NOTES,
@@ -506,7 +588,15 @@ async function figureFlood(env: Environment): Promise<Figure[]> {
   };
   const systems: ('keyhole' | 'websockify')[] = ['keyhole', 'websockify'];
   log('figure 4: invalid-token flood');
-  const users = { expectBytes: 12, attemptTimeoutMs: 10_000, tokenMode: 'valid' as const, concurrency: 5, pauseMs: 50, maxCount: 100_000, durationMs: options.floodMs };
+  const users = {
+    expectBytes: 12,
+    attemptTimeoutMs: 10_000,
+    tokenMode: 'valid' as const,
+    concurrency: 5,
+    pauseMs: 50,
+    maxCount: 100_000,
+    durationMs: options.floodMs,
+  };
   for (let round = 0; round < options.rounds; round++) {
     for (const system of rotation(systems, round)) {
       // Valid users reach the instant-banner console: QEMU's listen backlog of 1 would add 1-s SYN
@@ -577,7 +667,13 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
   const checkRate: Figure = {
     id: 'api-check-rate',
     title: 'Token API: token checks at 1,000 per second (open loop, latency from the scheduled time)',
-    metricNotes: { perSecond: 'checks answered per second', p50: 'ms', p99: 'ms', dropped: 'not sent: too many in flight', ...PER_OPERATION_NOTES },
+    metricNotes: {
+      perSecond: 'checks answered per second',
+      p50: 'ms',
+      p99: 'ms',
+      dropped: 'not sent: too many in flight',
+      ...PER_OPERATION_NOTES,
+    },
     samples: [],
   };
   const issueJob = {
@@ -593,19 +689,58 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
   await env.generator.http({ ...checkJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
   for (let round = 0; round < options.rounds; round++) {
     const issued = await withCpu(env, 'token-api', () =>
-      env.generator.http({ ...issueJob, mode: 'closed', concurrency: options.apiConcurrency, ratePerSecond: 0, durationMs: options.apiMs, maxCount: 1_000_000 }),
+      env.generator.http({
+        ...issueJob,
+        mode: 'closed',
+        concurrency: options.apiConcurrency,
+        ratePerSecond: 0,
+        durationMs: options.apiMs,
+        maxCount: 1_000_000,
+      }),
     );
-    issue.samples.push({ round, system: 'token-api', metrics: { ...latencyMetrics(issued.value), ...perOperation(issued.cpu, latencyMetrics(issued.value).perSecond) }, cpu: issued.cpu, detail: failureDetail(issued.value.failures) });
+    issue.samples.push({
+      round,
+      system: 'token-api',
+      metrics: { ...latencyMetrics(issued.value), ...perOperation(issued.cpu, latencyMetrics(issued.value).perSecond) },
+      cpu: issued.cpu,
+      detail: failureDetail(issued.value.failures),
+    });
     await sleep(300);
     const checked = await withCpu(env, 'token-api', () =>
-      env.generator.http({ ...checkJob, mode: 'closed', concurrency: options.apiConcurrency, ratePerSecond: 0, durationMs: options.apiMs, maxCount: 1_000_000 }),
+      env.generator.http({
+        ...checkJob,
+        mode: 'closed',
+        concurrency: options.apiConcurrency,
+        ratePerSecond: 0,
+        durationMs: options.apiMs,
+        maxCount: 1_000_000,
+      }),
     );
-    check.samples.push({ round, system: 'token-api', metrics: { ...latencyMetrics(checked.value), ...perOperation(checked.cpu, latencyMetrics(checked.value).perSecond) }, cpu: checked.cpu, detail: failureDetail(checked.value.failures) });
+    check.samples.push({
+      round,
+      system: 'token-api',
+      metrics: { ...latencyMetrics(checked.value), ...perOperation(checked.cpu, latencyMetrics(checked.value).perSecond) },
+      cpu: checked.cpu,
+      detail: failureDetail(checked.value.failures),
+    });
     await sleep(300);
     const paced = await withCpu(env, 'token-api', () =>
-      env.generator.http({ ...checkJob, mode: 'open', concurrency: 64, ratePerSecond: 1_000, durationMs: options.checkRateMs, maxCount: 1_000_000 }),
+      env.generator.http({
+        ...checkJob,
+        mode: 'open',
+        concurrency: 64,
+        ratePerSecond: 1_000,
+        durationMs: options.checkRateMs,
+        maxCount: 1_000_000,
+      }),
     );
-    checkRate.samples.push({ round, system: 'token-api', metrics: { ...latencyMetrics(paced.value), ...perOperation(paced.cpu, latencyMetrics(paced.value).perSecond) }, cpu: paced.cpu, detail: failureDetail(paced.value.failures) });
+    checkRate.samples.push({
+      round,
+      system: 'token-api',
+      metrics: { ...latencyMetrics(paced.value), ...perOperation(paced.cpu, latencyMetrics(paced.value).perSecond) },
+      cpu: paced.cpu,
+      detail: failureDetail(paced.value.failures),
+    });
     log(
       `  round ${round + 1} issued ${latencyMetrics(issued.value).perSecond.toFixed(0)}/s (p99 ${summarize(issued.value.latenciesMs).p99.toFixed(1)} ms, api cpu ${issued.cpu.proxy}%, db ${issued.cpu.database}%)` +
         `; checks ${latencyMetrics(checked.value).perSecond.toFixed(0)}/s (p99 ${summarize(checked.value.latenciesMs).p99.toFixed(1)} ms)` +
@@ -660,7 +795,10 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     log(`  inserted ${options.purgeRows} expired rows in ${fillSeconds.toFixed(1)} s`);
     // One batch as the purge runs it, rolled back: the plan, for the record.
     await cell.query('BEGIN');
-    const plan = await cell.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${expiredBatchDeleteSql('console_auth_tokens')}`, [now, 5_000]);
+    const plan = await cell.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${expiredBatchDeleteSql('console_auth_tokens')}`, [
+      now,
+      5_000,
+    ]);
     await cell.query('ROLLBACK');
     env.diagnostics.purgeBatchPlan = plan.rows.map((row) => row['QUERY PLAN']);
 
@@ -676,7 +814,10 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     await env.generator.http({ ...checkJob, durationMs: 2_000 });
     // p99 of each second of checks (completion order; at a fixed rate, index / rate ~ seconds).
     const perSecondP99 = (latencies: number[]): number[] =>
-      Array.from({ length: Math.ceil(latencies.length / 1_000) }, (_, second) => Math.round(summarize(latencies.slice(second * 1_000, (second + 1) * 1_000)).p99 * 100) / 100);
+      Array.from(
+        { length: Math.ceil(latencies.length / 1_000) },
+        (_, second) => Math.round(summarize(latencies.slice(second * 1_000, (second + 1) * 1_000)).p99 * 100) / 100,
+      );
     let before = await env.generator.http({ ...checkJob, durationMs: options.checkRateMs });
     // A stall in the baseline (seen once: one second at 600 ms, the others at 4 ms) would inflate
     // the p99 without purge and so flatter the ratio: such a baseline is measured again, once.
@@ -710,8 +851,12 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     });
     const { answer, seconds, checks } = during.value;
     env.diagnostics.purgeCheckP99PerSecond = { before: perSecondP99(before.latenciesMs), during: perSecondP99(checks.latenciesMs) };
-    if (answer.status !== 200) {throw new Error(`purge answered ${answer.status}: ${JSON.stringify(answer.body)}`);}
-    const remaining = Number((await cell.query<{ count: string }>('SELECT count(*) FROM console_auth_tokens WHERE expires <= $1', [now])).rows[0].count);
+    if (answer.status !== 200) {
+      throw new Error(`purge answered ${answer.status}: ${JSON.stringify(answer.body)}`);
+    }
+    const remaining = Number(
+      (await cell.query<{ count: string }>('SELECT count(*) FROM console_auth_tokens WHERE expires <= $1', [now])).rows[0].count,
+    );
     const purged = answer.body.purged ?? 0;
     const check = beforeAndDuring('check', before.latenciesMs, checks.latenciesMs);
     figure.samples.push({
@@ -755,27 +900,36 @@ function ensureBuilt(options: BenchOptions): void {
   const newestSource = Math.max(
     ...['apps', 'libs', 'migrations'].map((directory) => newestMtimeMs(path.join(options.productDir, directory), ['.ts'])),
   );
-  if (builtAt >= newestSource) {return;}
+  if (builtAt >= newestSource) {
+    return;
+  }
   if (!options.build) {
     log(`warning: ${dist} is older than the sources (--no-build given): measuring the old build`);
     return;
   }
   log(`building ${options.productDir} (dist/ is ${builtAt ? 'older than the sources' : 'missing'})`);
   const built = spawnSync('npm', ['run', 'build'], { cwd: options.productDir, stdio: 'inherit' });
-  if (built.status !== 0) {throw new Error('npm run build failed');}
+  if (built.status !== 0) {
+    throw new Error('npm run build failed');
+  }
 }
 
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   const startedAt = new Date();
   const machine = machineInfo();
-  log(`keyhole bench (${options.quick ? 'quick' : 'full'}): ${[...options.phases].join(', ')}; ${options.rounds} round(s); ${machine.nproc} cores, ${machine.memoryGiB} GiB, node ${machine.node}, load ${machine.loadAverage.join(' ')}`);
+  log(
+    `keyhole bench (${options.quick ? 'quick' : 'full'}): ${[...options.phases].join(', ')}; ${options.rounds} round(s); ${machine.nproc} cores, ${machine.memoryGiB} GiB, node ${machine.node}, load ${machine.loadAverage.join(' ')}`,
+  );
   ensureBuilt(options);
   mkdirSync(options.outDir, { recursive: true });
   const workDir = mkdtempSync(path.join(os.tmpdir(), 'keyhole-bench-'));
   onCleanup(() => {
-    if (options.keepLogs) {log(`logs kept in ${workDir}`);}
-    else {rmSync(workDir, { recursive: true, force: true });}
+    if (options.keepLogs) {
+      log(`logs kept in ${workDir}`);
+    } else {
+      rmSync(workDir, { recursive: true, force: true });
+    }
   });
   const profileDir = path.join(options.outDir, 'profiles');
   if (options.profile) {
@@ -832,7 +986,9 @@ async function main(): Promise<void> {
   }
   log('starting websockify (TokenFile) with the same consoles');
   const websockify = await startWebsockify(
-    Object.fromEntries(Object.entries(targets).map(([name, target]) => [websockifyTokens[name as UpstreamName], `${target.host}:${target.port}`])),
+    Object.fromEntries(
+      Object.entries(targets).map(([name, target]) => [websockifyTokens[name as UpstreamName], `${target.host}:${target.port}`]),
+    ),
     workDir,
   );
   const generator = await Generator.start('generator');
@@ -869,7 +1025,9 @@ async function main(): Promise<void> {
       collectTokens: 200,
     });
     checkTokens = issued.tokens;
-    if (checkTokens.length === 0) {throw new Error(`could not issue tokens for the checks: ${JSON.stringify(issued.failures)}`);}
+    if (checkTokens.length === 0) {
+      throw new Error(`could not issue tokens for the checks: ${JSON.stringify(issued.failures)}`);
+    }
   }
   const phases: [string, () => Promise<Figure[]>][] = [
     ['connect', async () => [...(await noteSynRetry(env)), ...(await figureConnect(env, 'qemu')), ...(await figureConnect(env, 'banner'))]],
@@ -881,7 +1039,9 @@ async function main(): Promise<void> {
     ['sessions', () => figureSessions(env)],
   ];
   for (const [name, run] of phases) {
-    if (!options.phases.has(name as never)) {continue;}
+    if (!options.phases.has(name as never)) {
+      continue;
+    }
     try {
       figures.push(...(await run()));
     } catch (error) {
@@ -914,7 +1074,14 @@ async function main(): Promise<void> {
       purgeRows: options.purgeRows,
       sessionCounts: options.sessionCounts,
       websockifySessions: options.websockifySessions,
-      windowsMs: { connect: options.connectMs, throughput: options.throughputMs, flood: options.floodMs, api: options.apiMs, checkRate: options.checkRateMs, hold: options.holdMs },
+      windowsMs: {
+        connect: options.connectMs,
+        throughput: options.throughputMs,
+        flood: options.floodMs,
+        api: options.apiMs,
+        checkRate: options.checkRateMs,
+        hold: options.holdMs,
+      },
       websockify: websockifyVersion(),
       qemu: qemuVersion(),
       postgres: (await pg.query<{ version: string }>('SELECT version()')).rows[0].version,
@@ -927,7 +1094,9 @@ async function main(): Promise<void> {
   };
   results.targets = evaluateTargets(results);
   await keyhole.stopProcesses();
-  if (options.profile) {results.diagnostics.profiles = listProfiles(profileDir);}
+  if (options.profile) {
+    results.diagnostics.profiles = listProfiles(profileDir);
+  }
   await writeReports(results, options.outDir);
   log(`results: ${path.join(options.outDir, 'latest.md')}, latest.json, ratios.png (${results.durationSeconds} s)`);
 }
@@ -944,7 +1113,9 @@ function listProfiles(profileDir: string): string[] {
 
 function productCommit(directory: string): string {
   const head = spawnSync('git', ['-C', directory, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' });
-  if (head.status !== 0) {return 'unknown';}
+  if (head.status !== 0) {
+    return 'unknown';
+  }
   const dirty = spawnSync('git', ['-C', directory, 'status', '--porcelain', '--', 'apps', 'libs', 'migrations'], { encoding: 'utf8' });
   return `${head.stdout.trim()}${dirty.stdout.trim() ? ' with uncommitted changes in apps/libs/migrations' : ''}`;
 }

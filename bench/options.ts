@@ -68,40 +68,76 @@ const USAGE = `npm run bench -- [options]
 export function parseOptions(argv: string[]): BenchOptions {
   const flags = new Map<string, string>();
   for (const argument of argv) {
-    if (argument.startsWith('--role=')) {continue;}
+    if (argument.startsWith('--role=')) {
+      continue;
+    }
     if (argument === '--help' || argument === '-h') {
       process.stdout.write(USAGE);
       process.exit(0);
     }
     const match = /^--([a-z-]+)(?:=(.*))?$/.exec(argument);
-    if (!match) {throw new Error(`unknown argument ${argument}\n\n${USAGE}`);}
+    if (!match) {
+      throw new Error(`unknown argument ${argument}\n\n${USAGE}`);
+    }
     flags.set(match[1], match[2] ?? 'true');
   }
-  const known = new Set(['quick', 'phases', 'rounds', 'product', 'no-build', 'profile', 'sessions', 'websockify-sessions', 'purge-rows', 'proxy-pool', 'proxy-workers', 'api-pool', 'out', 'keep-logs', 'postgres', 'node-path', 'env']);
-  for (const flag of flags.keys()) {if (!known.has(flag)) {throw new Error(`unknown option --${flag}\n\n${USAGE}`);}}
+  const known = new Set([
+    'quick',
+    'phases',
+    'rounds',
+    'product',
+    'no-build',
+    'profile',
+    'sessions',
+    'websockify-sessions',
+    'purge-rows',
+    'proxy-pool',
+    'proxy-workers',
+    'api-pool',
+    'out',
+    'keep-logs',
+    'postgres',
+    'node-path',
+    'env',
+  ]);
+  for (const flag of flags.keys()) {
+    if (!known.has(flag)) {
+      throw new Error(`unknown option --${flag}\n\n${USAGE}`);
+    }
+  }
   const quick = flags.has('quick');
   const int = (name: string, fallback: number, min: number, max: number): number => {
     const raw = flags.get(name);
-    if (raw === undefined) {return fallback;}
+    if (raw === undefined) {
+      return fallback;
+    }
     const value = Number(raw);
-    if (!Number.isInteger(value) || value < min || value > max) {throw new Error(`--${name} must be an integer in ${min}..${max}`);}
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new Error(`--${name} must be an integer in ${min}..${max}`);
+    }
     return value;
   };
   const phases = new Set<PhaseName>();
   for (const phase of (flags.get('phases') ?? PHASES.join(',')).split(',').filter(Boolean)) {
-    if (!(PHASES as readonly string[]).includes(phase)) {throw new Error(`unknown phase ${phase} (one of ${PHASES.join(', ')})`);}
+    if (!(PHASES as readonly string[]).includes(phase)) {
+      throw new Error(`unknown phase ${phase} (one of ${PHASES.join(', ')})`);
+    }
     phases.add(phase as PhaseName);
   }
   const root = path.resolve(__dirname, '..');
   const sessionCounts = (flags.get('sessions') ?? (quick ? '1000' : '1000,10000')).split(',').map((value) => {
     const count = Number(value);
-    if (!Number.isInteger(count) || count < 1 || count > 10_000) {throw new Error('--sessions takes counts of 1..10000');}
+    if (!Number.isInteger(count) || count < 1 || count > 10_000) {
+      throw new Error('--sessions takes counts of 1..10000');
+    }
     return count;
   });
   const keyholeEnvironment: Record<string, string> = {};
   for (const pair of (flags.get('env') ?? '').split(',').filter(Boolean)) {
     const setting = /^(KEYHOLE_[A-Z0-9_]+)=(.*)$/.exec(pair);
-    if (!setting) {throw new Error(`--env takes KEYHOLE_NAME=VALUE pairs separated by commas, not ${pair}`);}
+    if (!setting) {
+      throw new Error(`--env takes KEYHOLE_NAME=VALUE pairs separated by commas, not ${pair}`);
+    }
     keyholeEnvironment[setting[1]] = setting[2];
   }
   return {
@@ -121,7 +157,10 @@ export function parseOptions(argv: string[]): BenchOptions {
     purgeRows: int('purge-rows', quick ? 100_000 : 1_000_000, 1_000, 5_000_000),
     proxyPoolSize: int('proxy-pool', 20, 1, 200),
     // The generator, PostgreSQL and the consoles run on the same machine: the proxy gets half of it.
-    proxyWorkers: flags.get('proxy-workers') === 'auto' || !flags.has('proxy-workers') ? Math.max(1, Math.floor(availableParallelism() / 2)) : int('proxy-workers', 1, 1, 256),
+    proxyWorkers:
+      flags.get('proxy-workers') === 'auto' || !flags.has('proxy-workers')
+        ? Math.max(1, Math.floor(availableParallelism() / 2))
+        : int('proxy-workers', 1, 1, 256),
     apiPoolSize: int('api-pool', 10, 1, 200),
     connectMs: quick ? 1_500 : 4_000,
     sequentialMaxCount: quick ? 150 : 400,

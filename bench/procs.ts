@@ -37,7 +37,9 @@ export function runCleanup(): Promise<void> {
 }
 
 function installHooks(): void {
-  if (hooksInstalled) {return;}
+  if (hooksInstalled) {
+    return;
+  }
   hooksInstalled = true;
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(signal, () => {
@@ -131,7 +133,9 @@ export function snapshotProcesses(): ProcessSnapshot {
   const group = new Map<number, number>();
   for (const pid of allPids()) {
     const stat = readStat(pid);
-    if (!stat) {continue;}
+    if (!stat) {
+      continue;
+    }
     ticks.set(pid, stat.ownTicks + stat.childTicks);
     started.set(pid, stat.startTicks);
     parent.set(pid, stat.ppid);
@@ -148,7 +152,9 @@ export function cpuBetween(before: ProcessSnapshot, after: ProcessSnapshot, pids
   let ticks = 0;
   for (const pid of pids) {
     const end = after.ticks.get(pid);
-    if (end === undefined) {continue;}
+    if (end === undefined) {
+      continue;
+    }
     // websockify forks a process per connection: a pid can be reused within a measurement.
     const same = before.started.get(pid) === after.started.get(pid);
     ticks += end - (same ? (before.ticks.get(pid) ?? 0) : 0);
@@ -168,7 +174,9 @@ export function descendants(snapshot: ProcessSnapshot, root: number): Set<number
   const stack = [root];
   while (stack.length > 0) {
     const pid = stack.pop()!;
-    if (found.has(pid)) {continue;}
+    if (found.has(pid)) {
+      continue;
+    }
     found.add(pid);
     stack.push(...(children.get(pid) ?? []));
   }
@@ -216,7 +224,9 @@ export function memAvailableKib(): number {
 export function openFileLimit(): number {
   const limits = readFileSync('/proc/self/limits', 'utf8');
   const match = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(limits);
-  if (!match) {return 1024;}
+  if (!match) {
+    return 1024;
+  }
   return match[1] === 'unlimited' ? 1_048_576 : Number(match[1]);
 }
 
@@ -230,7 +240,9 @@ export function canRaiseLimits(): boolean {
 export function hardOpenFileLimit(): number {
   const limits = readFileSync('/proc/self/limits', 'utf8');
   const match = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(limits);
-  if (!match) {return 1024;}
+  if (!match) {
+    return 1024;
+  }
   return match[2] === 'unlimited' ? 1_048_576 : Number(match[2]);
 }
 
@@ -270,8 +282,11 @@ export function newestMtimeMs(directory: string, extensions: string[]): number {
     }
     for (const entry of entries) {
       const full = `${dir}/${entry.name}`;
-      if (entry.isDirectory()) {visit(full);}
-      else if (extensions.some((extension) => entry.name.endsWith(extension))) {newest = Math.max(newest, statSync(full).mtimeMs);}
+      if (entry.isDirectory()) {
+        visit(full);
+      } else if (extensions.some((extension) => entry.name.endsWith(extension))) {
+        newest = Math.max(newest, statSync(full).mtimeMs);
+      }
     }
   };
   visit(directory);

@@ -5,9 +5,7 @@
  */
 
 /** Where a job connects. `url` may hold `{token}`, replaced per attempt (a fresh random token for invalid-token jobs). */
-export type Target =
-  | { kind: 'tcp'; host: string; port: number }
-  | { kind: 'ws'; url: string; token?: string; origin?: string };
+export type Target = { kind: 'tcp'; host: string; port: number } | { kind: 'ws'; url: string; token?: string; origin?: string };
 
 export interface ConnectJob {
   type: 'connect';
@@ -112,11 +110,7 @@ export interface HttpResult {
 
 export type Job = ConnectJob | ThroughputJob | SessionsJob | HttpJob;
 
-export type ToGenerator =
-  | { type: 'job'; id: number; job: Job }
-  | { type: 'stop' }
-  | { type: 'probe' }
-  | { type: 'close' };
+export type ToGenerator = { type: 'job'; id: number; job: Job } | { type: 'stop' } | { type: 'probe' } | { type: 'close' };
 
 export type FromGenerator =
   | { type: 'result'; id: number; result: ConnectResult | ThroughputResult | HttpResult | { closed: number } }

@@ -16,12 +16,16 @@ export async function writeReports(results: Results, outDir: string): Promise<vo
   const svg = ratioChart(results);
   writeFileSync(path.join(outDir, 'ratios.svg'), svg);
   const rendered = renderPng(svg, path.join(outDir, 'ratios.png'));
-  if (!rendered) {process.stdout.write('note: no Chromium found to render ratios.png; ratios.svg has the chart\n');}
+  if (!rendered) {
+    process.stdout.write('note: no Chromium found to render ratios.png; ratios.svg has the chart\n');
+  }
 }
 
 function jsonNumbers(_key: string, value: unknown): unknown {
   if (typeof value === 'number') {
-    if (!Number.isFinite(value)) {return null;}
+    if (!Number.isFinite(value)) {
+      return null;
+    }
     return Number.isInteger(value) ? value : Math.round(value * 1000) / 1000;
   }
   return value;
@@ -30,15 +34,24 @@ function jsonNumbers(_key: string, value: unknown): unknown {
 const SYSTEMS = ['direct', 'keyhole', 'websockify'] as const;
 
 function metricValue(metric: string, value: number): string {
-  if (Number.isInteger(value)) {return String(value);}
-  if (/PerSecond$|perSecond|rowsPerSecond/.test(metric)) {return formatNumber(value, 4);}
+  if (Number.isInteger(value)) {
+    return String(value);
+  }
+  if (/PerSecond$|perSecond|rowsPerSecond/.test(metric)) {
+    return formatNumber(value, 4);
+  }
   return formatNumber(value);
 }
 
 function systemsTable(figure: Figure): string {
   const present = SYSTEMS.filter((system) => figure.samples.some((sample) => sample.system === system));
   const metrics = Object.keys(figure.metricNotes);
-  const header = ['metric', ...present, ...(present.includes('websockify') ? ['keyhole / websockify'] : []), ...(present.includes('direct') ? ['keyhole / direct'] : [])];
+  const header = [
+    'metric',
+    ...present,
+    ...(present.includes('websockify') ? ['keyhole / websockify'] : []),
+    ...(present.includes('direct') ? ['keyhole / direct'] : []),
+  ];
   const rows = metrics.map((metric) => {
     const values = present.map((system) => medianOf(figure, system, metric));
     const keyhole = medianOf(figure, 'keyhole', metric);
@@ -50,10 +63,14 @@ function systemsTable(figure: Figure): string {
     ];
   });
   const failures = present.map((system) => {
-    const failed = figure.samples.filter((sample) => sample.system === system).reduce((sum, sample) => sum + (sample.metrics.failed ?? 0), 0);
+    const failed = figure.samples
+      .filter((sample) => sample.system === system)
+      .reduce((sum, sample) => sum + (sample.metrics.failed ?? 0), 0);
     return String(failed);
   });
-  if (figure.samples.some((sample) => sample.metrics.failed !== undefined)) {rows.push(['failed attempts (all rounds)', ...failures]);}
+  if (figure.samples.some((sample) => sample.metrics.failed !== undefined)) {
+    rows.push(['failed attempts (all rounds)', ...failures]);
+  }
   return table(header, rows);
 }
 
@@ -70,7 +87,24 @@ function apiTable(figure: Figure): string {
 }
 
 function sessionsTable(figure: Figure): string {
-  const columns = ['requested', 'target', 'opened', 'failed', 'alive', 'closedDuringHold', 'upstreamConnections', 'rssBeforeMiB', 'rssMiB', 'pssMiB', 'rssPerSessionKiB', 'rssTotalPerSessionKiB', 'pssPerSessionKiB', 'processes', 'fdsOpen', 'openPerSecond'];
+  const columns = [
+    'requested',
+    'target',
+    'opened',
+    'failed',
+    'alive',
+    'closedDuringHold',
+    'upstreamConnections',
+    'rssBeforeMiB',
+    'rssMiB',
+    'pssMiB',
+    'rssPerSessionKiB',
+    'rssTotalPerSessionKiB',
+    'pssPerSessionKiB',
+    'processes',
+    'fdsOpen',
+    'openPerSecond',
+  ];
   return table(
     ['system', ...columns],
     figure.samples.map((sample) => [sample.system, ...columns.map((column) => metricValue(column, sample.metrics[column]))]),
@@ -82,13 +116,21 @@ function cpuTable(figure: Figure): string {
   const rows = systems
     .map((system): [Sample['system'], ReturnType<typeof medianCpu>] => [system, medianCpu(figure, system)])
     .filter(([, cpu]) => cpu !== undefined)
-    .map(([system, cpu]) => [system, ...(['proxy', 'generator', 'database', 'consoles', 'machine', 'other'] as const).map((key) => formatNumber(cpu![key]))]);
-  if (rows.length === 0) {return '';}
+    .map(([system, cpu]) => [
+      system,
+      ...(['proxy', 'generator', 'database', 'consoles', 'machine', 'other'] as const).map((key) => formatNumber(cpu![key])),
+    ]);
+  if (rows.length === 0) {
+    return '';
+  }
   return `CPU, median, % of one core (proxy = the system under test: keyhole's proxy, websockify and its forks, or the token API):\n\n${table(['system', 'proxy', 'generator', 'database', 'consoles', 'machine', 'other'], rows)}`;
 }
 
 function table(header: string[], rows: string[][]): string {
-  return [`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n') + '\n';
+  return (
+    [`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((row) => `| ${row.join(' | ')} |`)].join('\n') +
+    '\n'
+  );
 }
 
 function targetValue(target: Target): string {
@@ -96,7 +138,9 @@ function targetValue(target: Target): string {
 }
 
 function verdict(target: Target): string {
-  if (target.met === null) {return 'not measurable';}
+  if (target.met === null) {
+    return 'not measurable';
+  }
   return target.met ? 'met' : '**missed**';
 }
 
@@ -109,7 +153,9 @@ export function markdown(results: Results): string {
     `${results.startedAt} to ${results.finishedAt} (${results.durationSeconds} s). Machine: ${machine.nproc} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, ` +
       `${machine.kernel}, node ${machine.node}, open files ${machine.openFileLimit.soft}/${machine.openFileLimit.hard}; load average at start ${machine.loadAverage.join(' ')}, at end ${(results.settings.loadAverageAtEnd as number[]).join(' ')}.`,
   );
-  lines.push(`${String(results.settings.websockify)}; ${String(results.settings.qemu)}; ${String(results.settings.postgres).split(' on ')[0]}.`);
+  lines.push(
+    `${String(results.settings.websockify)}; ${String(results.settings.qemu)}; ${String(results.settings.postgres).split(' on ')[0]}.`,
+  );
   lines.push(
     `Medians of ${String(results.settings.rounds)} round(s); systems alternate within each round. Proxy pool ${String(results.settings.proxyPoolSize)}${results.settings.proxyWorkers === undefined ? '' : ` per process, proxy workers ${Number(results.settings.proxyWorkers)} (the sessions figure: 1)`}, API pool ${String(results.settings.apiPoolSize)}.${settingsLine(results.settings.keyholeEnvironment as Record<string, string> | undefined)}`,
   );
@@ -119,7 +165,14 @@ export function markdown(results: Results): string {
   lines.push(
     table(
       ['#', 'target', 'measured', 'wanted', 'verdict', 'note'],
-      results.targets.map((target) => [target.figure, target.description, targetValue(target), `${target.comparison} ${formatNumber(target.threshold)} ${target.unit}`, verdict(target), target.note ?? '']),
+      results.targets.map((target) => [
+        target.figure,
+        target.description,
+        targetValue(target),
+        `${target.comparison} ${formatNumber(target.threshold)} ${target.unit}`,
+        verdict(target),
+        target.note ?? '',
+      ]),
     ),
   );
   lines.push('![ratios](ratios.png)');
@@ -127,17 +180,28 @@ export function markdown(results: Results): string {
   for (const figure of results.figures) {
     lines.push(`## ${figure.title}`);
     lines.push('');
-    if (figure.id === 'sessions') {lines.push(sessionsTable(figure));}
-    else if (figure.samples.every((sample) => sample.system === 'token-api')) {lines.push(apiTable(figure));}
-    else {lines.push(systemsTable(figure));}
+    if (figure.id === 'sessions') {
+      lines.push(sessionsTable(figure));
+    } else if (figure.samples.every((sample) => sample.system === 'token-api')) {
+      lines.push(apiTable(figure));
+    } else {
+      lines.push(systemsTable(figure));
+    }
     const cpu = cpuTable(figure);
-    if (cpu) {lines.push(cpu);}
-    const details = figure.samples.filter((sample) => (sample.detail && Object.keys(sample.detail).length > 0) || (sample.cpu?.other ?? 0) > 50);
+    if (cpu) {
+      lines.push(cpu);
+    }
+    const details = figure.samples.filter(
+      (sample) => (sample.detail && Object.keys(sample.detail).length > 0) || (sample.cpu?.other ?? 0) > 50,
+    );
     if (details.length > 0) {
       lines.push('Details:');
       lines.push('');
       for (const sample of details) {
-        const noisy = (sample.cpu?.other ?? 0) > 50 ? ` other processes on the machine used ${formatNumber(sample.cpu!.other)}% of a core meanwhile (less trustworthy)` : '';
+        const noisy =
+          (sample.cpu?.other ?? 0) > 50
+            ? ` other processes on the machine used ${formatNumber(sample.cpu!.other)}% of a core meanwhile (less trustworthy)`
+            : '';
         const detail = sample.detail && Object.keys(sample.detail).length > 0 ? ` \`${JSON.stringify(sample.detail)}\`` : '';
         lines.push(`- round ${sample.round + 1}, ${sample.system}:${detail}${noisy}`);
       }
@@ -147,7 +211,9 @@ export function markdown(results: Results): string {
   if (results.notes.length > 0) {
     lines.push('## Notes');
     lines.push('');
-    for (const note of results.notes) {lines.push(`- ${note}`);}
+    for (const note of results.notes) {
+      lines.push(`- ${note}`);
+    }
     lines.push('');
   }
   return `${lines.join('\n')}\n`;
@@ -172,21 +238,34 @@ export function ratioChart(results: Results): string {
   const height = top + targets.length * rowHeight + 60;
   const minLog = -2;
   const maxLog = 2;
-  const x = (score: number): number => left + ((Math.min(maxLog, Math.max(minLog, Math.log10(score))) - minLog) / (maxLog - minLog)) * plotWidth;
+  const x = (score: number): number =>
+    left + ((Math.min(maxLog, Math.max(minLog, Math.log10(score))) - minLog) / (maxLog - minLog)) * plotWidth;
   const parts: string[] = [];
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif">`);
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif">`,
+  );
   parts.push(`<rect width="${width}" height="${height}" fill="white"/>`);
-  parts.push(`<text x="20" y="30" font-size="19" font-weight="bold">keyhole vs targets (${escapeXml(results.mode)} run, ${escapeXml(results.startedAt.slice(0, 16).replace('T', ' '))} UTC)</text>`);
-  parts.push(`<text x="20" y="52" font-size="13" fill="#555">bar = measured / wanted (for "at most" targets: wanted / measured); log scale; right of the line = target met</text>`);
+  parts.push(
+    `<text x="20" y="30" font-size="19" font-weight="bold">keyhole vs targets (${escapeXml(results.mode)} run, ${escapeXml(results.startedAt.slice(0, 16).replace('T', ' '))} UTC)</text>`,
+  );
+  parts.push(
+    `<text x="20" y="52" font-size="13" fill="#555">bar = measured / wanted (for "at most" targets: wanted / measured); log scale; right of the line = target met</text>`,
+  );
   for (const tick of [0.01, 0.1, 1, 10, 100]) {
     const tx = x(tick);
-    parts.push(`<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${top + targets.length * rowHeight}" stroke="${tick === 1 ? '#222' : '#ddd'}" stroke-width="${tick === 1 ? 2 : 1}"/>`);
-    parts.push(`<text x="${tx}" y="${top + targets.length * rowHeight + 18}" font-size="12" text-anchor="middle" fill="#555">${tick}x</text>`);
+    parts.push(
+      `<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${top + targets.length * rowHeight}" stroke="${tick === 1 ? '#222' : '#ddd'}" stroke-width="${tick === 1 ? 2 : 1}"/>`,
+    );
+    parts.push(
+      `<text x="${tx}" y="${top + targets.length * rowHeight + 18}" font-size="12" text-anchor="middle" fill="#555">${tick}x</text>`,
+    );
   }
   targets.forEach((target, index) => {
     const y = top + index * rowHeight;
     const label = `${target.figure}. ${target.description}`;
-    parts.push(`<text x="${left - 10}" y="${y + 21}" font-size="13" text-anchor="end">${escapeXml(label.length > 72 ? `${label.slice(0, 70)}…` : label)}</text>`);
+    parts.push(
+      `<text x="${left - 10}" y="${y + 21}" font-size="13" text-anchor="end">${escapeXml(label.length > 72 ? `${label.slice(0, 70)}…` : label)}</text>`,
+    );
     if (!Number.isFinite(target.score)) {
       parts.push(`<text x="${x(1) + 8}" y="${y + 21}" font-size="12" fill="#888">not measured</text>`);
       return;
@@ -194,7 +273,9 @@ export function ratioChart(results: Results): string {
     const start = x(1);
     const end = x(target.score);
     const color = target.met === null ? '#999' : target.met ? '#2e8b57' : '#c0392b';
-    parts.push(`<rect x="${Math.min(start, end)}" y="${y + 7}" width="${Math.max(2, Math.abs(end - start))}" height="${rowHeight - 14}" fill="${color}" rx="2"/>`);
+    parts.push(
+      `<rect x="${Math.min(start, end)}" y="${y + 7}" width="${Math.max(2, Math.abs(end - start))}" height="${rowHeight - 14}" fill="${color}" rx="2"/>`,
+    );
     const valueText = `${formatNumber(target.value)} ${target.unit} (${target.comparison} ${formatNumber(target.threshold)})`;
     parts.push(`<text x="${left + plotWidth + 8}" y="${y + 21}" font-size="12" fill="${color}">${escapeXml(valueText)}</text>`);
   });
@@ -206,14 +287,20 @@ export function ratioChart(results: Results): string {
 }
 
 function chromiumBinary(): string | undefined {
-  for (const candidate of ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']) {if (existsSync(candidate)) {return candidate;}}
+  for (const candidate of ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']) {
+    if (existsSync(candidate)) {
+      return candidate;
+    }
+  }
   return undefined;
 }
 
 /** Renders the SVG to PNG with headless Chromium (no network); false when there is no Chromium. */
 export function renderPng(svg: string, pngFile: string): boolean {
   const chromium = chromiumBinary();
-  if (!chromium) {return false;}
+  if (!chromium) {
+    return false;
+  }
   const width = Number(/width="(\d+)"/.exec(svg)?.[1] ?? 1100);
   const height = Number(/height="(\d+)"/.exec(svg)?.[1] ?? 600);
   const directory = mkdtempSync(path.join(os.tmpdir(), 'keyhole-bench-chart-'));
@@ -235,7 +322,9 @@ export function renderPng(svg: string, pngFile: string): boolean {
       ],
       { encoding: 'utf8', timeout: 60_000 },
     );
-    if (result.status !== 0 || !existsSync(pngFile)) {throw new Error(`chromium could not render the chart: ${result.stderr}`);}
+    if (result.status !== 0 || !existsSync(pngFile)) {
+      throw new Error(`chromium could not render the chart: ${result.stderr}`);
+    }
     return true;
   } finally {
     rmSync(directory, { recursive: true, force: true });

@@ -60,13 +60,17 @@ export interface Results {
 
 /** The median over rounds of one metric of one system in a figure. */
 export function medianOf(figure: Figure | undefined, system: Sample['system'], metric: string): number {
-  if (!figure) {return Number.NaN;}
+  if (!figure) {
+    return Number.NaN;
+  }
   return median(figure.samples.filter((sample) => sample.system === system).map((sample) => sample.metrics[metric] ?? Number.NaN));
 }
 
 export function medianCpu(figure: Figure | undefined, system: Sample['system']): CpuUsage | undefined {
   const samples = figure?.samples.filter((sample) => sample.system === system && sample.cpu) ?? [];
-  if (samples.length === 0) {return undefined;}
+  if (samples.length === 0) {
+    return undefined;
+  }
   const keys = Object.keys(samples[0].cpu!) as (keyof CpuUsage)[];
   return Object.fromEntries(keys.map((key) => [key, median(samples.map((sample) => sample.cpu![key]))])) as CpuUsage;
 }

@@ -32,10 +32,16 @@ export async function measureSynRetry(connects = 3): Promise<number[]> {
         socket.once('error', reject);
       });
     };
-    const times = await withDeadline(Promise.all(Array.from({ length: connects }, firstByte)), 10_000, 'the connects to a console with a listen backlog of 1');
+    const times = await withDeadline(
+      Promise.all(Array.from({ length: connects }, firstByte)),
+      10_000,
+      'the connects to a console with a listen backlog of 1',
+    );
     return times.sort((a, b) => a - b);
   } finally {
-    for (const socket of [...clients, ...accepted]) {socket.destroy();}
+    for (const socket of [...clients, ...accepted]) {
+      socket.destroy();
+    }
     await new Promise((resolve) => server.close(resolve));
   }
 }

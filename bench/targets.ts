@@ -7,8 +7,19 @@ export function evaluateTargets(results: Results): Target[] {
   const targets: Target[] = [];
   const add = (target: Omit<Target, 'met' | 'score'> & { met?: boolean | null }): void => {
     const measurable = Number.isFinite(target.value);
-    const met = target.met !== undefined ? target.met : measurable ? (target.comparison === 'at most' ? target.value <= target.threshold : target.value >= target.threshold) : null;
-    const score = !measurable ? Number.NaN : target.comparison === 'at most' ? target.threshold / target.value : target.value / target.threshold;
+    const met =
+      target.met !== undefined
+        ? target.met
+        : measurable
+          ? target.comparison === 'at most'
+            ? target.value <= target.threshold
+            : target.value >= target.threshold
+          : null;
+    const score = !measurable
+      ? Number.NaN
+      : target.comparison === 'at most'
+        ? target.threshold / target.value
+        : target.value / target.threshold;
     targets.push({ ...target, met, score });
   };
 
@@ -46,7 +57,9 @@ export function evaluateTargets(results: Results): Target[] {
     ['throughput-up', 'client to console'],
   ] as const) {
     const throughput = figure(id);
-    if (!throughput) {continue;}
+    if (!throughput) {
+      continue;
+    }
     add({
       id,
       figure: '2',
@@ -112,15 +125,39 @@ export function evaluateTargets(results: Results): Target[] {
   }
   const issue = figure('api-issue');
   if (issue) {
-    add({ id: 'api-issue', figure: '5', description: 'tokens issued per second (agent key)', value: medianOf(issue, 'token-api', 'perSecond'), unit: '/s', comparison: 'at least', threshold: 2_000 });
+    add({
+      id: 'api-issue',
+      figure: '5',
+      description: 'tokens issued per second (agent key)',
+      value: medianOf(issue, 'token-api', 'perSecond'),
+      unit: '/s',
+      comparison: 'at least',
+      threshold: 2_000,
+    });
   }
   const checkRate = figure('api-check-rate');
   if (checkRate) {
-    add({ id: 'api-check-p99', figure: '5', description: 'token check p99 at 1,000 checks/s', value: medianOf(checkRate, 'token-api', 'p99'), unit: 'ms', comparison: 'at most', threshold: 5 });
+    add({
+      id: 'api-check-p99',
+      figure: '5',
+      description: 'token check p99 at 1,000 checks/s',
+      value: medianOf(checkRate, 'token-api', 'p99'),
+      unit: 'ms',
+      comparison: 'at most',
+      threshold: 5,
+    });
   }
   const purge = figure('purge');
   if (purge) {
-    add({ id: 'purge-rate', figure: '6', description: 'expired rows purged per second', value: medianOf(purge, 'token-api', 'rowsPerSecond'), unit: 'rows/s', comparison: 'at least', threshold: 100_000 });
+    add({
+      id: 'purge-rate',
+      figure: '6',
+      description: 'expired rows purged per second',
+      value: medianOf(purge, 'token-api', 'rowsPerSecond'),
+      unit: 'rows/s',
+      comparison: 'at least',
+      threshold: 100_000,
+    });
     const before = medianOf(purge, 'token-api', 'checkP99Before');
     const during = medianOf(purge, 'token-api', 'checkP99During');
     const dropped = medianOf(purge, 'token-api', 'checksDroppedDuring');

@@ -40,14 +40,19 @@ function serve(kind: Kind, handle: (socket: Socket) => void): Promise<Server> {
 function pumpSource(socket: Socket): void {
   socket.resume(); // discard anything sent to us
   const write = (): void => {
-    while (!socket.destroyed && socket.write(CHUNK)){;}
+    let buffered = false;
+    while (!socket.destroyed && !buffered) {
+      buffered = !socket.write(CHUNK);
+    }
   };
   socket.on('drain', write);
   write();
 }
 
 async function main(): Promise<void> {
-  if (!process.send) {throw new Error('upstreams must be forked with an IPC channel');}
+  if (!process.send) {
+    throw new Error('upstreams must be forked with an IPC channel');
+  }
   const servers = {
     source: await serve('source', pumpSource),
     sink: await serve('sink', (socket) => socket.resume()),
@@ -59,7 +64,9 @@ async function main(): Promise<void> {
   };
   const ports = Object.fromEntries(Object.entries(servers).map(([kind, server]) => [kind, (server.address() as { port: number }).port]));
   process.on('message', (message: { type?: string }) => {
-    if (message.type === 'stats') {process.send?.({ type: 'stats', open: { ...open } });}
+    if (message.type === 'stats') {
+      process.send?.({ type: 'stats', open: { ...open } });
+    }
   });
   process.on('disconnect', () => process.exit(0));
   process.send({ type: 'ready', ports });

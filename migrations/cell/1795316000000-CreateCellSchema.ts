@@ -31,12 +31,8 @@ export class CreateCellSchema1795316000000 implements MigrationInterface {
         CONSTRAINT uniq_console_auth_tokens0token_hash UNIQUE (token_hash),
         CONSTRAINT console_auth_tokens_token_hash_sha256 CHECK (token_hash ~ '^[0-9a-f]{64}$')
       )`);
-    await queryRunner.query(
-      `CREATE INDEX console_auth_tokens_instance_uuid_idx ON console_auth_tokens (instance_uuid)`,
-    );
-    await queryRunner.query(
-      `CREATE INDEX console_auth_tokens_host_expires_idx ON console_auth_tokens (host, expires)`,
-    );
+    await queryRunner.query(`CREATE INDEX console_auth_tokens_instance_uuid_idx ON console_auth_tokens (instance_uuid)`);
+    await queryRunner.query(`CREATE INDEX console_auth_tokens_host_expires_idx ON console_auth_tokens (host, expires)`);
     await queryRunner.query(`CREATE INDEX console_auth_tokens_expires_idx ON console_auth_tokens (expires)`);
 
     await queryRunner.query(`
@@ -59,12 +55,8 @@ export class CreateCellSchema1795316000000 implements MigrationInterface {
         bytes_to_upstream bigint NOT NULL DEFAULT 0
       )`);
     // Live sessions are looked up by target (exclusive serial ports) and by token (revocation).
-    await queryRunner.query(
-      `CREATE INDEX console_sessions_live_target_idx ON console_sessions (host, port) WHERE ended_at IS NULL`,
-    );
-    await queryRunner.query(
-      `CREATE INDEX console_sessions_live_token_idx ON console_sessions (token_id) WHERE ended_at IS NULL`,
-    );
+    await queryRunner.query(`CREATE INDEX console_sessions_live_target_idx ON console_sessions (host, port) WHERE ended_at IS NULL`);
+    await queryRunner.query(`CREATE INDEX console_sessions_live_token_idx ON console_sessions (token_id) WHERE ended_at IS NULL`);
     await queryRunner.query(`CREATE INDEX console_sessions_instance_uuid_idx ON console_sessions (instance_uuid)`);
     await queryRunner.query(`CREATE INDEX console_sessions_ended_at_idx ON console_sessions (ended_at)`);
 

@@ -30,7 +30,9 @@ describe('consoles in a real browser through the proxy', () => {
   beforeAll(async () => {
     mkdirSync(artifacts, { recursive: true });
     deployment = await startTestDeployment();
-    proxy = await startConsoleProxy(testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1 }));
+    proxy = await startConsoleProxy(
+      testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1 }),
+    );
     // The cell's access URLs must point at this proxy, as in a deployment.
     await deployment.api.app.get(CellsService).updateProxyUrl('cell1', proxy.httpBase);
     vm = await startQemuVm({ timeoutMs: 30_000 });
@@ -57,10 +59,16 @@ describe('consoles in a real browser through the proxy', () => {
   const litFraction = (page: Page) =>
     page.evaluate(() => {
       const canvas = document.querySelector('canvas');
-      if (!canvas || canvas.width === 0) {return 0;}
+      if (!canvas || canvas.width === 0) {
+        return 0;
+      }
       const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
       let lit = 0;
-      for (let index = 0; index < data.length; index += 4) {if (data[index] + data[index + 1] + data[index + 2] > 60) {lit += 1;}}
+      for (let index = 0; index < data.length; index += 4) {
+        if (data[index] + data[index + 1] + data[index + 2] > 60) {
+          lit += 1;
+        }
+      }
       return lit / (data.length / 4);
     });
 
@@ -76,9 +84,15 @@ describe('consoles in a real browser through the proxy', () => {
     await page.waitForFunction(
       () => {
         const canvas = document.querySelector('canvas');
-        if (!canvas || canvas.width < 100) {return false;}
+        if (!canvas || canvas.width < 100) {
+          return false;
+        }
         const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
-        for (let index = 0; index < data.length; index += 4) {if (data[index] + data[index + 1] + data[index + 2] > 60) {return true;}}
+        for (let index = 0; index < data.length; index += 4) {
+          if (data[index] + data[index + 1] + data[index + 2] > 60) {
+            return true;
+          }
+        }
         return false;
       },
       undefined,
@@ -90,12 +104,18 @@ describe('consoles in a real browser through the proxy', () => {
     expect(statSync(screenshot).size).toBeGreaterThan(1_000);
     expect(errors).toEqual([]);
 
-    const live = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${INSTANCE}`, { key: deployment.operatorKey });
+    const live = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${INSTANCE}`, {
+      key: deployment.operatorKey,
+    });
     expect(live.body.sessions).toEqual([expect.objectContaining({ consoleType: 'novnc', tokenId: issued.id, endedAt: null })]);
 
-    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.agentKeys.cell1 });
+    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(revoked.status).toBe(204);
-    await page.waitForFunction(() => /1008/.test(document.body.innerText) && /revoked/.test(document.body.innerText), undefined, { timeout: 5_000 });
+    await page.waitForFunction(() => /1008/.test(document.body.innerText) && /revoked/.test(document.body.innerText), undefined, {
+      timeout: 5_000,
+    });
     await page.screenshot({ path: join(artifacts, 'novnc-revoked.png') });
     await page.close();
   }, 60_000);
@@ -105,31 +125,48 @@ describe('consoles in a real browser through the proxy', () => {
     expect(issued.accessUrl).toBe(`${proxy.httpBase}/serial.html?token=${issued.token}`);
     const page = await browser.page();
     await page.goto(issued.accessUrl);
-    await page.waitForFunction(() => (window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status === 'connected', undefined, {
-      timeout: 10_000,
-    });
+    await page.waitForFunction(
+      () => (window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status === 'connected',
+      undefined,
+      {
+        timeout: 10_000,
+      },
+    );
     // The token is gone from the address bar once the page has read it.
     expect(page.url()).not.toContain(issued.token);
     await vm.waitForSerialClient({ timeoutMs: 10_000 });
     await vm.reset();
     await page.waitForFunction(() => /SeaBIOS/.test(document.body.innerText), undefined, { timeout: 20_000 });
-    expect(await page.evaluate(() => (window as unknown as { keyholeSerial: { received: number } }).keyholeSerial.received)).toBeGreaterThan(10);
+    expect(
+      await page.evaluate(() => (window as unknown as { keyholeSerial: { received: number } }).keyholeSerial.received),
+    ).toBeGreaterThan(10);
     await page.screenshot({ path: join(artifacts, 'serial-connected.png') });
 
     // A second browser on the same serial port is refused while this one is connected.
     const second = await issue('serial', vm.serialPort);
     const other = await browser.page();
     await other.goto(second.accessUrl);
-    await other.waitForFunction(() => /closed/.test((window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status ?? ''), undefined, {
-      timeout: 10_000,
-    });
+    await other.waitForFunction(
+      () => /closed/.test((window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status ?? ''),
+      undefined,
+      {
+        timeout: 10_000,
+      },
+    );
     await other.close();
 
     await page.keyboard.type('x');
     await page.close();
     // The session's end is recorded with its byte counts once the browser has left.
     const row = await waitUntil(
-      async () => (await queryDatabase(deployment.cellUrls.cell1, 'SELECT bytes_to_upstream, close_reason FROM console_sessions WHERE token_id = $1 AND ended_at IS NOT NULL', [issued.id]))[0],
+      async () =>
+        (
+          await queryDatabase(
+            deployment.cellUrls.cell1,
+            'SELECT bytes_to_upstream, close_reason FROM console_sessions WHERE token_id = $1 AND ended_at IS NOT NULL',
+            [issued.id],
+          )
+        )[0],
       5_000,
       'the end of the session to be recorded',
       { intervalMs: 50 },

@@ -42,7 +42,12 @@ function cellConfig(cellName: string, databaseUrl: string, environment: Record<s
   return testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: cellName, KEYHOLE_CELL_DATABASE_URL: databaseUrl, ...environment });
 }
 
-async function startProxy(cellName: string, databaseUrl: string, environment: Record<string, string> = {}, withManualClock = true): Promise<RunningProxy> {
+async function startProxy(
+  cellName: string,
+  databaseUrl: string,
+  environment: Record<string, string> = {},
+  withManualClock = true,
+): Promise<RunningProxy> {
   const started = await startConsoleProxy(cellConfig(cellName, databaseUrl, environment), withManualClock ? { clock } : {});
   proxies.push(started);
   return started;
@@ -116,10 +121,16 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) {await running.close().catch(() => undefined);}
-  for (const upstream of upstreams) {await upstream.close();}
+  for (const running of proxies) {
+    await running.close().catch(() => undefined);
+  }
+  for (const upstream of upstreams) {
+    await upstream.close();
+  }
   await deployment?.stop();
-  for (const drop of databasesToDrop) {await drop();}
+  for (const drop of databasesToDrop) {
+    await drop();
+  }
 });
 
 describe('token checks', () => {
@@ -172,7 +183,9 @@ describe('token checks', () => {
       body: refusal.body,
       contentType: refusal.headers['content-type'],
       length: refusal.headers['content-length'],
-      headerNames: Object.keys(refusal.headers).filter((name) => name !== 'date').sort(),
+      headerNames: Object.keys(refusal.headers)
+        .filter((name) => name !== 'date')
+        .sort(),
     });
     expect(shape(expired)).toEqual(shape(unknown));
     expect(shape(revoked)).toEqual(shape(unknown));
@@ -190,7 +203,9 @@ describe('token checks', () => {
   it('logs refused tokens at debug level with their fingerprint, and counts them in one info line (a flood of guesses is not a flood of lines)', async () => {
     const counting = await startProxy('cell1', deployment.cellUrls.cell1, { KEYHOLE_PROXY_INSTANCE: 'proxy-refusals' });
     const guesses = [1, 2, 3].map(() => randomBytes(32).toString('base64url'));
-    for (const guess of guesses) {await expectRefused(url(counting, guess), 401);}
+    for (const guess of guesses) {
+      await expectRefused(url(counting, guess), 401);
+    }
     await expectRefused(url(counting, 'x'.repeat(300)), 401);
     // Stopping writes the count of the last interval.
     await counting.close();
@@ -247,7 +262,10 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
 
   it('refuses with 403 a page from another host', async () => {
     await expectRefused(url(proxy, (await issue()).token), 403, { origin: 'http://evil.example', headers: { host: CELL1_HOST } });
-    await expectRefused(url(proxy, (await issue()).token), 403, { origin: 'http://cell1.console.test.evil.example', headers: { host: CELL1_HOST } });
+    await expectRefused(url(proxy, (await issue()).token), 403, {
+      origin: 'http://cell1.console.test.evil.example',
+      headers: { host: CELL1_HOST },
+    });
   });
 
   it('refuses with 403 a page loaded over https when the access URL is http', async () => {
@@ -265,7 +283,10 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
 
   it('accepts a configured extra origin (KEYHOLE_PROXY_ALLOWED_ORIGINS), which other proxies refuse', async () => {
     const allowing = await startProxy('cell1', deployment.cellUrls.cell1, { KEYHOLE_PROXY_ALLOWED_ORIGINS: 'Console.Example.com' });
-    const client = await expectAccepted(url(allowing, (await issue()).token), { origin: 'http://console.example.com', headers: { host: CELL1_HOST } });
+    const client = await expectAccepted(url(allowing, (await issue()).token), {
+      origin: 'http://console.example.com',
+      headers: { host: CELL1_HOST },
+    });
     await client.close();
     await expectRefused(url(allowing, (await issue()).token), 403, { origin: 'http://other.example.com', headers: { host: CELL1_HOST } });
     await expectRefused(url(proxy, (await issue()).token), 403, { origin: 'http://console.example.com', headers: { host: CELL1_HOST } });
@@ -295,7 +316,11 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
     };
 
     it('accepts an https page from its host', async () => {
-      const client = await expectAccepted(url(httpsProxy, (await issueCell3()).token), { origin: 'https://cell3.console.test', headers: { host: CELL3_HOST } }, cell3Url);
+      const client = await expectAccepted(
+        url(httpsProxy, (await issueCell3()).token),
+        { origin: 'https://cell3.console.test', headers: { host: CELL3_HOST } },
+        cell3Url,
+      );
       await client.close();
     });
 
@@ -345,7 +370,9 @@ describe('malformed or abandoned upgrades', () => {
       socket.on('close', () => resolve(answer));
       socket.once('connect', () => {
         socket.write([`GET ${target} HTTP/1.1`, 'Host: 127.0.0.1', ...headers, '', ''].join('\r\n'));
-        if (abandon) {socket.destroy();}
+        if (abandon) {
+          socket.destroy();
+        }
       });
       setTimeout(() => reject(new Error('no answer to the raw upgrade')), 5_000).unref();
     });
@@ -380,7 +407,12 @@ describe('malformed or abandoned upgrades', () => {
     await rawUpgrade(
       proxy.port,
       `/websockify?token=${token.token}`,
-      ['Connection: Upgrade', 'Upgrade: websocket', 'Sec-WebSocket-Version: 13', `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`],
+      [
+        'Connection: Upgrade',
+        'Upgrade: websocket',
+        'Sec-WebSocket-Version: 13',
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
+      ],
       true,
     );
     const liveRows = async () =>

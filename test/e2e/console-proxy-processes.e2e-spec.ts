@@ -53,7 +53,10 @@ describe('console proxy replicas (separate processes)', () => {
       KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: '500',
       KEYHOLE_PROXY_SESSION_STALE_MS: '2000',
     };
-    replicas = await Promise.all([startProxyProcess({ ...environment, KEYHOLE_PROXY_INSTANCE: 'replica-a' }), startProxyProcess({ ...environment, KEYHOLE_PROXY_INSTANCE: 'replica-b' })]);
+    replicas = await Promise.all([
+      startProxyProcess({ ...environment, KEYHOLE_PROXY_INSTANCE: 'replica-a' }),
+      startProxyProcess({ ...environment, KEYHOLE_PROXY_INSTANCE: 'replica-b' }),
+    ]);
   }, 60_000);
 
   afterAll(async () => {
@@ -80,7 +83,9 @@ describe('console proxy replicas (separate processes)', () => {
     expect(await connect(`${replicas[1].wsBase}/serial?token=${second.token}`)).toEqual({ status: 409 });
     expect(await connect(`${replicas[0].wsBase}/serial?token=${second.token}`)).toEqual({ status: 409 });
 
-    const ports = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/instances/${INSTANCE}/serial-ports`, { key: deployment.agentKeys.cell1 });
+    const ports = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/instances/${INSTANCE}/serial-ports`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(ports.body.ports).toEqual([{ host: '127.0.0.1', port: upstream.port, free: false, sessionId: expect.any(String) }]);
 
     const end = closed(a.ws!);
@@ -109,10 +114,14 @@ describe('console proxy replicas (separate processes)', () => {
       connect(`${replicas[1].wsBase}/websockify?token=${two.token}`),
       connect(`${replicas[1].wsBase}/websockify?token=${other.token}`),
     ]);
-    for (const session of sessions) {expect(await echoes(session.ws!, 'ok')).toBe(true);}
+    for (const session of sessions) {
+      expect(await echoes(session.ws!, 'ok')).toBe(true);
+    }
     const ends = sessions.map((session) => closed(session.ws!));
     const revokedAt = Date.now();
-    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${INSTANCE}/tokens`, { key: deployment.agentKeys.cell1 });
+    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${INSTANCE}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(revoked.status).toBe(200);
     const [endOne, endTwo] = await Promise.all(ends.slice(0, 2));
     for (const end of [endOne, endTwo]) {
@@ -141,7 +150,11 @@ describe('console proxy replicas (separate processes)', () => {
     expect(atMs - signalledAt).toBeGreaterThanOrEqual(1_400);
     // Nest re-raises the signal once the app has closed: the process ends by SIGTERM, as expected.
     expect([0, 'SIGTERM']).toContain(await replicas[0].exited);
-    const rows = await queryDatabase(deployment.cellUrls.cell1, `SELECT close_reason FROM console_sessions WHERE proxy_instance = 'replica-a' AND token_id = $1`, [token.id]);
+    const rows = await queryDatabase(
+      deployment.cellUrls.cell1,
+      `SELECT close_reason FROM console_sessions WHERE proxy_instance = 'replica-a' AND token_id = $1`,
+      [token.id],
+    );
     expect(rows).toEqual([{ close_reason: 'proxy shutdown' }]);
     expect(replicas[0].output()).not.toContain(token.token);
   });
@@ -162,7 +175,9 @@ describe('console proxy replicas (separate processes)', () => {
 
     afterAll(async () => {
       await workers?.stop('SIGKILL');
-      for (const pid of workerPids(workers?.child.pid)) {process.kill(pid, 'SIGKILL');}
+      for (const pid of workerPids(workers?.child.pid)) {
+        process.kill(pid, 'SIGKILL');
+      }
     });
 
     it('serves one port from two processes, each recorded as a replica of its own, and sums their metrics', async () => {
@@ -173,7 +188,9 @@ describe('console proxy replicas (separate processes)', () => {
       for (let wave = 0; wave < 10 && instances.length < 2; wave++) {
         const token = await issue('novnc', '2b7c1f0e-3d4a-4b5c-8d6e-7f8091a2b3c4');
         const sessions = await Promise.all(Array.from({ length: 20 }, () => connect(`${workers.wsBase}/websockify?token=${token.token}`)));
-        for (const session of sessions) {expect(await echoes(session.ws!, 'hello')).toBe(true);}
+        for (const session of sessions) {
+          expect(await echoes(session.ws!, 'hello')).toBe(true);
+        }
         opened += sessions.length;
         await Promise.all(
           sessions.map((session) => {
@@ -189,7 +206,9 @@ describe('console proxy replicas (separate processes)', () => {
         instances = rows.map((row) => row.proxy_instance);
       }
       expect(instances).toHaveLength(2);
-      for (const instance of instances) {expect(instance).toMatch(/^workers\/\d+$/);}
+      for (const instance of instances) {
+        expect(instance).toMatch(/^workers\/\d+$/);
+      }
       // Whichever worker answers the scrape, it counts every worker's connects.
       for (let scrape = 0; scrape < 4; scrape++) {
         expect(metricValue(await scrapeMetrics(baseUrl()), 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(opened);
@@ -208,7 +227,11 @@ describe('console proxy replicas (separate processes)', () => {
         'a replacement worker',
       );
       expect(replaced).toContain(survivor);
-      await waitUntil(() => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined), 5_000, "the supervisor's line");
+      await waitUntil(
+        () => (workers.output().includes('a console proxy worker exited: starting another') ? true : undefined),
+        5_000,
+        "the supervisor's line",
+      );
       const token = await issue('novnc');
       for (let attempt = 0; attempt < 10; attempt++) {
         const { ws } = await connect(`${workers.wsBase}/websockify?token=${token.token}`);
@@ -232,12 +255,16 @@ describe('console proxy replicas (separate processes)', () => {
       const token = await issue('novnc');
       const sessions = await Promise.all(Array.from({ length: 6 }, () => connect(`${workers.wsBase}/websockify?token=${token.token}`)));
       // Each session is through to its console before the signal (one still connecting is closed at once).
-      for (const session of sessions) {expect(await echoes(session.ws!, 'before drain')).toBe(true);}
+      for (const session of sessions) {
+        expect(await echoes(session.ws!, 'before drain')).toBe(true);
+      }
       const ends = sessions.map((session) => closed(session.ws!));
       const signalledAt = Date.now();
       workers.child.kill('SIGTERM');
       await new Promise((resolve) => setTimeout(resolve, 300));
-      for (const session of sessions) {expect(await echoes(session.ws!, 'during drain')).toBe(true);}
+      for (const session of sessions) {
+        expect(await echoes(session.ws!, 'during drain')).toBe(true);
+      }
       for (const end of await Promise.all(ends)) {
         expect({ code: end.code, reason: end.reason }).toEqual({ code: 1001, reason: 'proxy shutdown' });
         expect(end.atMs - signalledAt).toBeGreaterThanOrEqual(1_400);
@@ -250,7 +277,9 @@ describe('console proxy replicas (separate processes)', () => {
 
 /** The pids of a process's children (the workers of a supervisor), from /proc. */
 function workerPids(pid: number | undefined): number[] {
-  if (pid === undefined) {return [];}
+  if (pid === undefined) {
+    return [];
+  }
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   } catch {

@@ -82,7 +82,9 @@ async function startUpstream(onConnection?: (socket: Socket) => void): Promise<T
   return upstream;
 }
 
-async function issue(body: { consoleType?: string; port?: number; instanceUuid?: string; internalAccessPath?: string; ttlSeconds?: number } = {}): Promise<IssuedToken> {
+async function issue(
+  body: { consoleType?: string; port?: number; instanceUuid?: string; internalAccessPath?: string; ttlSeconds?: number } = {},
+): Promise<IssuedToken> {
   const response = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
     key: deployment.agentKeys.cell1,
     body: { instanceUuid: randomUUID(), consoleType: 'novnc', host: '127.0.0.1', port: echoUpstream.port, ...body },
@@ -111,7 +113,9 @@ function fingerprintOf(token: string): string {
 }
 
 async function sessionRows(tokenId: number): Promise<SessionRow[]> {
-  return queryDatabase<SessionRow>(deployment.cellUrls.cell1, 'SELECT * FROM console_sessions WHERE token_id = $1 ORDER BY started_at', [tokenId]);
+  return queryDatabase<SessionRow>(deployment.cellUrls.cell1, 'SELECT * FROM console_sessions WHERE token_id = $1 ORDER BY started_at', [
+    tokenId,
+  ]);
 }
 
 /** The one session row of a token, once it has ended and its end (with byte counts) is recorded. */
@@ -127,12 +131,19 @@ async function endedSession(tokenId: number, timeoutMs = 5_000): Promise<Session
 }
 
 /** Waits until the proxy's final write (close reason kept, byte counts updated) is visible. */
-async function endedSessionWithBytes(tokenId: number, bytesToClient: number, bytesToUpstream: number, timeoutMs = 5_000): Promise<SessionRow> {
+async function endedSessionWithBytes(
+  tokenId: number,
+  bytesToClient: number,
+  bytesToUpstream: number,
+  timeoutMs = 5_000,
+): Promise<SessionRow> {
   return waitUntil(
     async () => {
       const rows = await sessionRows(tokenId);
       const row = rows[0];
-      return row?.ended_at && Number(row.bytes_to_client) === bytesToClient && Number(row.bytes_to_upstream) === bytesToUpstream ? row : undefined;
+      return row?.ended_at && Number(row.bytes_to_client) === bytesToClient && Number(row.bytes_to_upstream) === bytesToUpstream
+        ? row
+        : undefined;
     },
     timeoutMs,
     `the session of token ${tokenId} to be recorded with ${bytesToClient}/${bytesToUpstream} bytes`,
@@ -147,14 +158,20 @@ async function liveSession(tokenId: number, timeoutMs = 5_000): Promise<SessionR
   );
 }
 
-function once<T = void>(emitter: { once: (event: string, listener: (value: T) => void) => unknown }, event: string, timeoutMs = 5_000): Promise<T> {
+function once<T = void>(
+  emitter: { once: (event: string, listener: (value: T) => void) => unknown },
+  event: string,
+  timeoutMs = 5_000,
+): Promise<T> {
   return withDeadline(new Promise<T>((resolve) => emitter.once(event, resolve)), timeoutMs, `"${event}"`);
 }
 
 /** Bytes i -> i % 251: a stream whose every position can be checked (251 is prime, not a power of two). */
 function patternBuffer(length: number): Buffer {
   const buffer = Buffer.alloc(length);
-  for (let i = 0; i < length; i += 1) {buffer[i] = i % 251;}
+  for (let i = 0; i < length; i += 1) {
+    buffer[i] = i % 251;
+  }
   return buffer;
 }
 
@@ -174,7 +191,9 @@ class PatternChecker {
     for (let offset = 0; offset < chunk.length; offset += 4 * MiB) {
       const part = chunk.subarray(offset, offset + 4 * MiB);
       const start = (this.position + offset) % 251;
-      if (this.corruptAt === undefined && !part.equals(this.reference.subarray(start, start + part.length))) {this.corruptAt = this.position + offset;}
+      if (this.corruptAt === undefined && !part.equals(this.reference.subarray(start, start + part.length))) {
+        this.corruptAt = this.position + offset;
+      }
     }
     this.position += chunk.length;
   };
@@ -192,8 +211,12 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) {await closeProxy(running).catch(() => undefined);}
-  for (const upstream of upstreams) {await upstream.close();}
+  for (const running of proxies) {
+    await closeProxy(running).catch(() => undefined);
+  }
+  for (const upstream of upstreams) {
+    await upstream.close();
+  }
   await deployment?.stop();
 });
 
@@ -209,7 +232,9 @@ describe('byte pump', () => {
     // split however the network and the proxy like.
     const parts = [1, 2, 3, 100, 1000, 4096, 65_536, 65_537, 300_000].map((size) => randomBytes(size));
     const before = client.receivedBytes;
-    for (const part of parts) {await client.send(part);}
+    for (const part of parts) {
+      await client.send(part);
+    }
     const expected = Buffer.concat(parts);
     const all = await client.waitForBytes(before + expected.length);
     expect(all.subarray(before).equals(expected)).toBe(true);
@@ -443,7 +468,9 @@ describe('byte pump', () => {
       expect(accepted).toHaveLength(20);
       await Promise.all(clients.map((client) => client.close()));
     } finally {
-      for (const socket of accepted) {socket.destroy();}
+      for (const socket of accepted) {
+        socket.destroy();
+      }
       await new Promise((resolve) => qemuLike.close(resolve));
     }
   });
@@ -456,13 +483,17 @@ describe('byte pump', () => {
         const onData = (data: Buffer) => {
           buffered += data.toString('latin1');
           const end = buffered.indexOf('\r\n\r\n');
-          if (end === -1) {return;}
+          if (end === -1) {
+            return;
+          }
           socket.off('data', onData);
           requestHead = buffered.slice(0, end);
           // The answer and the console's banner in ONE write: one TCP segment.
           socket.write('HTTP/1.1 200 OK\r\n\r\nRFB 003.008\n');
           const rest = buffered.slice(end + 4);
-          if (rest) {socket.write(Buffer.from(rest, 'latin1'));}
+          if (rest) {
+            socket.write(Buffer.from(rest, 'latin1'));
+          }
           socket.pipe(socket);
         };
         socket.on('data', onData);
@@ -484,8 +515,11 @@ describe('byte pump', () => {
           const writeNext = (): void => {
             socket.write(pieces.shift()!);
             // Separate TCP segments: the proxy must reassemble the head.
-            if (pieces.length > 0) {setTimeout(writeNext, 20);}
-            else {socket.pipe(socket);}
+            if (pieces.length > 0) {
+              setTimeout(writeNext, 20);
+            } else {
+              socket.pipe(socket);
+            }
           };
           writeNext();
         });
@@ -571,7 +605,9 @@ describe('session records', () => {
       let got = 0;
       socket.on('data', (data: Buffer) => {
         got += data.length;
-        if (got >= 10) {socket.end(Buffer.alloc(20, 7));}
+        if (got >= 10) {
+          socket.end(Buffer.alloc(20, 7));
+        }
       });
     });
     const token = await issue({ port: upstream.port, consoleType: 'spice-html5' });
@@ -581,7 +617,12 @@ describe('session records', () => {
     expect(client.receivedBytes).toBe(20);
 
     const row = await endedSessionWithBytes(token.id, 20, 10);
-    expect(row).toMatchObject({ console_type: 'spice-html5', close_reason: 'console closed', instance_uuid: token.instanceUuid, port: upstream.port });
+    expect(row).toMatchObject({
+      console_type: 'spice-html5',
+      close_reason: 'console closed',
+      instance_uuid: token.instanceUuid,
+      port: upstream.port,
+    });
   });
 });
 
@@ -602,7 +643,9 @@ describe('exclusive serial consoles (Nova bug 1425640)', () => {
 
     // The API tells the agent that port is taken, and by which session.
     const holder = await liveSession(first.id);
-    const ports = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/instances/${instanceUuid}/serial-ports`, { key: deployment.agentKeys.cell1 });
+    const ports = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/instances/${instanceUuid}/serial-ports`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(ports.status).toBe(200);
     expect(ports.body.ports).toEqual([{ host: '127.0.0.1', port: upstream.port, free: false, sessionId: holder.id }]);
 
@@ -700,7 +743,11 @@ describe('exclusive serial consoles (Nova bug 1425640)', () => {
       expect(refused.status).toBe(409);
       expect(refused.body).toContain(live);
     } finally {
-      await queryDatabase(deployment.cellUrls.cell1, "UPDATE console_sessions SET ended_at = now(), close_reason = 'test cleanup' WHERE id = $1", [live]);
+      await queryDatabase(
+        deployment.cellUrls.cell1,
+        "UPDATE console_sessions SET ended_at = now(), close_reason = 'test cleanup' WHERE id = $1",
+        [live],
+      );
     }
   });
 });
@@ -712,7 +759,9 @@ describe('live revocation', () => {
     expect((await client.roundTrip('before')).toString()).toBe('before');
 
     const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, { key: deployment.agentKeys.cell1 });
+    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(response.status).toBe(204);
     const close = await client.waitForClose(3_000);
     expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
@@ -728,7 +777,9 @@ describe('live revocation', () => {
     const otherClient = await open(other);
 
     const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, { key: deployment.agentKeys.cell1 });
+    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(response.status).toBe(200);
     expect(response.body.revoked).toBe(2);
     for (const client of clients) {
@@ -751,7 +802,9 @@ describe('live revocation', () => {
     expect((await onSecond.roundTrip('second')).toString()).toBe('second');
 
     const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, { key: deployment.agentKeys.cell1 });
+    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(response.body.revoked).toBe(2);
     const closes = await Promise.all([onMain.waitForClose(3_000), onSecond.waitForClose(3_000)]);
     for (const close of closes) {
@@ -774,7 +827,9 @@ describe('live revocation', () => {
     );
     expect(cut.length).toBeGreaterThan(0);
     const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, { key: deployment.agentKeys.cell1 });
+    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(response.status).toBe(204);
 
     const close = await client.waitForClose(5_000);
@@ -812,7 +867,9 @@ describe('live revocation', () => {
     const connecting = await open(slow);
     await withDeadline(received, 5_000, 'the CONNECT request');
 
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, { key: deployment.agentKeys.cell1 });
+    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(response.body.revoked).toBe(2);
     expect(await canary.waitForClose(3_000)).toMatchObject({ code: 1008, reason: 'token revoked' });
 
@@ -850,7 +907,9 @@ describe('ending a session by operator', () => {
     });
 
     // Agents do not end sessions; the session is untouched.
-    const forbidden = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/sessions/${listed.id}`, { key: deployment.agentKeys.cell1 });
+    const forbidden = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/sessions/${listed.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(forbidden.status).toBe(403);
     expect(client.isOpen).toBe(true);
 
@@ -961,7 +1020,9 @@ describe('heartbeat', () => {
       new Promise<void>((resolve) =>
         client.ws.on('ping', () => {
           pings += 1;
-          if (pings === 3) {resolve();}
+          if (pings === 3) {
+            resolve();
+          }
         }),
       ),
       6_000,
@@ -1000,7 +1061,9 @@ describe('graceful shutdown', () => {
       pending.on('data', (data: Buffer) => (text += data.toString('latin1')));
       pending.on('close', () => resolve(text));
     });
-    pending.end('Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    pending.end(
+      'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
     expect(await withDeadline(answer, 3_000, 'the refusal')).toMatch(/^HTTP\/1\.1 503 /);
 
     // The live session still works during the grace period.
@@ -1066,7 +1129,10 @@ describe('logs', () => {
     // the test itself (a crashed proxy's) have no log line.
     const rows = await waitUntil(
       async () => {
-        const all = await queryDatabase<SessionRow>(deployment.cellUrls.cell1, "SELECT * FROM console_sessions WHERE proxy_instance <> 'crashed-proxy'");
+        const all = await queryDatabase<SessionRow>(
+          deployment.cellUrls.cell1,
+          "SELECT * FROM console_sessions WHERE proxy_instance <> 'crashed-proxy'",
+        );
         return all.every((row) => row.ended_at !== null) ? all : undefined;
       },
       5_000,
@@ -1096,7 +1162,9 @@ describe('logs', () => {
     }
 
     const everything = lines.join('\n');
-    for (const token of issuedTokens) {expect(everything).not.toContain(token);}
+    for (const token of issuedTokens) {
+      expect(everything).not.toContain(token);
+    }
     expect(everything).not.toContain('token=');
     expect(everything).not.toContain('/websockify');
   });

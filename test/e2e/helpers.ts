@@ -22,7 +22,9 @@ export function fingerprintOf(token: string): string {
 /** The two parts of an API key `khk_<id>_<secret>`. */
 export function keyParts(key: string): { id: string; secret: string } {
   const match = /^khk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/.exec(key);
-  if (!match) {throw new Error('not an API key of the documented format');}
+  if (!match) {
+    throw new Error('not an API key of the documented format');
+  }
   return { id: match[1], secret: match[2] };
 }
 
@@ -67,7 +69,11 @@ export function invalidFields(response: ApiResponse): string[] {
 
 /** How many console_auth_tokens rows a cell database holds. */
 export async function countTokenRows(cellUrl: string, where = 'TRUE', parameters: unknown[] = []): Promise<number> {
-  const [row] = await queryDatabase<{ count: string }>(cellUrl, `SELECT count(*)::text AS count FROM console_auth_tokens WHERE ${where}`, parameters);
+  const [row] = await queryDatabase<{ count: string }>(
+    cellUrl,
+    `SELECT count(*)::text AS count FROM console_auth_tokens WHERE ${where}`,
+    parameters,
+  );
   return Number(row.count);
 }
 

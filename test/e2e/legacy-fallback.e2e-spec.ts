@@ -11,7 +11,13 @@ import { startRedisServer, TestRedisServer } from '../support/redis-server';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call, RunningTokenApi, startTokenApi } from '../support/token-api';
 import { waitUntil } from '../support/wait';
-import { ConsoleClient, ConsoleClientOptions, connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
+import {
+  ConsoleClient,
+  ConsoleClientOptions,
+  connectConsole,
+  expectRefusedUpgrade,
+  terminateAllClients,
+} from '../support/websocket-client';
 import { dumpDatabase, expectError, keyParts } from './helpers';
 
 /*
@@ -79,8 +85,12 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) {await closeProxy(running).catch(() => undefined);}
-  for (const api of extraApis) {await closeApi(api).catch(() => undefined);}
+  for (const running of proxies) {
+    await closeProxy(running).catch(() => undefined);
+  }
+  for (const api of extraApis) {
+    await closeApi(api).catch(() => undefined);
+  }
   await deployment?.stop();
   await echoUpstream?.close();
   await redis?.close();
@@ -108,7 +118,9 @@ async function startProxy(environment: Record<string, string> = {}): Promise<Run
 }
 
 async function closeProxy(running: RunningProxy): Promise<void> {
-  if (closedProxies.has(running)) {return;}
+  if (closedProxies.has(running)) {
+    return;
+  }
   closedProxies.add(running);
   await running.close();
 }
@@ -120,7 +132,9 @@ async function startApi(environment: Record<string, string>): Promise<RunningTok
 }
 
 async function closeApi(api: RunningTokenApi): Promise<void> {
-  if (closedApis.has(api)) {return;}
+  if (closedApis.has(api)) {
+    return;
+  }
   closedApis.add(api);
   await api.close();
 }
@@ -145,7 +159,10 @@ function legacyToken(): string {
  * The JSON Nova consoleauth stored under the raw token (nova/consoleauth/manager.py, Rocky..Stein),
  * fields in its order.
  */
-function novaValue(token: string, fields: { instanceUuid: string; consoleType?: string; host?: string; port?: number; accessUrl?: string | null }): string {
+function novaValue(
+  token: string,
+  fields: { instanceUuid: string; consoleType?: string; host?: string; port?: number; accessUrl?: string | null },
+): string {
   const consoleType = fields.consoleType ?? 'novnc';
   return JSON.stringify({
     token,
@@ -195,7 +212,9 @@ async function tryConnect(running: RunningProxy, token: string, options: Console
     return await connect(running, token, options);
   } catch (error) {
     const refused = /upgrade refused with HTTP (\d+)/.exec(String(error));
-    if (refused) {return Number(refused[1]);}
+    if (refused) {
+      return Number(refused[1]);
+    }
     throw error;
   }
 }
@@ -220,12 +239,19 @@ async function useConsole(running: RunningProxy, token: string, options: Console
 }
 
 /** Tries the token until the proxy accepts it; resolves with how long that took from `sinceMs`. */
-async function acceptedWithin(running: RunningProxy, token: string, sinceMs: number, timeoutMs: number): Promise<{ client: ConsoleClient; elapsedMs: number }> {
+async function acceptedWithin(
+  running: RunningProxy,
+  token: string,
+  sinceMs: number,
+  timeoutMs: number,
+): Promise<{ client: ConsoleClient; elapsedMs: number }> {
   let last: number | undefined;
   const client = await waitUntil(
     async () => {
       const attempt = await tryConnect(running, token);
-      if (typeof attempt !== 'number') {return attempt;}
+      if (typeof attempt !== 'number') {
+        return attempt;
+      }
       last = attempt;
       return undefined;
     },
@@ -242,8 +268,12 @@ async function refusedWithin(running: RunningProxy, token: string, status: numbe
   await waitUntil(
     async () => {
       const attempt = await tryConnect(running, token);
-      if (attempt === status) {return true;}
-      if (typeof attempt !== 'number') {await attempt.close();}
+      if (attempt === status) {
+        return true;
+      }
+      if (typeof attempt !== 'number') {
+        await attempt.close();
+      }
       last = typeof attempt === 'number' ? attempt : 'a websocket';
       return undefined;
     },
@@ -254,7 +284,10 @@ async function refusedWithin(running: RunningProxy, token: string, status: numbe
   return performance.now() - sinceMs;
 }
 
-async function issueDatabaseToken(api: RunningTokenApi = deployment.api, body: Record<string, unknown> = {}): Promise<{ id: number; token: string; instanceUuid: string; accessUrl: string; expires: number }> {
+async function issueDatabaseToken(
+  api: RunningTokenApi = deployment.api,
+  body: Record<string, unknown> = {},
+): Promise<{ id: number; token: string; instanceUuid: string; accessUrl: string; expires: number }> {
   const response = await call(api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
     key: deployment.agentKeys.cell1,
     body: { instanceUuid: randomUUID(), consoleType: 'novnc', host: '127.0.0.1', port: echoUpstream.port, ...body },
@@ -270,7 +303,10 @@ function fallbackStatus(api: RunningTokenApi = deployment.api) {
 
 /** Switches cell1's flag through the API as an operator and waits until `following` proxies use it. */
 async function setFallback(enabled: boolean, following: RunningProxy[] = [proxy]): Promise<void> {
-  const response = await call(deployment.api.baseUrl, 'PUT', '/v1/cells/cell1/legacy-fallback', { key: deployment.operatorKey, body: { enabled } });
+  const response = await call(deployment.api.baseUrl, 'PUT', '/v1/cells/cell1/legacy-fallback', {
+    key: deployment.operatorKey,
+    body: { enabled },
+  });
   expect(response.status).toBe(200);
   await waitForFlag(enabled, following);
 }
@@ -278,12 +314,20 @@ async function setFallback(enabled: boolean, following: RunningProxy[] = [proxy]
 /** Setup only (the tests themselves judge the flag by connecting): the proxies' view of the flag. */
 async function waitForFlag(enabled: boolean, following: RunningProxy[]): Promise<void> {
   for (const running of following) {
-    await waitUntil(() => (running.runtime.proxy.fallbackEnabled === enabled ? true : undefined), 2_000, `the proxy to see the fallback ${enabled ? 'on' : 'off'}`);
+    await waitUntil(
+      () => (running.runtime.proxy.fallbackEnabled === enabled ? true : undefined),
+      2_000,
+      `the proxy to see the fallback ${enabled ? 'on' : 'off'}`,
+    );
   }
 }
 
 async function sessionsOf(token: string): Promise<SessionRow[]> {
-  return queryDatabase<SessionRow>(deployment.cellUrls.cell1, 'SELECT * FROM console_sessions WHERE token_fingerprint = $1 ORDER BY started_at', [fingerprintOf(token)]);
+  return queryDatabase<SessionRow>(
+    deployment.cellUrls.cell1,
+    'SELECT * FROM console_sessions WHERE token_fingerprint = $1 ORDER BY started_at',
+    [fingerprintOf(token)],
+  );
 }
 
 /** The sessions of a token once `count` of them have ended and been recorded. */
@@ -323,7 +367,12 @@ async function keyhole(argv: string[], environment: Record<string, string> = {})
 
 /** Every log line of every app this file started, plus stderr. */
 function allLogs(): string {
-  return [deployment.api.logs(), ...extraApis.map((api) => api.logs()), ...proxies.map((running) => running.logs()), stderrChunks.join('')].join('\n');
+  return [
+    deployment.api.logs(),
+    ...extraApis.map((api) => api.logs()),
+    ...proxies.map((running) => running.logs()),
+    stderrChunks.join(''),
+  ].join('\n');
 }
 
 /** The JSON log entries of every app (Nest's logger is process-wide, so a line may land in any capture). */
@@ -342,7 +391,9 @@ function logEntries(): Record<string, unknown>[] {
 
 function expectNoSecretInLogs(): void {
   const text = allLogs();
-  for (const secret of secrets) {expect(text).not.toContain(secret);}
+  for (const secret of secrets) {
+    expect(text).not.toContain(secret);
+  }
 }
 
 async function redisInfo(section: string): Promise<Record<string, string>> {
@@ -358,8 +409,15 @@ async function redisInfo(section: string): Promise<Record<string, string>> {
 /** `cmdstat_NAME` of INFO commandstats as numbers (calls, failed_calls...); empty when never called. */
 async function commandStats(name: string): Promise<Record<string, number>> {
   const line = (await redisInfo('commandstats'))[`cmdstat_${name}`];
-  if (!line) {return {};}
-  return Object.fromEntries(line.split(',').map((pair) => pair.split('=')).map(([key, value]) => [key, Number(value)]));
+  if (!line) {
+    return {};
+  }
+  return Object.fromEntries(
+    line
+      .split(',')
+      .map((pair) => pair.split('='))
+      .map(([key, value]) => [key, Number(value)]),
+  );
 }
 
 /** total_commands_processed once nothing but this probe talks to Redis (each INFO adds one). */
@@ -414,7 +472,10 @@ describe('switching the fallback while the proxy runs', () => {
     const { instanceUuid } = await writeNovaToken(legacy);
     expect((await refusal(proxy, legacy)).status).toBe(401);
 
-    const switched = await call(deployment.api.baseUrl, 'PUT', '/v1/cells/cell1/legacy-fallback', { key: deployment.operatorKey, body: { enabled: true } });
+    const switched = await call(deployment.api.baseUrl, 'PUT', '/v1/cells/cell1/legacy-fallback', {
+      key: deployment.operatorKey,
+      body: { enabled: true },
+    });
     const switchedAt = performance.now();
     expect(switched.status).toBe(200);
     const operatorName = `credential ${keyParts(deployment.operatorKey).id} (operator)`;
@@ -427,7 +488,9 @@ describe('switching the fallback while the proxy runs', () => {
     // Operators see the live legacy session (its record is written within 20 ms) and can end it like any other.
     const live = await waitUntil(
       async () => {
-        const listed = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${instanceUuid}`, { key: deployment.operatorKey });
+        const listed = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/sessions?instanceUuid=${instanceUuid}`, {
+          key: deployment.operatorKey,
+        });
         expect(listed.status).toBe(200);
         return listed.body.sessions.length > 0 ? listed : undefined;
       },
@@ -435,9 +498,18 @@ describe('switching the fallback while the proxy runs', () => {
       'the session in the list',
     );
     expect(live.body.sessions).toEqual([
-      expect.objectContaining({ tokenSource: 'legacy', tokenId: null, fingerprint: fingerprintOf(legacy), instanceUuid, consoleType: 'novnc', endedAt: null }),
+      expect.objectContaining({
+        tokenSource: 'legacy',
+        tokenId: null,
+        fingerprint: fingerprintOf(legacy),
+        instanceUuid,
+        consoleType: 'novnc',
+        endedAt: null,
+      }),
     ]);
-    const ended = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/sessions/${live.body.sessions[0].id}`, { key: deployment.operatorKey });
+    const ended = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/sessions/${live.body.sessions[0].id}`, {
+      key: deployment.operatorKey,
+    });
     expect(ended.status).toBe(204);
     expect((await client.waitForClose(FLAG_PROPAGATION_MS + 500)).code).toBe(1008);
     // The API marks the end at once; the proxy adds the byte counts when it has closed the session.
@@ -486,7 +558,12 @@ describe('switching the fallback while the proxy runs', () => {
 
     const after = await fallbackStatus();
     expect(after.body).toMatchObject({ enabled: false, flag: { enabled: false, changedBy: expect.stringMatching(/^cli /) } });
-    expect(after.body.history.map((entry: { enabled: boolean; changedBy: string }) => [entry.enabled, entry.changedBy.startsWith('cli ') ? 'cli' : entry.changedBy])).toEqual([
+    expect(
+      after.body.history.map((entry: { enabled: boolean; changedBy: string }) => [
+        entry.enabled,
+        entry.changedBy.startsWith('cli ') ? 'cli' : entry.changedBy,
+      ]),
+    ).toEqual([
       [false, 'cli'],
       [true, operatorName],
     ]);
@@ -502,8 +579,18 @@ describe('legacy tokens follow the rules of database tokens', () => {
     // Its access URL is http://cell1.console.test:6080/...: a page of that host over http may use it.
     const allowed = { origin: 'http://cell1.console.test:6080', headers: { Host: 'cell1.console.test:6080' } };
     await useConsole(proxy, vnc, allowed);
-    expect((await expectRefusedUpgrade(consoleUrl(proxy, vnc), { origin: 'https://cell1.console.test', headers: { Host: 'cell1.console.test:6080' } })).status).toBe(403);
-    expect((await expectRefusedUpgrade(consoleUrl(proxy, vnc), { origin: 'http://evil.example', headers: { Host: 'cell1.console.test:6080' } })).status).toBe(403);
+    expect(
+      (
+        await expectRefusedUpgrade(consoleUrl(proxy, vnc), {
+          origin: 'https://cell1.console.test',
+          headers: { Host: 'cell1.console.test:6080' },
+        })
+      ).status,
+    ).toBe(403);
+    expect(
+      (await expectRefusedUpgrade(consoleUrl(proxy, vnc), { origin: 'http://evil.example', headers: { Host: 'cell1.console.test:6080' } }))
+        .status,
+    ).toBe(403);
 
     const serial = legacyToken();
     await writeNovaToken(serial, { consoleType: 'serial' });
@@ -528,7 +615,11 @@ describe('legacy tokens follow the rules of database tokens', () => {
 describe('websockify TokenRedis format', () => {
   it('serves `ns:TOKEN` keys holding {"host": "HOST:PORT"} or plain HOST:PORT, with the page origin checked against the request host', async () => {
     await setFallback(true);
-    const websockify = await startProxy({ KEYHOLE_PROXY_INSTANCE: 'proxy-websockify', KEYHOLE_LEGACY_FORMAT: 'websockify', KEYHOLE_LEGACY_KEY_PREFIX: 'ns:' });
+    const websockify = await startProxy({
+      KEYHOLE_PROXY_INSTANCE: 'proxy-websockify',
+      KEYHOLE_LEGACY_FORMAT: 'websockify',
+      KEYHOLE_LEGACY_KEY_PREFIX: 'ns:',
+    });
     await waitForFlag(true, [websockify]);
     const jsonForm = legacyToken();
     const plainForm = legacyToken();
@@ -543,12 +634,21 @@ describe('websockify TokenRedis format', () => {
       await useConsole(websockify, token);
       const rows = await endedSessionsOf(token, 2);
       for (const row of rows) {
-        expect(row).toMatchObject({ token_source: 'legacy', token_id: null, console_type: 'novnc', host: '127.0.0.1', port: echoUpstream.port, proxy_instance: 'proxy-websockify' });
+        expect(row).toMatchObject({
+          token_source: 'legacy',
+          token_id: null,
+          console_type: 'novnc',
+          host: '127.0.0.1',
+          port: echoUpstream.port,
+          proxy_instance: 'proxy-websockify',
+        });
       }
     }
     // A page from elsewhere, or loaded over https, may not use it (cross-site websocket hijacking).
     expect((await expectRefusedUpgrade(consoleUrl(websockify, jsonForm), { origin: 'http://evil.example' })).status).toBe(403);
-    expect((await expectRefusedUpgrade(consoleUrl(websockify, jsonForm), { origin: `https://127.0.0.1:${websockify.port}` })).status).toBe(403);
+    expect((await expectRefusedUpgrade(consoleUrl(websockify, jsonForm), { origin: `https://127.0.0.1:${websockify.port}` })).status).toBe(
+      403,
+    );
     // The namespace is part of the key: the Nova-format proxy without prefix does not see these.
     expect((await refusal(proxy, jsonForm)).status).toBe(401);
     expect((await refusal(websockify, `ns:${jsonForm}`)).status).toBe(401);
@@ -569,7 +669,10 @@ describe('fallback forced by configuration', () => {
     expect(status.status).toBe(200);
     expect(status.body).toMatchObject({ cell: 'cell1', enabled: true, forced: true, flag: { enabled: false } });
     for (const enabled of [false, true]) {
-      const refused = await call(forcedApi.baseUrl, 'PUT', '/v1/cells/cell1/legacy-fallback', { key: deployment.operatorKey, body: { enabled } });
+      const refused = await call(forcedApi.baseUrl, 'PUT', '/v1/cells/cell1/legacy-fallback', {
+        key: deployment.operatorKey,
+        body: { enabled },
+      });
       expectError(refused, 409, 'FALLBACK_FORCED');
     }
     // Nothing was stored; the API that is not forced still shows the stored flag.
@@ -612,7 +715,16 @@ describe('dual-write for a rolling upgrade', () => {
       const stored = await raw.get(issued.token);
       expect(stored).not.toBeNull();
       const parsed = JSON.parse(stored!) as Record<string, unknown>;
-      expect(Object.keys(parsed)).toEqual(['token', 'instance_uuid', 'console_type', 'host', 'port', 'internal_access_path', 'access_url', 'last_activity_at']);
+      expect(Object.keys(parsed)).toEqual([
+        'token',
+        'instance_uuid',
+        'console_type',
+        'host',
+        'port',
+        'internal_access_path',
+        'access_url',
+        'last_activity_at',
+      ]);
       expect(typeof parsed.last_activity_at).toBe('number');
       expect(Math.abs((parsed.last_activity_at as number) - Date.now() / 1000)).toBeLessThan(30);
       // The exact bytes an old consoleauth-reading proxy gets.
@@ -638,7 +750,9 @@ describe('dual-write for a rolling upgrade', () => {
 
     // Revoked: gone from the cell database and from Redis, so the fallback cannot bring them back.
     await setFallback(true);
-    const revoked = await call(dualApi.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, { key: deployment.agentKeys.cell1 });
+    const revoked = await call(dualApi.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(revoked.status).toBe(200);
     expect(revoked.body).toEqual({ revoked: 2, ids: expect.arrayContaining([first.id, second.id]) });
     expect(await raw.exists(first.token, second.token, instanceUuid)).toBe(0);
@@ -648,12 +762,17 @@ describe('dual-write for a rolling upgrade', () => {
     // An instance without legacy tokens: no failed DEL, no error reply (Nova bug 1794812).
     const errorsBefore = (await redisInfo('stats')).total_error_replies;
     const delBefore = await commandStats('del');
-    const empty = await call(dualApi.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${randomUUID()}/tokens`, { key: deployment.agentKeys.cell1 });
+    const empty = await call(dualApi.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${randomUUID()}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(empty.status).toBe(200);
     expect(empty.body).toEqual({ revoked: 0, ids: [] });
     expect((await redisInfo('stats')).total_error_replies).toBe(errorsBefore);
     const delAfter = await commandStats('del');
-    expect([delAfter.failed_calls ?? 0, delAfter.rejected_calls ?? 0]).toEqual([delBefore.failed_calls ?? 0, delBefore.rejected_calls ?? 0]);
+    expect([delAfter.failed_calls ?? 0, delAfter.rejected_calls ?? 0]).toEqual([
+      delBefore.failed_calls ?? 0,
+      delBefore.rejected_calls ?? 0,
+    ]);
     expect(allLogs()).not.toContain('could not delete the legacy copies');
 
     await setFallback(false);
@@ -692,7 +811,9 @@ describe('revoking an instance', () => {
     const client = await connect(proxy, legacy);
     await expectEcho(client);
     const revokedAt = performance.now();
-    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, { key: deployment.agentKeys.cell1 });
+    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(revoked.status).toBe(200);
     const closed = await client.waitForClose(2_000);
     expect({ code: closed.code, reason: closed.reason }).toEqual({ code: 1008, reason: 'token revoked' });
@@ -718,7 +839,10 @@ describe('keyhole legacy import', () => {
     const environment = { KEYHOLE_LEGACY_REDIS_URL: redis.url };
     const importedAt = Math.floor(Date.now() / 1000);
     const first = await keyhole(['legacy', 'import', '--cell', 'cell1'], environment);
-    expect(first).toEqual({ code: 0, out: 'cell cell1: 3 live legacy token(s): 2 imported, 0 already present, 1 of an unserved type skipped' });
+    expect(first).toEqual({
+      code: 0,
+      out: 'cell cell1: 3 live legacy token(s): 2 imported, 0 already present, 1 of an unserved type skipped',
+    });
 
     const [vncRow] = await tokenRowsByHash(vnc);
     const [serialRow] = await tokenRowsByHash(serial);
@@ -732,17 +856,26 @@ describe('keyhole legacy import', () => {
       access_url_base: 'http://cell1.console.test:6080/vnc_auto.html',
       issued_by: null,
     });
-    expect(serialRow).toMatchObject({ console_type: 'serial', instance_uuid: serialInstance, access_url_base: 'ws://cell1.console.test:6083/' });
+    expect(serialRow).toMatchObject({
+      console_type: 'serial',
+      instance_uuid: serialInstance,
+      access_url_base: 'ws://cell1.console.test:6083/',
+    });
     expect(Number(vncRow.expires) - importedAt).toBeGreaterThanOrEqual(895);
     expect(Number(vncRow.expires) - importedAt).toBeLessThanOrEqual(901);
     expect(Number(serialRow.expires) - importedAt).toBeGreaterThanOrEqual(1795);
     expect(Number(serialRow.expires) - importedAt).toBeLessThanOrEqual(1801);
     expect(await tokenRowsByHash(unserved)).toEqual([]);
     const dump = JSON.stringify(await dumpDatabase(deployment.cellUrls.cell1));
-    for (const token of [vnc, serial, unserved]) {expect(dump).not.toContain(token);}
+    for (const token of [vnc, serial, unserved]) {
+      expect(dump).not.toContain(token);
+    }
 
     const again = await keyhole(['legacy', 'import', '--cell', 'cell1'], environment);
-    expect(again).toEqual({ code: 0, out: 'cell cell1: 3 live legacy token(s): 0 imported, 2 already present, 1 of an unserved type skipped' });
+    expect(again).toEqual({
+      code: 0,
+      out: 'cell cell1: 3 live legacy token(s): 0 imported, 2 already present, 1 of an unserved type skipped',
+    });
     expect(await tokenRowsByHash(vnc)).toHaveLength(1);
 
     const off = await keyhole(['fallback', 'off', '--cell', 'cell1']);
@@ -847,7 +980,8 @@ describe('malformed legacy values', () => {
         field: 'value',
         // Refused for its size, not parsed (and not read whole: GETRANGE stops after 64 KiB).
         reason: 'larger than 64 KiB',
-        value: (token) => JSON.stringify({ ...(JSON.parse(novaValue(token, { instanceUuid })) as object), padding: 'x'.repeat(100 * 1024) }),
+        value: (token) =>
+          JSON.stringify({ ...(JSON.parse(novaValue(token, { instanceUuid })) as object), padding: 'x'.repeat(100 * 1024) }),
       },
     ];
     for (const { name, field, reason, value } of cases) {
@@ -856,7 +990,10 @@ describe('malformed legacy values', () => {
       const refused = await refusal(checked, token);
       expect({ name, status: refused.status }).toEqual({ name, status: 401 });
       const warned = await waitUntil(
-        () => logEntries().find((entry) => entry.msg === 'legacy token value is malformed; ignored' && entry.fingerprint === fingerprintOf(token)),
+        () =>
+          logEntries().find(
+            (entry) => entry.msg === 'legacy token value is malformed; ignored' && entry.fingerprint === fingerprintOf(token),
+          ),
         2_000,
         `the warning about ${name}`,
       );
@@ -909,7 +1046,11 @@ describe('metrics', () => {
 
     text = await scrapeMetrics(measured.httpBase);
     const lookups = (result: string) => metricValue(text, 'keyhole_proxy_legacy_lookups_total', { cell: 'cell1', result }) ?? 0;
-    expect({ served: lookups('served'), miss: lookups('miss'), unavailable: lookups('unavailable') }).toEqual({ served: 2, miss: 2, unavailable: 1 });
+    expect({ served: lookups('served'), miss: lookups('miss'), unavailable: lookups('unavailable') }).toEqual({
+      served: 2,
+      miss: 2,
+      unavailable: 1,
+    });
     expect(metricValue(text, 'keyhole_proxy_connects_total', { result: 'accepted' })).toBe(4);
     expect(metricValue(text, 'keyhole_proxy_connects_total', { result: 'invalid_token' })).toBe(3);
     expect(metricValue(text, 'keyhole_proxy_connects_total', { result: 'unavailable' })).toBe(1);

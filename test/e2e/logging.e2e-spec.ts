@@ -58,7 +58,9 @@ describe('token API logs', () => {
   function accessLinesByRequest(): Map<string, LogLine[]> {
     const byRequest = new Map<string, LogLine[]>();
     for (const line of logLines()) {
-      if (line.msg !== 'request' || line.requestId === undefined) {continue;}
+      if (line.msg !== 'request' || line.requestId === undefined) {
+        continue;
+      }
       byRequest.set(line.requestId, [...(byRequest.get(line.requestId) ?? []), line]);
     }
     return byRequest;
@@ -67,7 +69,12 @@ describe('token API logs', () => {
   /** Waits for one access line per request (written when each response finished) and checks them. */
   async function expectAccessLines(requests: { requestId: string; method: string; path: string; status: number }[]): Promise<void> {
     // A missing line is reported by the assertions below, not by the wait.
-    await waitUntil(() => (requests.every((request) => accessLinesByRequest().has(request.requestId)) ? true : undefined), 2_000, 'an access line per request', { intervalMs: 0 }).catch(() => false);
+    await waitUntil(
+      () => (requests.every((request) => accessLinesByRequest().has(request.requestId)) ? true : undefined),
+      2_000,
+      'an access line per request',
+      { intervalMs: 0 },
+    ).catch(() => false);
     const byRequest = accessLinesByRequest();
     for (const request of requests) {
       // The line names the route template, never the path as sent (a token may be in it).
@@ -96,10 +103,16 @@ describe('token API logs', () => {
     const operator = deployment.operatorKey;
 
     // An operator creates an agent credential for cell1 and a cell-scoped operator.
-    const agentCreated = await send('POST', '/v1/credentials', { key: operator, body: { name: 'nova-compute-1', role: 'agent', cell: 'cell1' } });
+    const agentCreated = await send('POST', '/v1/credentials', {
+      key: operator,
+      body: { name: 'nova-compute-1', role: 'agent', cell: 'cell1' },
+    });
     expect(agentCreated.status).toBe(201);
     const agentKey: string = agentCreated.body.key;
-    const scopedCreated = await send('POST', '/v1/credentials', { key: operator, body: { name: 'cell1 ops', role: 'operator', cell: 'cell1' } });
+    const scopedCreated = await send('POST', '/v1/credentials', {
+      key: operator,
+      body: { name: 'cell1 ops', role: 'operator', cell: 'cell1' },
+    });
     expect(scopedCreated.status).toBe(201);
     const scopedKey: string = scopedCreated.body.key;
 
@@ -119,7 +132,9 @@ describe('token API logs', () => {
     const tokens = issued.map((entry) => entry.token);
 
     // Operators look them up.
-    for (const token of tokens) {expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token } })).status).toBe(200);}
+    for (const token of tokens) {
+      expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token } })).status).toBe(200);
+    }
     expect((await send('POST', '/v1/tokens/introspect', { key: scopedKey, body: { token: tokens[0], cell: 'cell1' } })).status).toBe(200);
     expect((await send('GET', `/v1/cells/cell1/tokens?instanceUuid=${instance}`, { key: operator })).status).toBe(200);
     expect((await send('GET', `/v1/cells/cell1/tokens/${issued[0].id}`, { key: scopedKey })).status).toBe(200);
@@ -134,9 +149,14 @@ describe('token API logs', () => {
     // Failed authentications: a wrong secret, a console token where a key belongs, a mangled key.
     const agentId = keyParts(agentKey).id;
     expect((await send('GET', '/v1/cells', { headers: { authorization: `Bearer khk_${agentId}_${randomSecret()}` } })).status).toBe(401);
-    expect((await send('POST', '/v1/cells/cell1/tokens', { headers: { authorization: `Bearer ${tokens[1]}` }, body: issueBody() })).status).toBe(401);
+    expect(
+      (await send('POST', '/v1/cells/cell1/tokens', { headers: { authorization: `Bearer ${tokens[1]}` }, body: issueBody() })).status,
+    ).toBe(401);
     expect((await send('GET', '/v1/cells', { headers: { authorization: `Bearer ${agentKey}x` } })).status).toBe(401);
-    expect((await send('GET', '/v1/cells', { headers: { authorization: `Basic ${Buffer.from(`agent:${agentKey}`).toString('base64')}` } })).status).toBe(401);
+    expect(
+      (await send('GET', '/v1/cells', { headers: { authorization: `Basic ${Buffer.from(`agent:${agentKey}`).toString('base64')}` } }))
+        .status,
+    ).toBe(401);
 
     // Bad input that carries a token or a key in a body field.
     const live = tokens[2];
@@ -148,15 +168,26 @@ describe('token API logs', () => {
       issueBody({ consoleType: live }),
       issueBody({ instanceUuid: agentKey }),
     ];
-    for (const body of badBodies) {expect((await send('POST', '/v1/cells/cell1/tokens', { key: agentKey, body })).status).toBe(400);}
+    for (const body of badBodies) {
+      expect((await send('POST', '/v1/cells/cell1/tokens', { key: agentKey, body })).status).toBe(400);
+    }
     expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token: `${live}\u0000` } })).status).toBe(404);
     expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token: live, apiKey: agentKey } })).status).toBe(400);
     expect((await send('POST', '/v1/tokens/introspect', { key: operator, body: { token: live.repeat(7) } })).status).toBe(400);
     expect((await send('POST', '/v1/credentials', { key: operator, body: { name: agentKey, role: 'agent' } })).status).toBe(400);
     expect(
-      (await send('POST', '/v1/tokens/introspect', { key: operator, rawBody: `{"token": "${live}"`, headers: { 'content-type': 'application/json' } })).status,
+      (
+        await send('POST', '/v1/tokens/introspect', {
+          key: operator,
+          rawBody: `{"token": "${live}"`,
+          headers: { 'content-type': 'application/json' },
+        })
+      ).status,
     ).toBe(400);
-    expect((await send('POST', '/v1/tokens/introspect', { key: operator, rawBody: `token=${live}`, headers: { 'content-type': 'text/plain' } })).status).toBe(415);
+    expect(
+      (await send('POST', '/v1/tokens/introspect', { key: operator, rawBody: `token=${live}`, headers: { 'content-type': 'text/plain' } }))
+        .status,
+    ).toBe(415);
     // The token in a query string: refused, and the access line carries the path only.
     expect((await send('GET', `/v1/cells/cell1/tokens?token=${live}`, { key: operator })).status).toBe(400);
 
@@ -175,15 +206,25 @@ describe('token API logs', () => {
     expectNoSecretsInLogs(secrets);
 
     const text = deployment.api.logs();
-    for (const token of tokens) {expect(text).toContain(fingerprintOf(token));}
+    for (const token of tokens) {
+      expect(text).toContain(fingerprintOf(token));
+    }
     const issuedLines = logLines().filter((line) => line.msg === 'console token issued');
-    expect(issuedLines.map((line) => (line as { fingerprint?: string }).fingerprint)).toEqual(expect.arrayContaining(tokens.map(fingerprintOf)));
+    expect(issuedLines.map((line) => (line as { fingerprint?: string }).fingerprint)).toEqual(
+      expect.arrayContaining(tokens.map(fingerprintOf)),
+    );
 
     await expectAccessLines(requests);
-    const routes = new Set(logLines().filter((entry) => entry.msg === 'request').map((entry) => entry.route));
+    const routes = new Set(
+      logLines()
+        .filter((entry) => entry.msg === 'request')
+        .map((entry) => entry.route),
+    );
     expect(routes).toContain('/v1/cells/:cell/tokens');
     expect(routes).toContain('/v1/tokens/introspect');
-    for (const route of routes) {expect(route ?? '').not.toContain('?');}
+    for (const route of routes) {
+      expect(route ?? '').not.toContain('?');
+    }
   });
 
   it('does not log a token that a client puts in the URL path by mistake', async () => {
@@ -198,7 +239,15 @@ describe('token API logs', () => {
     expect((await send('GET', `/v1/cells/cell2/tokens/${token}`, { key: deployment.operatorKey })).status).toBe(400);
     expect((await send('DELETE', `/v1/cells/cell2/tokens/${token}`, { key: deployment.agentKeys.cell2 })).status).toBe(400);
 
-    await waitUntil(() => (logLines().filter((line) => line.msg === 'request' && line.requestId?.startsWith('path-')).length >= requests.length ? true : undefined), 2_000, 'the access lines', { intervalMs: 0 });
+    await waitUntil(
+      () =>
+        logLines().filter((line) => line.msg === 'request' && line.requestId?.startsWith('path-')).length >= requests.length
+          ? true
+          : undefined,
+      2_000,
+      'the access lines',
+      { intervalMs: 0 },
+    );
     expectNoSecretsInLogs({ token });
   });
 });

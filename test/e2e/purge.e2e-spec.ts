@@ -32,7 +32,11 @@ describe('scheduled purge', () => {
     }
     const remaining = await waitUntil(
       async () => {
-        const rows = (await Promise.all(Object.values(deployment.cellUrls).map((url) => queryDatabase(url, 'SELECT token_hash FROM console_auth_tokens')))).flat();
+        const rows = (
+          await Promise.all(
+            Object.values(deployment.cellUrls).map((url) => queryDatabase(url, 'SELECT token_hash FROM console_auth_tokens')),
+          )
+        ).flat();
         return rows.length === 2 ? rows : undefined;
       },
       5_000,

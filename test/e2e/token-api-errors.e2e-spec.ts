@@ -57,7 +57,9 @@ describe('token API: errors and access rules', () => {
         ['a key without the Bearer scheme', { authorization: deployment.operatorKey }],
       ];
       const answers: [string, ApiResponse][] = [];
-      for (const [name, headers] of attempts) {answers.push([name, await call(base, 'GET', '/v1/cells/cell1/tokens', { headers })]);}
+      for (const [name, headers] of attempts) {
+        answers.push([name, await call(base, 'GET', '/v1/cells/cell1/tokens', { headers })]);
+      }
 
       const reference = withoutRequestId(answers[0][1].body);
       expect(reference).toEqual({ code: 'UNAUTHENTICATED', message: expect.any(String) });
@@ -95,7 +97,7 @@ describe('token API: errors and access rules', () => {
       expect(cells.status).toBe(200);
     });
 
-    it("refuses an agent of cell1 anything in cell2, and changes nothing there", async () => {
+    it('refuses an agent of cell1 anything in cell2, and changes nothing there', async () => {
       const victim = await issueOk('cell2');
       const agent = deployment.agentKeys.cell1;
       const rows = await countTokenRows(deployment.cellUrls.cell2);
@@ -129,8 +131,16 @@ describe('token API: errors and access rules', () => {
       });
       expectError(register, 403, 'FORBIDDEN');
       expectError(await call(base, 'DELETE', '/v1/cells/cell2', { key: scoped.key }), 403, 'FORBIDDEN');
-      expectError(await call(base, 'POST', '/v1/credentials', { key: scoped.key, body: { name: 'x', role: 'agent', cell: 'cell2' } }), 403, 'FORBIDDEN');
-      expectError(await call(base, 'POST', '/v1/credentials', { key: scoped.key, body: { name: 'x', role: 'operator' } }), 403, 'FORBIDDEN');
+      expectError(
+        await call(base, 'POST', '/v1/credentials', { key: scoped.key, body: { name: 'x', role: 'agent', cell: 'cell2' } }),
+        403,
+        'FORBIDDEN',
+      );
+      expectError(
+        await call(base, 'POST', '/v1/credentials', { key: scoped.key, body: { name: 'x', role: 'operator' } }),
+        403,
+        'FORBIDDEN',
+      );
 
       const cells = await call(base, 'GET', '/v1/cells', { key: deployment.operatorKey });
       expect(cells.body.cells.map((cell: { name: string }) => cell.name).sort()).toEqual(['cell1', 'cell2']);
@@ -196,7 +206,9 @@ describe('token API: errors and access rules', () => {
       expectError(answer, 400, 'INVALID_INPUT');
       expect(answer.body.details.in).toBe('body');
       expect(invalidFields(answer)).toEqual(fields);
-      for (const field of fields) {expect(answer.body.message).toContain(field);}
+      for (const field of fields) {
+        expect(answer.body.message).toContain(field);
+      }
       expect(await countTokenRows(deployment.cellUrls.cell1)).toBe(rows);
     });
 
@@ -223,12 +235,15 @@ describe('token API: errors and access rules', () => {
       }
     });
 
-    it.each(['limit=0', 'limit=5000', 'limit=ten', 'after=0', 'instanceUuid=nope', 'color=blue'])('refuses list query %s, naming it', async (query) => {
-      const answer = await call(base, 'GET', `/v1/cells/cell1/tokens?${query}`, { key: deployment.operatorKey });
-      expectError(answer, 400, 'INVALID_INPUT');
-      expect(answer.body.details.in).toBe('query');
-      expect(invalidFields(answer)).toEqual([query.split('=')[0]]);
-    });
+    it.each(['limit=0', 'limit=5000', 'limit=ten', 'after=0', 'instanceUuid=nope', 'color=blue'])(
+      'refuses list query %s, naming it',
+      async (query) => {
+        const answer = await call(base, 'GET', `/v1/cells/cell1/tokens?${query}`, { key: deployment.operatorKey });
+        expectError(answer, 400, 'INVALID_INPUT');
+        expect(answer.body.details.in).toBe('query');
+        expect(invalidFields(answer)).toEqual([query.split('=')[0]]);
+      },
+    );
 
     it('refuses a malformed cell name or instance UUID in the path', async () => {
       for (const [method, path, key, body] of [
@@ -246,7 +261,10 @@ describe('token API: errors and access rules', () => {
     });
 
     it('refuses an agent credential without a cell, and bad cell registrations', async () => {
-      const agent = await call(base, 'POST', '/v1/credentials', { key: deployment.operatorKey, body: { name: 'cell-less agent', role: 'agent' } });
+      const agent = await call(base, 'POST', '/v1/credentials', {
+        key: deployment.operatorKey,
+        body: { name: 'cell-less agent', role: 'agent' },
+      });
       expectError(agent, 400, 'INVALID_INPUT');
       expect(invalidFields(agent)).toEqual(['cell']);
       const role = await call(base, 'POST', '/v1/credentials', { key: deployment.operatorKey, body: { name: 'root', role: 'admin' } });
@@ -266,7 +284,10 @@ describe('token API: errors and access rules', () => {
       const missing = await call(base, 'POST', '/v1/tokens/introspect', { key: deployment.operatorKey, body: {} });
       expectError(missing, 400, 'INVALID_INPUT');
       expect(invalidFields(missing)).toEqual(['token']);
-      const badCell = await call(base, 'POST', '/v1/tokens/introspect', { key: deployment.operatorKey, body: { token: 'x', cell: 'Cell 1' } });
+      const badCell = await call(base, 'POST', '/v1/tokens/introspect', {
+        key: deployment.operatorKey,
+        body: { token: 'x', cell: 'Cell 1' },
+      });
       expectError(badCell, 400, 'INVALID_INPUT');
       expect(invalidFields(badCell)).toEqual(['cell']);
     });
@@ -281,14 +302,25 @@ describe('token API: errors and access rules', () => {
 
     it(`accepts a body of exactly KEYHOLE_API_BODY_LIMIT_BYTES (${BODY_LIMIT_BYTES}) and refuses one byte more with 413`, async () => {
       const headers = { 'content-type': 'application/json' };
-      const atLimit = await call(base, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, rawBody: paddedBody(BODY_LIMIT_BYTES), headers });
+      const atLimit = await call(base, 'POST', '/v1/cells/cell1/tokens', {
+        key: deployment.agentKeys.cell1,
+        rawBody: paddedBody(BODY_LIMIT_BYTES),
+        headers,
+      });
       expect(atLimit.status).toBe(201);
       issuedPerCell.cell1 += 1;
 
       const rows = await countTokenRows(deployment.cellUrls.cell1);
-      const over = await call(base, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, rawBody: paddedBody(BODY_LIMIT_BYTES + 1), headers });
+      const over = await call(base, 'POST', '/v1/cells/cell1/tokens', {
+        key: deployment.agentKeys.cell1,
+        rawBody: paddedBody(BODY_LIMIT_BYTES + 1),
+        headers,
+      });
       expectError(over, 413, 'PAYLOAD_TOO_LARGE');
-      const large = await call(base, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, body: issueBody({ internalAccessPath: 'x'.repeat(100_000) }) });
+      const large = await call(base, 'POST', '/v1/cells/cell1/tokens', {
+        key: deployment.agentKeys.cell1,
+        body: issueBody({ internalAccessPath: 'x'.repeat(100_000) }),
+      });
       expectError(large, 413, 'PAYLOAD_TOO_LARGE');
       expect(await countTokenRows(deployment.cellUrls.cell1)).toBe(rows);
     });
@@ -300,14 +332,29 @@ describe('token API: errors and access rules', () => {
         ['text/plain', JSON.stringify(issueBody())],
         ['application/x-www-form-urlencoded', 'consoleType=novnc&host=192.0.2.10&port=5900'],
       ]) {
-        const answer = await call(base, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, rawBody, headers: { 'content-type': contentType } });
+        const answer = await call(base, 'POST', '/v1/cells/cell1/tokens', {
+          key: deployment.agentKeys.cell1,
+          rawBody,
+          headers: { 'content-type': contentType },
+        });
         expectError(answer, 415, 'UNSUPPORTED_MEDIA_TYPE');
       }
       // JSON in a charset or content encoding the API does not read is not accepted either.
-      const unreadable: Record<string, string>[] = [{ 'content-type': 'application/json; charset=latin1' }, { 'content-type': 'application/json', 'content-encoding': 'x-unknown' }];
+      const unreadable: Record<string, string>[] = [
+        { 'content-type': 'application/json; charset=latin1' },
+        { 'content-type': 'application/json', 'content-encoding': 'x-unknown' },
+      ];
       for (const headers of unreadable) {
-        const answer = await call(base, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, rawBody: JSON.stringify(issueBody()), headers });
-        expect({ headers, status: answer.status, code: answer.body?.code }).toEqual({ headers, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' });
+        const answer = await call(base, 'POST', '/v1/cells/cell1/tokens', {
+          key: deployment.agentKeys.cell1,
+          rawBody: JSON.stringify(issueBody()),
+          headers,
+        });
+        expect({ headers, status: answer.status, code: answer.body?.code }).toEqual({
+          headers,
+          status: 415,
+          code: 'UNSUPPORTED_MEDIA_TYPE',
+        });
       }
       expect(await countTokenRows(deployment.cellUrls.cell1)).toBe(rows);
     });
@@ -321,10 +368,18 @@ describe('token API: errors and access rules', () => {
       ] as const) {
         const refused = await fetch(`${base}/v1/cells/cell1/tokens`, {
           method: 'POST',
-          headers: { authorization: `Bearer ${deployment.agentKeys.cell1}`, 'content-type': 'application/json', 'content-encoding': encoding },
+          headers: {
+            authorization: `Bearer ${deployment.agentKeys.cell1}`,
+            'content-type': 'application/json',
+            'content-encoding': encoding,
+          },
           body: new Uint8Array(body),
         });
-        expect({ encoding, status: refused.status, code: ((await refused.json()) as { code: string }).code }).toEqual({ encoding, status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' });
+        expect({ encoding, status: refused.status, code: ((await refused.json()) as { code: string }).code }).toEqual({
+          encoding,
+          status: 415,
+          code: 'UNSUPPORTED_MEDIA_TYPE',
+        });
       }
       expect(await countTokenRows(deployment.cellUrls.cell1)).toBe(rows);
     });
@@ -333,7 +388,11 @@ describe('token API: errors and access rules', () => {
       const headers = { 'content-type': 'application/json' };
       const json = JSON.stringify(issueBody());
       for (const poison of ['"__proto__": {"isOperator": true}', '"constructor": {"prototype": {"isOperator": true}}']) {
-        const answer = await call(base, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, rawBody: `{${poison}, ${json.slice(1)}`, headers });
+        const answer = await call(base, 'POST', '/v1/cells/cell1/tokens', {
+          key: deployment.agentKeys.cell1,
+          rawBody: `{${poison}, ${json.slice(1)}`,
+          headers,
+        });
         expectError(answer, 400, 'INVALID_INPUT');
         expect(answer.body.message).toMatch(/JSON/);
       }
@@ -382,10 +441,16 @@ describe('token API: errors and access rules', () => {
 
   describe('request ids', () => {
     it("keeps a caller's well-formed X-Request-Id and replaces a malformed one", async () => {
-      const kept = await call(base, 'GET', '/v1/cells/cell9', { key: deployment.operatorKey, headers: { 'x-request-id': 'agent-42.retry_1' } });
+      const kept = await call(base, 'GET', '/v1/cells/cell9', {
+        key: deployment.operatorKey,
+        headers: { 'x-request-id': 'agent-42.retry_1' },
+      });
       expectError(kept, 404, 'CELL_NOT_FOUND');
       expect(kept.body.requestId).toBe('agent-42.retry_1');
-      const replaced = await call(base, 'GET', '/v1/cells/cell9', { key: deployment.operatorKey, headers: { 'x-request-id': 'bad id with spaces' } });
+      const replaced = await call(base, 'GET', '/v1/cells/cell9', {
+        key: deployment.operatorKey,
+        headers: { 'x-request-id': 'bad id with spaces' },
+      });
       expectError(replaced, 404, 'CELL_NOT_FOUND');
       expect(replaced.body.requestId).not.toBe('bad id with spaces');
       const ok = await call(base, 'GET', '/healthz', { headers: { 'x-request-id': 'probe-1' } });
@@ -401,12 +466,16 @@ describe('token API: errors and access rules', () => {
 
       const documented = new Set<string>();
       for (const [path, operations] of Object.entries(answer.body.paths as Record<string, Record<string, unknown>>)) {
-        for (const method of Object.keys(operations)) {documented.add(`${method.toUpperCase()} ${path}`);}
+        for (const method of Object.keys(operations)) {
+          documented.add(`${method.toUpperCase()} ${path}`);
+        }
       }
       // The routes the HTTP server actually serves, as OpenAPI spells them (HEAD is implied by GET).
       const served = new Set<string>();
       for (const route of deployment.api.routes) {
-        if (route.method === 'HEAD') {continue;}
+        if (route.method === 'HEAD') {
+          continue;
+        }
         served.add(`${route.method} ${route.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')}`);
       }
       expect(served.size).toBeGreaterThanOrEqual(17);

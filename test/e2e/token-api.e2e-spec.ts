@@ -39,9 +39,16 @@ describe('token API: console token lifecycle', () => {
     await deployment?.stop();
   });
 
-  async function issue(cell: string, key: string, body: Record<string, unknown> = issueBody(), headers: Record<string, string> = {}): Promise<ApiResponse> {
+  async function issue(
+    cell: string,
+    key: string,
+    body: Record<string, unknown> = issueBody(),
+    headers: Record<string, string> = {},
+  ): Promise<ApiResponse> {
     const response = await call(deployment.api.baseUrl, 'POST', `/v1/cells/${cell}/tokens`, { key, body, headers });
-    if (typeof response.body?.token === 'string') {handedOut.push(response.body.token);}
+    if (typeof response.body?.token === 'string') {
+      handedOut.push(response.body.token);
+    }
     return response;
   }
 
@@ -152,7 +159,10 @@ describe('token API: console token lifecycle', () => {
         expect([...url.searchParams.keys()].sort()).toEqual(['path', 'scale']);
         expect(novnc.body.accessUrlBase).toBe('https://c.example/vnc_lite.html?path=novnc&scale=1');
 
-        const serial = await call(base, 'POST', '/v1/cells/custom/tokens', { key: deployment.operatorKey, body: issueBody({ consoleType: 'serial' }) });
+        const serial = await call(base, 'POST', '/v1/cells/custom/tokens', {
+          key: deployment.operatorKey,
+          body: issueBody({ consoleType: 'serial' }),
+        });
         expect(serial.status).toBe(201);
         handedOut.push(serial.body.token);
         expect(serial.body.accessUrl).toBe(`https://c.example/serial.html?theme=dark&token=${serial.body.token}`);
@@ -235,7 +245,11 @@ describe('token API: console token lifecycle', () => {
       }
 
       for (const { id, token } of own) {
-        const [row] = await queryDatabase<{ token_hash: string }>(deployment.cellUrls.cell1, 'SELECT token_hash FROM console_auth_tokens WHERE id = $1', [id]);
+        const [row] = await queryDatabase<{ token_hash: string }>(
+          deployment.cellUrls.cell1,
+          'SELECT token_hash FROM console_auth_tokens WHERE id = $1',
+          [id],
+        );
         expect(row.token_hash).toBe(sha256(token));
         expect(row.token_hash).toMatch(/^[0-9a-f]{64}$/);
       }
@@ -262,17 +276,30 @@ describe('token API: console token lifecycle', () => {
       // What issuing is for is there in every version.
       expect(issued.body.token).toMatch(TOKEN_FORMAT);
       expect(issued.body.accessUrl).toContain(issued.body.token);
-      for (const field of ['id', 'consoleType', 'host', 'port', 'instanceUuid', 'accessUrlBase', ...present]) {expect(issued.body).toHaveProperty(field);}
-      for (const field of absent) {expect(issued.body).not.toHaveProperty(field);}
-      if (present.includes('tlsPort')) {expect(issued.body.tlsPort).toBe(5999);}
+      for (const field of ['id', 'consoleType', 'host', 'port', 'instanceUuid', 'accessUrlBase', ...present]) {
+        expect(issued.body).toHaveProperty(field);
+      }
+      for (const field of absent) {
+        expect(issued.body).not.toHaveProperty(field);
+      }
+      if (present.includes('tlsPort')) {
+        expect(issued.body.tlsPort).toBe(5999);
+      }
 
-      const fetched = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.body.id}`, { key: deployment.operatorKey, headers });
+      const fetched = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.body.id}`, {
+        key: deployment.operatorKey,
+        headers,
+      });
       expect(fetched.status).toBe(200);
       expect(fetched.headers.get('keyhole-object-version')).toBe(version);
       expect(fetched.body.objectVersion).toBe(version);
       expect(fetched.body.id).toBe(issued.body.id);
-      for (const field of present) {expect(fetched.body).toHaveProperty(field);}
-      for (const field of absent) {expect(fetched.body).not.toHaveProperty(field);}
+      for (const field of present) {
+        expect(fetched.body).toHaveProperty(field);
+      }
+      for (const field of absent) {
+        expect(fetched.body).not.toHaveProperty(field);
+      }
     });
 
     it('refuses an unknown object version with 400 UNSUPPORTED_OBJECT_VERSION and issues nothing', async () => {
@@ -284,7 +311,10 @@ describe('token API: console token lifecycle', () => {
       expect(await countTokenRows(deployment.cellUrls.cell1)).toBe(rows);
 
       const existing = await issueOk('cell1');
-      const fetched = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${existing.id}`, { key: deployment.operatorKey, headers });
+      const fetched = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${existing.id}`, {
+        key: deployment.operatorKey,
+        headers,
+      });
       expectError(fetched, 400, 'UNSUPPORTED_OBJECT_VERSION');
     });
   });
@@ -294,14 +324,24 @@ describe('token API: console token lifecycle', () => {
       const issued = await issueOk('cell1');
       expect((await introspect(issued.token)).status).toBe(200);
 
-      const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.agentKeys.cell1 });
+      const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, {
+        key: deployment.agentKeys.cell1,
+      });
       expect(revoked.status).toBe(204);
       expect(revoked.body).toBeUndefined();
 
       expectError(await introspect(issued.token), 404, 'TOKEN_NOT_FOUND');
-      await expect(deployment.api.app.get(TokensService).validate('cell1', issued.token)).rejects.toMatchObject({ code: 'TOKEN_NOT_FOUND' });
-      expectError(await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.operatorKey }), 404, 'TOKEN_NOT_FOUND');
-      const again = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.agentKeys.cell1 });
+      await expect(deployment.api.app.get(TokensService).validate('cell1', issued.token)).rejects.toMatchObject({
+        code: 'TOKEN_NOT_FOUND',
+      });
+      expectError(
+        await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.operatorKey }),
+        404,
+        'TOKEN_NOT_FOUND',
+      );
+      const again = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, {
+        key: deployment.agentKeys.cell1,
+      });
       expectError(again, 404, 'TOKEN_NOT_FOUND');
       expect(await countTokenRows(deployment.cellUrls.cell1, 'id = $1', [issued.id])).toBe(0);
     });
@@ -345,13 +385,17 @@ describe('token API: console token lifecycle', () => {
       await issueOk('cell1', issueBody());
       const ids = mine.map((token) => token.id);
 
-      const all = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens?instanceUuid=${instance}`, { key: deployment.operatorKey });
+      const all = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens?instanceUuid=${instance}`, {
+        key: deployment.operatorKey,
+      });
       expect(all.status).toBe(200);
       expect(all.body.tokens.map((token: { id: number }) => token.id)).toEqual(ids);
       expect(all.body.tokens.every((token: { instanceUuid: string }) => token.instanceUuid === instance)).toBe(true);
       expect(all.body.nextAfter).toBeNull();
 
-      const first = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens?instanceUuid=${instance}&limit=2`, { key: deployment.operatorKey });
+      const first = await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens?instanceUuid=${instance}&limit=2`, {
+        key: deployment.operatorKey,
+      });
       expect(first.status).toBe(200);
       expect(first.body.tokens.map((token: { id: number }) => token.id)).toEqual(ids.slice(0, 2));
       expect(first.body.nextAfter).toBe(ids[1]);
@@ -463,23 +507,31 @@ describe('token API: expiry and purge (manual clock)', () => {
     clock.advanceSeconds(1);
     expectError(await introspect(issued.token), 404, 'TOKEN_NOT_FOUND');
     // Expired is not deleted: the operator still sees the row until it is purged.
-    expect((await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.operatorKey })).status).toBe(200);
+    expect((await call(deployment.api.baseUrl, 'GET', `/v1/cells/cell1/tokens/${issued.id}`, { key: deployment.operatorKey })).status).toBe(
+      200,
+    );
   });
 
   it('gives unknown, expired and revoked tokens exactly the same answer', async () => {
     clock.set(START_MS + 2_000_000);
     const expiring = await issueOk('cell1', issueBody({ ttlSeconds: 5 }));
     const revoked = await issueOk('cell1', issueBody({ ttlSeconds: 600 }));
-    const revoke = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${revoked.id}`, { key: deployment.agentKeys.cell1 });
+    const revoke = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${revoked.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
     expect(revoke.status).toBe(204);
     clock.advanceSeconds(5);
     const unknown = randomBytes(32).toString('base64url');
 
     for (const extra of [{}, { cell: 'cell1' }]) {
       const answers = await Promise.all([introspect(unknown, extra), introspect(expiring.token, extra), introspect(revoked.token, extra)]);
-      for (const answer of answers) {expectError(answer, 404, 'TOKEN_NOT_FOUND');}
+      for (const answer of answers) {
+        expectError(answer, 404, 'TOKEN_NOT_FOUND');
+      }
       const [reference, ...others] = answers.map((answer) => withoutRequestId(answer.body));
-      for (const other of others) {expect(other).toEqual(reference);}
+      for (const other of others) {
+        expect(other).toEqual(reference);
+      }
     }
   });
 });
@@ -497,15 +549,24 @@ describe('token API: a generated token that is already stored', () => {
   });
 
   it('refuses the second issue with 409 TOKEN_IN_USE and keeps exactly one row', async () => {
-    const first = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, body: issueBody() });
+    const first = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
+      key: deployment.agentKeys.cell1,
+      body: issueBody(),
+    });
     expect(first.status).toBe(201);
     expect(first.body.token).toBe(FIXED_TOKEN);
 
-    const second = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', { key: deployment.agentKeys.cell1, body: issueBody() });
+    const second = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
+      key: deployment.agentKeys.cell1,
+      body: issueBody(),
+    });
     expectError(second, 409, 'TOKEN_IN_USE');
     expect(JSON.stringify(second.body)).not.toContain(FIXED_TOKEN);
 
-    const rows = await queryDatabase<{ id: string; token_hash: string }>(deployment.cellUrls.cell1, 'SELECT id, token_hash FROM console_auth_tokens');
+    const rows = await queryDatabase<{ id: string; token_hash: string }>(
+      deployment.cellUrls.cell1,
+      'SELECT id, token_hash FROM console_auth_tokens',
+    );
     expect(rows).toEqual([{ id: String(first.body.id), token_hash: sha256(FIXED_TOKEN) }]);
   });
 });

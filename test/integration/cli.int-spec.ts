@@ -43,13 +43,27 @@ describe('keyhole CLI', () => {
 
   it('migrates, registers a cell, creates a key stored only as its argon2id hash, lists and revokes it', async () => {
     expect((await keyhole('migrate')).out).toMatch(/control: (applied|up to date)/);
-    const added = await keyhole('cells', 'add', 'cell1', '--database-url', cell.url, '--proxy-url', 'https://console.example.com', '--access-url-base', 'serial=wss://console.example.com/serial');
+    const added = await keyhole(
+      'cells',
+      'add',
+      'cell1',
+      '--database-url',
+      cell.url,
+      '--proxy-url',
+      'https://console.example.com',
+      '--access-url-base',
+      'serial=wss://console.example.com/serial',
+    );
     expect(added).toMatchObject({ code: 0, out: 'registered cell cell1 (proxy https://console.example.com)' });
     expect((await keyhole('migrate')).out).toContain('cell cell1: up to date');
 
     const listed = await keyhole('cells', 'list', '--json');
     expect(JSON.parse(listed.out)).toEqual([
-      expect.objectContaining({ name: 'cell1', serial: 'wss://console.example.com/serial', novnc: 'https://console.example.com/vnc_lite.html' }),
+      expect.objectContaining({
+        name: 'cell1',
+        serial: 'wss://console.example.com/serial',
+        novnc: 'https://console.example.com/vnc_lite.html',
+      }),
     ]);
     expect(listed.out).not.toContain(cell.url);
 
@@ -58,7 +72,11 @@ describe('keyhole CLI', () => {
     const key = created.out.split('\n').find((line) => line.startsWith('khk_'))!;
     expect(key).toMatch(/^khk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
     const id = key.split('_')[1];
-    const [row] = await queryDatabase<{ secret_hash: string; role: string; cell_name: string }>(control.url, 'SELECT * FROM api_credentials WHERE id = $1', [id]);
+    const [row] = await queryDatabase<{ secret_hash: string; role: string; cell_name: string }>(
+      control.url,
+      'SELECT * FROM api_credentials WHERE id = $1',
+      [id],
+    );
     expect(row).toMatchObject({ role: 'agent', cell_name: 'cell1' });
     expect(row.secret_hash).toMatch(/^\$argon2id\$/);
     expect(JSON.stringify(row)).not.toContain(key.slice(21));
@@ -120,7 +138,9 @@ describe('keyhole CLI', () => {
     // The compiled CLI as the production migrate Job runs it, in a process of its own; it then
     // prints every CommonJS module it loaded (an ESM package required from CommonJS is listed too).
     const main = path.resolve(__dirname, '../../dist/apps/cli/src/main.js');
-    if (!existsSync(main)) {throw new Error(`${main} is missing: run "npm run build" first`);}
+    if (!existsSync(main)) {
+      throw new Error(`${main} is missing: run "npm run build" first`);
+    }
     const script = `require(${JSON.stringify(main)}).runCli(['migrate'], () => {}).then((code) => process.stdout.write(JSON.stringify({ code, modules: Object.keys(require.cache) })))`;
     const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], {
       env: { PATH: process.env.PATH, KEYHOLE_DATABASE_URL: control.url, KEYHOLE_LOG_LEVEL: 'error' },
@@ -141,6 +161,8 @@ describe('keyhole CLI', () => {
       '/node_modules/@nestjs/platform-express/',
       '/node_modules/@nestjs/platform-fastify/',
     ];
-    expect(Object.fromEntries(absent.map((fragment) => [fragment, loaded(fragment)]))).toEqual(Object.fromEntries(absent.map((fragment) => [fragment, []])));
+    expect(Object.fromEntries(absent.map((fragment) => [fragment, loaded(fragment)]))).toEqual(
+      Object.fromEntries(absent.map((fragment) => [fragment, []])),
+    );
   });
 });

@@ -10,14 +10,18 @@ async function startConsole(backlog: number, greet: boolean): Promise<{ server: 
   const server = createServer((socket) => {
     accepted.push(socket);
     socket.on('error', () => undefined);
-    if (greet) {socket.write(BANNER);}
+    if (greet) {
+      socket.write(BANNER);
+    }
   });
   await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0, backlog }, resolve));
   return { server, port: (server.address() as { port: number }).port, accepted };
 }
 
 async function stopConsole(console: { server: Server; accepted: Socket[] }): Promise<void> {
-  for (const socket of console.accepted) {socket.destroy();}
+  for (const socket of console.accepted) {
+    socket.destroy();
+  }
   await new Promise((resolve) => console.server.close(resolve));
 }
 
@@ -36,8 +40,12 @@ describe('ConnectTurns', () => {
   const consoles: Array<{ server: Server; accepted: Socket[] }> = [];
   const sockets: Socket[] = [];
   afterEach(async () => {
-    for (const socket of sockets.splice(0)) {socket.destroy();}
-    for (const console of consoles.splice(0)) {await stopConsole(console);}
+    for (const socket of sockets.splice(0)) {
+      socket.destroy();
+    }
+    for (const console of consoles.splice(0)) {
+      await stopConsole(console);
+    }
   });
 
   it('lets 20 browsers open a console with a listen backlog of 1 at once, without SYN retries', async () => {
@@ -48,7 +56,9 @@ describe('ConnectTurns', () => {
     const results = await Promise.all(Array.from({ length: 20 }, () => firstBytes(qemuLike.port, turns)));
     sockets.push(...results.map((result) => result.socket));
 
-    for (const result of results) {expect(result.bytes.equals(BANNER)).toBe(true);}
+    for (const result of results) {
+      expect(result.bytes.equals(BANNER)).toBe(true);
+    }
     // A dropped SYN is sent again after 1 s: taking turns, no connect comes near that. (What the
     // kernel does without turns is measured by the bench, bench/syn-retry.ts, not asserted here.)
     expect(Math.max(...results.map((result) => result.ms))).toBeLessThan(800);
@@ -112,7 +122,9 @@ describe('ConnectTurns', () => {
     const closed = await startConsole(511, false);
     const port = closed.port;
     await stopConsole(closed);
-    await expect(connectUpstream({ host: '127.0.0.1', port, internalAccessPath: null }, 5_000, turns)).rejects.toMatchObject({ reason: 'connect refused' });
+    await expect(connectUpstream({ host: '127.0.0.1', port, internalAccessPath: null }, 5_000, turns)).rejects.toMatchObject({
+      reason: 'connect refused',
+    });
     expect(turns.busyConsoles).toBe(0);
 
     const silent = await startConsole(511, false);

@@ -20,13 +20,23 @@ describe('console sessions on a real cell database', () => {
   beforeAll(async () => {
     cell = await createTestDatabase('cell');
     for (let index = 0; index < 4; index++) {
-      pools.push(createPool({ url: cell.url, poolSize: 5, connectTimeoutMs: 5_000, statementTimeoutMs: 5_000, applicationName: `keyhole-test-${index}` }));
+      pools.push(
+        createPool({
+          url: cell.url,
+          poolSize: 5,
+          connectTimeoutMs: 5_000,
+          statementTimeoutMs: 5_000,
+          applicationName: `keyhole-test-${index}`,
+        }),
+      );
     }
     replicas = pools.map((pool) => new ConsoleSessionRepository('cell1', pool));
   });
 
   afterAll(async () => {
-    for (const pool of pools) {await pool.end();}
+    for (const pool of pools) {
+      await pool.end();
+    }
     await cell?.drop();
   });
 
@@ -47,12 +57,16 @@ describe('console sessions on a real cell database', () => {
   }
 
   const liveOn = (port: number) =>
-    queryDatabase<{ id: string }>(cell.url, `SELECT id FROM console_sessions WHERE host = '10.0.0.1' AND port = $1 AND ended_at IS NULL`, [port]);
+    queryDatabase<{ id: string }>(cell.url, `SELECT id FROM console_sessions WHERE host = '10.0.0.1' AND port = $1 AND ended_at IS NULL`, [
+      port,
+    ]);
 
   it('lets exactly one of many concurrent claims on a serial port in, and tells the others who holds it', async () => {
     const port = 20_001;
     const claims = Array.from({ length: 24 }, (_, index) => session({ port, proxyInstance: `proxy-${index % replicas.length}` }));
-    const holders = await Promise.all(claims.map((claim, index) => replicas[index % replicas.length].insertExclusive(claim, STALE_AFTER_MS)));
+    const holders = await Promise.all(
+      claims.map((claim, index) => replicas[index % replicas.length].insertExclusive(claim, STALE_AFTER_MS)),
+    );
     const winners = claims.filter((_, index) => holders[index] === null);
     expect(winners).toHaveLength(1);
     expect(new Set(holders.filter((holder) => holder !== null))).toEqual(new Set([winners[0].id]));
@@ -65,9 +79,15 @@ describe('console sessions on a real cell database', () => {
     await replicas[0].insertExclusive(stale, STALE_AFTER_MS);
     await queryDatabase(cell.url, `UPDATE console_sessions SET last_seen_at = now() - interval '1 hour' WHERE id = $1`, [stale.id]);
     const claims = Array.from({ length: 12 }, () => session({ port }));
-    const holders = await Promise.all(claims.map((claim, index) => replicas[index % replicas.length].insertExclusive(claim, STALE_AFTER_MS)));
+    const holders = await Promise.all(
+      claims.map((claim, index) => replicas[index % replicas.length].insertExclusive(claim, STALE_AFTER_MS)),
+    );
     expect(holders.filter((holder) => holder === null)).toHaveLength(1);
-    const [staleRow] = await queryDatabase<{ close_reason: string; ended_at: Date | null }>(cell.url, 'SELECT close_reason, ended_at FROM console_sessions WHERE id = $1', [stale.id]);
+    const [staleRow] = await queryDatabase<{ close_reason: string; ended_at: Date | null }>(
+      cell.url,
+      'SELECT close_reason, ended_at FROM console_sessions WHERE id = $1',
+      [stale.id],
+    );
     expect(staleRow.close_reason).toBe('proxy lost');
     expect(staleRow.ended_at).not.toBeNull();
     expect(await liveOn(port)).toHaveLength(1);
@@ -93,24 +113,32 @@ describe('console sessions on a real cell database', () => {
     expect(await liveOn(port)).toHaveLength(3);
   });
 
-  it('writes batched rows, some already ended, and batched ends that keep an operator\'s reason', async () => {
+  it("writes batched rows, some already ended, and batched ends that keep an operator's reason", async () => {
     const [live, short, kicked] = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' })];
     await replicas[0].insertBatch([live, { ...short, end: { reason: 'console closed', bytesToClient: 12, bytesToUpstream: 0 } }, kicked]);
-    await queryDatabase(cell.url, `UPDATE console_sessions SET ended_at = now(), close_reason = 'ended by operator' WHERE id = $1`, [kicked.id]);
+    await queryDatabase(cell.url, `UPDATE console_sessions SET ended_at = now(), close_reason = 'ended by operator' WHERE id = $1`, [
+      kicked.id,
+    ]);
     await replicas[0].endBatch([
       { id: live.id, reason: 'client closed', bytesToClient: 100, bytesToUpstream: 7 },
       { id: kicked.id, reason: 'client closed', bytesToClient: 5, bytesToUpstream: 6 },
     ]);
-    const rows = await queryDatabase<{ id: string; close_reason: string; ended_at: Date | null; bytes_to_client: string; bytes_to_upstream: string }>(
-      cell.url,
-      'SELECT id, close_reason, ended_at, bytes_to_client, bytes_to_upstream FROM console_sessions WHERE id = ANY($1::uuid[])',
-      [[live.id, short.id, kicked.id]],
-    );
+    const rows = await queryDatabase<{
+      id: string;
+      close_reason: string;
+      ended_at: Date | null;
+      bytes_to_client: string;
+      bytes_to_upstream: string;
+    }>(cell.url, 'SELECT id, close_reason, ended_at, bytes_to_client, bytes_to_upstream FROM console_sessions WHERE id = ANY($1::uuid[])', [
+      [live.id, short.id, kicked.id],
+    ]);
     const byId = Object.fromEntries(rows.map((row) => [row.id, row]));
     expect(byId[live.id]).toMatchObject({ close_reason: 'client closed', bytes_to_client: '100', bytes_to_upstream: '7' });
     expect(byId[short.id]).toMatchObject({ close_reason: 'console closed', bytes_to_client: '12', bytes_to_upstream: '0' });
     expect(byId[kicked.id]).toMatchObject({ close_reason: 'ended by operator', bytes_to_client: '5', bytes_to_upstream: '6' });
-    for (const row of rows) {expect(row.ended_at).not.toBeNull();}
+    for (const row of rows) {
+      expect(row.ended_at).not.toBeNull();
+    }
   });
 
   it('checks many token hashes in one query: valid ones only, expired and unknown ones left out', async () => {

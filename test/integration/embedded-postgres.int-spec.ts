@@ -80,9 +80,7 @@ describe('startEmbeddedPostgres', () => {
 
       expect(progress.some((line) => line.startsWith('initialising'))).toBe(false);
       expect(progress).toContain(`embedded PostgreSQL listening on 127.0.0.1:${port}`);
-      expect(await query(handle.adminUrl, "SELECT datname FROM pg_database WHERE datname = 'x1'")).toEqual([
-        { datname: 'x1' },
-      ]);
+      expect(await query(handle.adminUrl, "SELECT datname FROM pg_database WHERE datname = 'x1'")).toEqual([{ datname: 'x1' }]);
       expect(await query(handle.urlFor('x1'), 'SELECT 1 AS one')).toEqual([{ one: 1 }]);
 
       await handle.stop();

@@ -39,7 +39,9 @@ function novaValue(token: string, fields: Record<string, unknown> = {}): string 
 async function commandStats(client: Redis, command: string): Promise<Record<string, number>> {
   const info = await client.info('commandstats');
   const line = info.split('\r\n').find((entry) => entry.startsWith(`cmdstat_${command}:`));
-  if (!line) {return {};}
+  if (!line) {
+    return {};
+  }
   return Object.fromEntries(
     line
       .slice(line.indexOf(':') + 1)
@@ -51,7 +53,9 @@ async function commandStats(client: Redis, command: string): Promise<Record<stri
 
 async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   const items: T[] = [];
-  for await (const item of iterable) {items.push(item);}
+  for await (const item of iterable) {
+    items.push(item);
+  }
   return items;
 }
 
@@ -76,7 +80,15 @@ describe('LegacyTokenStore on a real Redis', () => {
   async function readyStore(format: 'nova' | 'websockify', keyPrefix: string): Promise<LegacyTokenStore> {
     const store = openStore(format, keyPrefix);
     // Commands are not queued before the connection is up: wait for it as a caller's readiness check would.
-    await waitUntil(() => store.lookup('warm-up').then(() => true, () => undefined), 5000, 'the store to connect');
+    await waitUntil(
+      () =>
+        store.lookup('warm-up').then(
+          () => true,
+          () => undefined,
+        ),
+      5000,
+      'the store to connect',
+    );
     return store;
   }
 
@@ -90,7 +102,9 @@ describe('LegacyTokenStore on a real Redis', () => {
     await Promise.all(stores.map((store) => store.close()));
     raw?.disconnect();
     await redis?.close();
-    if (Object.keys(timings).length > 0) {console.log(`legacy store timings: ${JSON.stringify(timings)}`);}
+    if (Object.keys(timings).length > 0) {
+      console.log(`legacy store timings: ${JSON.stringify(timings)}`);
+    }
   });
 
   describe('lookup', () => {
@@ -99,7 +113,10 @@ describe('LegacyTokenStore on a real Redis', () => {
       const unprefixed = await readyStore('nova', '');
       const [t1, t2, t3] = [uuid(1), uuid(2), uuid(3)];
       await raw.set(`nova:${t1}`, novaValue(t1), 'EX', 600);
-      await raw.set(`nova:${t2}`, novaValue(t2, { port: '5901', host: 'fd00::5', access_url: null, console_type: 'serial', internal_access_path: '/console?x=1' }));
+      await raw.set(
+        `nova:${t2}`,
+        novaValue(t2, { port: '5901', host: 'fd00::5', access_url: null, console_type: 'serial', internal_access_path: '/console?x=1' }),
+      );
       await raw.set(t3, novaValue(t3, { instance_uuid: INSTANCE_B }), 'EX', 60);
 
       const nowSeconds = Date.now() / 1000;
@@ -143,7 +160,15 @@ describe('LegacyTokenStore on a real Redis', () => {
       await raw.set('ws-bare', 'compute-1.example:5904');
 
       const json = await namespaced.lookup('ws-json');
-      expect(json).toEqual({ instanceUuid: null, consoleType: null, host: '10.0.0.5', port: 5900, internalAccessPath: null, accessUrlBase: null, expiresAt: expect.any(Number) });
+      expect(json).toEqual({
+        instanceUuid: null,
+        consoleType: null,
+        host: '10.0.0.5',
+        port: 5900,
+        internalAccessPath: null,
+        accessUrlBase: null,
+        expiresAt: expect.any(Number),
+      });
       expect(Math.abs(json!.expiresAt! - (Date.now() / 1000 + 300))).toBeLessThanOrEqual(2);
       expect(await namespaced.lookup('ws-plain')).toMatchObject({ host: '10.0.0.6', port: 5901, expiresAt: null });
       expect(await namespaced.lookup('ws-ipv6-json')).toMatchObject({ host: '::1', port: 5902 });
@@ -196,7 +221,12 @@ describe('LegacyTokenStore on a real Redis', () => {
         expect(await store.lookup(token)).toBeNull();
         const warnings = logs.lines.slice(linesBefore).map((line) => JSON.parse(line));
         expect(warnings).toEqual([
-          expect.objectContaining({ level: 'warn', fingerprint: fingerprintOfHash(sha256Hex(token)), field, msg: 'legacy token value is malformed; ignored' }),
+          expect.objectContaining({
+            level: 'warn',
+            fingerprint: fingerprintOfHash(sha256Hex(token)),
+            field,
+            msg: 'legacy token value is malformed; ignored',
+          }),
         ]);
         expect(logs.lines.slice(linesBefore).join('\n')).not.toContain(token);
       }
@@ -278,7 +308,12 @@ describe('LegacyTokenStore on a real Redis', () => {
       expect(await raw.ttl(`dual:${third}`)).toBeLessThanOrEqual(60);
 
       // What keyhole wrote, keyhole (and an old proxy) reads back.
-      expect(await store.lookup(third)).toMatchObject({ instanceUuid: INSTANCE_A, host: '192.0.2.20', port: 5900, accessUrlBase: 'http://proxy.example:6080/vnc_lite.html' });
+      expect(await store.lookup(third)).toMatchObject({
+        instanceUuid: INSTANCE_A,
+        host: '192.0.2.20',
+        port: 5900,
+        accessUrlBase: 'http://proxy.example:6080/vnc_lite.html',
+      });
     });
 
     it('loses no list entry when writes for one instance race', async () => {
@@ -293,7 +328,9 @@ describe('LegacyTokenStore on a real Redis', () => {
       const evals = async () => (await commandStats(raw, 'eval')).calls ?? 0;
       const evalsBefore = await evals();
       const shasBefore = (await commandStats(raw, 'evalsha')).calls ?? 0;
-      for (const token of ['kh-sha-1', 'kh-sha-2', 'kh-sha-3']) {await store.write(token, authorization, 60);}
+      for (const token of ['kh-sha-1', 'kh-sha-2', 'kh-sha-3']) {
+        await store.write(token, authorization, 60);
+      }
       expect(await evals()).toBe(evalsBefore + 1);
       expect((await commandStats(raw, 'evalsha')).calls ?? 0).toBeGreaterThanOrEqual(shasBefore + 2);
 
@@ -319,7 +356,13 @@ describe('LegacyTokenStore on a real Redis', () => {
   describe('deleteInstance', () => {
     it("deletes the instance's listed tokens and its list, and never sends DEL without keys", async () => {
       const store = await readyStore('nova', 'del:');
-      const authorization = { consoleType: 'novnc', host: '192.0.2.30', port: 5900, internalAccessPath: null, accessUrl: 'http://p.example/' };
+      const authorization = {
+        consoleType: 'novnc',
+        host: '192.0.2.30',
+        port: 5900,
+        internalAccessPath: null,
+        accessUrl: 'http://p.example/',
+      };
       await store.write('kh-del-a1', { ...authorization, instanceUuid: INSTANCE_A }, 300);
       await store.write('kh-del-a2', { ...authorization, instanceUuid: INSTANCE_A }, 300);
       await store.write('kh-del-b1', { ...authorization, instanceUuid: INSTANCE_B }, 300);
@@ -340,7 +383,11 @@ describe('LegacyTokenStore on a real Redis', () => {
         expect(await store.deleteInstance('55555555-5555-4555-8555-555555555555')).toBe(0);
         expect(await openStore('websockify', 'del:').deleteInstance(INSTANCE_B)).toBe(0);
         await raw.echo('monitor-sentinel');
-        await waitUntil(() => (seen.some((args) => args[0] === 'echo' && args[1] === 'monitor-sentinel') ? true : undefined), 2000, 'MONITOR to catch up');
+        await waitUntil(
+          () => (seen.some((args) => args[0] === 'echo' && args[1] === 'monitor-sentinel') ? true : undefined),
+          2000,
+          'MONITOR to catch up',
+        );
       } finally {
         monitor.disconnect();
       }
@@ -362,7 +409,9 @@ describe('LegacyTokenStore on a real Redis', () => {
       const store = await readyStore('nova', 'scan:');
       const live = Array.from({ length: 230 }, (_, index) => uuid(1000 + index));
       const pipeline = raw.pipeline();
-      for (const token of live) {pipeline.set(`scan:${token}`, novaValue(token), 'EX', 900);}
+      for (const token of live) {
+        pipeline.set(`scan:${token}`, novaValue(token), 'EX', 900);
+      }
       await pipeline.exec();
       await raw.set(`scan:${uuid(2000)}`, novaValue(uuid(2000))); // no TTL
       await raw.set(`scan:${INSTANCE_A}`, JSON.stringify(live.slice(0, 3)));
@@ -381,7 +430,9 @@ describe('LegacyTokenStore on a real Redis', () => {
       expect(found.find((entry) => entry.token === uuid(2000))).toMatchObject({ ttlSeconds: null, authorization: { expiresAt: null } });
 
       const warnings = logs.lines.slice(linesBefore).map((line) => JSON.parse(line));
-      expect(warnings.map((line) => line.fingerprint).sort()).toEqual([fingerprintOfHash(sha256Hex('malformed-1')), fingerprintOfHash(sha256Hex('malformed-2'))].sort());
+      expect(warnings.map((line) => line.fingerprint).sort()).toEqual(
+        [fingerprintOfHash(sha256Hex('malformed-1')), fingerprintOfHash(sha256Hex('malformed-2'))].sort(),
+      );
     });
 
     it('yields websockify tokens, and matches a prefix with glob characters literally', async () => {
@@ -392,7 +443,11 @@ describe('LegacyTokenStore on a real Redis', () => {
       await raw.set('w*[s]:bad', 'nope');
       const found = await collect(store.scan());
       expect(found.sort((a, b) => a.token.localeCompare(b.token))).toEqual([
-        { token: 'one', authorization: expect.objectContaining({ host: '10.0.1.1', port: 5900, instanceUuid: null }), ttlSeconds: expect.any(Number) },
+        {
+          token: 'one',
+          authorization: expect.objectContaining({ host: '10.0.1.1', port: 5900, instanceUuid: null }),
+          ttlSeconds: expect.any(Number),
+        },
         { token: 'two', authorization: expect.objectContaining({ host: 'fd00::2', port: 5901 }), ttlSeconds: null },
       ]);
     });
@@ -413,13 +468,20 @@ describe('LegacyTokenStore on a real Redis', () => {
         timings.hungRedisDetectionMs = String(elapsed);
         expect(elapsed).toBeGreaterThanOrEqual(TIMEOUT_MS - 20);
         expect(elapsed).toBeLessThan(1000);
-        await expect(store.lookup(token)).rejects.toMatchObject({ code: 'SERVICE_UNAVAILABLE', reason: expect.stringMatching(/^(timeout|disconnected)$/) });
+        await expect(store.lookup(token)).rejects.toMatchObject({
+          code: 'SERVICE_UNAVAILABLE',
+          reason: expect.stringMatching(/^(timeout|disconnected)$/),
+        });
         expect(store.healthy).toBe(false);
       } finally {
         redis.resume();
       }
       const resumed = Date.now();
-      await waitUntil(async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined), 5000, 'lookups to work again');
+      await waitUntil(
+        async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined),
+        5000,
+        'lookups to work again',
+      );
       timings.resumeRecoveryMs = String(Date.now() - resumed);
       expect(store.healthy).toBe(true);
     });
@@ -444,7 +506,12 @@ describe('LegacyTokenStore on a real Redis', () => {
       expect(elapsed).toBeLessThan(1000);
       expect(store.healthy).toBe(false);
       for (const call of [
-        () => store.write('kh-down', { instanceUuid: INSTANCE_A, consoleType: 'novnc', host: 'h', port: 1, internalAccessPath: null, accessUrl: 'http://p/' }, 60),
+        () =>
+          store.write(
+            'kh-down',
+            { instanceUuid: INSTANCE_A, consoleType: 'novnc', host: 'h', port: 1, internalAccessPath: null, accessUrl: 'http://p/' },
+            60,
+          ),
         () => store.deleteInstance(INSTANCE_A),
         () => collect(store.scan()),
         () => websockify.lookup('anything'),
@@ -456,13 +523,27 @@ describe('LegacyTokenStore on a real Redis', () => {
 
       await redis.restart();
       const restarted = Date.now();
-      if (raw.status !== 'ready') {await withDeadline(once(raw, 'ready'), 5000, 'the plain client to reconnect');}
+      if (raw.status !== 'ready') {
+        await withDeadline(once(raw, 'ready'), 5000, 'the plain client to reconnect');
+      }
       await raw.set(`nova:${token}`, novaValue(token), 'EX', 600);
-      await waitUntil(async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined), 5000, 'lookups to work again');
+      await waitUntil(
+        async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined),
+        5000,
+        'lookups to work again',
+      );
       timings.restartRecoveryMs = String(Date.now() - restarted);
       expect(store.healthy).toBe(true);
       // Each store reconnects on its own schedule: until it has, it fails closed, as above.
-      await waitUntil(() => websockify.lookup('anything').then(() => true, () => undefined), 5000, 'the second store to answer again');
+      await waitUntil(
+        () =>
+          websockify.lookup('anything').then(
+            () => true,
+            () => undefined,
+          ),
+        5000,
+        'the second store to answer again',
+      );
       expect(await websockify.lookup('anything')).toBeNull();
       // One warning for the outage per store, not one per reconnect attempt.
       expect(logs.lines.filter((line) => line.includes('legacy token store unreachable')).length).toBeLessThanOrEqual(2 * stores.length);

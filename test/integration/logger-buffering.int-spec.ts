@@ -21,7 +21,9 @@ function runLogger(script: string): Promise<{ lines: { msg: string; atMs: number
       pending += chunk.toString('utf8');
       const complete = pending.split('\n');
       pending = complete.pop() ?? '';
-      for (const line of complete) {lines.push({ msg: (JSON.parse(line) as { msg: string }).msg, atMs: Date.now() - startedAt });}
+      for (const line of complete) {
+        lines.push({ msg: (JSON.parse(line) as { msg: string }).msg, atMs: Date.now() - startedAt });
+      }
     });
     child.on('error', reject);
     child.on('close', (exitCode) => resolve({ lines, exitCode }));

@@ -55,7 +55,9 @@ describe('real-upstream harness: QEMU, websockify, Chromium', () => {
       await starting.resume();
       // Right after this line SeaBIOS copies itself into shadow RAM: a QMP system_reset sent then
       // leaves the CPU in a half-copied BIOS for good. (Without the harness's wait, 4 to 8 runs in 10 failed.)
-      await waitUntil(() => (starting.firmwareLog().includes('No Xen hypervisor found.') ? true : undefined), 10_000, 'SeaBIOS to start', { intervalMs: 1 });
+      await waitUntil(() => (starting.firmwareLog().includes('No Xen hypervisor found.') ? true : undefined), 10_000, 'SeaBIOS to start', {
+        intervalMs: 1,
+      });
       expect(starting.firmwareLog()).toContain('No Xen hypervisor found.');
       await starting.reset();
       // The first boot printed the banner too: only what follows the reset counts.

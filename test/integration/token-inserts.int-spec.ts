@@ -22,7 +22,9 @@ describe('concurrent token inserts on a real cell database', () => {
   beforeAll(async () => {
     control = await createTestDatabase('control');
     cell = await createTestDatabase('cell');
-    const started = await startServices(testConfig(control.url, { KEYHOLE_DB_STATEMENT_TIMEOUT_MS: '1000' }), { tokenGenerator: () => forcedTokens.shift() ?? randomTokenGenerator() });
+    const started = await startServices(testConfig(control.url, { KEYHOLE_DB_STATEMENT_TIMEOUT_MS: '1000' }), {
+      tokenGenerator: () => forcedTokens.shift() ?? randomTokenGenerator(),
+    });
     app = started.app;
     await app.get(CellsService).register({ name: 'cell1', databaseUrl: cell.url, proxyUrl: 'https://console.example.com' });
     tokens = app.get(TokensService);
@@ -89,10 +91,24 @@ describe('concurrent token inserts on a real cell database', () => {
     forcedTokens.push('collides', 'unique-1', 'collides', 'unique-2', 'collides');
     const results = await Promise.all(
       Array.from({ length: 5 }, (_, index) =>
-        outcome(tokens.authorize('cell1', { instanceUuid: instance(index), consoleType: 'novnc', host: 'hv1', port: 5900 + index, issuedBy: null })),
+        outcome(
+          tokens.authorize('cell1', {
+            instanceUuid: instance(index),
+            consoleType: 'novnc',
+            host: 'hv1',
+            port: 5900 + index,
+            issuedBy: null,
+          }),
+        ),
       ),
     );
-    expect(results.map((result) => ('code' in result ? result.code : 'issued'))).toEqual(['issued', 'issued', 'TOKEN_IN_USE', 'issued', 'TOKEN_IN_USE']);
+    expect(results.map((result) => ('code' in result ? result.code : 'issued'))).toEqual([
+      'issued',
+      'issued',
+      'TOKEN_IN_USE',
+      'issued',
+      'TOKEN_IN_USE',
+    ]);
     expect(results.map((result) => ('issued' in result ? [result.issued.token, result.issued.row.instanceUuid] : null))).toEqual([
       ['collides', instance(0)],
       ['unique-1', instance(1)],
@@ -146,7 +162,15 @@ describe('concurrent token inserts on a real cell database', () => {
     await blocker.query('LOCK TABLE console_auth_tokens IN ACCESS EXCLUSIVE MODE');
     const results = await Promise.all(
       Array.from({ length: 3 }, (_, index) =>
-        outcome(tokens.authorize('cell1', { instanceUuid: instance(index), consoleType: 'novnc', host: 'hv1', port: 5900 + index, issuedBy: null })),
+        outcome(
+          tokens.authorize('cell1', {
+            instanceUuid: instance(index),
+            consoleType: 'novnc',
+            host: 'hv1',
+            port: 5900 + index,
+            issuedBy: null,
+          }),
+        ),
       ),
     );
     await blocker.query('COMMIT');

@@ -24,10 +24,13 @@ describe('TokensService on a real cell database', () => {
   beforeAll(async () => {
     control = await createTestDatabase('control');
     cell = await createTestDatabase('cell');
-    const started = await startServices(testConfig(control.url, { KEYHOLE_PURGE_BATCH_SIZE: '2', KEYHOLE_PURGE_PAUSE_MS: '150', KEYHOLE_SESSION_RETENTION_MS: '3600000' }), {
-      clock,
-      tokenGenerator: () => nextToken ?? randomTokenGenerator(),
-    });
+    const started = await startServices(
+      testConfig(control.url, { KEYHOLE_PURGE_BATCH_SIZE: '2', KEYHOLE_PURGE_PAUSE_MS: '150', KEYHOLE_SESSION_RETENTION_MS: '3600000' }),
+      {
+        clock,
+        tokenGenerator: () => nextToken ?? randomTokenGenerator(),
+      },
+    );
     app = started.app;
     logs = started.logs;
     await app.get(CellsService).register({ name: 'cell1', databaseUrl: cell.url, proxyUrl: 'https://console.example.com' });
@@ -103,7 +106,13 @@ describe('TokensService on a real cell database', () => {
       [sha256Hex(novaToken), INSTANCE_B, T0 + 600],
     );
     const found = await tokens.validate('cell1', novaToken);
-    expect(found.toPrimitive()).toMatchObject({ host: '192.0.2.7', port: 10000, instanceUuid: INSTANCE_B, objectVersion: '1.4', issuedBy: null });
+    expect(found.toPrimitive()).toMatchObject({
+      host: '192.0.2.7',
+      port: 10000,
+      instanceUuid: INSTANCE_B,
+      objectVersion: '1.4',
+      issuedBy: null,
+    });
     expect(found.row.objectVersion).toBeNull();
     expect(found.accessUrl).toBe(`ws://127.0.0.1:6083/?token=${novaToken}`);
   });
@@ -135,7 +144,9 @@ describe('TokensService on a real cell database', () => {
   });
 
   it('purges exactly the expired rows (expires <= now), in batches, of every host or of one', async () => {
-    for (let index = 0; index < 5; index += 1) {await authorize({ host: index % 2 ? 'hv1' : 'hv2', ttlSeconds: 10 });}
+    for (let index = 0; index < 5; index += 1) {
+      await authorize({ host: index % 2 ? 'hv1' : 'hv2', ttlSeconds: 10 });
+    }
     const boundary = await authorize({ host: 'hv1', ttlSeconds: 20 });
     const valid = await authorize({ host: 'hv1', ttlSeconds: 21 });
     clock.set((T0 + 20) * 1000);

@@ -20,7 +20,9 @@ export interface RunningProxy {
 export async function startConsoleProxy(config: KeyholeConfig, overrides: { clock?: Clock } = {}): Promise<RunningProxy> {
   const capture = captureLogs('keyhole-proxy');
   const builder = Test.createTestingModule({ imports: [ProxyAppModule.forRoot(config)] });
-  if (overrides.clock) {builder.overrideProvider(CLOCK).useValue(overrides.clock);}
+  if (overrides.clock) {
+    builder.overrideProvider(CLOCK).useValue(overrides.clock);
+  }
   const moduleRef = await builder.compile();
   const app = moduleRef.createNestApplication<NestExpressApplication>(proxyApplicationOptions(capture.logger));
   configureConsoleProxyApp(app, config, capture.logger);

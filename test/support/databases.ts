@@ -13,7 +13,9 @@ export function urlForDatabase(name: string): string {
 
 function templateName(kind: DatabaseKind): string {
   const runId = process.env.KEYHOLE_TEST_RUN_ID;
-  if (!runId) {throw new Error('KEYHOLE_TEST_RUN_ID is not set: run the tests through jest (global setup)');}
+  if (!runId) {
+    throw new Error('KEYHOLE_TEST_RUN_ID is not set: run the tests through jest (global setup)');
+  }
   return `keyhole_tpl_${kind}_${runId}`;
 }
 
@@ -29,7 +31,13 @@ export async function createTemplates(): Promise<void> {
 
 /** Runs the real migrations on a database of this kind; resolves with the names of those it applied. */
 export async function migrateTestDatabase(kind: DatabaseKind, url: string): Promise<string[]> {
-  const dataSource = createDataSource(kind, { url, poolSize: 1, connectTimeoutMs: 5_000, statementTimeoutMs: 60_000, applicationName: 'keyhole-test' });
+  const dataSource = createDataSource(kind, {
+    url,
+    poolSize: 1,
+    connectTimeoutMs: 5_000,
+    statementTimeoutMs: 60_000,
+    applicationName: 'keyhole-test',
+  });
   await dataSource.initialize();
   try {
     return await migrateDatabase(dataSource);
@@ -39,7 +47,9 @@ export async function migrateTestDatabase(kind: DatabaseKind, url: string): Prom
 }
 
 export async function dropTemplates(): Promise<void> {
-  for (const kind of ['control', 'cell'] as const) {await dropDatabase(urlForDatabase(templateName(kind)));}
+  for (const kind of ['control', 'cell'] as const) {
+    await dropDatabase(urlForDatabase(templateName(kind)));
+  }
 }
 
 /** A fresh, fully migrated database of this kind for one test file; `drop()` removes it. */
@@ -71,7 +81,11 @@ export interface SessionRow extends Record<string, unknown> {
 }
 
 /** Runs one query on a database with a short-lived client (assertions on raw rows). */
-export async function queryDatabase<Row extends Record<string, unknown>>(url: string, sql: string, parameters: unknown[] = []): Promise<Row[]> {
+export async function queryDatabase<Row extends Record<string, unknown>>(
+  url: string,
+  sql: string,
+  parameters: unknown[] = [],
+): Promise<Row[]> {
   const client = new Client({ connectionString: url });
   await client.connect();
   try {

@@ -41,7 +41,9 @@ export async function startTestDeployment(
     agentKeys,
     stop: async () => {
       await api.close();
-      for (const database of [control, ...Object.values(cells)]) {await database.drop();}
+      for (const database of [control, ...Object.values(cells)]) {
+        await database.drop();
+      }
     },
   };
 }

@@ -21,7 +21,9 @@ export interface ProxyProcess {
  * as production does, on a free port, and waits until it listens.
  */
 export async function startProxyProcess(environment: Record<string, string>, timeoutMs = 20_000): Promise<ProxyProcess> {
-  if (!existsSync(MAIN)) {throw new Error(`${MAIN} is missing: run "npm run build" first`);}
+  if (!existsSync(MAIN)) {
+    throw new Error(`${MAIN} is missing: run "npm run build" first`);
+  }
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, KEYHOLE_PROXY_PORT: '0', KEYHOLE_LOG_LEVEL: 'info', ...environment };
   const child = spawn(process.execPath, [MAIN], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -51,7 +53,9 @@ export async function startProxyProcess(environment: Record<string, string>, tim
     output: () => output,
     exited,
     stop: async (signal = 'SIGTERM', stopTimeoutMs = 15_000) => {
-      if (child.exitCode !== null || child.signalCode !== null) {return exited;}
+      if (child.exitCode !== null || child.signalCode !== null) {
+        return exited;
+      }
       child.kill(signal);
       const timer = setTimeout(() => child.kill('SIGKILL'), stopTimeoutMs);
       const code = await exited;

@@ -39,7 +39,9 @@ export async function startRedisServer(): Promise<TestRedisServer> {
   const clients = new Set<Redis>();
   let child: ManagedProcess | undefined = await spawnRedis(port);
   const signal = (name: NodeJS.Signals): void => {
-    if (child && !child.hasExited()) {process.kill(child.pid, name);}
+    if (child && !child.hasExited()) {
+      process.kill(child.pid, name);
+    }
   };
 
   const stopChild = async (stopSignal: NodeJS.Signals): Promise<void> => {
@@ -57,7 +59,14 @@ export async function startRedisServer(): Promise<TestRedisServer> {
       return child !== undefined;
     },
     client() {
-      const client = new Redis({ host: '127.0.0.1', port, lazyConnect: false, maxRetriesPerRequest: 1, connectTimeout: 2_000, commandTimeout: 2_000 });
+      const client = new Redis({
+        host: '127.0.0.1',
+        port,
+        lazyConnect: false,
+        maxRetriesPerRequest: 1,
+        connectTimeout: 2_000,
+        commandTimeout: 2_000,
+      });
       // Test clients live through restarts; a refused reconnect is expected, not an error to print.
       client.on('error', () => undefined);
       clients.add(client);
@@ -75,7 +84,9 @@ export async function startRedisServer(): Promise<TestRedisServer> {
       child = await spawnRedis(port);
     },
     async close() {
-      for (const client of clients) {client.disconnect();}
+      for (const client of clients) {
+        client.disconnect();
+      }
       clients.clear();
       await stopChild('SIGTERM');
     },
@@ -85,7 +96,16 @@ export async function startRedisServer(): Promise<TestRedisServer> {
 async function spawnRedis(port: number): Promise<ManagedProcess> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
-    const server = await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']).catch((error: Error) => {
+    const server = await startProcess('redis-server', [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+    ]).catch((error: Error) => {
       throw new Error(`could not start redis-server: ${error.message}`);
     });
     // true once it answers PING, false when it exited.
@@ -98,9 +118,13 @@ async function spawnRedis(port: number): Promise<ManagedProcess> {
       await server.stop(0, 'SIGKILL');
       throw error;
     });
-    if (answered) {return server;}
+    if (answered) {
+      return server;
+    }
     // Exited at start (the port may still be held by the previous server a moment): try again.
-    if (Date.now() >= deadline) {throw new Error(`redis-server on port ${port} exited at start: ${server.output().slice(-2_000)}`);}
+    if (Date.now() >= deadline) {
+      throw new Error(`redis-server on port ${port} exited at start: ${server.output().slice(-2_000)}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -119,7 +143,9 @@ function pings(port: number): Promise<boolean> {
     socket.on('connect', () => socket.write('PING\r\n'));
     socket.on('data', (data) => {
       answer += data.toString('utf8');
-      if (answer.includes('\r\n')) {done(answer.startsWith('+PONG'));}
+      if (answer.includes('\r\n')) {
+        done(answer.startsWith('+PONG'));
+      }
     });
     socket.on('error', () => done(false));
   });

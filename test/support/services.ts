@@ -15,13 +15,25 @@ export async function startServices(
   overrides: { clock?: Clock; tokenGenerator?: TokenGenerator } = {},
 ): Promise<{ app: INestApplicationContext; logs: () => string }> {
   @Module({
-    imports: [ConfigModule.forRoot(config), CoreModule, MetricsModule, DbModule.forControl('keyhole-test'), CellsModule, TokensModule, CredentialsModule],
+    imports: [
+      ConfigModule.forRoot(config),
+      CoreModule,
+      MetricsModule,
+      DbModule.forControl('keyhole-test'),
+      CellsModule,
+      TokensModule,
+      CredentialsModule,
+    ],
   })
   class ServicesModule {}
 
   const builder = Test.createTestingModule({ imports: [ServicesModule] });
-  if (overrides.clock) {builder.overrideProvider(CLOCK).useValue(overrides.clock);}
-  if (overrides.tokenGenerator) {builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);}
+  if (overrides.clock) {
+    builder.overrideProvider(CLOCK).useValue(overrides.clock);
+  }
+  if (overrides.tokenGenerator) {
+    builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);
+  }
   const capture = captureLogs();
   const moduleRef = await builder.setLogger(capture.logger).compile();
   const app = await moduleRef.init();

@@ -28,7 +28,9 @@ export async function startTcpUpstream(onConnection: (socket: Socket) => void = 
     connections,
     nextConnection: () => new Promise((resolve) => waiters.push(resolve)),
     close: async () => {
-      for (const socket of connections) {socket.destroy();}
+      for (const socket of connections) {
+        socket.destroy();
+      }
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };

@@ -25,10 +25,17 @@ export async function startTokenApi(
 ): Promise<RunningTokenApi> {
   const capture = captureLogs('keyhole-api');
   const builder = Test.createTestingModule({ imports: [TokenApiModule.forRoot(config)] });
-  if (overrides.clock) {builder.overrideProvider(CLOCK).useValue(overrides.clock);}
-  if (overrides.tokenGenerator) {builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);}
+  if (overrides.clock) {
+    builder.overrideProvider(CLOCK).useValue(overrides.clock);
+  }
+  if (overrides.tokenGenerator) {
+    builder.overrideProvider(TOKEN_GENERATOR).useValue(overrides.tokenGenerator);
+  }
   const moduleRef = await builder.compile();
-  const app = moduleRef.createNestApplication<NestFastifyApplication>(createTokenApiAdapter(config), nestApplicationOptions(capture.logger));
+  const app = moduleRef.createNestApplication<NestFastifyApplication>(
+    createTokenApiAdapter(config),
+    nestApplicationOptions(capture.logger),
+  );
   configureTokenApi(app, capture.logger);
   const routes: { method: string; url: string }[] = [];
   // Nest registers its routes when the app starts listening: record each as it is added.
@@ -36,7 +43,9 @@ export async function startTokenApi(
     .getHttpAdapter()
     .getInstance()
     .addHook('onRoute', (route) => {
-      for (const method of [route.method].flat()) {routes.push({ method, url: route.url });}
+      for (const method of [route.method].flat()) {
+        routes.push({ method, url: route.url });
+      }
     });
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpServer().address() as { port: number };
@@ -57,10 +66,13 @@ export async function call(
   options: { key?: string; body?: unknown; rawBody?: string; headers?: Record<string, string> } = {},
 ): Promise<{ status: number; body: any; headers: Headers }> {
   const headers: Record<string, string> = { ...options.headers };
-  if (options.key) {headers.authorization = `Bearer ${options.key}`;}
+  if (options.key) {
+    headers.authorization = `Bearer ${options.key}`;
+  }
   let body: string | undefined;
-  if (options.rawBody !== undefined) {body = options.rawBody;}
-  else if (options.body !== undefined) {
+  if (options.rawBody !== undefined) {
+    body = options.rawBody;
+  } else if (options.body !== undefined) {
     body = JSON.stringify(options.body);
     headers['content-type'] ??= 'application/json';
   }

@@ -35,19 +35,27 @@ export async function waitUntil<T>(
   const describe = (): string => (typeof what === 'string' ? what : what());
   let lastError: unknown;
   for (;;) {
-    if (signal?.aborted) {throw new Error(`cancelled while waiting for ${describe()}`);}
+    if (signal?.aborted) {
+      throw new Error(`cancelled while waiting for ${describe()}`);
+    }
     try {
       const value = await probe();
-      if (value !== undefined) {return value;}
+      if (value !== undefined) {
+        return value;
+      }
     } catch (error) {
-      if (!retryErrors) {throw error;}
+      if (!retryErrors) {
+        throw error;
+      }
       lastError = error;
     }
     if (Date.now() >= deadline) {
       const last = lastError === undefined ? '' : `; last attempt: ${lastError instanceof Error ? lastError.message : inspect(lastError)}`;
       throw new Error(`timed out after ${Math.max(0, Math.round(timeoutMs))} ms waiting for ${describe()}${last}`);
     }
-    await new Promise((resolve) => (intervalMs > 0 ? setTimeout(resolve, Math.min(intervalMs, Math.max(1, deadline - Date.now()))) : setImmediate(resolve)));
+    await new Promise((resolve) =>
+      intervalMs > 0 ? setTimeout(resolve, Math.min(intervalMs, Math.max(1, deadline - Date.now()))) : setImmediate(resolve),
+    );
   }
 }
 

@@ -54,14 +54,20 @@ export class ConsoleClient {
       const bytes = data as Buffer;
       this.receivedBytes += bytes.length;
       options.onMessage?.(bytes);
-      if (options.keepMessages !== false) {this.chunks.push(bytes);}
-      for (const wake of this.byteWaiters) {wake();}
+      if (options.keepMessages !== false) {
+        this.chunks.push(bytes);
+      }
+      for (const wake of this.byteWaiters) {
+        wake();
+      }
     });
     this.closed = new Promise((resolve) => {
       ws.once('close', (code, reason) => {
         this.closeEvent = { code, reason: reason.toString(), atMs: Date.now() };
         clients.delete(ws);
-        for (const wake of this.byteWaiters) {wake();}
+        for (const wake of this.byteWaiters) {
+          wake();
+        }
         resolve(this.closeEvent);
       });
     });
@@ -86,9 +92,15 @@ export class ConsoleClient {
   async waitForBytes(count: number, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
     while (this.receivedBytes < count) {
-      if (this.closeEvent) {throw new Error(`websocket closed (${this.closeEvent.code} ${this.closeEvent.reason}) after ${this.receivedBytes} of ${count} bytes`);}
+      if (this.closeEvent) {
+        throw new Error(
+          `websocket closed (${this.closeEvent.code} ${this.closeEvent.reason}) after ${this.receivedBytes} of ${count} bytes`,
+        );
+      }
       const left = deadline - Date.now();
-      if (left <= 0) {throw new Error(`received ${this.receivedBytes} of ${count} bytes within ${timeoutMs} ms`);}
+      if (left <= 0) {
+        throw new Error(`received ${this.receivedBytes} of ${count} bytes within ${timeoutMs} ms`);
+      }
       await new Promise<void>((resolve) => {
         const waiters = this.byteWaiters;
         const wake = () => {
@@ -119,7 +131,9 @@ export class ConsoleClient {
 
   /** Closes from the client side (normal closure) and waits until closed. */
   async close(timeoutMs = DEFAULT_TIMEOUT_MS): Promise<CloseEvent> {
-    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {this.ws.close(1000);}
+    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
+      this.ws.close(1000);
+    }
     return this.waitForClose(timeoutMs);
   }
 }
@@ -150,21 +164,30 @@ export function connectConsole(url: string, options: ConsoleClientOptions = {}):
  * Attempts an upgrade that the proxy must refuse before accepting: resolves with the HTTP status,
  * headers and body of the refusal; fails if a websocket opens instead.
  */
-export function expectRefusedUpgrade(url: string, options: ClientOptions & { protocols?: string[]; timeoutMs?: number } = {}): Promise<RefusedUpgrade> {
+export function expectRefusedUpgrade(
+  url: string,
+  options: ClientOptions & { protocols?: string[]; timeoutMs?: number } = {},
+): Promise<RefusedUpgrade> {
   const { protocols, timeoutMs = DEFAULT_TIMEOUT_MS, ...clientOptions } = options;
-  return attemptThatMustNotOpen<RefusedUpgrade>(url, protocols ?? [], { handshakeTimeout: timeoutMs, ...clientOptions }, `the upgrade to ${redactUrl(url)} to be refused`, (ws, resolve, reject) => {
-    ws.once('unexpected-response', (_request, response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.once('end', () => {
-        clients.delete(ws);
-        resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), headers: response.headers });
+  return attemptThatMustNotOpen<RefusedUpgrade>(
+    url,
+    protocols ?? [],
+    { handshakeTimeout: timeoutMs, ...clientOptions },
+    `the upgrade to ${redactUrl(url)} to be refused`,
+    (ws, resolve, reject) => {
+      ws.once('unexpected-response', (_request, response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.once('end', () => {
+          clients.delete(ws);
+          resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), headers: response.headers });
+        });
+        response.once('error', reject);
       });
-      response.once('error', reject);
-    });
-    ws.once('error', reject);
-    ws.once('close', () => clients.delete(ws));
-  });
+      ws.once('error', reject);
+      ws.once('close', () => clients.delete(ws));
+    },
+  );
 }
 
 /** The error of an upgrade attempt that got no HTTP answer at all (connection refused, reset). */
@@ -210,7 +233,9 @@ function attemptThatMustNotOpen<T>(
 
 /** Terminates every websocket these helpers opened and that is still open. */
 export function terminateAllClients(): void {
-  for (const ws of clients) {ws.terminate();}
+  for (const ws of clients) {
+    ws.terminate();
+  }
   clients.clear();
 }
 

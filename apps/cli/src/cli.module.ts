@@ -13,7 +13,15 @@ export class CliModule {
   static forRoot(config: KeyholeConfig): DynamicModule {
     return {
       module: CliModule,
-      imports: [ConfigModule.forRoot(config), CoreModule, MetricsModule, DbModule.forControl('keyhole-cli'), CellsModule, TokensModule, CredentialsModule],
+      imports: [
+        ConfigModule.forRoot(config),
+        CoreModule,
+        MetricsModule,
+        DbModule.forControl('keyhole-cli'),
+        CellsModule,
+        TokensModule,
+        CredentialsModule,
+      ],
     };
   }
 }

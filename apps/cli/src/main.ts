@@ -34,7 +34,9 @@ function findCommand(argv: string[]): { command: Command; args: string[] } | und
   for (const words of [2, 1]) {
     const name = argv.slice(0, words).join(' ');
     const command = COMMANDS.find((candidate) => candidate.name === name);
-    if (command) {return { command, args: argv.slice(words) };}
+    if (command) {
+      return { command, args: argv.slice(words) };
+    }
   }
   return undefined;
 }

@@ -9,7 +9,11 @@ async function main(): Promise<void> {
   const supervisor = config.proxy.workers > 1 && !isProxyWorker();
   // A line per session: buffered, so that connects do not each pay a write to standard output.
   // The supervisor writes a few lines about its workers, each at once.
-  const logger = createLogger({ level: config.log.level, name: `keyhole-proxy-${cellName}`, flushIntervalMs: supervisor ? undefined : 200 });
+  const logger = createLogger({
+    level: config.log.level,
+    name: `keyhole-proxy-${cellName}`,
+    flushIntervalMs: supervisor ? undefined : 200,
+  });
   if (supervisor) {
     superviseWorkers({ workers: config.proxy.workers, cellName, host: config.proxy.host, logger });
     return;

@@ -1,6 +1,14 @@
 import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
-import { APPLICATION_NAME, ControlDatabase, createDataSource, createPool, DatabaseSettings, migrateDatabase, redactDatabaseUrl } from '@keyhole/db';
+import {
+  APPLICATION_NAME,
+  ControlDatabase,
+  createDataSource,
+  createPool,
+  DatabaseSettings,
+  migrateDatabase,
+  redactDatabaseUrl,
+} from '@keyhole/db';
 import { CellDatabase } from './cell-database';
 import { cellDatabaseUnreachable, cellNotFound } from './cells.errors';
 
@@ -66,7 +74,9 @@ export class CellDatabases implements OnApplicationShutdown {
   async close(cellName: string): Promise<void> {
     const pending = this.open.get(cellName);
     this.open.delete(cellName);
-    if (!pending) {return;}
+    if (!pending) {
+      return;
+    }
     const database = await pending.catch(() => undefined);
     await database?.close();
   }
@@ -77,7 +87,9 @@ export class CellDatabases implements OnApplicationShutdown {
 
   private async connect(cellName: string): Promise<CellDatabase> {
     const cell = await this.control.cells.findByName(cellName);
-    if (!cell) {throw cellNotFound(cellName);}
+    if (!cell) {
+      throw cellNotFound(cellName);
+    }
     return this.connectUrl(cellName, cell.databaseUrl);
   }
 

@@ -45,7 +45,9 @@ export class CellsService {
    * always usable; then records it. Nothing is recorded when the database cannot be reached.
    */
   async register(input: RegisterCellInput): Promise<CellView> {
-    if (await this.control.cells.findByName(input.name)) {throw cellExists(input.name);}
+    if (await this.control.cells.findByName(input.name)) {
+      throw cellExists(input.name);
+    }
     await this.migrateUrl(input.name, input.databaseUrl);
     try {
       const row = await this.control.cells.insert({
@@ -56,7 +58,9 @@ export class CellsService {
       });
       return toView(row);
     } catch (error) {
-      if (postgresErrorCode(error) === UNIQUE_VIOLATION) {throw cellExists(input.name);}
+      if (postgresErrorCode(error) === UNIQUE_VIOLATION) {
+        throw cellExists(input.name);
+      }
       throw error;
     }
   }
@@ -98,7 +102,9 @@ export class CellsService {
   async remove(name: string): Promise<{ revokedCredentials: number }> {
     const revokedCredentials = await inTransaction(this.control.pool, async (client) => {
       const deleted = await runCounted(client, 'DELETE FROM cells WHERE name = $1', [name]);
-      if (deleted === 0) {throw cellNotFound(name);}
+      if (deleted === 0) {
+        throw cellNotFound(name);
+      }
       return runCounted(client, 'UPDATE api_credentials SET revoked_at = now() WHERE cell_name = $1 AND revoked_at IS NULL', [name]);
     });
     await this.databases.close(name);
@@ -121,7 +127,9 @@ export class CellsService {
 
   private async getRow(name: string): Promise<CellEntity> {
     const row = await this.control.cells.findByName(name);
-    if (!row) {throw cellNotFound(name);}
+    if (!row) {
+      throw cellNotFound(name);
+    }
     return row;
   }
 }

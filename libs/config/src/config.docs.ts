@@ -10,7 +10,9 @@ export function updateConfigurationDocs(readme: string): string {
   let updated = readme;
   for (const section of SETTING_SECTIONS) {
     const region = new RegExp(`(<!-- config:${section}(?: [^>]*)? -->\\n)[\\s\\S]*?(<!-- /config:${section} -->)`);
-    if (!region.test(updated)) {throw new Error(`README.md lacks the markers <!-- config:${section} --> and <!-- /config:${section} -->`);}
+    if (!region.test(updated)) {
+      throw new Error(`README.md lacks the markers <!-- config:${section} --> and <!-- /config:${section} -->`);
+    }
     updated = updated.replace(region, (_match, start: string, end: string) => `${start}\n${renderSettingsTable(section)}\n\n${end}`);
   }
   return updated;
@@ -20,8 +22,12 @@ export function updateConfigurationDocs(readme: string): string {
 export function renderSettingsTable(section: SettingSection): string {
   const rows = Object.entries(ENVIRONMENT_SCHEMA.shape).flatMap(([name, schema]) => {
     const documentation = SETTING_DOCUMENTATION.get(schema);
-    if (!documentation) {throw new Error(`${name}: no documentation in config.schema.ts`);}
-    if (documentation.section !== section) {return [];}
+    if (!documentation) {
+      throw new Error(`${name}: no documentation in config.schema.ts`);
+    }
+    if (documentation.section !== section) {
+      return [];
+    }
     return [`| \`${name}\` | ${documentation.shownDefault ?? shownDefault(schema)} | ${documentation.description} |`];
   });
   return ['| variable | default | meaning |', '| --- | --- | --- |', ...rows].join('\n');
@@ -29,9 +35,15 @@ export function renderSettingsTable(section: SettingSection): string {
 
 /** The schema's default as the README shows it: `value`, `a,b` for a list, (empty), or (none). */
 function shownDefault(schema: z.ZodType): string {
-  if (!(schema instanceof z.ZodDefault)) {return '(none)';}
+  if (!(schema instanceof z.ZodDefault)) {
+    return '(none)';
+  }
   const value: unknown = schema.def.defaultValue;
-  if (Array.isArray(value)) {return value.length === 0 ? '(empty)' : `\`${value.join(',')}\``;}
-  if (value === '') {return '(empty)';}
+  if (Array.isArray(value)) {
+    return value.length === 0 ? '(empty)' : `\`${value.join(',')}\``;
+  }
+  if (value === '') {
+    return '(empty)';
+  }
   return `\`${String(value)}\``;
 }

@@ -11,9 +11,12 @@ const postgresUrl = z
   .min(1)
   .refine((value) => /^postgres(ql)?:\/\//.test(value), 'must be a postgres:// or postgresql:// URL');
 
-const commaList = z
-  .string()
-  .transform((value) => value.split(',').map((item) => item.trim()).filter(Boolean));
+const commaList = z.string().transform((value) =>
+  value
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean),
+);
 
 /** The tables of README.md's Configuration section, in the order the README shows them. */
 export const SETTING_SECTIONS = ['general', 'console-proxy', 'purge-and-legacy'] as const;
@@ -111,16 +114,8 @@ export const ENVIRONMENT_SCHEMA = z.object({
     integer(8, 4_194_304).default(19_456),
     "argon2id memory for new API keys (OWASP's 19 MiB). Existing keys keep the parameters they were hashed with.",
   ),
-  KEYHOLE_ARGON2_TIME_COST: setting(
-    'general',
-    integer(1, 100).default(2),
-    'argon2id iterations for new API keys (1-100).',
-  ),
-  KEYHOLE_ARGON2_PARALLELISM: setting(
-    'general',
-    integer(1, 64).default(1),
-    'argon2id lanes for new API keys (1-64).',
-  ),
+  KEYHOLE_ARGON2_TIME_COST: setting('general', integer(1, 100).default(2), 'argon2id iterations for new API keys (1-100).'),
+  KEYHOLE_ARGON2_PARALLELISM: setting('general', integer(1, 64).default(1), 'argon2id lanes for new API keys (1-64).'),
   KEYHOLE_CELL_NAME: setting(
     'console-proxy',
     z
@@ -134,11 +129,7 @@ export const ENVIRONMENT_SCHEMA = z.object({
     postgresUrl.optional(),
     "Required: that cell's database. The proxy needs no other database, and no other cell's.",
   ),
-  KEYHOLE_PROXY_HOST: setting(
-    'console-proxy',
-    z.string().min(1).default('127.0.0.1'),
-    'Listen address (`0.0.0.0` in a container).',
-  ),
+  KEYHOLE_PROXY_HOST: setting('console-proxy', z.string().min(1).default('127.0.0.1'), 'Listen address (`0.0.0.0` in a container).'),
   KEYHOLE_PROXY_PORT: setting(
     'console-proxy',
     integer(0, 65_535).default(6080),
@@ -147,7 +138,8 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_INSTANCE: setting(
     'console-proxy',
     z.string().min(1).max(255).optional(),
-    "This replica's name in session records.", '`<hostname>:<pid>`',
+    "This replica's name in session records.",
+    '`<hostname>:<pid>`',
   ),
   KEYHOLE_PROXY_WORKERS: setting(
     'console-proxy',
@@ -161,9 +153,7 @@ export const ENVIRONMENT_SCHEMA = z.object({
   ),
   KEYHOLE_PROXY_CONSOLE_TYPES: setting(
     'console-proxy',
-    commaList
-      .pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1))
-      .default(['novnc', 'spice-html5', 'serial']),
+    commaList.pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1)).default(['novnc', 'spice-html5', 'serial']),
     'Console types served; a token of another type gets 404.',
   ),
   KEYHOLE_PROXY_TRUST_PROXY: setting(
@@ -269,7 +259,8 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_LEGACY_FALLBACK: setting(
     'purge-and-legacy',
     z.enum(['on', 'off']).optional(),
-    "`on` or `off` forces every cell's fallback flag (Nova's `[workarounds] enable_consoleauth`); the API then reports it forced and refuses to change it. Set it the same on the API and the proxies.", '(unset)',
+    "`on` or `off` forces every cell's fallback flag (Nova's `[workarounds] enable_consoleauth`); the API then reports it forced and refuses to change it. Set it the same on the API and the proxies.",
+    '(unset)',
   ),
   KEYHOLE_LEGACY_DUAL_WRITE: setting(
     'purge-and-legacy',

@@ -89,7 +89,9 @@ export class ConfigurationError extends Error {
 export function loadConfig(environment: NodeJS.ProcessEnv = process.env): KeyholeConfig {
   const relevant: Record<string, string> = {};
   for (const [name, value] of Object.entries(environment)) {
-    if (name.startsWith('KEYHOLE_') && value !== undefined && value !== '') {relevant[name] = value;}
+    if (name.startsWith('KEYHOLE_') && value !== undefined && value !== '') {
+      relevant[name] = value;
+    }
   }
   // A misspelt variable would silently fall back to its default: name it instead.
   const unknown = Object.keys(relevant)
@@ -113,16 +115,24 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   if (config.tokens.defaultTtlSeconds > config.tokens.maxTtlSeconds) {
     problems.push('KEYHOLE_TOKEN_TTL_SECONDS: must not exceed KEYHOLE_TOKEN_MAX_TTL_SECONDS');
   }
-  if (problems.length > 0) {throw new ConfigurationError(problems);}
+  if (problems.length > 0) {
+    throw new ConfigurationError(problems);
+  }
   return config;
 }
 
 /** The proxy's cell and its database, or a clear error naming what is missing. */
 export function requireProxyCell(config: KeyholeConfig): { cellName: string; cellDatabaseUrl: string } {
   const problems: string[] = [];
-  if (!config.proxy.cellName) {problems.push('KEYHOLE_CELL_NAME: required (the cell this proxy serves)');}
-  if (!config.proxy.cellDatabaseUrl) {problems.push("KEYHOLE_CELL_DATABASE_URL: required (that cell's database URL)");}
-  if (problems.length > 0) {throw new ConfigurationError(problems);}
+  if (!config.proxy.cellName) {
+    problems.push('KEYHOLE_CELL_NAME: required (the cell this proxy serves)');
+  }
+  if (!config.proxy.cellDatabaseUrl) {
+    problems.push("KEYHOLE_CELL_DATABASE_URL: required (that cell's database URL)");
+  }
+  if (problems.length > 0) {
+    throw new ConfigurationError(problems);
+  }
   return { cellName: config.proxy.cellName as string, cellDatabaseUrl: config.proxy.cellDatabaseUrl as string };
 }
 

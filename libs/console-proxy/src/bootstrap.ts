@@ -18,12 +18,18 @@ export async function createConsoleProxyApp(
   const app = await NestFactory.create<NestExpressApplication>(ProxyAppModule.forRoot(config), proxyApplicationOptions(logger));
   configureConsoleProxyApp(app, config, logger);
   // A process that hosts several apps (the local deployment) handles signals itself.
-  if (options.handleSignals) {app.enableShutdownHooks(['SIGTERM', 'SIGINT']);}
+  if (options.handleSignals) {
+    app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  }
   return app;
 }
 
 /** HTTP configuration shared by production and tests that build the app from a testing module. */
-export function configureConsoleProxyApp(app: NestExpressApplication, config: KeyholeConfig, logger: LoggerService): NestExpressApplication {
+export function configureConsoleProxyApp(
+  app: NestExpressApplication,
+  config: KeyholeConfig,
+  logger: LoggerService,
+): NestExpressApplication {
   app.useLogger(logger);
   app.set('trust proxy', config.proxy.trustProxy);
   app.disable('x-powered-by');

@@ -21,7 +21,13 @@ export class OperationsController {
     const database = await this.runtime.cell.isReachable();
     const ready = database && this.runtime.proxy.ready;
     response.status(ready ? 200 : 503);
-    return { status: ready ? 'ready' : 'unavailable', cell: this.runtime.cellName, cellDatabase: database, listening: this.runtime.proxy.ready, liveSessions: this.runtime.proxy.liveSessions };
+    return {
+      status: ready ? 'ready' : 'unavailable',
+      cell: this.runtime.cellName,
+      cellDatabase: database,
+      listening: this.runtime.proxy.ready,
+      liveSessions: this.runtime.proxy.liveSessions,
+    };
   }
 
   @Get('metrics')

@@ -43,7 +43,9 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       }),
     );
     this.metrics = new ProxyMetrics(cellName);
-    if (isProxyWorker()) {joinSupervisor(this.metrics.registry);}
+    if (isProxyWorker()) {
+      joinSupervisor(this.metrics.registry);
+    }
     this.proxy = new ConsoleProxy(
       {
         cellName,

@@ -55,7 +55,9 @@ export function workerId(): number | undefined {
  * the configured name, so each adds its number to it.
  */
 export function proxyInstanceName(configured: string | undefined, host: string): string {
-  if (configured === undefined) {return `${host}:${process.pid}`;}
+  if (configured === undefined) {
+    return `${host}:${process.pid}`;
+  }
   const id = workerId();
   return id === undefined ? configured : `${configured}/${id}`;
 }
@@ -77,9 +79,13 @@ export function superviseWorkers(options: SupervisorOptions): void {
     const worker = cluster.fork();
     running.add(worker);
     worker.on('message', (message: unknown) => {
-      if (!isMetricsRequest(message)) {return;}
+      if (!isMetricsRequest(message)) {
+        return;
+      }
       const answer = (fields: Omit<MetricsAnswer, 'type' | 'id'>) => {
-        if (worker.isConnected()) {worker.send({ type: METRICS_ANSWER, id: message.id, ...fields } satisfies MetricsAnswer);}
+        if (worker.isConnected()) {
+          worker.send({ type: METRICS_ANSWER, id: message.id, ...fields } satisfies MetricsAnswer);
+        }
       };
       aggregator.clusterMetrics().then(
         (text) => answer({ text }),
@@ -88,7 +94,9 @@ export function superviseWorkers(options: SupervisorOptions): void {
     });
     worker.on('listening', (address) => {
       listening.add(worker);
-      if (announced || listening.size < options.workers) {return;}
+      if (announced || listening.size < options.workers) {
+        return;
+      }
       announced = true;
       logger.info({ cell: options.cellName, host: options.host, workers: options.workers, port: address.port }, 'console proxy listening');
     });
@@ -96,21 +104,33 @@ export function superviseWorkers(options: SupervisorOptions): void {
 
   const stop = (signal: NodeJS.Signals, code: number): void => {
     exitCode = Math.max(exitCode, code);
-    if (!stopping) {logger.info({ signal, workers: running.size }, 'stopping the console proxy workers');}
+    if (!stopping) {
+      logger.info({ signal, workers: running.size }, 'stopping the console proxy workers');
+    }
     stopping = true;
     // Each worker drains its own sessions; one that already got the signal from the process
     // group ignores the second.
-    for (const worker of running) {worker.process.kill(signal);}
-    if (running.size === 0) {process.exit(exitCode);}
+    for (const worker of running) {
+      worker.process.kill(signal);
+    }
+    if (running.size === 0) {
+      process.exit(exitCode);
+    }
   };
 
   cluster.on('exit', (worker, code, signal) => {
-    if (!running.delete(worker)) {return;}
+    if (!running.delete(worker)) {
+      return;
+    }
     listening.delete(worker);
     const exited = { worker: worker.id, pid: worker.process.pid, code, signal };
     if (stopping) {
-      if (code !== 0 && signal === null) {exitCode = Math.max(exitCode, 1);}
-      if (running.size === 0) {process.exit(exitCode);}
+      if (code !== 0 && signal === null) {
+        exitCode = Math.max(exitCode, 1);
+      }
+      if (running.size === 0) {
+        process.exit(exitCode);
+      }
       return;
     }
     if (!announced) {
@@ -121,7 +141,9 @@ export function superviseWorkers(options: SupervisorOptions): void {
     }
     const now = Date.now();
     restarts.push(now);
-    while (restarts.length > 0 && restarts[0] < now - RESTART_WINDOW_MS) {restarts.shift();}
+    while (restarts.length > 0 && restarts[0] < now - RESTART_WINDOW_MS) {
+      restarts.shift();
+    }
     if (restarts.length > MAX_RESTARTS) {
       logger.fatal({ ...exited, restarts: restarts.length, windowMs: RESTART_WINDOW_MS }, 'console proxy workers keep exiting: stopping');
       stop('SIGTERM', 1);
@@ -131,8 +153,12 @@ export function superviseWorkers(options: SupervisorOptions): void {
     start();
   });
 
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {process.on(signal, () => stop(signal, 0));}
-  for (let started = 0; started < options.workers; started++) {start();}
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => stop(signal, 0));
+  }
+  for (let started = 0; started < options.workers; started++) {
+    start();
+  }
 }
 
 /**
@@ -151,10 +177,15 @@ export function clusterMetricsText(): Promise<string> {
   const id = randomUUID();
   return new Promise<string>((resolve, reject) => {
     const onMessage = (message: unknown): void => {
-      if (!isMetricsAnswer(message) || message.id !== id) {return;}
+      if (!isMetricsAnswer(message) || message.id !== id) {
+        return;
+      }
       finish();
-      if (message.text !== undefined) {resolve(message.text);}
-      else {reject(new Error(`the supervisor could not collect the workers' metrics: ${message.error ?? 'no answer'}`));}
+      if (message.text !== undefined) {
+        resolve(message.text);
+      } else {
+        reject(new Error(`the supervisor could not collect the workers' metrics: ${message.error ?? 'no answer'}`));
+      }
     };
     const timer = setTimeout(() => {
       finish();
@@ -166,17 +197,27 @@ export function clusterMetricsText(): Promise<string> {
     };
     process.on('message', onMessage);
     const failed = (error: Error | null): void => {
-      if (!error) {return;}
+      if (!error) {
+        return;
+      }
       finish();
       reject(new Error(`no channel to the supervisor: ${error.message}`));
     };
-    if (process.send) {process.send({ type: METRICS_REQUEST, id } satisfies MetricsRequest, failed);}
-    else {failed(new Error('not a worker'));}
+    if (process.send) {
+      process.send({ type: METRICS_REQUEST, id } satisfies MetricsRequest, failed);
+    } else {
+      failed(new Error('not a worker'));
+    }
   });
 }
 
 function isMetricsRequest(message: unknown): message is MetricsRequest {
-  return typeof message === 'object' && message !== null && (message as MetricsRequest).type === METRICS_REQUEST && typeof (message as MetricsRequest).id === 'string';
+  return (
+    typeof message === 'object' &&
+    message !== null &&
+    (message as MetricsRequest).type === METRICS_REQUEST &&
+    typeof (message as MetricsRequest).id === 'string'
+  );
 }
 
 function isMetricsAnswer(message: unknown): message is MetricsAnswer {

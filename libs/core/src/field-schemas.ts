@@ -32,17 +32,24 @@ export function absoluteUrlSchema(schemes: string[]) {
   return z
     .string()
     .max(255)
-    .refine((value) => {
-      try {
-        const url = new URL(value);
-        return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname !== '' && url.hash === '';
-      } catch {
-        return false;
-      }
-    }, `must be an absolute ${schemes.join('/')} URL without a fragment`);
+    .refine(
+      (value) => {
+        try {
+          const url = new URL(value);
+          return schemes.includes(url.protocol.replace(/:$/, '')) && url.hostname !== '' && url.hash === '';
+        } catch {
+          return false;
+        }
+      },
+      `must be an absolute ${schemes.join('/')} URL without a fragment`,
+    );
 }
 
-export const credentialNameSchema = z.string().min(1).max(128).regex(/^[\x20-\x7e]+$/, 'printable ASCII');
+export const credentialNameSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[\x20-\x7e]+$/, 'printable ASCII');
 
 /** Describes every issue of a failed parse as `field: message`. */
 export function describeZodIssues(error: z.ZodError, prefix?: string): { field: string; message: string }[] {

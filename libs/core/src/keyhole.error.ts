@@ -40,11 +40,7 @@ export class KeyholeError extends Error {
   readonly details: SafeDetails | undefined;
   readonly logLevel: LogLevel;
 
-  constructor(
-    code: ErrorCode,
-    message: string,
-    options: { details?: SafeDetails; logLevel?: LogLevel; cause?: unknown } = {},
-  ) {
+  constructor(code: ErrorCode, message: string, options: { details?: SafeDetails; logLevel?: LogLevel; cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'KeyholeError';
     this.code = code;

@@ -20,7 +20,9 @@ export function generateApiKey(): { id: string; secret: string; key: string } {
 
 /** Null for anything that is not an API key of this format (the caller answers 401). */
 export function parseApiKey(presented: string): ParsedApiKey | null {
-  if (presented.length > 100) {return null;}
+  if (presented.length > 100) {
+    return null;
+  }
   const match = API_KEY_PATTERN.exec(presented);
   return match ? { id: match[1], secret: match[2] } : null;
 }

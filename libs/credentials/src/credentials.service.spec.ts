@@ -86,7 +86,9 @@ describe('CredentialsService.authenticate', () => {
     findById.mockImplementation(async (id: string) => (id === row.id ? row : null));
     const other = generateApiKey().key;
     const wrongSecret = `khk_${row.id}_${generateApiKey().secret}`;
-    const errors = await Promise.all([undefined, 'nonsense', other, wrongSecret].map((presented) => failure(service.authenticate(presented))));
+    const errors = await Promise.all(
+      [undefined, 'nonsense', other, wrongSecret].map((presented) => failure(service.authenticate(presented))),
+    );
     expect(new Set(errors.map((error) => `${error.code}|${error.message}`)).size).toBe(1);
     await expect(service.authenticate(key)).resolves.toBeDefined();
   });

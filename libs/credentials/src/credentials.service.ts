@@ -65,7 +65,9 @@ export class CredentialsService {
 
   /** Creates a credential and returns its key: the only time the key exists outside its holder. */
   async create(input: CreateCredentialInput): Promise<{ credential: CredentialView; key: string }> {
-    if (input.cellName !== null) {await this.cells.get(input.cellName);}
+    if (input.cellName !== null) {
+      await this.cells.get(input.cellName);
+    }
     const { id, secret, key } = generateApiKey();
     const secretHash = await this.hasher.hash(secret);
     const row = await this.control.credentials.insert({
@@ -82,22 +84,32 @@ export class CredentialsService {
   /** The principal of a presented key; UNAUTHENTICATED for any failure, whatever its reason. */
   async authenticate(presented: string | undefined): Promise<Principal> {
     const parsed = presented === undefined ? null : parseApiKey(presented);
-    if (!parsed) {throw unauthenticated();}
+    if (!parsed) {
+      throw unauthenticated();
+    }
     const row = await this.control.credentials.findById(parsed.id);
-    if (!row || row.revokedAt !== null) {throw unauthenticated();}
-    if (!(await this.secretMatches(row, parsed.secret))) {throw unauthenticated();}
+    if (!row || row.revokedAt !== null) {
+      throw unauthenticated();
+    }
+    if (!(await this.secretMatches(row, parsed.secret))) {
+      throw unauthenticated();
+    }
     this.noteUse(row.id);
     return { credentialId: row.id, name: row.name, role: row.role, cellName: row.cellName };
   }
 
   async list(options: { includeRevoked: boolean; cellName?: string | null }): Promise<CredentialView[]> {
     const rows = await this.control.credentials.listAll(options.includeRevoked);
-    return rows.filter((row) => options.cellName === undefined || options.cellName === null || row.cellName === options.cellName).map(toView);
+    return rows
+      .filter((row) => options.cellName === undefined || options.cellName === null || row.cellName === options.cellName)
+      .map(toView);
   }
 
   async get(id: string): Promise<CredentialView> {
     const row = await this.control.credentials.findById(id);
-    if (!row) {throw credentialNotFound(id);}
+    if (!row) {
+      throw credentialNotFound(id);
+    }
     return toView(row);
   }
 
@@ -105,7 +117,9 @@ export class CredentialsService {
   async revoke(id: string): Promise<void> {
     const revoked = await this.control.credentials.markRevoked(id);
     this.verified.delete(id);
-    if (!revoked) {throw credentialNotFound(id);}
+    if (!revoked) {
+      throw credentialNotFound(id);
+    }
     this.logger.log({ credentialId: id }, 'API credential revoked');
   }
 
@@ -114,7 +128,9 @@ export class CredentialsService {
     const cached = this.verified.get(row.id);
     const now = this.clock.nowMs();
     if (cached && now - cached.verifiedAtMs < this.config.credentials.cacheTtlMs) {
-      if (constantTimeEqual(cached.secretDigest, digest)) {return true;}
+      if (constantTimeEqual(cached.secretDigest, digest)) {
+        return true;
+      }
     }
     let matches: boolean;
     try {
@@ -124,7 +140,9 @@ export class CredentialsService {
       return false;
     }
     if (matches && this.config.credentials.cacheTtlMs > 0) {
-      if (this.verified.size >= MAX_CACHED_VERIFICATIONS) {this.verified.clear();}
+      if (this.verified.size >= MAX_CACHED_VERIFICATIONS) {
+        this.verified.clear();
+      }
       this.verified.set(row.id, { secretDigest: digest, verifiedAtMs: now });
     }
     return matches;
@@ -133,8 +151,12 @@ export class CredentialsService {
   private noteUse(id: string): void {
     const now = this.clock.nowMs();
     const last = this.lastUsedWrittenAtMs.get(id);
-    if (last !== undefined && now - last < LAST_USED_WRITE_INTERVAL_MS) {return;}
-    if (this.lastUsedWrittenAtMs.size >= MAX_CACHED_VERIFICATIONS) {this.lastUsedWrittenAtMs.clear();}
+    if (last !== undefined && now - last < LAST_USED_WRITE_INTERVAL_MS) {
+      return;
+    }
+    if (this.lastUsedWrittenAtMs.size >= MAX_CACHED_VERIFICATIONS) {
+      this.lastUsedWrittenAtMs.clear();
+    }
     this.lastUsedWrittenAtMs.set(id, now);
     // Bookkeeping only: a failed write must not fail the request it belongs to.
     this.control.credentials.touchLastUsed(id).catch((error: unknown) => {

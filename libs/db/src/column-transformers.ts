@@ -6,9 +6,13 @@ import { ValueTransformer } from 'typeorm';
  * rather than silently rounded.
  */
 export function int8AsNumber(value: unknown): number | null | undefined {
-  if (value === null || value === undefined) {return value;}
+  if (value === null || value === undefined) {
+    return value;
+  }
   const parsed = Number(value);
-  if (!Number.isSafeInteger(parsed)) {throw new RangeError('int8 value beyond 2^53');}
+  if (!Number.isSafeInteger(parsed)) {
+    throw new RangeError('int8 value beyond 2^53');
+  }
   return parsed;
 }
 

@@ -23,10 +23,7 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
   readonly cells: CellRepository;
   readonly credentials: ApiCredentialRepository;
 
-  constructor(
-    @Inject(KEYHOLE_CONFIG) config: KeyholeConfig,
-    @Inject(APPLICATION_NAME) applicationName: string,
-  ) {
+  constructor(@Inject(KEYHOLE_CONFIG) config: KeyholeConfig, @Inject(APPLICATION_NAME) applicationName: string) {
     const settings: DatabaseSettings = {
       url: requireControlUrl(config),
       poolSize: config.database.poolSize,
@@ -57,7 +54,9 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
   }
 
   async onApplicationShutdown(): Promise<void> {
-    if (this.dataSource.isInitialized) {await this.dataSource.destroy();}
+    if (this.dataSource.isInitialized) {
+      await this.dataSource.destroy();
+    }
     await this.pool.end();
   }
 }

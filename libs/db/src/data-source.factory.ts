@@ -42,7 +42,9 @@ export function createDataSource(kind: DatabaseKind, settings: DatabaseSettings)
 export function redactDatabaseUrl(url: string): string {
   try {
     const parsed = new URL(url);
-    if (parsed.password) {parsed.password = '***';}
+    if (parsed.password) {
+      parsed.password = '***';
+    }
     return parsed.toString();
   } catch {
     return '(unparseable database URL)';

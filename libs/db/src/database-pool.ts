@@ -44,7 +44,12 @@ export function createPool(settings: DatabaseSettings): Pool {
  * explicit columns, never `*`: a prepared statement whose result type changes (a column added by
  * a migration while proxies run) fails until its connection is replaced.
  */
-export async function runPrepared<Row extends QueryResultRow>(database: Pool | PoolClient, name: string, text: string, values: unknown[]): Promise<Row[]> {
+export async function runPrepared<Row extends QueryResultRow>(
+  database: Pool | PoolClient,
+  name: string,
+  text: string,
+  values: unknown[],
+): Promise<Row[]> {
   const result = await database.query<Row>({ name, text, values });
   return result.rows;
 }

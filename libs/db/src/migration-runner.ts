@@ -13,7 +13,9 @@ const MIGRATION_LOCK_KEY = 0x6b68_6d69_6772; // "khmigr"
  */
 export async function migrateDatabase(dataSource: DataSource): Promise<string[]> {
   const openedHere = !dataSource.isInitialized;
-  if (openedHere) {await dataSource.initialize();}
+  if (openedHere) {
+    await dataSource.initialize();
+  }
   // The lock lives on its own connection so that a pool of one can still run the migrations.
   const lock = new Client({ connectionString: (dataSource.options as { url: string }).url });
   try {
@@ -24,7 +26,9 @@ export async function migrateDatabase(dataSource: DataSource): Promise<string[]>
   } finally {
     // Ending the session releases the lock even if the unlock is never sent.
     await lock.end();
-    if (openedHere) {await dataSource.destroy();}
+    if (openedHere) {
+      await dataSource.destroy();
+    }
   }
 }
 
@@ -35,14 +39,18 @@ export async function migrateDatabase(dataSource: DataSource): Promise<string[]>
 export async function createDatabaseIfMissing(url: string, template?: string): Promise<boolean> {
   const target = new URL(url);
   const name = decodeURIComponent(target.pathname.replace(/^\//, ''));
-  if (!/^[A-Za-z0-9_-]{1,63}$/.test(name)) {throw new Error(`unsupported database name in URL`);}
+  if (!/^[A-Za-z0-9_-]{1,63}$/.test(name)) {
+    throw new Error(`unsupported database name in URL`);
+  }
   const admin = new URL(url);
   admin.pathname = '/postgres';
   const client = new Client({ connectionString: admin.toString() });
   await client.connect();
   try {
     const existing = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
-    if (existing.rowCount) {return false;}
+    if (existing.rowCount) {
+      return false;
+    }
     const templateClause = template ? ` TEMPLATE "${template.replace(/"/g, '')}"` : '';
     await client.query(`CREATE DATABASE "${name}"${templateClause}`);
     return true;

@@ -10,7 +10,9 @@ function controlledRun<Input>() {
 
 // Two event-loop turns: one for finished batches to settle, one for the flush they schedule.
 const turn = async () => {
-  for (let i = 0; i < 2; i++) {await new Promise<void>((resolve) => setImmediate(resolve));}
+  for (let i = 0; i < 2; i++) {
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
 };
 
 const settle = <T>(promise: Promise<T>) =>
@@ -63,7 +65,9 @@ describe('QueryBatcher', () => {
       [1, 2],
       [3, 4],
     ]);
-    for (const batch of batches.splice(0)) {batch.finish(batch.inputs.map((input) => ({ ok: true, value: `v${input}` })));}
+    for (const batch of batches.splice(0)) {
+      batch.finish(batch.inputs.map((input) => ({ ok: true, value: `v${input}` })));
+    }
     await turn();
     expect(batches.map((batch) => batch.inputs)).toEqual([[5]]);
     batches[0].finish([{ ok: true, value: 'v5' }]);
@@ -90,6 +94,8 @@ describe('QueryBatcher', () => {
     const results = [settle(batcher.call(1)), settle(batcher.call(2))];
     await turn();
     batches[0].finish([{ ok: true, value: 'only one' }]);
-    for (const result of await Promise.all(results)) {expect(result).toEqual({ error: expect.any(Error) });}
+    for (const result of await Promise.all(results)) {
+      expect(result).toEqual({ error: expect.any(Error) });
+    }
   });
 });

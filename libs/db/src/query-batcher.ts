@@ -40,7 +40,9 @@ export class QueryBatcher<Input, Output> {
   }
 
   private scheduleFlush(): void {
-    if (this.flushScheduled || this.inFlight >= this.options.maxInFlight || this.queue.length === 0) {return;}
+    if (this.flushScheduled || this.inFlight >= this.options.maxInFlight || this.queue.length === 0) {
+      return;
+    }
     this.flushScheduled = true;
     // setImmediate runs after the poll phase: every request parsed in this turn joins the batch.
     setImmediate(() => {
@@ -67,17 +69,24 @@ export class QueryBatcher<Input, Output> {
     let outcomes: BatchOutcome<Output>[];
     try {
       outcomes = await this.run(batch.map((pending) => pending.input));
-      if (outcomes.length !== batch.length) {throw new Error(`a batch of ${batch.length} answered ${outcomes.length} outcomes`);}
+      if (outcomes.length !== batch.length) {
+        throw new Error(`a batch of ${batch.length} answered ${outcomes.length} outcomes`);
+      }
     } catch (error) {
       this.batchDone();
-      for (const pending of batch) {pending.reject(error);}
+      for (const pending of batch) {
+        pending.reject(error);
+      }
       return;
     }
     this.batchDone();
     batch.forEach((pending, index) => {
       const outcome = outcomes[index];
-      if (outcome.ok) {pending.resolve(outcome.value);}
-      else {pending.reject(outcome.error);}
+      if (outcome.ok) {
+        pending.resolve(outcome.value);
+      } else {
+        pending.reject(outcome.error);
+      }
     });
   }
 }

@@ -66,7 +66,9 @@ export class RowMapper<Entity extends object> {
     return {
       selectList: selected.join(', '),
       read: (row) => {
-        for (let index = 0; index < converted.length; index++) {row[converted[index]] = readers[index](row[converted[index]]);}
+        for (let index = 0; index < converted.length; index++) {
+          row[converted[index]] = readers[index](row[converted[index]]);
+        }
         return row as Pick<Entity, Property>;
       },
     };

@@ -39,7 +39,10 @@ describe('Nova consoleauth values', () => {
   });
 
   it('takes a numeric string port, IPv6 with or without brackets, no access URL, an uppercase UUID', () => {
-    const parsed = parse('nova', nova({ port: '5901', host: '[fd00::5]', access_url: null, instance_uuid: INSTANCE.toUpperCase(), internal_access_path: '/path?x=1' }));
+    const parsed = parse(
+      'nova',
+      nova({ port: '5901', host: '[fd00::5]', access_url: null, instance_uuid: INSTANCE.toUpperCase(), internal_access_path: '/path?x=1' }),
+    );
     expect(parsed).toMatchObject({
       kind: 'authorization',
       authorization: { port: 5901, host: 'fd00::5', accessUrlBase: null, instanceUuid: INSTANCE, internalAccessPath: '/path?x=1' },
@@ -78,15 +81,42 @@ describe('Nova consoleauth values', () => {
   });
 
   it('refuses values over 64 KiB without parsing and bytes that are not UTF-8', () => {
-    expect(parse('nova', Buffer.alloc(MAX_LEGACY_VALUE_BYTES + 1, 0x20))).toMatchObject({ kind: 'malformed', field: 'value', reason: 'larger than 64 KiB' });
+    expect(parse('nova', Buffer.alloc(MAX_LEGACY_VALUE_BYTES + 1, 0x20))).toMatchObject({
+      kind: 'malformed',
+      field: 'value',
+      reason: 'larger than 64 KiB',
+    });
     expect(parse('nova', Buffer.from([0x7b, 0xff, 0x7d]))).toMatchObject({ kind: 'malformed', field: 'value', reason: 'not UTF-8' });
   });
 
   it('writes what it reads, in consoleauth field order', () => {
-    const value = novaTokenValue(TOKEN, { instanceUuid: INSTANCE, consoleType: 'serial', host: 'fd00::7', port: 10000, internalAccessPath: null, accessUrl: 'ws://p.example:6083/?token=x' }, 1_700_000_000_500);
-    expect(Object.keys(JSON.parse(value))).toEqual(['token', 'instance_uuid', 'console_type', 'host', 'port', 'internal_access_path', 'access_url', 'last_activity_at']);
+    const value = novaTokenValue(
+      TOKEN,
+      {
+        instanceUuid: INSTANCE,
+        consoleType: 'serial',
+        host: 'fd00::7',
+        port: 10000,
+        internalAccessPath: null,
+        accessUrl: 'ws://p.example:6083/?token=x',
+      },
+      1_700_000_000_500,
+    );
+    expect(Object.keys(JSON.parse(value))).toEqual([
+      'token',
+      'instance_uuid',
+      'console_type',
+      'host',
+      'port',
+      'internal_access_path',
+      'access_url',
+      'last_activity_at',
+    ]);
     expect(JSON.parse(value).last_activity_at).toBe(1_700_000_000.5);
-    expect(parse('nova', value)).toMatchObject({ kind: 'authorization', authorization: { host: 'fd00::7', port: 10000, consoleType: 'serial', accessUrlBase: 'ws://p.example:6083/' } });
+    expect(parse('nova', value)).toMatchObject({
+      kind: 'authorization',
+      authorization: { host: 'fd00::7', port: 10000, consoleType: 'serial', accessUrlBase: 'ws://p.example:6083/' },
+    });
   });
 });
 

@@ -62,7 +62,9 @@ const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
 /** Parses a raw Redis value stored under `token` (the token without the key prefix). */
 export function parseLegacyValue(format: LegacyFormat, raw: Buffer, token: string): LegacyValue {
   // Checked before decoding or parsing: the size of what we parse is bounded whatever Redis holds.
-  if (raw.length > MAX_LEGACY_VALUE_BYTES) {return malformed('value', 'larger than 64 KiB');}
+  if (raw.length > MAX_LEGACY_VALUE_BYTES) {
+    return malformed('value', 'larger than 64 KiB');
+  }
   let text: string;
   try {
     text = STRICT_UTF8.decode(raw);
@@ -92,25 +94,42 @@ function parseNovaValue(text: string, token: string): LegacyValue {
   } catch {
     return malformed('value', 'not JSON');
   }
-  if (Array.isArray(data)) {return { kind: 'instance-list' };}
-  if (!isRecord(data)) {return malformed('value', 'not a JSON object');}
+  if (Array.isArray(data)) {
+    return { kind: 'instance-list' };
+  }
+  if (!isRecord(data)) {
+    return malformed('value', 'not a JSON object');
+  }
 
   // Nova always wrote the key's own token here; a different one means the entry is not what it seems.
-  if (data.token !== undefined && data.token !== token) {return malformed('token', 'differs from the key');}
+  if (data.token !== undefined && data.token !== token) {
+    return malformed('token', 'differs from the key');
+  }
 
   const instance = instanceUuidSchema.safeParse(data.instance_uuid);
-  if (!instance.success) {return malformed('instance_uuid', 'not a UUID');}
+  if (!instance.success) {
+    return malformed('instance_uuid', 'not a UUID');
+  }
 
   const consoleType = data.console_type;
-  if (typeof consoleType !== 'string' || consoleType.length === 0 || consoleType.length > MAX_CONSOLE_TYPE_LENGTH || !PRINTABLE.test(consoleType)) {
+  if (
+    typeof consoleType !== 'string' ||
+    consoleType.length === 0 ||
+    consoleType.length > MAX_CONSOLE_TYPE_LENGTH ||
+    !PRINTABLE.test(consoleType)
+  ) {
     return malformed('console_type', 'not a printable string of 1..255 characters');
   }
 
   const host = parseHost(data.host);
-  if (host === undefined) {return malformed('host', 'not a hostname or IP address');}
+  if (host === undefined) {
+    return malformed('host', 'not a hostname or IP address');
+  }
 
   const port = parsePort(data.port);
-  if (port === undefined) {return malformed('port', 'not an integer 1..65535');}
+  if (port === undefined) {
+    return malformed('port', 'not an integer 1..65535');
+  }
 
   let internalAccessPath: string | null = null;
   if (data.internal_access_path !== undefined && data.internal_access_path !== null) {
@@ -125,7 +144,9 @@ function parseNovaValue(text: string, token: string): LegacyValue {
   let accessUrlBase: string | null = null;
   if (data.access_url !== undefined && data.access_url !== null) {
     const base = accessUrlBaseOf(data.access_url);
-    if (base === undefined) {return malformed('access_url', 'not an http(s) or ws(s) URL');}
+    if (base === undefined) {
+      return malformed('access_url', 'not an http(s) or ws(s) URL');
+    }
     accessUrlBase = base;
   }
 
@@ -155,15 +176,28 @@ function parseWebsockifyValue(text: string): LegacyValue {
     } catch {
       return malformed('value', 'not JSON');
     }
-    if (!isRecord(data)) {return malformed('value', 'not a JSON object');}
-    if (typeof data.host !== 'string') {return malformed('host', 'missing');}
+    if (!isRecord(data)) {
+      return malformed('value', 'not a JSON object');
+    }
+    if (typeof data.host !== 'string') {
+      return malformed('host', 'missing');
+    }
     target = data.host;
   }
   const parsed = parseHostPort(target);
-  if ('field' in parsed) {return malformed(parsed.field, parsed.reason);}
+  if ('field' in parsed) {
+    return malformed(parsed.field, parsed.reason);
+  }
   return {
     kind: 'authorization',
-    authorization: { instanceUuid: null, consoleType: null, host: parsed.host, port: parsed.port, internalAccessPath: null, accessUrlBase: null },
+    authorization: {
+      instanceUuid: null,
+      consoleType: null,
+      host: parsed.host,
+      port: parsed.port,
+      internalAccessPath: null,
+      accessUrlBase: null,
+    },
   };
 }
 
@@ -175,22 +209,32 @@ function parseHostPort(target: string): { host: string; port: number } | { field
   if (bracketed) {
     hostText = bracketed[1];
     portText = bracketed[2];
-    if (isIP(hostText) !== 6) {return { field: 'host', reason: 'brackets around something else than IPv6' };}
+    if (isIP(hostText) !== 6) {
+      return { field: 'host', reason: 'brackets around something else than IPv6' };
+    }
   } else {
     const parts = target.split(':');
-    if (parts.length !== 2) {return { field: 'value', reason: 'not HOST:PORT' };}
+    if (parts.length !== 2) {
+      return { field: 'value', reason: 'not HOST:PORT' };
+    }
     [hostText, portText] = parts;
   }
   const host = parseHost(hostText);
-  if (host === undefined) {return { field: 'host', reason: 'not a hostname or IP address' };}
+  if (host === undefined) {
+    return { field: 'host', reason: 'not a hostname or IP address' };
+  }
   const port = parsePort(portText);
-  if (port === undefined) {return { field: 'port', reason: 'not an integer 1..65535' };}
+  if (port === undefined) {
+    return { field: 'port', reason: 'not an integer 1..65535' };
+  }
   return { host, port };
 }
 
 /** A hostname or IP; IPv6 may come bracketed and is returned without brackets. */
 function parseHost(value: unknown): string | undefined {
-  if (typeof value !== 'string') {return undefined;}
+  if (typeof value !== 'string') {
+    return undefined;
+  }
   const unbracketed = /^\[(.*)\]$/.exec(value);
   const host = unbracketed && isIP(unbracketed[1]) === 6 ? unbracketed[1] : value;
   const parsed = consoleHostSchema.safeParse(host);
@@ -201,7 +245,9 @@ function parseHost(value: unknown): string | undefined {
 function parsePort(value: unknown): number | undefined {
   let port: unknown = value;
   if (typeof value === 'string') {
-    if (!/^[0-9]{1,5}$/.test(value)) {return undefined;}
+    if (!/^[0-9]{1,5}$/.test(value)) {
+      return undefined;
+    }
     port = Number(value);
   }
   const parsed = portSchema.safeParse(port);
@@ -210,14 +256,18 @@ function parsePort(value: unknown): number | undefined {
 
 /** Scheme, host, port and path of an access URL: no user info, query or fragment (the token lives there). */
 function accessUrlBaseOf(value: unknown): string | undefined {
-  if (typeof value !== 'string' || value.length > MAX_ACCESS_URL_LENGTH) {return undefined;}
+  if (typeof value !== 'string' || value.length > MAX_ACCESS_URL_LENGTH) {
+    return undefined;
+  }
   let url: URL;
   try {
     url = new URL(value);
   } catch {
     return undefined;
   }
-  if (!ACCESS_URL_SCHEMES.includes(url.protocol) || url.hostname === '') {return undefined;}
+  if (!ACCESS_URL_SCHEMES.includes(url.protocol) || url.hostname === '') {
+    return undefined;
+  }
   return `${url.protocol}//${url.host}${url.pathname}`;
 }
 

@@ -17,7 +17,9 @@ export const LEGACY_TOKEN_STORE = Symbol('keyhole.legacyTokenStore');
       inject: [KEYHOLE_CONFIG, { token: CLOCK, optional: true }],
       useFactory: (config: KeyholeConfig, clock: Clock | undefined): LegacyTokenStore | null => {
         const { redisUrl, format, keyPrefix, timeoutMs } = config.legacy;
-        if (!redisUrl) {return null;}
+        if (!redisUrl) {
+          return null;
+        }
         return new LegacyTokenStore({ redisUrl, format, keyPrefix, timeoutMs, clock }, new Logger(LegacyTokenStore.name));
       },
     },

@@ -50,7 +50,15 @@ const RECONNECT_CAP_MS = 1000;
  */
 interface LegacyScripts {
   /** lua/nova-write.lua: the token key and the instance's list. Replies `[pruned, malformed 0|1]`. */
-  novaWrite(tokenKey: string, listKey: string, value: string, ttlMs: number, token: string, keyPrefix: string, maxListed: number): Promise<unknown>;
+  novaWrite(
+    tokenKey: string,
+    listKey: string,
+    value: string,
+    ttlMs: number,
+    token: string,
+    keyPrefix: string,
+    maxListed: number,
+  ): Promise<unknown>;
   /** lua/nova-delete-instance.lua: the instance's listed tokens, then its list. Replies `[deleted, malformed 0|1]`. */
   novaDeleteInstance(listKey: string, keyPrefix: string, instanceUuid: string): Promise<unknown>;
 }
@@ -111,7 +119,9 @@ export class LegacyTokenStore {
       protocol: 2,
     };
     // ioredis only turns TLS on for a lowercase `rediss://`; be explicit whatever the case.
-    if (/^rediss:/i.test(options.redisUrl)) {redisOptions.tls = {};}
+    if (/^rediss:/i.test(options.redisUrl)) {
+      redisOptions.tls = {};
+    }
     const redis = new Redis(options.redisUrl, redisOptions);
     redis.defineCommand('novaWrite', { numberOfKeys: 2, lua: readScript('nova-write') });
     redis.defineCommand('novaDeleteInstance', { numberOfKeys: 1, lua: readScript('nova-delete-instance') });
@@ -121,7 +131,9 @@ export class LegacyTokenStore {
     // Messages are ioredis's own (ECONNREFUSED host:port, NOAUTH...): never a key, value or password.
     this.redis.on('error', (error: Error) => {
       this.lastSucceeded = false;
-      if (this.outageLogged) {return;}
+      if (this.outageLogged) {
+        return;
+      }
       this.outageLogged = true;
       this.logger?.warn({ format: this.format, reason: truncate(error.message) }, 'legacy token store unreachable');
     });
@@ -149,15 +161,23 @@ export class LegacyTokenStore {
    * asking Redis. Throws LegacyStoreUnavailable when Redis cannot answer within timeoutMs.
    */
   async lookup(token: string): Promise<LegacyAuthorization | null> {
-    if (!isPlausibleToken(token)) {return null;}
+    if (!isPlausibleToken(token)) {
+      return null;
+    }
     const key = this.keyPrefix + token;
     // GETRANGE bounds what Redis sends: one byte past the limit is enough to know a value is too big.
     const results = await this.run(() => this.redis.pipeline().getrangeBuffer(key, 0, MAX_LEGACY_VALUE_BYTES).pttl(key).exec());
     const [valueResult, ttlResult] = pipelineResults(results, 2);
-    if (ttlResult.error) {throw this.unavailable(ttlResult.error);}
+    if (ttlResult.error) {
+      throw this.unavailable(ttlResult.error);
+    }
     const ttlMs = ttlResult.value;
-    if (typeof ttlMs !== 'number') {throw this.unavailable(new Error('unexpected PTTL reply'));}
-    if (ttlMs === -2) {return null;} // no such key, or it expired between the two commands
+    if (typeof ttlMs !== 'number') {
+      throw this.unavailable(new Error('unexpected PTTL reply'));
+    }
+    if (ttlMs === -2) {
+      return null;
+    } // no such key, or it expired between the two commands
 
     if (valueResult.error) {
       if (isWrongType(valueResult.error)) {
@@ -166,7 +186,9 @@ export class LegacyTokenStore {
       }
       throw this.unavailable(valueResult.error);
     }
-    if (!Buffer.isBuffer(valueResult.value)) {throw this.unavailable(new Error('unexpected GETRANGE reply'));}
+    if (!Buffer.isBuffer(valueResult.value)) {
+      throw this.unavailable(new Error('unexpected GETRANGE reply'));
+    }
 
     const parsed = parseLegacyValue(this.format, valueResult.value, token);
     if (parsed.kind === 'instance-list') {
@@ -202,7 +224,9 @@ export class LegacyTokenStore {
     const instanceUuid = this.instanceUuid(authorization.instanceUuid);
     const value = novaTokenValue(token, { ...authorization, instanceUuid }, this.clock.nowMs());
     const listKey = this.keyPrefix + instanceUuid;
-    const reply = await this.run(() => this.redis.novaWrite(key, listKey, value, ttlSeconds * 1000, token, this.keyPrefix, MAX_LISTED_TOKENS));
+    const reply = await this.run(() =>
+      this.redis.novaWrite(key, listKey, value, ttlSeconds * 1000, token, this.keyPrefix, MAX_LISTED_TOKENS),
+    );
     if (Array.isArray(reply) && reply[1] === 1) {
       this.logger?.warn({ instance: instanceUuid }, 'legacy per-instance token list was malformed; replaced');
     }
@@ -214,10 +238,14 @@ export class LegacyTokenStore {
    * format: there is no per-instance index; returns 0 without asking Redis.
    */
   async deleteInstance(instanceUuid: string): Promise<number> {
-    if (this.format === 'websockify') {return 0;}
+    if (this.format === 'websockify') {
+      return 0;
+    }
     const uuid = this.instanceUuid(instanceUuid);
     const reply = await this.run(() => this.redis.novaDeleteInstance(this.keyPrefix + uuid, this.keyPrefix, uuid));
-    if (!Array.isArray(reply) || typeof reply[0] !== 'number') {throw this.unavailable(new Error('unexpected script reply'));}
+    if (!Array.isArray(reply) || typeof reply[0] !== 'number') {
+      throw this.unavailable(new Error('unexpected script reply'));
+    }
     if (reply[1] === 1) {
       this.logger?.warn({ instance: uuid }, 'legacy per-instance token list is malformed; left alone');
     }
@@ -238,26 +266,42 @@ export class LegacyTokenStore {
     do {
       const [next, keys] = await this.run(() => this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', SCAN_COUNT));
       cursor = next;
-      const candidates = keys.filter((key) => key.startsWith(this.keyPrefix) && !seen.has(key) && isPlausibleToken(key.slice(this.keyPrefix.length)));
-      if (candidates.length === 0) {continue;}
+      const candidates = keys.filter(
+        (key) => key.startsWith(this.keyPrefix) && !seen.has(key) && isPlausibleToken(key.slice(this.keyPrefix.length)),
+      );
+      if (candidates.length === 0) {
+        continue;
+      }
       const pipeline = this.redis.pipeline();
-      for (const key of candidates) {pipeline.getrangeBuffer(key, 0, MAX_LEGACY_VALUE_BYTES).pttl(key);}
+      for (const key of candidates) {
+        pipeline.getrangeBuffer(key, 0, MAX_LEGACY_VALUE_BYTES).pttl(key);
+      }
       const results = pipelineResults(await this.run(() => pipeline.exec()), candidates.length * 2);
       for (const [index, key] of candidates.entries()) {
         seen.add(key);
         const valueResult = results[index * 2];
         const ttlResult = results[index * 2 + 1];
-        if (ttlResult.error) {throw this.unavailable(ttlResult.error);}
+        if (ttlResult.error) {
+          throw this.unavailable(ttlResult.error);
+        }
         const ttlMs = ttlResult.value;
-        if (typeof ttlMs !== 'number' || ttlMs === -2) {continue;}
+        if (typeof ttlMs !== 'number' || ttlMs === -2) {
+          continue;
+        }
         if (valueResult.error) {
-          if (isWrongType(valueResult.error)) {continue;}
+          if (isWrongType(valueResult.error)) {
+            continue;
+          }
           throw this.unavailable(valueResult.error);
         }
-        if (!Buffer.isBuffer(valueResult.value)) {continue;}
+        if (!Buffer.isBuffer(valueResult.value)) {
+          continue;
+        }
         const token = key.slice(this.keyPrefix.length);
         const parsed = parseLegacyValue(this.format, valueResult.value, token);
-        if (parsed.kind === 'instance-list') {continue;}
+        if (parsed.kind === 'instance-list') {
+          continue;
+        }
         if (parsed.kind === 'malformed') {
           this.warnMalformed(token, parsed.field, parsed.reason);
           continue;
@@ -309,7 +353,9 @@ export class LegacyTokenStore {
 
   private instanceUuid(value: string): string {
     const parsed = instanceUuidSchema.safeParse(value);
-    if (!parsed.success) {throw new KeyholeError('INVALID_INPUT', 'The instance must be a UUID');}
+    if (!parsed.success) {
+      throw new KeyholeError('INVALID_INPUT', 'The instance must be a UUID');
+    }
     return parsed.data;
   }
 
@@ -325,7 +371,9 @@ type PipelineResult = { error: Error | null; value: unknown };
 
 /** ioredis pipeline replies as `{error, value}`, checking that every command answered. */
 function pipelineResults(results: [Error | null, unknown][] | null, expected: number): PipelineResult[] {
-  if (!results || results.length !== expected) {throw new LegacyStoreUnavailable('error');}
+  if (!results || results.length !== expected) {
+    throw new LegacyStoreUnavailable('error');
+  }
   return results.map(([error, value]) => ({ error, value }));
 }
 
@@ -334,9 +382,15 @@ function isWrongType(error: Error): boolean {
 }
 
 function failureOf(error: unknown): LegacyStoreFailure {
-  if (error instanceof LegacyStoreUnavailable) {return error.reason;}
-  if (!(error instanceof Error)) {return 'error';}
-  if (error.message === 'Command timed out') {return 'timeout';}
+  if (error instanceof LegacyStoreUnavailable) {
+    return error.reason;
+  }
+  if (!(error instanceof Error)) {
+    return 'error';
+  }
+  if (error.message === 'Command timed out') {
+    return 'timeout';
+  }
   if (error.name === 'ReplyError') {
     // Only Redis's error code (NOAUTH, LOADING, READONLY...): some messages quote the arguments.
     const code = /^[A-Z]+/.exec(error.message)?.[0];

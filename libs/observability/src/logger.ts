@@ -56,7 +56,9 @@ export function createLogger(options: LoggerOptions): Logger {
 }
 
 function standardOutput(flushIntervalMs: number | undefined): DestinationStream {
-  if (flushIntervalMs === undefined) {return pino.destination({ fd: 1, sync: false });}
+  if (flushIntervalMs === undefined) {
+    return pino.destination({ fd: 1, sync: false });
+  }
   // pino flushes what is held synchronously when the process exits.
   const destination = pino.destination({ fd: 1, sync: false, minLength: LOG_BUFFER_BYTES });
   setInterval(() => destination.flush(), flushIntervalMs).unref();

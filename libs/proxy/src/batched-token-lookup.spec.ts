@@ -2,7 +2,17 @@ import type { ConsoleGrantRow } from '@keyhole/db';
 import { BatchedTokenLookup } from './batched-token-lookup';
 
 function row(tokenHash: string, id: number): ConsoleGrantRow {
-  return { id, tokenHash, consoleType: 'novnc', host: 'h', port: 5900, internalAccessPath: null, instanceUuid: 'i', expires: 2_000, accessUrlBase: null };
+  return {
+    id,
+    tokenHash,
+    consoleType: 'novnc',
+    host: 'h',
+    port: 5900,
+    internalAccessPath: null,
+    instanceUuid: 'i',
+    expires: 2_000,
+    accessUrlBase: null,
+  };
 }
 
 const hash = (n: number): string => n.toString(16).padStart(64, '0');
@@ -30,7 +40,12 @@ describe('BatchedTokenLookup', () => {
   it('checks the tokens of one turn of the event loop in one query, and answers each with its own row or null', async () => {
     const tokens = fakeTokens([row(hash(1), 1), row(hash(2), 2)]);
     const lookup = new BatchedTokenLookup(tokens, () => 1_000);
-    const answers = Promise.all([lookup.findValid(hash(1)), lookup.findValid(hash(2)), lookup.findValid(hash(3)), lookup.findValid(hash(1))]);
+    const answers = Promise.all([
+      lookup.findValid(hash(1)),
+      lookup.findValid(hash(2)),
+      lookup.findValid(hash(3)),
+      lookup.findValid(hash(1)),
+    ]);
     await nextTurn();
     expect(tokens.queries).toHaveLength(1);
     // Duplicates are asked once.
@@ -65,7 +80,9 @@ describe('BatchedTokenLookup', () => {
     await nextTurn();
     await nextTurn();
     expect(tokens.queries.map((query) => query.hashes)).toEqual([[hash(1), hash(2)], [hash(3)]]);
-    for (const query of tokens.queries) {query.answer();}
+    for (const query of tokens.queries) {
+      query.answer();
+    }
     expect(await answers).toEqual([null, null, null]);
   });
 
@@ -75,7 +92,9 @@ describe('BatchedTokenLookup', () => {
     const answers = [lookup.findValid(hash(1)), lookup.findValid(hash(2))];
     await nextTurn();
     tokens.queries[0].fail(new Error('connection terminated'));
-    for (const answer of answers) {await expect(answer).rejects.toThrow('connection terminated');}
+    for (const answer of answers) {
+      await expect(answer).rejects.toThrow('connection terminated');
+    }
     const again = lookup.findValid(hash(1));
     await nextTurn();
     tokens.queries[1].answer();

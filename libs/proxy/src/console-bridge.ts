@@ -103,7 +103,9 @@ export class ConsoleBridge {
 
   /** Ends the session for a reason decided by the proxy (revocation, limits, shutdown). */
   close(reason: CloseReason): void {
-    if (this.reason !== undefined) {return;}
+    if (this.reason !== undefined) {
+      return;
+    }
     this.reason = reason;
     if (reason === 'heartbeat timeout') {
       this.ws.terminate();
@@ -115,7 +117,9 @@ export class ConsoleBridge {
 
   /** Sends a ping, after noting whether the previous one was answered. Returns false if it was not. */
   ping(): boolean {
-    if (!this.alive) {return false;}
+    if (!this.alive) {
+      return false;
+    }
     this.alive = false;
     this.ws.ping();
     return true;
@@ -130,7 +134,9 @@ export class ConsoleBridge {
     const bytes = data as Buffer;
     this.bytesToUpstream += bytes.length;
     this.lastActivityAtMs = this.options.nowMs();
-    if (!this.upstream.write(bytes)) {this.ws.pause();}
+    if (!this.upstream.write(bytes)) {
+      this.ws.pause();
+    }
   };
 
   private readonly onUpstreamDrain = (): void => {
@@ -167,7 +173,9 @@ export class ConsoleBridge {
   };
 
   private readonly onUpstreamClose = (): void => {
-    if (this.reason === undefined) {this.close('console closed');}
+    if (this.reason === undefined) {
+      this.close('console closed');
+    }
   };
 
   private readonly onPong = (): void => {
@@ -175,7 +183,9 @@ export class ConsoleBridge {
   };
 
   private readonly onClientError = (error: Error & { code?: string }): void => {
-    if (this.reason !== undefined) {return;}
+    if (this.reason !== undefined) {
+      return;
+    }
     this.reason = error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'frame too large' : 'client error';
     this.upstream.destroy();
   };
@@ -194,7 +204,9 @@ export class ConsoleBridge {
   };
 
   private finish(): void {
-    if (this.ended) {return;}
+    if (this.ended) {
+      return;
+    }
     this.ended = true;
     this.options.onEnd(this.reason ?? 'client closed', {
       bytesToClient: this.bytesToClient,

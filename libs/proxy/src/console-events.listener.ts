@@ -63,7 +63,9 @@ export class ConsoleEventsListener {
   }
 
   private onNotification(message: Notification): void {
-    if (message.channel !== CONSOLE_EVENTS_CHANNEL) {return;}
+    if (message.channel !== CONSOLE_EVENTS_CHANNEL) {
+      return;
+    }
     const event = parseConsoleEvent(message.payload);
     if (!event) {
       this.logger.warn({ channel: message.channel }, 'ignored a malformed console event');
@@ -73,7 +75,9 @@ export class ConsoleEventsListener {
   }
 
   private onLost(client: Client, error?: Error): void {
-    if (client !== this.client || this.stopped) {return;}
+    if (client !== this.client || this.stopped) {
+      return;
+    }
     this.client = undefined;
     this.listening = false;
     this.logger.warn({ err: error }, 'console events connection lost; reconnecting');
@@ -82,7 +86,9 @@ export class ConsoleEventsListener {
   }
 
   private scheduleReconnect(): void {
-    if (this.stopped) {return;}
+    if (this.stopped) {
+      return;
+    }
     const delay = this.delayMs;
     this.delayMs = Math.min(this.delayMs * 2, RECONNECT_MAX_MS);
     this.retryTimer = setTimeout(() => {

@@ -99,10 +99,14 @@ export class ConsoleProxy {
   async drain(graceMs: number): Promise<void> {
     this.draining = true;
     const deadline = this.clock.nowMs() + graceMs;
-    while (this.registry.size > 0 && this.clock.nowMs() < deadline) {await delay(Math.min(250, graceMs));}
+    while (this.registry.size > 0 && this.clock.nowMs() < deadline) {
+      await delay(Math.min(250, graceMs));
+    }
     this.registry.closeAll('proxy shutdown');
     const closeDeadline = Date.now() + 5_000;
-    while (this.registry.size > 0 && Date.now() < closeDeadline) {await delay(25);}
+    while (this.registry.size > 0 && Date.now() < closeDeadline) {
+      await delay(25);
+    }
   }
 
   /** Closes what is left and waits for every session record to be written. */
@@ -127,20 +131,28 @@ export class ConsoleProxy {
 
   private async upgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const startedAt = process.hrtime.bigint();
-    if (this.draining) {return this.refuse(socket, DRAINING);}
+    if (this.draining) {
+      return this.refuse(socket, DRAINING);
+    }
     const grant = await this.gate.check(request);
-    if (grant.kind !== 'grant') {return this.refuse(socket, grant);}
+    if (grant.kind !== 'grant') {
+      return this.refuse(socket, grant);
+    }
 
     const pending = this.launcher.connect(grant);
     // If ws never completes the upgrade (a bad Sec-WebSocket-Key, a client that left during the
     // checks), release the console and the session at once instead of holding a serial port.
     let settled = false;
     const abandon = (): void => {
-      if (settled) {return;}
+      if (settled) {
+        return;
+      }
       settled = true;
       this.launcher.abandon(pending);
     };
-    if (socket.destroyed) {return abandon();}
+    if (socket.destroyed) {
+      return abandon();
+    }
     socket.once('close', abandon);
     this.wss.handleUpgrade(request, socket, head, (ws) => {
       settled = true;
@@ -165,8 +177,12 @@ export class ConsoleProxy {
     if (event.kind === 'revoke') {
       this.launcher.cancelByTokenIds(new Set(event.tokenIds), 'token revoked');
       let closed = this.registry.closeByTokenIds(event.tokenIds, 'token revoked');
-      if (event.instanceUuids?.length) {closed += this.registry.closeLegacyByInstances(event.instanceUuids, 'token revoked');}
-      if (closed > 0) {this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');}
+      if (event.instanceUuids?.length) {
+        closed += this.registry.closeLegacyByInstances(event.instanceUuids, 'token revoked');
+      }
+      if (closed > 0) {
+        this.logger.log({ tokens: event.tokenIds.length, sessions: closed }, 'ended sessions of revoked tokens');
+      }
     } else if (event.kind === 'end-session') {
       this.launcher.cancelBySessionIds(event.sessionIds, 'ended by operator');
       this.registry.closeBySessionIds(event.sessionIds, 'ended by operator');
@@ -179,9 +195,13 @@ export class ConsoleProxy {
   private async reconcile(): Promise<void> {
     await this.gate.readFallbackFlag();
     const missing = await this.cell.tokens.findMissing(this.registry.liveTokenIds());
-    if (missing.length > 0) {this.registry.closeByTokenIds(missing, 'token revoked');}
+    if (missing.length > 0) {
+      this.registry.closeByTokenIds(missing, 'token revoked');
+    }
     const ended = await this.cell.sessions.findEnded(this.registry.all().map((session) => session.id));
-    if (ended.length > 0) {this.registry.closeBySessionIds(ended, 'ended by operator');}
+    if (ended.length > 0) {
+      this.registry.closeBySessionIds(ended, 'ended by operator');
+    }
   }
 
   private refuse(socket: Duplex, refusal: Refusal): void {

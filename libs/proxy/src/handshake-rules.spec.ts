@@ -150,7 +150,9 @@ describe('checkOrigin', () => {
   });
 
   it('refuses X-Forwarded-Proto https for an http access URL base', () => {
-    expect(checkOrigin(check({ origin: 'http://example.net:6080', forwardedProto: 'https', accessUrlBase: 'http://example.net:6080' }))).toMatchObject({
+    expect(
+      checkOrigin(check({ origin: 'http://example.net:6080', forwardedProto: 'https', accessUrlBase: 'http://example.net:6080' })),
+    ).toMatchObject({
       allowed: false,
     });
   });

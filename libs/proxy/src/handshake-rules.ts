@@ -13,22 +13,34 @@ export function extractToken(requestTarget: string, cookieHeader: string | undef
   if (queryStart !== -1) {
     const values = new URLSearchParams(requestTarget.slice(queryStart + 1)).getAll('token');
     const last = values[values.length - 1];
-    if (last) {return last;}
+    if (last) {
+      return last;
+    }
   }
-  if (!cookieHeader) {return undefined;}
+  if (!cookieHeader) {
+    return undefined;
+  }
   let found: string | undefined;
   for (const part of cookieHeader.split(';')) {
     const separator = part.indexOf('=');
-    if (separator === -1) {continue;}
-    if (part.slice(0, separator).trim() !== 'token') {continue;}
+    if (separator === -1) {
+      continue;
+    }
+    if (part.slice(0, separator).trim() !== 'token') {
+      continue;
+    }
     let value = part.slice(separator + 1).trim();
-    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) {value = value.slice(1, -1);}
+    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) {
+      value = value.slice(1, -1);
+    }
     try {
       value = decodeURIComponent(value);
     } catch {
       continue;
     }
-    if (value) {found = value;}
+    if (value) {
+      found = value;
+    }
   }
   return found;
 }
@@ -56,7 +68,9 @@ export interface OriginCheck {
  * never modified by a request (Nova bug 2158919).
  */
 export function checkOrigin(check: OriginCheck): OriginVerdict {
-  if (check.origin === undefined) {return { allowed: true };}
+  if (check.origin === undefined) {
+    return { allowed: true };
+  }
   let origin: URL;
   try {
     origin = new URL(check.origin);
@@ -65,12 +79,16 @@ export function checkOrigin(check: OriginCheck): OriginVerdict {
   }
   const originHost = bareHostname(origin.hostname);
   const originScheme = (check.forwardedProto?.split(',')[0]?.trim() || origin.protocol.replace(/:$/, '')).toLowerCase();
-  if (!originHost || !originScheme) {return { allowed: false, reason: 'Origin header not valid' };}
+  if (!originHost || !originScheme) {
+    return { allowed: false, reason: 'Origin header not valid' };
+  }
   const requestHost = check.host === undefined ? undefined : hostWithoutPort(check.host);
   if (originHost !== requestHost && !check.allowedOrigins.includes(originHost)) {
     return { allowed: false, reason: 'Origin header does not match this host' };
   }
-  if (!check.accessUrlBase) {return { allowed: false, reason: 'No access URL base to check the origin protocol against' };}
+  if (!check.accessUrlBase) {
+    return { allowed: false, reason: 'No access URL base to check the origin protocol against' };
+  }
   let baseScheme: string;
   try {
     baseScheme = new URL(check.accessUrlBase).protocol.replace(/:$/, '').toLowerCase();
@@ -78,11 +96,21 @@ export function checkOrigin(check: OriginCheck): OriginVerdict {
     return { allowed: false, reason: 'No access URL base to check the origin protocol against' };
   }
   const expected = new Set([baseScheme]);
-  if (baseScheme === 'ws') {expected.add('http');}
-  if (baseScheme === 'wss') {expected.add('https');}
-  if (baseScheme === 'http') {expected.add('ws');}
-  if (baseScheme === 'https') {expected.add('wss');}
-  if (!expected.has(originScheme)) {return { allowed: false, reason: 'Origin header protocol does not match this host' };}
+  if (baseScheme === 'ws') {
+    expected.add('http');
+  }
+  if (baseScheme === 'wss') {
+    expected.add('https');
+  }
+  if (baseScheme === 'http') {
+    expected.add('ws');
+  }
+  if (baseScheme === 'https') {
+    expected.add('wss');
+  }
+  if (!expected.has(originScheme)) {
+    return { allowed: false, reason: 'Origin header protocol does not match this host' };
+  }
   return { allowed: true };
 }
 

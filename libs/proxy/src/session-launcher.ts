@@ -85,7 +85,10 @@ export class SessionLauncher {
       this.connecting.delete(session.id);
       const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
       this.metrics.connects.inc({ result: 'upstream_failed' });
-      this.logger.warn({ sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason }, 'console unreachable');
+      this.logger.warn(
+        { sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason },
+        'console unreachable',
+      );
       // Paused since the upgrade: read again, or the browser's close reply is never seen.
       ws.resume();
       ws.close(CLOSE_CODES['console unreachable'], `console unreachable: ${reason}`);
@@ -99,7 +102,9 @@ export class SessionLauncher {
       upstream.destroy();
       const reason: CloseReason = cancelled ?? (draining ? 'proxy shutdown' : 'client closed');
       ws.resume();
-      if (ws.readyState === WebSocket.OPEN) {ws.close(CLOSE_CODES[reason], reason);}
+      if (ws.readyState === WebSocket.OPEN) {
+        ws.close(CLOSE_CODES[reason], reason);
+      }
       this.recordEnd(session, reason, this.noTraffic());
       return;
     }
@@ -127,14 +132,20 @@ export class SessionLauncher {
 
   /** Marks the connecting sessions of these tokens: they close as soon as they would start. */
   cancelByTokenIds(revoked: ReadonlySet<number>, reason: CloseReason): void {
-    for (const entry of this.connecting.values()) {if (entry.tokenId !== null && revoked.has(entry.tokenId)) {entry.cancelled = reason;}}
+    for (const entry of this.connecting.values()) {
+      if (entry.tokenId !== null && revoked.has(entry.tokenId)) {
+        entry.cancelled = reason;
+      }
+    }
   }
 
   /** Marks these connecting sessions: they close as soon as they would start. */
   cancelBySessionIds(sessionIds: readonly string[], reason: CloseReason): void {
     for (const id of sessionIds) {
       const entry = this.connecting.get(id);
-      if (entry) {entry.cancelled = reason;}
+      if (entry) {
+        entry.cancelled = reason;
+      }
     }
   }
 
@@ -145,7 +156,10 @@ export class SessionLauncher {
     }
     // Rows of sessions that never got as far as an end are still queued: write them too.
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.recorder.flush(), new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadlineMs - Date.now()))))]);
+    await Promise.race([
+      this.recorder.flush(),
+      new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadlineMs - Date.now())))),
+    ]);
     clearTimeout(timer);
   }
 

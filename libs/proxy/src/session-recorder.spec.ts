@@ -19,7 +19,8 @@ function sessionRow(id: string): NewConsoleSessionRow {
 
 /** A store whose statements the test completes by hand, in order. */
 function fakeStore() {
-  const statements: { kind: 'insert' | 'end'; rows: (SessionRecord | SessionEnd)[]; done: () => void; fail: (error: unknown) => void }[] = [];
+  const statements: { kind: 'insert' | 'end'; rows: (SessionRecord | SessionEnd)[]; done: () => void; fail: (error: unknown) => void }[] =
+    [];
   const record =
     (kind: 'insert' | 'end') =>
     (rows: (SessionRecord | SessionEnd)[]): Promise<void> =>

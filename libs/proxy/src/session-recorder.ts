@@ -72,20 +72,29 @@ export class SessionRecorder {
   async flush(): Promise<void> {
     this.cancelSchedule();
     while (this.writing || this.inserts.size > 0 || this.ends.size > 0) {
-      if (this.writing) {await this.writing;}
-      else {this.write();}
+      if (this.writing) {
+        await this.writing;
+      } else {
+        this.write();
+      }
     }
   }
 
   /** Plans the next write, `writeDelayMs` after the first record queued since the last one. */
   private schedule(): void {
-    if (this.writing || this.timer !== undefined) {return;}
-    if (this.inserts.size > 0 || this.ends.size > 0) {this.timer = setTimeout(this.scheduledWrite, this.writeDelayMs);}
+    if (this.writing || this.timer !== undefined) {
+      return;
+    }
+    if (this.inserts.size > 0 || this.ends.size > 0) {
+      this.timer = setTimeout(this.scheduledWrite, this.writeDelayMs);
+    }
   }
 
   private readonly scheduledWrite = (): void => {
     this.cancelSchedule();
-    if (!this.writing) {this.write();}
+    if (!this.writing) {
+      this.write();
+    }
   };
 
   private cancelSchedule(): void {
@@ -97,15 +106,21 @@ export class SessionRecorder {
   private write(): void {
     const inserts = take(this.inserts, MAX_ROWS_PER_STATEMENT);
     const ends = take(this.ends, MAX_ROWS_PER_STATEMENT);
-    if (inserts.length === 0 && ends.length === 0) {return;}
+    if (inserts.length === 0 && ends.length === 0) {
+      return;
+    }
     this.writing = Promise.all([this.writeInserts(inserts), this.writeEnds(ends)]).then(() => {
       this.writing = undefined;
-      if (this.inserts.size > 0 || this.ends.size > 0) {this.schedule();}
+      if (this.inserts.size > 0 || this.ends.size > 0) {
+        this.schedule();
+      }
     });
   }
 
   private async writeInserts(pending: PendingInsert[]): Promise<void> {
-    if (pending.length === 0) {return;}
+    if (pending.length === 0) {
+      return;
+    }
     await this.writeRows(
       pending.map((entry) => entry.record),
       (records) => this.store.insertBatch(records),
@@ -118,13 +133,17 @@ export class SessionRecorder {
   }
 
   private async writeEnds(pending: { end: SessionEnd; written: Deferred }[]): Promise<void> {
-    if (pending.length === 0) {return;}
+    if (pending.length === 0) {
+      return;
+    }
     await this.writeRows(
       pending.map((entry) => entry.end),
       (ends) => this.store.endBatch(ends),
       (end, error) => this.logger.warn({ err: error, sessionId: end.id }, 'could not record the end of a session'),
     );
-    for (const entry of pending) {entry.written.resolve();}
+    for (const entry of pending) {
+      entry.written.resolve();
+    }
   }
 
   /**
@@ -132,17 +151,25 @@ export class SessionRecorder {
    * so that only the bad rows are lost; any other failure (database unreachable) loses them all
    * at once instead of waiting once per row.
    */
-  private async writeRows<T extends { id: string }>(rows: T[], write: (rows: T[]) => Promise<void>, lost: (row: T, error: unknown) => void): Promise<void> {
+  private async writeRows<T extends { id: string }>(
+    rows: T[],
+    write: (rows: T[]) => Promise<void>,
+    lost: (row: T, error: unknown) => void,
+  ): Promise<void> {
     try {
       await write(rows);
       return;
     } catch (error) {
       if (rows.length === 1 || !isRowDataError(error)) {
-        for (const row of rows) {lost(row, error);}
+        for (const row of rows) {
+          lost(row, error);
+        }
         return;
       }
     }
-    for (const row of rows) {await write([row]).catch((error: unknown) => lost(row, error));}
+    for (const row of rows) {
+      await write([row]).catch((error: unknown) => lost(row, error));
+    }
   }
 }
 
@@ -161,7 +188,9 @@ function deferred(): Deferred {
 function take<V>(map: Map<string, V>, limit: number): V[] {
   const taken: V[] = [];
   for (const [key, value] of map) {
-    if (taken.length === limit) {break;}
+    if (taken.length === limit) {
+      break;
+    }
     taken.push(value);
     map.delete(key);
   }

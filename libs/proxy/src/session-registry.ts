@@ -71,7 +71,9 @@ export class SessionRegistry {
     if (session.tokenId !== null) {
       const set = this.byToken.get(session.tokenId);
       set?.delete(session);
-      if (set?.size === 0) {this.byToken.delete(session.tokenId);}
+      if (set?.size === 0) {
+        this.byToken.delete(session.tokenId);
+      }
     }
   }
 
@@ -113,7 +115,9 @@ export class SessionRegistry {
   }
 
   closeAll(reason: CloseReason): void {
-    for (const session of this.sessions.values()) {session.bridge.close(reason);}
+    for (const session of this.sessions.values()) {
+      session.bridge.close(reason);
+    }
   }
 
   /** Token ids of the live sessions (to reconcile revocations missed while not listening). */
@@ -126,14 +130,23 @@ export class SessionRegistry {
     const nowSeconds = Math.floor(now / 1000);
     // Half a sweep of slack: timers drift by a millisecond, which must not skip a whole ping.
     const ping = now - this.lastPingAtMs >= this.limits.heartbeatIntervalMs - SWEEP_INTERVAL_MS / 2;
-    if (ping) {this.lastPingAtMs = now;}
+    if (ping) {
+      this.lastPingAtMs = now;
+    }
     for (const session of this.sessions.values()) {
       const bridge = session.bridge;
-      if (bridge.closeReason !== undefined) {continue;}
-      if (ping && !bridge.ping()) {bridge.close('heartbeat timeout');}
-      else if (this.limits.idleTimeoutMs > 0 && now - bridge.lastActivityAtMs >= this.limits.idleTimeoutMs) {bridge.close('idle timeout');}
-      else if (this.limits.maxSessionMs > 0 && now - bridge.startedAtMs >= this.limits.maxSessionMs) {bridge.close('session time limit');}
-      else if (this.limits.enforceTokenExpiry && session.expires <= nowSeconds) {bridge.close('token expired');}
+      if (bridge.closeReason !== undefined) {
+        continue;
+      }
+      if (ping && !bridge.ping()) {
+        bridge.close('heartbeat timeout');
+      } else if (this.limits.idleTimeoutMs > 0 && now - bridge.lastActivityAtMs >= this.limits.idleTimeoutMs) {
+        bridge.close('idle timeout');
+      } else if (this.limits.maxSessionMs > 0 && now - bridge.startedAtMs >= this.limits.maxSessionMs) {
+        bridge.close('session time limit');
+      } else if (this.limits.enforceTokenExpiry && session.expires <= nowSeconds) {
+        bridge.close('token expired');
+      }
     }
     if (now - this.lastHeartbeatAtMs >= this.limits.sessionHeartbeatMs && !this.heartbeatInFlight) {
       this.lastHeartbeatAtMs = now;
@@ -147,7 +160,9 @@ export class SessionRegistry {
       bytesToClient: session.bridge.bytesToClient,
       bytesToUpstream: session.bridge.bytesToUpstream,
     }));
-    if (counters.length === 0) {return;}
+    if (counters.length === 0) {
+      return;
+    }
     this.heartbeatInFlight = true;
     this.store
       .heartbeat(counters)

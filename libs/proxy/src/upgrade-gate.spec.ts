@@ -71,7 +71,9 @@ function setUp(options: Partial<UpgradeGateOptions> = {}) {
 type Setup = ReturnType<typeof setUp>;
 
 function storedRows(setup: Setup, ...rows: ConsoleGrantRow[]): void {
-  setup.cell.tokens.findValidByHashes.mockImplementation(async (hashes: string[]) => rows.filter((candidate) => hashes.includes(candidate.tokenHash)));
+  setup.cell.tokens.findValidByHashes.mockImplementation(async (hashes: string[]) =>
+    rows.filter((candidate) => hashes.includes(candidate.tokenHash)),
+  );
 }
 
 async function turnFallbackOn(setup: Setup): Promise<void> {
@@ -137,7 +139,10 @@ describe('UpgradeGate', () => {
       kind: 'forbidden_origin',
       reason: 'Origin header does not match this host',
     });
-    expect(logged).toContainEqual([{ fingerprint: FINGERPRINT, reason: 'Origin header does not match this host' }, 'refused a websocket origin']);
+    expect(logged).toContainEqual([
+      { fingerprint: FINGERPRINT, reason: 'Origin header does not match this host' },
+      'refused a websocket origin',
+    ]);
   });
 
   it('grants a database token and queues its session row', async () => {
@@ -187,7 +192,10 @@ describe('UpgradeGate', () => {
     storedRows(setup, row({ consoleType: 'serial' }));
     setup.cell.sessions.insertExclusive.mockResolvedValue(null);
     let written!: () => void;
-    setup.gate.releaseWhenWritten({ consoleType: 'serial', host: '192.0.2.10', port: 5900 }, new Promise<void>((resolve) => (written = resolve)));
+    setup.gate.releaseWhenWritten(
+      { consoleType: 'serial', host: '192.0.2.10', port: 5900 },
+      new Promise<void>((resolve) => (written = resolve)),
+    );
     const reconnect = setup.gate.check(withToken());
     await new Promise((resolve) => setImmediate(resolve));
     expect(setup.cell.sessions.insertExclusive).not.toHaveBeenCalled();

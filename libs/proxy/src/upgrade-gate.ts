@@ -4,7 +4,13 @@ import type { IncomingMessage } from 'node:http';
 import type { KeyholeConfig } from '@keyhole/config';
 import { Clock, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex } from '@keyhole/core';
 import { LEGACY_FALLBACK_SETTING } from '@keyhole/db';
-import type { CellSettingRepository, ConsoleAuthTokenRepository, ConsoleGrantRow, ConsoleSessionRepository, NewConsoleSessionRow } from '@keyhole/db';
+import type {
+  CellSettingRepository,
+  ConsoleAuthTokenRepository,
+  ConsoleGrantRow,
+  ConsoleSessionRepository,
+  NewConsoleSessionRow,
+} from '@keyhole/db';
 import { NO_INSTANCE_UUID, WEBSOCKIFY_CONSOLE_TYPE } from '@keyhole/legacy-store';
 import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
 import { BatchedTokenLookup } from './batched-token-lookup';
@@ -137,9 +143,13 @@ export class UpgradeGate {
   /** Decides an upgrade request: a grant (the session's row is claimed or queued) or a refusal. */
   async check(request: IncomingMessage): Promise<UpgradeGrant | Refusal> {
     const presented = extractToken(request.url ?? '/', request.headers.cookie);
-    if (!presented) {return NO_TOKEN;}
+    if (!presented) {
+      return NO_TOKEN;
+    }
     // Implausible tokens could match nothing: no database work.
-    if (!isPlausibleToken(presented)) {return this.invalidToken(request, undefined);}
+    if (!isPlausibleToken(presented)) {
+      return this.invalidToken(request, undefined);
+    }
     const tokenHash = sha256Hex(presented);
 
     let token: TokenGrant | null;
@@ -152,7 +162,9 @@ export class UpgradeGate {
       this.logger.error({ err: error, fingerprint: fingerprintOfHash(tokenHash) }, 'token lookup failed');
       return UNAVAILABLE;
     }
-    if (!token) {return this.invalidToken(request, tokenHash);}
+    if (!token) {
+      return this.invalidToken(request, tokenHash);
+    }
     if (!(this.options.settings.consoleTypes as string[]).includes(token.consoleType)) {
       return { kind: 'wrong_console_type', consoleType: token.consoleType };
     }
@@ -211,11 +223,15 @@ export class UpgradeGate {
    * that a browser reconnecting at once is not refused by its own session. `written` never rejects.
    */
   releaseWhenWritten(session: Pick<NewConsoleSessionRow, 'consoleType' | 'host' | 'port'>, written: Promise<unknown>): void {
-    if (!EXCLUSIVE_CONSOLE_TYPES.has(session.consoleType)) {return;}
+    if (!EXCLUSIVE_CONSOLE_TYPES.has(session.consoleType)) {
+      return;
+    }
     const target = targetKey(session.host, session.port);
     this.endingTargets.set(target, written);
     const release = (): void => {
-      if (this.endingTargets.get(target) === written) {this.endingTargets.delete(target);}
+      if (this.endingTargets.get(target) === written) {
+        this.endingTargets.delete(target);
+      }
     };
     written.then(release, release);
   }
@@ -224,7 +240,9 @@ export class UpgradeGate {
   private clientAddress(request: IncomingMessage): string | null {
     if (this.options.settings.trustProxy) {
       const forwarded = header(request, 'x-forwarded-for')?.split(',')[0]?.trim();
-      if (forwarded) {return forwarded.slice(0, 64);}
+      if (forwarded) {
+        return forwarded.slice(0, 64);
+      }
     }
     return request.socket.remoteAddress ?? null;
   }
@@ -234,9 +252,13 @@ export class UpgradeGate {
    * legacy token is then served exactly like a database one.
    */
   private async legacyGrant(presented: string, tokenHash: string, request: IncomingMessage): Promise<TokenGrant | null> {
-    if (!this.fallbackEnabled || !this.options.legacy) {return null;}
+    if (!this.fallbackEnabled || !this.options.legacy) {
+      return null;
+    }
     // A token revoked in keyhole must not come back through a legacy copy of it (dual-write).
-    if (await this.cell.tokens.isRevokedHash(tokenHash, nowSeconds(this.clock))) {return null;}
+    if (await this.cell.tokens.isRevokedHash(tokenHash, nowSeconds(this.clock))) {
+      return null;
+    }
     let legacy: LegacyAuthorization | null;
     try {
       legacy = await this.options.legacy.lookup(presented);
@@ -245,7 +267,9 @@ export class UpgradeGate {
       throw error;
     }
     this.metrics.legacyLookups.inc({ result: legacy ? 'served' : 'miss' });
-    if (!legacy) {return null;}
+    if (!legacy) {
+      return null;
+    }
     return {
       source: 'legacy',
       tokenId: null,
@@ -255,7 +279,9 @@ export class UpgradeGate {
       port: legacy.port,
       internalAccessPath: legacy.internalAccessPath,
       // Without an access URL (websockify's format) the page must have come over this very scheme.
-      accessUrlBase: legacy.accessUrlBase ?? `${(header(request, 'x-forwarded-proto') ?? 'http').split(',')[0].trim()}://${header(request, 'host') ?? 'localhost'}`,
+      accessUrlBase:
+        legacy.accessUrlBase ??
+        `${(header(request, 'x-forwarded-proto') ?? 'http').split(',')[0].trim()}://${header(request, 'host') ?? 'localhost'}`,
       expires: legacy.expiresAt ?? Number.MAX_SAFE_INTEGER,
     };
   }
@@ -268,14 +294,22 @@ export class UpgradeGate {
   private invalidToken(request: IncomingMessage, tokenHash: string | undefined): Refusal {
     this.refusedTokens += 1;
     if (this.options.logEachRefusal) {
-      this.logger.debug({ fingerprint: tokenHash === undefined ? null : fingerprintOfHash(tokenHash), client: this.clientAddress(request) }, 'refused an invalid or expired token');
+      this.logger.debug(
+        { fingerprint: tokenHash === undefined ? null : fingerprintOfHash(tokenHash), client: this.clientAddress(request) },
+        'refused an invalid or expired token',
+      );
     }
     return INVALID_TOKEN;
   }
 
   private logRefusedTokens(): void {
-    if (this.refusedTokens === 0) {return;}
-    this.logger.log({ instance: this.options.instance, refused: this.refusedTokens, intervalMs: REFUSAL_SUMMARY_INTERVAL_MS }, 'refused invalid or expired tokens');
+    if (this.refusedTokens === 0) {
+      return;
+    }
+    this.logger.log(
+      { instance: this.options.instance, refused: this.refusedTokens, intervalMs: REFUSAL_SUMMARY_INTERVAL_MS },
+      'refused invalid or expired tokens',
+    );
     this.refusedTokens = 0;
   }
 }

@@ -10,7 +10,9 @@ import * as http from 'node:http';
  */
 export function nativeWebSocketMasking(): boolean {
   // Newer Node versions bring the same routine, which `ws` prefers.
-  if ('websocketUnmask' in http) {return true;}
+  if ('websocketUnmask' in http) {
+    return true;
+  }
   try {
     // Resolved as `ws` resolves it, from its own directory.
     const requireFromWs = createRequire(require.resolve('ws'));

@@ -30,10 +30,16 @@ export async function createTokenApi(
   logger: LoggerService,
   options: { handleSignals: boolean } = { handleSignals: true },
 ): Promise<NestFastifyApplication> {
-  const app = await NestFactory.create<NestFastifyApplication>(TokenApiModule.forRoot(config), createTokenApiAdapter(config), nestApplicationOptions(logger));
+  const app = await NestFactory.create<NestFastifyApplication>(
+    TokenApiModule.forRoot(config),
+    createTokenApiAdapter(config),
+    nestApplicationOptions(logger),
+  );
   configureTokenApi(app, logger);
   // A process that hosts several apps (the local deployment) handles signals itself.
-  if (options.handleSignals) {app.enableShutdownHooks(['SIGTERM', 'SIGINT']);}
+  if (options.handleSignals) {
+    app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  }
   return app;
 }
 

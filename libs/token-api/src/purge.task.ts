@@ -22,7 +22,9 @@ export class PurgeTask implements OnApplicationBootstrap {
   ) {}
 
   onApplicationBootstrap(): void {
-    if (this.config.purge.intervalMs === 0) {return;}
+    if (this.config.purge.intervalMs === 0) {
+      return;
+    }
     const interval = setInterval(() => void this.runOnce(), this.config.purge.intervalMs);
     interval.unref();
     this.scheduler.addInterval('purge', interval);
@@ -30,13 +32,17 @@ export class PurgeTask implements OnApplicationBootstrap {
 
   /** One pass over every cell; resolves when done. */
   async runOnce(): Promise<void> {
-    if (this.running) {return;}
+    if (this.running) {
+      return;
+    }
     this.running = true;
     try {
       for (const cell of await this.cells.list()) {
         try {
           const result = await this.purge.purgeCell(cell.name);
-          if (!result.ran) {this.logger.debug({ cell: cell.name }, 'purge skipped: another replica holds the lock');}
+          if (!result.ran) {
+            this.logger.debug({ cell: cell.name }, 'purge skipped: another replica holds the lock');
+          }
         } catch (error) {
           this.logger.error({ cell: cell.name, err: error }, 'purge failed; retrying at the next interval');
         }

@@ -35,12 +35,16 @@ export class TokenApiModule {
         TokensModule,
         CredentialsModule,
       ],
-      controllers: [TokensController, SessionsController, FallbackController, CellsController, CredentialsController, HealthController, OpenApiController],
-      providers: [
-        PurgeTask,
-        { provide: APP_GUARD, useClass: AuthGuard },
-        { provide: APP_FILTER, useClass: ApiExceptionFilter },
+      controllers: [
+        TokensController,
+        SessionsController,
+        FallbackController,
+        CellsController,
+        CredentialsController,
+        HealthController,
+        OpenApiController,
       ],
+      providers: [PurgeTask, { provide: APP_GUARD, useClass: AuthGuard }, { provide: APP_FILTER, useClass: ApiExceptionFilter }],
     };
   }
 }

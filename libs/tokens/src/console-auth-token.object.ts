@@ -114,13 +114,17 @@ export function makeCompatible<T extends Record<string, unknown>>(fields: T, ver
   const result: Partial<T> = {};
   for (const name of Object.keys(fields) as (keyof T & string)[]) {
     const since = FIELD_SINCE[name as keyof typeof FIELD_SINCE] as ObjectVersion | undefined;
-    if (since === undefined || OBJECT_VERSIONS.indexOf(since) <= target) {result[name] = fields[name];}
+    if (since === undefined || OBJECT_VERSIONS.indexOf(since) <= target) {
+      result[name] = fields[name];
+    }
   }
   return result;
 }
 
 export function buildAccessUrl(consoleType: string, base: string | null, token: string | undefined): string | null {
-  if (!base || token === undefined) {return null;}
+  if (!base || token === undefined) {
+    return null;
+  }
   if (consoleType !== 'novnc') {
     return `${base}${base.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
   }

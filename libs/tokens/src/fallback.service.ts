@@ -56,9 +56,13 @@ export class FallbackService {
   /** Switches the flag; refused with FALLBACK_FORCED while configuration forces it. */
   async set(cellName: string, enabled: boolean, changedBy: string): Promise<FallbackStatus> {
     if (this.config.legacy.forcedFallback !== undefined) {
-      throw new KeyholeError('FALLBACK_FORCED', `The legacy fallback is forced ${this.config.legacy.forcedFallback ? 'on' : 'off'} by KEYHOLE_LEGACY_FALLBACK`, {
-        details: { cell: cellName, forced: this.config.legacy.forcedFallback },
-      });
+      throw new KeyholeError(
+        'FALLBACK_FORCED',
+        `The legacy fallback is forced ${this.config.legacy.forcedFallback ? 'on' : 'off'} by KEYHOLE_LEGACY_FALLBACK`,
+        {
+          details: { cell: cellName, forced: this.config.legacy.forcedFallback },
+        },
+      );
     }
     const database = await this.databases.get(cellName);
     await database.settings.set(LEGACY_FALLBACK_SETTING, { enabled }, changedBy.slice(0, 128));

@@ -35,7 +35,9 @@ export class LegacyImportService {
   ) {}
 
   async importInto(cellName: string): Promise<LegacyImportResult> {
-    if (!this.legacy) {throw new KeyholeError('INVALID_INPUT', 'No legacy store is configured (KEYHOLE_LEGACY_REDIS_URL)');}
+    if (!this.legacy) {
+      throw new KeyholeError('INVALID_INPUT', 'No legacy store is configured (KEYHOLE_LEGACY_REDIS_URL)');
+    }
     const cell = await this.cells.get(cellName);
     const database = await this.databases.get(cellName);
     const result: LegacyImportResult = { cell: cellName, seen: 0, imported: 0, alreadyPresent: 0, skipped: 0 };
@@ -61,8 +63,11 @@ export class LegacyImportService {
         objectVersion: CURRENT_OBJECT_VERSION,
         issuedBy: null,
       });
-      if (inserted) {result.imported += 1;}
-      else {result.alreadyPresent += 1;}
+      if (inserted) {
+        result.imported += 1;
+      } else {
+        result.alreadyPresent += 1;
+      }
     }
     this.logger.log({ ...result }, 'legacy tokens imported');
     return result;

@@ -61,7 +61,9 @@ export class PurgeService {
       const {
         rows: [{ locked }],
       } = await lockConnection.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_KEY]);
-      if (!locked) {return { cell: cellName, ran: false, tokens: 0, sessions: 0, durationMs: 0 };}
+      if (!locked) {
+        return { cell: cellName, ran: false, tokens: 0, sessions: 0, durationMs: 0 };
+      }
       try {
         const batchSize = this.config.tokens.purgeBatchSize;
         const now = nowSeconds(this.clock);
@@ -99,8 +101,12 @@ export class PurgeService {
     for (;;) {
       const deleted = await deleteBatch();
       total += deleted;
-      if (deleted < batchSize) {return total;}
-      if (this.config.purge.pauseMs > 0) {await delay(this.config.purge.pauseMs);}
+      if (deleted < batchSize) {
+        return total;
+      }
+      if (this.config.purge.pauseMs > 0) {
+        await delay(this.config.purge.pauseMs);
+      }
     }
   }
 }

@@ -53,7 +53,9 @@ export class SessionsService {
   async end(cellName: string, id: string): Promise<void> {
     const ended = await (await this.databases.get(cellName)).sessions.endByOperator(id);
     if (!ended) {
-      throw new KeyholeError('SESSION_NOT_FOUND', `No live session with id '${id}' in cell '${cellName}'`, { details: { cell: cellName, id } });
+      throw new KeyholeError('SESSION_NOT_FOUND', `No live session with id '${id}' in cell '${cellName}'`, {
+        details: { cell: cellName, id },
+      });
     }
   }
 
@@ -66,7 +68,9 @@ export class SessionsService {
     const targets = await database.tokens.listValidTargets(instanceUuid, 'serial', nowSeconds(this.clock));
     const live = await database.sessions.listLiveOnTargets(targets);
     return targets.map((target) => {
-      const holder = live.find((session) => session.consoleType === 'serial' && session.host === target.host && session.port === target.port);
+      const holder = live.find(
+        (session) => session.consoleType === 'serial' && session.host === target.host && session.port === target.port,
+      );
       return { ...target, free: holder === undefined, sessionId: holder?.id ?? null };
     });
   }

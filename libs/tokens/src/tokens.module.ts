@@ -11,7 +11,14 @@ import { LegacyImportService } from './legacy-import.service';
 /** The token lifecycle. Needs `ConfigModule`, `CoreModule`, `MetricsModule` and `DbModule.forControl`. */
 @Module({
   imports: [CellsModule, LegacyStoreModule],
-  providers: [TokensService, SessionsService, PurgeService, FallbackService, LegacyImportService, { provide: TOKEN_GENERATOR, useValue: randomTokenGenerator }],
+  providers: [
+    TokensService,
+    SessionsService,
+    PurgeService,
+    FallbackService,
+    LegacyImportService,
+    { provide: TOKEN_GENERATOR, useValue: randomTokenGenerator },
+  ],
   exports: [TokensService, SessionsService, PurgeService, FallbackService, LegacyImportService],
 })
 export class TokensModule {}

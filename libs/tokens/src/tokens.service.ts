@@ -73,14 +73,22 @@ export class TokensService {
         issuedBy: input.issuedBy,
       });
       this.logger.log(
-        { cell: cellName, tokenId: row.id, fingerprint: fingerprintOfHash(tokenHash), instance: row.instanceUuid, consoleType: row.consoleType },
+        {
+          cell: cellName,
+          tokenId: row.id,
+          fingerprint: fingerprintOfHash(tokenHash),
+          instance: row.instanceUuid,
+          consoleType: row.consoleType,
+        },
         'console token issued',
       );
       const issued = ConsoleAuthToken.fromRow(cellName, row, token);
       await this.dualWrite(issued, ttlSeconds);
       return issued;
     } catch (error) {
-      if (postgresErrorCode(error) === UNIQUE_VIOLATION) {throw tokenInUse();}
+      if (postgresErrorCode(error) === UNIQUE_VIOLATION) {
+        throw tokenInUse();
+      }
       throw error;
     }
   }
@@ -91,7 +99,9 @@ export class TokensService {
    * The token is valid in the cell database either way, so a failed copy is logged, not fatal.
    */
   private async dualWrite(issued: ConsoleAuthToken, ttlSeconds: number): Promise<void> {
-    if (!this.config.legacy.dualWrite || !this.legacy || issued.token === undefined) {return;}
+    if (!this.config.legacy.dualWrite || !this.legacy || issued.token === undefined) {
+      return;
+    }
     const row = issued.row;
     try {
       await this.legacy.write(
@@ -118,7 +128,9 @@ export class TokensService {
   async validate(cellName: string, token: string): Promise<ConsoleAuthToken> {
     const database = await this.databases.get(cellName);
     const found = await findValidToken(database.tokens, token, nowSeconds(this.clock));
-    if (!found) {throw invalidToken();}
+    if (!found) {
+      throw invalidToken();
+    }
     return found;
   }
 
@@ -128,22 +140,30 @@ export class TokensService {
    * not be asked, the answer is that error, not "not found" (fail closed).
    */
   async introspect(cellNames: string[], token: string): Promise<ConsoleAuthToken> {
-    if (!isPlausibleToken(token)) {throw invalidToken();}
+    if (!isPlausibleToken(token)) {
+      throw invalidToken();
+    }
     const results = await Promise.allSettled(cellNames.map((cellName) => this.validate(cellName, token)));
     const found = results.find((result) => result.status === 'fulfilled');
-    if (found) {return found.value;}
+    if (found) {
+      return found.value;
+    }
     const failure = results.find(
       (result): result is PromiseRejectedResult =>
         result.status === 'rejected' && !(result.reason instanceof KeyholeError && result.reason.code === 'TOKEN_NOT_FOUND'),
     );
-    if (failure) {throw failure.reason;}
+    if (failure) {
+      throw failure.reason;
+    }
     throw invalidToken();
   }
 
   /** A token's stored authorization (never its plaintext), whatever its expiry. */
   async get(cellName: string, id: number): Promise<ConsoleAuthToken> {
     const row = await (await this.databases.get(cellName)).tokens.findById(id);
-    if (!row) {throw tokenIdNotFound(cellName, id);}
+    if (!row) {
+      throw tokenIdNotFound(cellName, id);
+    }
     return ConsoleAuthToken.fromRow(cellName, row);
   }
 
@@ -154,7 +174,9 @@ export class TokensService {
 
   async revokeById(cellName: string, id: number): Promise<void> {
     const deleted = await (await this.databases.get(cellName)).tokens.deleteById(id);
-    if (!deleted) {throw tokenIdNotFound(cellName, id);}
+    if (!deleted) {
+      throw tokenIdNotFound(cellName, id);
+    }
     this.logger.log({ cell: cellName, tokenId: id }, 'console token revoked');
   }
 
@@ -184,7 +206,9 @@ export async function findValidToken(
   token: string,
   nowSeconds: number,
 ): Promise<ConsoleAuthToken | null> {
-  if (!isPlausibleToken(token)) {return null;}
+  if (!isPlausibleToken(token)) {
+    return null;
+  }
   const row = await tokens.findValidByHash(sha256Hex(token), nowSeconds);
   return row ? ConsoleAuthToken.fromRow(tokens.cellName, row, token) : null;
 }

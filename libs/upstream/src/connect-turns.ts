@@ -48,7 +48,9 @@ export class ConnectTurns {
    * console is known to wait for its client (no turn to take).
    */
   take(key: string, timeoutMs: number): Promise<ReleaseTurn | undefined> {
-    if (this.isSilent(key)) {return Promise.resolve(undefined);}
+    if (this.isSilent(key)) {
+      return Promise.resolve(undefined);
+    }
     const queue = this.waiting.get(key);
     if (queue === undefined) {
       this.waiting.set(key, []);
@@ -57,8 +59,12 @@ export class ConnectTurns {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         const index = queue.indexOf(grant);
-        if (index !== -1) {queue.splice(index, 1);}
-        reject(new UpstreamError('connect timeout', `no connection to the console within ${timeoutMs} ms (waiting for earlier connects to it)`));
+        if (index !== -1) {
+          queue.splice(index, 1);
+        }
+        reject(
+          new UpstreamError('connect timeout', `no connection to the console within ${timeoutMs} ms (waiting for earlier connects to it)`),
+        );
       }, timeoutMs);
       const grant = (release: ReleaseTurn | undefined): void => {
         clearTimeout(timer);
@@ -91,32 +97,45 @@ export class ConnectTurns {
   private turn(key: string): ReleaseTurn {
     let released = false;
     return (silent = false) => {
-      if (released) {return;}
+      if (released) {
+        return;
+      }
       released = true;
       const queue = this.waiting.get(key) ?? [];
       if (silent) {
         this.rememberSilent(key);
         this.waiting.delete(key);
-        for (const grant of queue) {grant(undefined);}
+        for (const grant of queue) {
+          grant(undefined);
+        }
         return;
       }
       const next = queue.shift();
-      if (next) {next(this.turn(key));}
-      else {this.waiting.delete(key);}
+      if (next) {
+        next(this.turn(key));
+      } else {
+        this.waiting.delete(key);
+      }
     };
   }
 
   private isSilent(key: string): boolean {
     const until = this.silent.get(key);
-    if (until === undefined) {return false;}
-    if (until > performance.now()) {return true;}
+    if (until === undefined) {
+      return false;
+    }
+    if (until > performance.now()) {
+      return true;
+    }
     this.silent.delete(key);
     return false;
   }
 
   private rememberSilent(key: string): void {
     this.silent.delete(key);
-    if (this.silent.size >= MAX_SILENT_CONSOLES) {this.silent.delete(this.silent.keys().next().value as string);}
+    if (this.silent.size >= MAX_SILENT_CONSOLES) {
+      this.silent.delete(this.silent.keys().next().value as string);
+    }
     this.silent.set(key, performance.now() + SILENT_MEMORY_MS);
   }
 }

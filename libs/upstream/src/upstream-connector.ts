@@ -34,7 +34,9 @@ export async function connectUpstream(target: UpstreamTarget, timeoutMs: number,
     throw error;
   }
   if (target.internalAccessPath === null) {
-    if (release) {turns?.holdUntilSpoken(socket, release);}
+    if (release) {
+      turns?.holdUntilSpoken(socket, release);
+    }
     return socket;
   }
   try {
@@ -70,7 +72,11 @@ function openSocket(target: UpstreamTarget, timeoutMs: number): Promise<Socket> 
       clearTimeout(timer);
       socket.destroy();
       const refused = error.code === 'ECONNREFUSED';
-      reject(new UpstreamError(refused ? 'connect refused' : 'connect failed', `console connection failed (${error.code ?? 'error'})`, { cause: error }));
+      reject(
+        new UpstreamError(refused ? 'connect refused' : 'connect failed', `console connection failed (${error.code ?? 'error'})`, {
+          cause: error,
+        }),
+      );
     });
   });
 }
@@ -83,14 +89,19 @@ function sendConnect(socket: Socket, path: string, timeoutMs: number): Promise<v
       socket.off('data', onData);
       socket.off('error', onError);
       socket.off('end', onEnd);
-      if (error) {reject(error);}
-      else {resolve();}
+      if (error) {
+        reject(error);
+      } else {
+        resolve();
+      }
     };
     const onData = (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
       const headEnd = received.indexOf('\r\n\r\n');
       if (headEnd === -1) {
-        if (received.length > MAX_CONNECT_RESPONSE_BYTES) {finish(new UpstreamError('CONNECT malformed', 'CONNECT response head too long'));}
+        if (received.length > MAX_CONNECT_RESPONSE_BYTES) {
+          finish(new UpstreamError('CONNECT malformed', 'CONNECT response head too long'));
+        }
         return;
       }
       socket.pause();
@@ -100,10 +111,13 @@ function sendConnect(socket: Socket, path: string, timeoutMs: number): Promise<v
         finish(new UpstreamError('CONNECT refused', `CONNECT was answered with "${statusLine.slice(0, 64)}"`));
         return;
       }
-      if (rest.length > 0) {socket.unshift(rest);}
+      if (rest.length > 0) {
+        socket.unshift(rest);
+      }
       finish();
     };
-    const onError = (error: Error) => finish(new UpstreamError('connect failed', 'console connection failed during CONNECT', { cause: error }));
+    const onError = (error: Error) =>
+      finish(new UpstreamError('connect failed', 'console connection failed during CONNECT', { cause: error }));
     const onEnd = () => finish(new UpstreamError('CONNECT refused', 'console closed during CONNECT'));
     const timer = setTimeout(() => finish(new UpstreamError('connect timeout', `no CONNECT answer within ${timeoutMs} ms`)), timeoutMs);
     socket.on('data', onData);

@@ -34,7 +34,9 @@ export function locateXtermFitAddon(): PackageLocation {
  * an existing directory; null when disabled or absent.
  */
 export function resolveSpiceDirectory(option: string | null | undefined): string | null {
-  if (option === null) {return null;}
+  if (option === null) {
+    return null;
+  }
   const directory = resolve(option ?? DEFAULT_SPICE_HTML5_DIR);
   try {
     return statSync(directory).isDirectory() ? directory : null;
@@ -52,7 +54,9 @@ export function spiceVersion(directory: string): string | null {
   if (existsSync(packageJson)) {
     try {
       const parsed = JSON.parse(readFileSync(packageJson, 'utf8')) as { version?: unknown };
-      if (typeof parsed.version === 'string') {return parsed.version;}
+      if (typeof parsed.version === 'string') {
+        return parsed.version;
+      }
     } catch {
       // Not JSON: fall through to dpkg.
     }
@@ -72,7 +76,9 @@ function readPackageVersion(root: string, name: string): string {
 function debianPackageVersion(packageName: string, directory: string): string | null {
   try {
     const files = readFileSync(`/var/lib/dpkg/info/${packageName}.list`, 'utf8').split('\n');
-    if (!files.includes(directory)) {return null;}
+    if (!files.includes(directory)) {
+      return null;
+    }
     // /var/lib/dpkg/status: stanzas separated by blank lines, "Field: value" lines.
     const stanza = readFileSync('/var/lib/dpkg/status', 'utf8')
       .split('\n\n')

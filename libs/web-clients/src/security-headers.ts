@@ -44,7 +44,9 @@ export function setSecurityHeaders(
   // The page URL holds the token: never send it to anyone as a referrer.
   response.setHeader('Referrer-Policy', 'no-referrer');
   // X-Frame-Options cannot name origins; with an allow-list the CSP alone decides.
-  if (frameAncestors.length === 0) {response.setHeader('X-Frame-Options', 'DENY');}
+  if (frameAncestors.length === 0) {
+    response.setHeader('X-Frame-Options', 'DENY');
+  }
   response.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
   response.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
   response.setHeader('Cache-Control', cacheControl);
@@ -62,17 +64,23 @@ export function setSecurityHeaders(
 export function spicePageCsp(html: string): string {
   const scriptHashes = new Set<string>();
   for (const match of html.matchAll(/<script\b([^>]*)>([\s\S]*?)<\/script\s*>/gi)) {
-    if (/\bsrc\s*=/i.test(match[1] ?? '')) {continue;}
+    if (/\bsrc\s*=/i.test(match[1] ?? '')) {
+      continue;
+    }
     scriptHashes.add(sha256Source(match[2] ?? ''));
   }
   const handlerHashes = new Set<string>();
   for (const match of html.matchAll(/\son[a-z]+\s*=\s*(?:"([^"]*)"|'([^']*)')/gi)) {
     const handler = match[1] ?? match[2] ?? '';
     // The browser hashes the attribute value after decoding character references: skip those.
-    if (!handler.includes('&')) {handlerHashes.add(sha256Source(handler));}
+    if (!handler.includes('&')) {
+      handlerHashes.add(sha256Source(handler));
+    }
   }
   const scriptSources = ["'self'", ...scriptHashes, ...handlerHashes];
-  if (handlerHashes.size > 0) {scriptSources.push("'unsafe-hashes'");}
+  if (handlerHashes.size > 0) {
+    scriptSources.push("'unsafe-hashes'");
+  }
   return [
     "default-src 'self'",
     `script-src ${scriptSources.join(' ')}`,
@@ -97,7 +105,9 @@ function sha256Source(text: string): string {
  * no leading `//` (a path that a redirect would turn into another host: Nova CVE-2021-3654).
  */
 export function isSafeRequestPath(rawPath: string): boolean {
-  if (!rawPath.startsWith('/') || rawPath.startsWith('//')) {return false;}
+  if (!rawPath.startsWith('/') || rawPath.startsWith('//')) {
+    return false;
+  }
   let decoded: string;
   try {
     decoded = decodeURIComponent(rawPath);
@@ -105,7 +115,9 @@ export function isSafeRequestPath(rawPath: string): boolean {
     return false;
   }
   // A '%' left after one decoding is double encoding; '\\' is a separator on some systems.
-  if (/[\\%\0]/.test(decoded) || decoded.includes('//')) {return false;}
+  if (/[\\%\0]/.test(decoded) || decoded.includes('//')) {
+    return false;
+  }
   // An encoded slash becomes a real separator once decoded, so check the decoded segments.
   return !decoded.split('/').some((segment) => segment === '..' || segment === '.');
 }

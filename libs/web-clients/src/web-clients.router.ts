@@ -2,21 +2,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync, type Stats } from 'node:fs';
 import { extname, join } from 'node:path';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
-import {
-  locateNovnc,
-  locateXterm,
-  locateXtermFitAddon,
-  resolveSpiceDirectory,
-  spiceVersion,
-} from './client-packages';
-import {
-  ASSET_CACHE_CONTROL,
-  isSafeRequestPath,
-  PAGE_CACHE_CONTROL,
-  PAGE_CSP,
-  setSecurityHeaders,
-  spicePageCsp,
-} from './security-headers';
+import { locateNovnc, locateXterm, locateXtermFitAddon, resolveSpiceDirectory, spiceVersion } from './client-packages';
+import { ASSET_CACHE_CONTROL, isSafeRequestPath, PAGE_CACHE_CONTROL, PAGE_CSP, setSecurityHeaders, spicePageCsp } from './security-headers';
 
 export interface WebClientsOptions {
   /**
@@ -103,8 +90,14 @@ export function createWebClientsRouter(options: WebClientsOptions = {}): Router 
     router.get(path, (_request, response) => sendFixedFile(response, asset, ASSET_CACHE_CONTROL, headers));
   }
 
-  router.use('/core', staticFiles(join(novnc.root, 'core'), () => PAGE_CSP, headers));
-  router.use('/vendor', staticFiles(join(novnc.root, 'vendor'), () => PAGE_CSP, headers));
+  router.use(
+    '/core',
+    staticFiles(join(novnc.root, 'core'), () => PAGE_CSP, headers),
+  );
+  router.use(
+    '/vendor',
+    staticFiles(join(novnc.root, 'vendor'), () => PAGE_CSP, headers),
+  );
 
   if (spiceDirectory !== null) {
     const pageCsp = new SpicePageCsp();
@@ -119,10 +112,7 @@ export function describeWebClients(options: WebClientsOptions = {}): Record<stri
   return {
     novnc: locateNovnc().version,
     serial: `xterm ${locateXterm().version}`,
-    spice:
-      spiceDirectory === null
-        ? null
-        : `spice-html5 ${spiceVersion(spiceDirectory) ?? '(version unknown)'} from ${spiceDirectory}`,
+    spice: spiceDirectory === null ? null : `spice-html5 ${spiceVersion(spiceDirectory) ?? '(version unknown)'} from ${spiceDirectory}`,
   };
 }
 
@@ -138,7 +128,9 @@ function fixedFile(body: Buffer, contentType: string): FixedFile {
 function sendFixedFile(response: Response, file: FixedFile, cacheControl: string, headers: SetHeaders): void {
   headers(response, PAGE_CSP, cacheControl);
   response.setHeader('Content-Type', file.contentType);
-  if (cacheControl !== PAGE_CACHE_CONTROL) {response.setHeader('ETag', file.etag);}
+  if (cacheControl !== PAGE_CACHE_CONTROL) {
+    response.setHeader('ETag', file.etag);
+  }
   // res.send answers 304 itself when the request's If-None-Match matches the ETag.
   response.send(file.body);
 }
@@ -170,10 +162,14 @@ class SpicePageCsp {
   private readonly cache = new Map<string, { key: string; csp: string }>();
 
   forFile(filePath: string, stat: Stats): string {
-    if (!isHtml(filePath)) {return PAGE_CSP;}
+    if (!isHtml(filePath)) {
+      return PAGE_CSP;
+    }
     const key = `${stat.mtimeMs}:${stat.size}`;
     const cached = this.cache.get(filePath);
-    if (cached?.key === key) {return cached.csp;}
+    if (cached?.key === key) {
+      return cached.csp;
+    }
     const csp = spicePageCsp(readFileSync(filePath, 'utf8'));
     this.cache.set(filePath, { key, csp });
     return csp;

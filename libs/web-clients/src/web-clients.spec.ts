@@ -96,7 +96,9 @@ function expectJavaScript(answer: Answer): void {
 
 /** Relative ES-module imports of a script, resolved against its URL path. */
 function relativeImports(source: string, fromPath: string): string[] {
-  const specifiers = [...source.matchAll(/(?:\bimport|\bexport)\s*(?:[\w*{}\s,]+from\s*)?["'](\.{1,2}\/[^"']+)["']/g)].map((match) => match[1]);
+  const specifiers = [...source.matchAll(/(?:\bimport|\bexport)\s*(?:[\w*{}\s,]+from\s*)?["'](\.{1,2}\/[^"']+)["']/g)].map(
+    (match) => match[1],
+  );
   return specifiers.map((specifier) => new URL(specifier, `http://x${fromPath}`).pathname);
 }
 
@@ -127,13 +129,16 @@ describe('web clients router', () => {
   });
 
   describe('noVNC', () => {
-    it.each(['/vnc_lite.html', '/vnc.html', '/vnc_auto.html', '/'])('serves the noVNC page at %s without echoing the token', async (path) => {
-      const answer = await server.request(`${path}?path=websockify%3Ftoken%3D${TOKEN}`);
-      expectPage(answer);
-      expect(answer.body).toContain('<script type="module" src="keyhole/vnc-lite.js"></script>');
-      expect(answer.body).not.toContain(TOKEN);
-      expect(answer.headers.location).toBeUndefined();
-    });
+    it.each(['/vnc_lite.html', '/vnc.html', '/vnc_auto.html', '/'])(
+      'serves the noVNC page at %s without echoing the token',
+      async (path) => {
+        const answer = await server.request(`${path}?path=websockify%3Ftoken%3D${TOKEN}`);
+        expectPage(answer);
+        expect(answer.body).toContain('<script type="module" src="keyhole/vnc-lite.js"></script>');
+        expect(answer.body).not.toContain(TOKEN);
+        expect(answer.headers.location).toBeUndefined();
+      },
+    );
 
     it('answers HEAD like GET, without a body', async () => {
       const answer = await server.request('/vnc_lite.html', 'HEAD');
@@ -152,7 +157,9 @@ describe('web clients router', () => {
       const pending = ['/keyhole/vnc-lite.js'];
       while (pending.length > 0) {
         const path = pending.pop()!;
-        if (seen.has(path)) {continue;}
+        if (seen.has(path)) {
+          continue;
+        }
         seen.add(path);
         const answer = await server.request(path);
         expect({ path, status: answer.status }).toEqual({ path, status: 200 });
@@ -188,7 +195,9 @@ describe('web clients router', () => {
       const pending = ['/keyhole/serial.js'];
       while (pending.length > 0) {
         const path = pending.pop()!;
-        if (seen.has(path)) {continue;}
+        if (seen.has(path)) {
+          continue;
+        }
         seen.add(path);
         const answer = await server.request(path);
         expectJavaScript(answer);
@@ -250,7 +259,9 @@ describe('web clients router', () => {
       const html = readFileSync(join(__dirname, 'pages', file), 'utf8');
       const scripts = [...html.matchAll(/<script\b([^>]*)>([\s\S]*?)<\/script\s*>/gi)];
       expect(scripts.length).toBeGreaterThan(0);
-      for (const [, attributes, body] of scripts) {expect({ attributes, body }).toEqual({ attributes: expect.stringMatching(/\ssrc="keyhole\/[a-z-]+\.js"/), body: '' });}
+      for (const [, attributes, body] of scripts) {
+        expect({ attributes, body }).toEqual({ attributes: expect.stringMatching(/\ssrc="keyhole\/[a-z-]+\.js"/), body: '' });
+      }
       expect(html).not.toMatch(/\son[a-z]+\s*=/i);
     });
   });
@@ -296,16 +307,23 @@ describe('web clients router', () => {
       },
     );
 
-    it.each(['//example.com/%2F..', '//example.com/%2F../', '//example.com', '//example.com/', '/core', '/core/', '/vendor', '/thirdparty', '//core'])(
-      'answers %s without redirecting anywhere (Nova CVE-2021-3654)',
-      async (path) => {
-        for (const target of [server, fakeSpiceServer]) {
-          const answer = await target.request(path);
-          expect(answer.status).toBeGreaterThanOrEqual(400);
-          expect(answer.headers.location).toBeUndefined();
-        }
-      },
-    );
+    it.each([
+      '//example.com/%2F..',
+      '//example.com/%2F../',
+      '//example.com',
+      '//example.com/',
+      '/core',
+      '/core/',
+      '/vendor',
+      '/thirdparty',
+      '//core',
+    ])('answers %s without redirecting anywhere (Nova CVE-2021-3654)', async (path) => {
+      for (const target of [server, fakeSpiceServer]) {
+        const answer = await target.request(path);
+        expect(answer.status).toBeGreaterThanOrEqual(400);
+        expect(answer.headers.location).toBeUndefined();
+      }
+    });
 
     it('does not serve dotfiles', async () => {
       expect((await fakeSpiceServer.request('/.hidden')).status).toBe(404);

@@ -9,7 +9,9 @@ export async function freePort(): Promise<number> {
   });
   const address = server.address();
   await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') {throw new Error('could not read the port of a listening socket');}
+  if (address === null || typeof address === 'string') {
+    throw new Error('could not read the port of a listening socket');
+  }
   return address.port;
 }
 
@@ -68,7 +70,9 @@ export async function readFirstBytes(port: number, length: number, timeoutMs: nu
 
 /** Ends a socket and resolves once it is fully closed (destroying it if the peer does not finish within 1 s). */
 export async function closeSocket(socket: Socket): Promise<void> {
-  if (socket.closed) {return;}
+  if (socket.closed) {
+    return;
+  }
   // Errors while closing (a reset from the peer) still end in 'close', which is all we wait for.
   socket.on('error', () => undefined);
   await new Promise<void>((resolve) => {

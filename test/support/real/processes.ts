@@ -43,10 +43,14 @@ let exitHookInstalled = false;
 // If a test file dies without its afterAll, do not leave QEMU or websockify behind: the 'exit' event
 // runs synchronously on normal exit of the jest worker, which is the most a child can be given in Node.
 function installExitHook(): void {
-  if (exitHookInstalled) {return;}
+  if (exitHookInstalled) {
+    return;
+  }
   exitHookInstalled = true;
   process.on('exit', () => {
-    for (const managed of running) {managed.kill('SIGKILL');}
+    for (const managed of running) {
+      managed.kill('SIGKILL');
+    }
   });
 }
 
@@ -71,7 +75,9 @@ export async function startProcess(command: string, args: string[], options: Sta
       child.once('error', reject);
     });
   } finally {
-    if (fd !== undefined) {closeSync(fd);}
+    if (fd !== undefined) {
+      closeSync(fd);
+    }
   }
   let output = '';
   const append = (chunk: Buffer): void => {
@@ -115,7 +121,9 @@ export async function startProcess(command: string, args: string[], options: Sta
           const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
           const first = await Promise.race([exited, graceOver]);
           clearTimeout(timer);
-          if (first === 'timeout') {kill('SIGKILL');}
+          if (first === 'timeout') {
+            kill('SIGKILL');
+          }
           await exited;
         }
         // Helpers left in the group, if any.
@@ -136,7 +144,9 @@ export async function stopAllProcesses(graceMs?: number): Promise<void> {
 /** The process's exit as an error, for racing against a wait (`during` says what was awaited). */
 export function failOnExit(managed: ManagedProcess, name: string, during: string): Promise<never> {
   return managed.exited.then(({ code, signal }) => {
-    throw new Error(`${name} exited (code ${code}, signal ${signal}) ${during}.\n  command: ${managed.commandLine}\n  output:\n${managed.output()}`);
+    throw new Error(
+      `${name} exited (code ${code}, signal ${signal}) ${during}.\n  command: ${managed.commandLine}\n  output:\n${managed.output()}`,
+    );
   });
 }
 
@@ -145,8 +155,12 @@ export function waitForOutput(managed: ManagedProcess, pattern: RegExp, timeoutM
   return waitUntil(
     () => {
       const match = pattern.exec(managed.output());
-      if (match) {return match;}
-      if (managed.hasExited()) {throw new Error(`${managed.name} exited before ${pattern}:\n${managed.output()}`);}
+      if (match) {
+        return match;
+      }
+      if (managed.hasExited()) {
+        throw new Error(`${managed.name} exited before ${pattern}:\n${managed.output()}`);
+      }
       return undefined;
     },
     timeoutMs,
@@ -168,7 +182,9 @@ export function tailFile(file: string, bytes: number): string {
 /** The executable `command` would run from PATH, or undefined. */
 export function findOnPath(command: string): string | undefined {
   for (const directory of (process.env.PATH ?? '').split(delimiter)) {
-    if (!directory) {continue;}
+    if (!directory) {
+      continue;
+    }
     const candidate = join(directory, command);
     try {
       accessSync(candidate, constants.X_OK);

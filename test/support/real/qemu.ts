@@ -96,7 +96,9 @@ export async function startQemuVm(options: QemuVmOptions = {}): Promise<QemuVm> 
       return await startOnce(options, deadline);
     } catch (error) {
       const portTaken = error instanceof Error && /Address already in use/i.test(error.message);
-      if (!portTaken || attempt >= 3 || Date.now() >= deadline) {throw error;}
+      if (!portTaken || attempt >= 3 || Date.now() >= deadline) {
+        throw error;
+      }
     }
   }
 }
@@ -110,30 +112,46 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
 
   let vncPort = await freePort();
   // VNC is addressed by display number (TCP port 5900 + N); ephemeral ports are far above 5900.
-  while (vncPort <= 5900) {vncPort = await freePort();}
+  while (vncPort <= 5900) {
+    vncPort = await freePort();
+  }
   const serialPort = await freePort();
 
   const args = [
-    '-name', 'keyhole-test',
-    '-machine', 'pc',
-    '-accel', options.accel ?? 'tcg',
-    '-m', '64',
+    '-name',
+    'keyhole-test',
+    '-machine',
+    'pc',
+    '-accel',
+    options.accel ?? 'tcg',
+    '-m',
+    '64',
     '-nodefaults',
     '-no-user-config',
-    '-vga', 'std',
-    '-display', 'none',
-    '-vnc', `127.0.0.1:${vncPort - 5900}`,
-    '-chardev', `socket,id=${SERIAL_CHARDEV_ID},host=127.0.0.1,port=${serialPort},server=on,wait=off`,
-    '-serial', `chardev:${SERIAL_CHARDEV_ID}`,
-    '-qmp', `unix:${qmpPath},server=on,wait=off`,
+    '-vga',
+    'std',
+    '-display',
+    'none',
+    '-vnc',
+    `127.0.0.1:${vncPort - 5900}`,
+    '-chardev',
+    `socket,id=${SERIAL_CHARDEV_ID},host=127.0.0.1,port=${serialPort},server=on,wait=off`,
+    '-serial',
+    `chardev:${SERIAL_CHARDEV_ID}`,
+    '-qmp',
+    `unix:${qmpPath},server=on,wait=off`,
     // SeaBIOS's debug log: reset() reads it to know when a reset is safe.
-    '-chardev', `file,id=firmware-log,path=${firmwareLogPath}`,
-    '-device', 'isa-debugcon,iobase=0x402,chardev=firmware-log',
+    '-chardev',
+    `file,id=firmware-log,path=${firmwareLogPath}`,
+    '-device',
+    'isa-debugcon,iobase=0x402,chardev=firmware-log',
     // SeaBIOS writes to the debug port only, unless told to mirror its screen on a serial port.
     // (QEMU warns that the name is not under "opt/"; SeaBIOS reads exactly this name.)
-    '-fw_cfg', `name=etc/sercon-port,file=${serconFile}`,
+    '-fw_cfg',
+    `name=etc/sercon-port,file=${serconFile}`,
     // The boot menu prompt is one more recognisable line ("Press ESC for boot menu.") on both consoles.
-    '-boot', 'menu=on,splash-time=500',
+    '-boot',
+    'menu=on,splash-time=500',
     ...(options.paused ? ['-S'] : []),
   ];
 
@@ -145,20 +163,33 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
   try {
     qemu = await startProcess(QEMU_BINARY, args);
     const started = qemu;
-    const describe = (what: string): string => `QEMU to ${what} (the start timeout).\n  command: ${started.commandLine}\n  output:\n${started.output()}`;
+    const describe = (what: string): string =>
+      `QEMU to ${what} (the start timeout).\n  command: ${started.commandLine}\n  output:\n${started.output()}`;
     const retry = <T>(attempt: () => Promise<T>, what: string): Promise<T> =>
       waitUntil(attempt, deadline - Date.now(), () => describe(what), { intervalMs: 50, retryErrors: true, signal });
     const ready = (async () => {
       const banner = await retry(() => readFirstBytes(vncPort, RFB_BANNER.length, 1_000), `send the RFB banner on VNC port ${vncPort}`);
-      if (banner.toString('latin1') !== RFB_BANNER) {throw new Error(`VNC port ${vncPort} sent ${JSON.stringify(banner.toString('latin1'))}, not the RFB 3.8 banner`);}
+      if (banner.toString('latin1') !== RFB_BANNER) {
+        throw new Error(`VNC port ${vncPort} sent ${JSON.stringify(banner.toString('latin1'))}, not the RFB 3.8 banner`);
+      }
       const probe = await retry(() => connectTcp(serialPort, 1_000), `accept on serial port ${serialPort}`);
       await closeSocket(probe);
       const client = await retry(() => QmpClient.connect(qmpPath, 1_000), `answer QMP on ${qmpPath}`);
-      if (signal.aborted) {client.close();}
+      if (signal.aborted) {
+        client.close();
+      }
       qmp = client;
       // The probe must be gone from QEMU's side too, or a test's "client attached" check could see it.
-      await waitForChardev(client, (filename) => filename.startsWith('disconnected:'), deadline, () => describe('notice the serial probe disconnecting'), signal);
-      if (!options.paused) {await waitForFirmwareSettled(firmwareLogPath, 1, deadline, () => describe('finish its first boot'), signal);}
+      await waitForChardev(
+        client,
+        (filename) => filename.startsWith('disconnected:'),
+        deadline,
+        () => describe('notice the serial probe disconnecting'),
+        signal,
+      );
+      if (!options.paused) {
+        await waitForFirmwareSettled(firmwareLogPath, 1, deadline, () => describe('finish its first boot'), signal);
+      }
       return client;
     })();
     const client = await Promise.race([ready, failOnExit(started, 'QEMU', 'while starting')]);
@@ -198,7 +229,12 @@ function makeVm({
   const resetOnce = async (timeoutMs: number): Promise<void> => {
     if (cpuHasRun) {
       await Promise.race([
-        waitForFirmwareSettled(firmwareLogPath, settledWhenIdle, Date.now() + timeoutMs, () => "QEMU's guest to settle (a reset before that can wedge it)"),
+        waitForFirmwareSettled(
+          firmwareLogPath,
+          settledWhenIdle,
+          Date.now() + timeoutMs,
+          () => "QEMU's guest to settle (a reset before that can wedge it)",
+        ),
         failOnExit(qemu, 'QEMU', 'while waiting for its guest to settle before a reset'),
       ]);
     }
@@ -269,10 +305,18 @@ function settledCount(firmwareLogPath: string): number {
 }
 
 /** Waits until SeaBIOS has reported `count` settled boots in all, failing with the log's end. */
-async function waitForFirmwareSettled(firmwareLogPath: string, count: number, deadline: number, describe: () => string, signal?: AbortSignal): Promise<void> {
+async function waitForFirmwareSettled(
+  firmwareLogPath: string,
+  count: number,
+  deadline: number,
+  describe: () => string,
+  signal?: AbortSignal,
+): Promise<void> {
   await waitUntil(
     async () => {
-      if (settledCount(firmwareLogPath) < count) {throw new Error(`firmware log ends:\n${readFirmwareLog(firmwareLogPath).slice(-1_000)}`);}
+      if (settledCount(firmwareLogPath) < count) {
+        throw new Error(`firmware log ends:\n${readFirmwareLog(firmwareLogPath).slice(-1_000)}`);
+      }
       return true;
     },
     deadline - Date.now(),
@@ -292,7 +336,9 @@ async function waitForChardev(
     async () => {
       const chardevs = (await qmp.execute('query-chardev')) as { label: string; filename: string }[];
       const filename = chardevs.find((chardev) => chardev.label === SERIAL_CHARDEV_ID)?.filename;
-      if (filename === undefined || !accept(filename)) {throw new Error(`serial chardev is ${filename ?? 'missing'}`);}
+      if (filename === undefined || !accept(filename)) {
+        throw new Error(`serial chardev is ${filename ?? 'missing'}`);
+      }
       return true;
     },
     deadline - Date.now(),
@@ -310,10 +356,14 @@ export class SerialConsole {
     socket.setEncoding('latin1');
     socket.on('data', (chunk: string) => {
       this.received += chunk;
-      for (const waiter of this.waiters) {waiter();}
+      for (const waiter of this.waiters) {
+        waiter();
+      }
     });
     socket.on('close', () => {
-      for (const waiter of this.waiters) {waiter();}
+      for (const waiter of this.waiters) {
+        waiter();
+      }
     });
     socket.on('error', () => undefined);
   }
@@ -383,11 +433,16 @@ class QmpClient {
       let text = '';
       const onData = (chunk: Buffer): void => {
         text += chunk.toString('utf8');
-        if (!text.includes('\n')) {return;}
+        if (!text.includes('\n')) {
+          return;
+        }
         clearTimeout(timer);
         socket.off('data', onData);
-        if (text.includes('"QMP"')) {resolve();}
-        else {reject(new Error(`unexpected QMP greeting: ${text}`));}
+        if (text.includes('"QMP"')) {
+          resolve();
+        } else {
+          reject(new Error(`unexpected QMP greeting: ${text}`));
+        }
       };
       socket.on('data', onData);
     });
@@ -407,7 +462,9 @@ class QmpClient {
   execute(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<unknown> {
     const run = (): Promise<unknown> =>
       new Promise((resolve, reject) => {
-        if (this.socket.destroyed) {return reject(new Error('QMP connection closed'));}
+        if (this.socket.destroyed) {
+          return reject(new Error('QMP connection closed'));
+        }
         const id = String(this.nextId++);
         const timer = setTimeout(() => {
           this.pending.delete(id);
@@ -444,16 +501,25 @@ class QmpClient {
     while ((newline = this.buffered.indexOf('\n')) >= 0) {
       const line = this.buffered.slice(0, newline).trim();
       this.buffered = this.buffered.slice(newline + 1);
-      if (!line) {continue;}
+      if (!line) {
+        continue;
+      }
       const message = JSON.parse(line) as { id?: string; return?: unknown; error?: { class: string; desc: string } };
-      if (message.id === undefined) {continue;} // an event
+      if (message.id === undefined) {
+        continue;
+      } // an event
       const waiter = this.pending.get(message.id);
-      if (message.error) {waiter?.reject(new Error(`QMP ${message.error.class}: ${message.error.desc}`));}
-      else {waiter?.resolve(message.return);}
+      if (message.error) {
+        waiter?.reject(new Error(`QMP ${message.error.class}: ${message.error.desc}`));
+      } else {
+        waiter?.resolve(message.return);
+      }
     }
   }
 
   private failAll(error: Error): void {
-    for (const waiter of [...this.pending.values()]) {waiter.reject(error);}
+    for (const waiter of [...this.pending.values()]) {
+      waiter.reject(error);
+    }
   }
 }

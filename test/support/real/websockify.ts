@@ -31,22 +31,33 @@ export async function startWebsockify(
   targets: Record<string, string>,
   options: { web?: string; timeoutMs?: number; logFile?: string } = {},
 ): Promise<Websockify> {
-  if (!isWebsockifyAvailable()) {throw new Error('websockify is not on PATH: install it (Debian: apt-get install -y websockify)');}
+  if (!isWebsockifyAvailable()) {
+    throw new Error('websockify is not on PATH: install it (Debian: apt-get install -y websockify)');
+  }
   for (const [token, target] of Object.entries(targets)) {
     // TokenFile splits each line at ': ' and the target at ':'; anything else would be misread silently.
-    if (!/^[A-Za-z0-9_-]+$/.test(token) || !/^[^\s:]+:\d+$/.test(target)) {throw new Error(`bad websockify target ${token}: ${target}`);}
+    if (!/^[A-Za-z0-9_-]+$/.test(token) || !/^[^\s:]+:\d+$/.test(target)) {
+      throw new Error(`bad websockify target ${token}: ${target}`);
+    }
   }
   const deadline = Date.now() + (options.timeoutMs ?? 15_000);
   const tokenDirectory = mkdtempSync(join(tmpdir(), 'keyhole-websockify-'));
-  writeFileSync(join(tokenDirectory, 'tokens'), Object.entries(targets).map(([token, target]) => `${token}: ${target}\n`).join(''));
+  writeFileSync(
+    join(tokenDirectory, 'tokens'),
+    Object.entries(targets)
+      .map(([token, target]) => `${token}: ${target}\n`)
+      .join(''),
+  );
   const removeDirectory = (): void => rmSync(tokenDirectory, { recursive: true, force: true });
 
   // A port picked by binding 0 can be taken before websockify binds it: retry with a new one then.
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const args = [
-      '--token-plugin', 'TokenFile',
-      '--token-source', tokenDirectory,
+      '--token-plugin',
+      'TokenFile',
+      '--token-source',
+      tokenDirectory,
       ...(options.web ? ['--web', options.web] : []),
       `127.0.0.1:${port}`,
     ];

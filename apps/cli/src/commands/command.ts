@@ -30,11 +30,7 @@ export class UsageError extends Error {
 }
 
 /** Strict parseArgs: an unknown flag or a missing value is a UsageError naming it. */
-export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(
-  args: string[],
-  options: T,
-  allowPositionals = false,
-) {
+export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, allowPositionals = false) {
   try {
     return parseArgs({ args, options, allowPositionals, strict: true });
   } catch (error) {
@@ -45,8 +41,14 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(
 /** Validates one flag value with the same rules the API applies. */
 export function validated<Schema extends z.ZodType>(schema: Schema, value: unknown, flag: string): z.output<Schema> {
   const parsed = schema.safeParse(value);
-  if (parsed.success) {return parsed.data;}
-  throw new UsageError(describeZodIssues(parsed.error, flag).map((issue) => `${issue.field}: ${issue.message}`).join('; '));
+  if (parsed.success) {
+    return parsed.data;
+  }
+  throw new UsageError(
+    describeZodIssues(parsed.error, flag)
+      .map((issue) => `${issue.field}: ${issue.message}`)
+      .join('; '),
+  );
 }
 
 /** Prints rows as aligned columns, or as JSON with --json. */
@@ -61,11 +63,19 @@ export function printRows(out: (line: string) => void, rows: Record<string, unkn
   }
   const columns = Object.keys(rows[0]);
   const cell = (value: unknown): string => {
-    if (value === null || value === undefined) {return '-';}
+    if (value === null || value === undefined) {
+      return '-';
+    }
     return typeof value === 'string' ? value : JSON.stringify(value);
   };
   const widths = columns.map((column) => Math.max(column.length, ...rows.map((row) => cell(row[column]).length)));
-  const line = (values: string[]) => values.map((value, index) => value.padEnd(widths[index])).join('  ').trimEnd();
+  const line = (values: string[]) =>
+    values
+      .map((value, index) => value.padEnd(widths[index]))
+      .join('  ')
+      .trimEnd();
   out(line(columns.map((column) => column.toUpperCase())));
-  for (const row of rows) {out(line(columns.map((column) => cell(row[column]))));}
+  for (const row of rows) {
+    out(line(columns.map((column) => cell(row[column]))));
+  }
 }

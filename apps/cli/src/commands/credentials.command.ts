@@ -15,10 +15,14 @@ export const credentialsCreateCommand: Command = {
     });
     const role = validated(z.enum(['agent', 'operator']), values.role, '--role');
     const cellName = values.cell === undefined ? null : validated(cellNameSchema, values.cell, '--cell');
-    if (role === 'agent' && cellName === null) {throw new UsageError('--cell: an agent credential needs a cell');}
+    if (role === 'agent' && cellName === null) {
+      throw new UsageError('--cell: an agent credential needs a cell');
+    }
     const name = validated(credentialNameSchema, values.name ?? `${role}${cellName ? `-${cellName}` : ''}`, '--name');
     const { credential, key } = await (await services()).get(CredentialsService).create({ name, role, cellName });
-    out(`created ${credential.role} credential ${credential.id} (${credential.name}${credential.cell ? `, cell ${credential.cell}` : ', every cell'})`);
+    out(
+      `created ${credential.role} credential ${credential.id} (${credential.name}${credential.cell ? `, cell ${credential.cell}` : ', every cell'})`,
+    );
     out('API key (shown once, keep it secret):');
     out(key);
     return 0;
@@ -43,7 +47,9 @@ export const credentialsRevokeCommand: Command = {
   summary: 'revoke an API credential; it is refused from the next request on',
   async run({ args, services, out }) {
     const { positionals } = parseFlags(args, {}, true);
-    if (positionals.length !== 1) {throw new UsageError('name exactly one credential id');}
+    if (positionals.length !== 1) {
+      throw new UsageError('name exactly one credential id');
+    }
     const id = validated(z.string().regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex characters'), positionals[0], 'ID');
     await (await services()).get(CredentialsService).revoke(id);
     out(`revoked credential ${id}`);

@@ -7,14 +7,22 @@ export const localCommand: Command = {
   usage: 'keyhole local [--data-dir DIR] [--api-port PORT] [--proxy-ports PORT1,PORT2]',
   summary: 'run a whole deployment on this machine (what `npm start` does): PostgreSQL, two cells with a console proxy each, the token API',
   async run({ args, config, out }) {
-    const { values } = parseFlags(args, { 'data-dir': { type: 'string' }, 'api-port': { type: 'string' }, 'proxy-ports': { type: 'string' } });
+    const { values } = parseFlags(args, {
+      'data-dir': { type: 'string' },
+      'api-port': { type: 'string' },
+      'proxy-ports': { type: 'string' },
+    });
     const dataDir = path.resolve(values['data-dir'] ?? path.join(process.cwd(), '.keyhole', 'local'));
     const apiPort = validated(z.coerce.number().int().min(0).max(65535), values['api-port'] ?? String(config.api.port), '--api-port');
     const proxyPorts =
       values['proxy-ports'] === undefined
         ? undefined
         : validated(
-            z.string().regex(/^\d{1,5},\d{1,5}$/, 'two ports, comma separated').transform((v) => v.split(',').map(Number)).pipe(z.array(z.number().max(65535))),
+            z
+              .string()
+              .regex(/^\d{1,5},\d{1,5}$/, 'two ports, comma separated')
+              .transform((v) => v.split(',').map(Number))
+              .pipe(z.array(z.number().max(65535))),
             values['proxy-ports'],
             '--proxy-ports',
           );
@@ -32,7 +40,9 @@ export const localCommand: Command = {
     out('keyhole is running');
     out(`  token API:       ${deployment.apiUrl}`);
     out(`  OpenAPI:         ${deployment.openApiUrl}`);
-    out(`  databases:       ${deployment.controlDatabase} (control + ${LOCAL_CELLS.map((cell) => cell.name).join(', ')}), data in ${dataDir}`);
+    out(
+      `  databases:       ${deployment.controlDatabase} (control + ${LOCAL_CELLS.map((cell) => cell.name).join(', ')}), data in ${dataDir}`,
+    );
     for (const cell of deployment.cells) {
       out(`  ${`${cell.name} proxy:`.padEnd(17)}${cell.proxyUrl} (noVNC ${cell.novncPage}, serial ${cell.serialPage})`);
     }
@@ -41,7 +51,9 @@ export const localCommand: Command = {
     out('');
     out('API keys (new at every start; the previous local keys are revoked):');
     out(`  operator (every cell):  ${deployment.operatorKey}`);
-    for (const [cell, key] of Object.entries(deployment.agentKeys)) {out(`  ${`agent ${cell}:`.padEnd(24)}${key}`);}
+    for (const [cell, key] of Object.entries(deployment.agentKeys)) {
+      out(`  ${`agent ${cell}:`.padEnd(24)}${key}`);
+    }
     out('');
     out('Try it:');
     out(`  export KEYHOLE_AGENT_KEY=${deployment.agentKeys.cell1}`);

@@ -46,7 +46,9 @@ export const tokensRevokeCommand: Command = {
   async run({ args, services, out }) {
     const { values } = parseFlags(args, { cell: { type: 'string' }, id: { type: 'string' }, instance: { type: 'string' } });
     const cell = validated(cellNameSchema, values.cell, '--cell');
-    if ((values.id === undefined) === (values.instance === undefined)) {throw new UsageError('give exactly one of --id and --instance');}
+    if ((values.id === undefined) === (values.instance === undefined)) {
+      throw new UsageError('give exactly one of --id and --instance');
+    }
     const tokens = (await services()).get(TokensService);
     if (values.id !== undefined) {
       const id = validated(z.coerce.number().int().min(1), values.id, '--id');
@@ -80,7 +82,9 @@ export const tokensPurgeCommand: Command = {
         busy = true;
         out(`cell ${cell}: another purge is running; skipped`);
       } else {
-        out(`cell ${cell}: purged ${result.tokens} expired token(s)${host === undefined ? ` and ${result.sessions} old session(s)` : ''} in ${Math.round(result.durationMs)} ms`);
+        out(
+          `cell ${cell}: purged ${result.tokens} expired token(s)${host === undefined ? ` and ${result.sessions} old session(s)` : ''} in ${Math.round(result.durationMs)} ms`,
+        );
       }
     }
     return busy ? 1 : 0;

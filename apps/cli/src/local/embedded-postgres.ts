@@ -77,13 +77,13 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   if (osUser) {
     await assertTraversable(path.dirname(dataDir), osUser, 'the data directory');
     const binaryDir = findBinaryDir();
-    if (binaryDir) {await assertTraversable(binaryDir, osUser, 'the PostgreSQL binaries');}
+    if (binaryDir) {
+      await assertTraversable(binaryDir, osUser, 'the PostgreSQL binaries');
+    }
   }
 
   const initialised = await exists(path.join(dataDir, 'PG_VERSION'));
-  const password = initialised
-    ? await readPassword(passwordFile, dataDir)
-    : await createPassword(passwordFile, osUser);
+  const password = initialised ? await readPassword(passwordFile, dataDir) : await createPassword(passwordFile, osUser);
   const port = options.port || (await findFreePort());
 
   const server = new EmbeddedPostgres({
@@ -115,7 +115,9 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   } satisfies EmbeddedPostgresConfig);
 
   if (initialised) {
-    if (osUser) {await ensureOwnedBy(dataDir, osUser, progress);}
+    if (osUser) {
+      await ensureOwnedBy(dataDir, osUser, progress);
+    }
     await removeStalePidFile(dataDir, progress);
     progress(`starting embedded PostgreSQL from ${dataDir}`);
   } else {
@@ -136,12 +138,13 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   progress(`embedded PostgreSQL listening on ${HOST}:${port}`);
   // From here on only report what means the server is in trouble.
   log.onLine = (line) => {
-    if (/\bPANIC:|terminated by signal/.test(line)) {progress(`embedded PostgreSQL: ${line}`);}
+    if (/\bPANIC:|terminated by signal/.test(line)) {
+      progress(`embedded PostgreSQL: ${line}`);
+    }
   };
 
   const credentials = `${encodeURIComponent(SUPERUSER)}:${encodeURIComponent(password)}`;
-  const urlFor = (database: string): string =>
-    `postgres://${credentials}@${HOST}:${port}/${encodeURIComponent(database)}`;
+  const urlFor = (database: string): string => `postgres://${credentials}@${HOST}:${port}/${encodeURIComponent(database)}`;
   // If the process exits without stop() (process.exit, an uncaught exception), ask the server for
   // a fast shutdown rather than leave it running with our data directory locked. Only synchronous
   // work is possible in 'exit', so this cannot wait for it.
@@ -157,8 +160,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
   return {
     adminUrl: urlFor('postgres'),
     urlFor,
-    stop: () =>
-      (stopping ??= stopServer(server, pid).finally(() => process.removeListener('exit', signalOnExit))),
+    stop: () => (stopping ??= stopServer(server, pid).finally(() => process.removeListener('exit', signalOnExit))),
   };
 }
 
@@ -182,13 +184,17 @@ function detachLibraryExitHooks(): void {
   } catch {
     return; // a library version without async-exit-hook installs nothing to undo
   }
-  for (const event of exitHook.hookedEvents()) {exitHook.unhookEvent(event);}
+  for (const event of exitHook.hookedEvents()) {
+    exitHook.unhookEvent(event);
+  }
 }
 
 /** Creates the OS user the server runs as when we are root; the library would only do it on initdb. */
 async function ensureOsUser(progress: (line: string) => void): Promise<OsUser> {
   const existing = await lookUpOsUser(OS_USER);
-  if (existing) {return existing;}
+  if (existing) {
+    return existing;
+  }
   try {
     await execFileAsync('groupadd', ['--force', OS_USER]);
     await execFileAsync('useradd', ['--system', '--gid', OS_USER, '--no-create-home', OS_USER]);
@@ -196,7 +202,9 @@ async function ensureOsUser(progress: (line: string) => void): Promise<OsUser> {
     throw new Error(`could not create OS user "${OS_USER}" to run PostgreSQL as: ${errorMessage(error)}`, { cause: error });
   }
   const created = await lookUpOsUser(OS_USER);
-  if (!created) {throw new Error(`OS user "${OS_USER}" still missing after useradd`);}
+  if (!created) {
+    throw new Error(`OS user "${OS_USER}" still missing after useradd`);
+  }
   progress(`created OS user ${OS_USER} to run PostgreSQL`);
   return created;
 }
@@ -217,12 +225,7 @@ async function lookUpOsUser(name: string): Promise<OsUser | undefined> {
 async function assertTraversable(dir: string, user: OsUser, what: string): Promise<void> {
   for (let current = await fs.realpath(dir); ; current = path.dirname(current)) {
     const stat = await fs.stat(current);
-    const bit =
-      stat.uid === user.uid
-        ? fsConstants.S_IXUSR
-        : stat.gid === user.gid
-          ? fsConstants.S_IXGRP
-          : fsConstants.S_IXOTH;
+    const bit = stat.uid === user.uid ? fsConstants.S_IXUSR : stat.gid === user.gid ? fsConstants.S_IXGRP : fsConstants.S_IXOTH;
     if ((stat.mode & bit) === 0) {
       const mode = (stat.mode & 0o777).toString(8).padStart(4, '0');
       throw new Error(
@@ -231,7 +234,9 @@ async function assertTraversable(dir: string, user: OsUser, what: string): Promi
           `run "chmod o+x ${current}" or use a directory outside it`,
       );
     }
-    if (path.dirname(current) === current) {return;}
+    if (path.dirname(current) === current) {
+      return;
+    }
   }
 }
 
@@ -260,7 +265,9 @@ async function createPassword(passwordFile: string, osUser: OsUser | undefined):
     await fs.rename(temporaryFile, passwordFile);
   }
   // initdb runs as the OS user and reads the file via --pwfile; that user owns the data files anyway.
-  if (osUser) {await fs.chown(passwordFile, osUser.uid, osUser.gid);}
+  if (osUser) {
+    await fs.chown(passwordFile, osUser.uid, osUser.gid);
+  }
   return password;
 }
 
@@ -280,7 +287,9 @@ async function readPassword(passwordFile: string, dataDir: string | undefined): 
   }
   // initdb uses the first line of --pwfile as the password.
   const password = content.split('\n')[0] ?? '';
-  if (!password) {throw new Error(`password file ${passwordFile} is empty`);}
+  if (!password) {
+    throw new Error(`password file ${passwordFile} is empty`);
+  }
   return password;
 }
 
@@ -305,11 +314,15 @@ async function ensureOwnedBy(dataDir: string, user: OsUser, progress: (line: str
   if (stat.uid !== user.uid) {
     const entries = await fs.readdir(dataDir, { recursive: true });
     await fs.lchown(dataDir, user.uid, user.gid);
-    for (const entry of entries) {await fs.lchown(path.join(dataDir, entry), user.uid, user.gid);}
+    for (const entry of entries) {
+      await fs.lchown(path.join(dataDir, entry), user.uid, user.gid);
+    }
     progress(`gave ownership of ${dataDir} to OS user ${OS_USER}`);
   }
   // Postgres also insists on 0700 or 0750.
-  if ((stat.mode & 0o027) !== 0) {await fs.chmod(dataDir, 0o700);}
+  if ((stat.mode & 0o027) !== 0) {
+    await fs.chmod(dataDir, 0o700);
+  }
 }
 
 /**
@@ -323,7 +336,9 @@ async function removeStalePidFile(dataDir: string, progress: (line: string) => v
   try {
     content = await fs.readFile(pidFile, 'utf8');
   } catch (error) {
-    if (isErrno(error, 'ENOENT')) {return;}
+    if (isErrno(error, 'ENOENT')) {
+      return;
+    }
     throw error;
   }
   // First line: the postmaster's pid (negative for a single-user backend).
@@ -355,20 +370,28 @@ async function isPostmasterOf(pid: number, dataDir: string): Promise<boolean> {
   const realDataDir = await fs.realpath(dataDir);
   // The postmaster chdirs into its data directory.
   const cwd = await fs.readlink(`/proc/${pid}/cwd`).catch(() => undefined);
-  if (cwd !== undefined) {return cwd === realDataDir;}
+  if (cwd !== undefined) {
+    return cwd === realDataDir;
+  }
   // Reading another process's cwd can be denied even to root (containers without CAP_SYS_PTRACE);
   // its name and command line are public.
   const [name, commandLine] = await Promise.all([
     fs.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => undefined),
     fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => undefined),
   ]);
-  if (name === undefined || commandLine === undefined) {return true;} // no /proc: cannot tell
-  if (name.trim() !== 'postgres') {return false;}
+  if (name === undefined || commandLine === undefined) {
+    return true;
+  } // no /proc: cannot tell
+  if (name.trim() !== 'postgres') {
+    return false;
+  }
   const args = commandLine.split('\0');
   const flagIndex = args.indexOf('-D');
   const dataDirArgument = flagIndex >= 0 ? args[flagIndex + 1] : undefined;
   // Started with PGDATA in its environment, or relative to a cwd we cannot see: cannot tell.
-  if (!dataDirArgument || !path.isAbsolute(dataDirArgument)) {return true;}
+  if (!dataDirArgument || !path.isAbsolute(dataDirArgument)) {
+    return true;
+  }
   const otherDataDir = await fs.realpath(dataDirArgument).catch(() => undefined);
   return otherDataDir === undefined || otherDataDir === realDataDir;
 }
@@ -376,10 +399,7 @@ async function isPostmasterOf(pid: number, dataDir: string): Promise<boolean> {
 async function startServer(server: EmbeddedPostgres, log: LogTail): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`not ready after ${START_TIMEOUT_MS / 1000} s`)),
-      START_TIMEOUT_MS,
-    );
+    timer = setTimeout(() => reject(new Error(`not ready after ${START_TIMEOUT_MS / 1000} s`)), START_TIMEOUT_MS);
   });
   // The library resolves on the "ready to accept connections" log line and rejects with
   // undefined if the process exits first; the reason is in the log.
@@ -393,7 +413,9 @@ async function startServer(server: EmbeddedPostgres, log: LogTail): Promise<void
   } catch (error) {
     // Only a timed-out server is still running; the library's stop() would wait forever on an
     // exited one.
-    if (!exited) {await server.stop();}
+    if (!exited) {
+      await server.stop();
+    }
     throw failure('embedded PostgreSQL did not start', error, log);
   } finally {
     clearTimeout(timer);
@@ -403,7 +425,9 @@ async function startServer(server: EmbeddedPostgres, log: LogTail): Promise<void
 async function readPostmasterPid(dataDir: string): Promise<number> {
   const content = await fs.readFile(path.join(dataDir, 'postmaster.pid'), 'utf8');
   const pid = Number.parseInt(content.split('\n')[0] ?? '', 10);
-  if (!Number.isInteger(pid) || pid <= 0) {throw new Error(`unexpected postmaster.pid in ${dataDir}`);}
+  if (!Number.isInteger(pid) || pid <= 0) {
+    throw new Error(`unexpected postmaster.pid in ${dataDir}`);
+  }
   return pid;
 }
 
@@ -411,7 +435,9 @@ async function stopServer(server: EmbeddedPostgres, pid: number): Promise<void> 
   // The library waits for the child's 'exit' event, which never comes again if the server has
   // already exited (e.g. it got the terminal's SIGINT too and finished first). A reaped child's pid
   // is gone, and until it is reaped its 'exit' event is still to come, so this check is race-free.
-  if (!isRunning(pid)) {return;}
+  if (!isRunning(pid)) {
+    return;
+  }
   // Fast shutdown: the postmaster ends its backends, checkpoints, and exits only after all of its
   // children, so no postgres process outlives this promise.
   const escalation = setTimeout(() => {
@@ -438,9 +464,13 @@ class LogTail {
   add(chunk: string): void {
     for (const line of chunk.split('\n')) {
       const trimmed = line.trimEnd();
-      if (!trimmed) {continue;}
+      if (!trimmed) {
+        continue;
+      }
       this.lines.push(trimmed);
-      if (this.lines.length > this.capacity) {this.lines.shift();}
+      if (this.lines.length > this.capacity) {
+        this.lines.shift();
+      }
       this.onLine?.(trimmed);
     }
   }

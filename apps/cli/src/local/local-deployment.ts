@@ -83,7 +83,12 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
     const controlUrlFile = path.join(options.dataDir, 'control-url');
     await writeFile(controlUrlFile, `${controlUrl}\n`, { mode: 0o600 });
     await chmod(controlUrlFile, 0o600);
-    const config = loadConfig({ ...options.environment, KEYHOLE_DATABASE_URL: controlUrl, KEYHOLE_API_HOST: '127.0.0.1', KEYHOLE_API_PORT: String(options.apiPort) });
+    const config = loadConfig({
+      ...options.environment,
+      KEYHOLE_DATABASE_URL: controlUrl,
+      KEYHOLE_API_HOST: '127.0.0.1',
+      KEYHOLE_API_PORT: String(options.apiPort),
+    });
     const logFile = path.join(options.dataDir, 'keyhole.log');
     const logger = new PinoNestLogger(
       createLogger({ level: config.log.level, name: 'keyhole-local', destination: createWriteStream(logFile, { flags: 'a' }) }),
@@ -135,10 +140,16 @@ function localProxyUrl(port: number): string {
 }
 
 /** Records where each cell's proxy listens, so the access URLs the API issues point at it. */
-async function pointCellsAtProxies(config: KeyholeConfig, cells: { name: string; proxyUrl: string }[], logger: LoggerService): Promise<void> {
+async function pointCellsAtProxies(
+  config: KeyholeConfig,
+  cells: { name: string; proxyUrl: string }[],
+  logger: LoggerService,
+): Promise<void> {
   const services = await openServices(config, logger);
   try {
-    for (const cell of cells) {await services.get(CellsService).updateProxyUrl(cell.name, cell.proxyUrl);}
+    for (const cell of cells) {
+      await services.get(CellsService).updateProxyUrl(cell.name, cell.proxyUrl);
+    }
   } finally {
     await services.close();
   }
@@ -170,7 +181,9 @@ async function prepareDatabases(
 
     const credentials = services.get(CredentialsService);
     for (const old of await credentials.list({ includeRevoked: false })) {
-      if (old.name.startsWith('local-')) {await credentials.revoke(old.id);}
+      if (old.name.startsWith('local-')) {
+        await credentials.revoke(old.id);
+      }
     }
     const operatorKey = (await credentials.create({ name: 'local-operator', role: 'operator', cellName: null })).key;
     const agentKeys: Record<string, string> = {};

@@ -33,7 +33,11 @@ export class CellSettingRepository {
   set(name: string, value: unknown, changedBy: string): Promise<void> {
     return inTransaction(this.pool, async (client) => {
       // pg would send an array as a PostgreSQL array and a string as text: jsonb wants JSON.
-      await client.query('INSERT INTO cell_settings (name, value, changed_by) VALUES ($1, $2::jsonb, $3)', [name, JSON.stringify(value), changedBy]);
+      await client.query('INSERT INTO cell_settings (name, value, changed_by) VALUES ($1, $2::jsonb, $3)', [
+        name,
+        JSON.stringify(value),
+        changedBy,
+      ]);
       await notify(client, consoleEventPayloads({ kind: 'settings' }));
     });
   }

@@ -87,7 +87,10 @@ export class ConsoleAuthTokenRepository {
 
   /** Inserts a row unless its hash is already stored; returns whether it was inserted (imports). */
   async insertIfAbsent(row: NewConsoleAuthTokenRow): Promise<boolean> {
-    const inserted = await this.pool.query(INSERT_IF_ABSENT_SQL, NEW_ROW_PROPERTIES.map((property) => row[property]));
+    const inserted = await this.pool.query(
+      INSERT_IF_ABSENT_SQL,
+      NEW_ROW_PROPERTIES.map((property) => row[property]),
+    );
     return inserted.rows.length > 0;
   }
 
@@ -105,8 +108,13 @@ export class ConsoleAuthTokenRepository {
    * no row.
    */
   async findValidByHashes(tokenHashes: string[], nowSeconds: number): Promise<ConsoleGrantRow[]> {
-    if (tokenHashes.length === 0) {return [];}
-    const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_console_grants', FIND_GRANTS_SQL, [tokenHashes, nowSeconds]);
+    if (tokenHashes.length === 0) {
+      return [];
+    }
+    const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_console_grants', FIND_GRANTS_SQL, [
+      tokenHashes,
+      nowSeconds,
+    ]);
     return rows.map((row) => grants.read(row));
   }
 
@@ -121,8 +129,12 @@ export class ConsoleAuthTokenRepository {
   async list(filter: TokenListFilter): Promise<ConsoleAuthTokenEntity[]> {
     const conditions: string[] = [];
     const parameters: unknown[] = [];
-    if (filter.instanceUuid !== undefined) {conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);}
-    if (filter.afterId !== undefined) {conditions.push(`id > $${parameters.push(filter.afterId)}`);}
+    if (filter.instanceUuid !== undefined) {
+      conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);
+    }
+    if (filter.afterId !== undefined) {
+      conditions.push(`id > $${parameters.push(filter.afterId)}`);
+    }
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
     const { rows } = await this.pool.query<Record<string, unknown>>(
       `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens ${where} ORDER BY id ASC LIMIT $${parameters.push(filter.limit)}`,
@@ -149,7 +161,10 @@ export class ConsoleAuthTokenRepository {
 
   /** Whether this hash belongs to a token revoked in keyhole that has not expired yet. */
   async isRevokedHash(tokenHash: string, nowSeconds: number): Promise<boolean> {
-    const { rows } = await this.pool.query('SELECT 1 FROM revoked_token_hashes WHERE token_hash = $1 AND expires > $2', [tokenHash, nowSeconds]);
+    const { rows } = await this.pool.query('SELECT 1 FROM revoked_token_hashes WHERE token_hash = $1 AND expires > $2', [
+      tokenHash,
+      nowSeconds,
+    ]);
     return rows.length > 0;
   }
 
@@ -170,7 +185,9 @@ export class ConsoleAuthTokenRepository {
 
   /** Of these token ids, the ones that no longer have a row (revoked while a proxy was not listening). */
   async findMissing(ids: number[]): Promise<number[]> {
-    if (ids.length === 0) {return [];}
+    if (ids.length === 0) {
+      return [];
+    }
     const { rows } = await this.pool.query<{ id: string }>('SELECT id FROM console_auth_tokens WHERE id = ANY($1::bigint[])', [ids]);
     const present = new Set(rows.map((row) => Number(row.id)));
     return ids.filter((id) => !present.has(id));
@@ -208,7 +225,9 @@ export class ConsoleAuthTokenRepository {
    */
   async deleteExpiredBatch(nowSeconds: number, batchSize: number, host?: string): Promise<number> {
     const parameters: unknown[] = [nowSeconds, batchSize];
-    if (host !== undefined) {parameters.push(host);}
+    if (host !== undefined) {
+      parameters.push(host);
+    }
     return runCounted(this.pool, expiredBatchDeleteSql('console_auth_tokens', host !== undefined), parameters);
   }
 
@@ -227,7 +246,9 @@ export class ConsoleAuthTokenRepository {
         NEW_ROW_PROPERTIES.map((property) => rows.map((row) => row[property])),
       );
     } catch (error) {
-      if (rows.length === 1 || !isRowDataError(error)) {throw error;}
+      if (rows.length === 1 || !isRowDataError(error)) {
+        throw error;
+      }
       const outcomes: BatchOutcome<ConsoleAuthTokenEntity>[] = [];
       for (const row of rows) {
         try {
@@ -242,7 +263,9 @@ export class ConsoleAuthTokenRepository {
     return rows.map((row) => {
       const raw = byHash.get(row.tokenHash);
       // Cannot happen (the statement inserts every row or fails); refuse rather than guess.
-      if (raw === undefined) {return { ok: false, error: new Error('an inserted token row was not returned') };}
+      if (raw === undefined) {
+        return { ok: false, error: new Error('an inserted token row was not returned') };
+      }
       return { ok: true, value: consoleAuthTokenRows.fromRow(raw) };
     });
   }

@@ -4,7 +4,11 @@ const uuid = (index: number) => `00000000-0000-4000-8000-${String(index).padStar
 
 describe('parseConsoleEvent', () => {
   it.each([
-    ['a revocation of token ids', '{"kind":"revoke","tokenIds":[1,2,9007199254740991]}', { kind: 'revoke', tokenIds: [1, 2, 9007199254740991] }],
+    [
+      'a revocation of token ids',
+      '{"kind":"revoke","tokenIds":[1,2,9007199254740991]}',
+      { kind: 'revoke', tokenIds: [1, 2, 9007199254740991] },
+    ],
     ['a revocation of no ids', '{"kind":"revoke","tokenIds":[]}', { kind: 'revoke', tokenIds: [] }],
     [
       'a revocation by instance',
@@ -53,7 +57,9 @@ describe('consoleEventPayloads', () => {
     const tokenIds = Array.from({ length: IDS_PER_EVENT * 2 + 1 }, (_, index) => Number.MAX_SAFE_INTEGER - index);
     const payloads = consoleEventPayloads({ kind: 'revoke', tokenIds, instanceUuids: [uuid(1)] });
     expect(payloads).toHaveLength(3);
-    for (const payload of payloads) {expect(Buffer.byteLength(payload)).toBeLessThan(8000);}
+    for (const payload of payloads) {
+      expect(Buffer.byteLength(payload)).toBeLessThan(8000);
+    }
     const events = payloads.map((payload) => parseConsoleEvent(payload));
     // The instances ride with the first chunk only.
     expect(events.map((event) => (event?.kind === 'revoke' ? event.instanceUuids : null))).toEqual([[uuid(1)], undefined, undefined]);
@@ -65,8 +71,8 @@ describe('consoleEventPayloads', () => {
   });
 
   it('announces a revocation by instance even when it deleted no token', () => {
-    expect(consoleEventPayloads({ kind: 'revoke', tokenIds: [], instanceUuids: [uuid(1)] }).map((payload) => parseConsoleEvent(payload))).toEqual([
-      { kind: 'revoke', tokenIds: [], instanceUuids: [uuid(1)] },
-    ]);
+    expect(
+      consoleEventPayloads({ kind: 'revoke', tokenIds: [], instanceUuids: [uuid(1)] }).map((payload) => parseConsoleEvent(payload)),
+    ).toEqual([{ kind: 'revoke', tokenIds: [], instanceUuids: [uuid(1)] }]);
   });
 });

@@ -34,7 +34,9 @@ export const IDS_PER_EVENT = 150;
 /** Parses a notification payload; null for anything that is not a well-formed event. */
 export function parseConsoleEvent(payload: string | undefined): ConsoleEvent | null {
   // Longer than NOTIFY allows: not from a keyhole sender, and not worth parsing.
-  if (!payload || payload.length > 8000) {return null;}
+  if (!payload || payload.length > 8000) {
+    return null;
+  }
   let value: unknown;
   try {
     value = JSON.parse(payload);
@@ -47,10 +49,15 @@ export function parseConsoleEvent(payload: string | undefined): ConsoleEvent | n
 
 /** The payloads that announce `event`, chunked to fit NOTIFY. */
 export function consoleEventPayloads(event: ConsoleEvent): string[] {
-  if (event.kind === 'settings') {return [JSON.stringify(event)];}
+  if (event.kind === 'settings') {
+    return [JSON.stringify(event)];
+  }
   if (event.kind === 'revoke' && event.instanceUuids?.length) {
     // The instances ride with the first chunk (a revocation by instance names one).
-    const [first = JSON.stringify({ kind: 'revoke', tokenIds: [] }), ...rest] = consoleEventPayloads({ kind: 'revoke', tokenIds: event.tokenIds });
+    const [first = JSON.stringify({ kind: 'revoke', tokenIds: [] }), ...rest] = consoleEventPayloads({
+      kind: 'revoke',
+      tokenIds: event.tokenIds,
+    });
     const head = JSON.parse(first) as { kind: 'revoke'; tokenIds: number[] };
     return [JSON.stringify({ ...head, instanceUuids: event.instanceUuids }), ...rest];
   }
@@ -58,7 +65,9 @@ export function consoleEventPayloads(event: ConsoleEvent): string[] {
   const payloads: string[] = [];
   for (let start = 0; start < ids.length; start += IDS_PER_EVENT) {
     const chunk = ids.slice(start, start + IDS_PER_EVENT);
-    payloads.push(JSON.stringify(event.kind === 'revoke' ? { kind: 'revoke', tokenIds: chunk } : { kind: 'end-session', sessionIds: chunk }));
+    payloads.push(
+      JSON.stringify(event.kind === 'revoke' ? { kind: 'revoke', tokenIds: chunk } : { kind: 'end-session', sessionIds: chunk }),
+    );
   }
   return payloads;
 }

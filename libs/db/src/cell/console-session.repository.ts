@@ -5,7 +5,16 @@ import { inTransaction, runCounted, runPrepared } from '../database-pool';
 
 export type NewConsoleSessionRow = Pick<
   ConsoleSessionEntity,
-  'id' | 'tokenId' | 'tokenSource' | 'tokenFingerprint' | 'instanceUuid' | 'consoleType' | 'host' | 'port' | 'proxyInstance' | 'clientAddress'
+  | 'id'
+  | 'tokenId'
+  | 'tokenSource'
+  | 'tokenFingerprint'
+  | 'instanceUuid'
+  | 'consoleType'
+  | 'host'
+  | 'port'
+  | 'proxyInstance'
+  | 'clientAddress'
 >;
 
 export interface SessionCounters {
@@ -42,7 +51,9 @@ export class ConsoleSessionRepository {
    * (a batch is written while the next connects go on) is inserted with its end.
    */
   async insertBatch(rows: SessionRecord[]): Promise<void> {
-    if (rows.length === 0) {return;}
+    if (rows.length === 0) {
+      return;
+    }
     await runPrepared(
       this.pool,
       'keyhole_insert_sessions',
@@ -113,19 +124,25 @@ export class ConsoleSessionRepository {
           staleAfterMs,
         ],
       );
-      if (inserted.length > 0) {return null;}
+      if (inserted.length > 0) {
+        return null;
+      }
       const { rows: holders } = await this.pool.query<{ id: string }>(
         'SELECT id FROM console_sessions WHERE host = $1 AND port = $2 AND console_type = $3 AND ended_at IS NULL LIMIT 1',
         [row.host, row.port, row.consoleType],
       );
-      if (holders.length > 0) {return holders[0].id;}
+      if (holders.length > 0) {
+        return holders[0].id;
+      }
     }
     throw new Error('could not claim an exclusive console: its holder kept changing');
   }
 
   /** Marks these live sessions as seen now, with their byte counts so far (one statement). */
   async heartbeat(sessions: SessionCounters[]): Promise<void> {
-    if (sessions.length === 0) {return;}
+    if (sessions.length === 0) {
+      return;
+    }
     await this.pool.query(
       `UPDATE console_sessions s
           SET last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
@@ -140,7 +157,9 @@ export class ConsoleSessionRepository {
    * Each session's row must have been written before.
    */
   async endBatch(ends: SessionEnd[]): Promise<void> {
-    if (ends.length === 0) {return;}
+    if (ends.length === 0) {
+      return;
+    }
     await runPrepared(
       this.pool,
       'keyhole_end_sessions',
@@ -149,20 +168,32 @@ export class ConsoleSessionRepository {
               last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
          FROM unnest($1::uuid[], $2::varchar[], $3::bigint[], $4::bigint[]) AS v(id, reason, to_client, to_upstream)
         WHERE s.id = v.id`,
-      [ends.map((end) => end.id), ends.map((end) => end.reason), ends.map((end) => end.bytesToClient), ends.map((end) => end.bytesToUpstream)],
+      [
+        ends.map((end) => end.id),
+        ends.map((end) => end.reason),
+        ends.map((end) => end.bytesToClient),
+        ends.map((end) => end.bytesToUpstream),
+      ],
     );
   }
 
   async findById(id: string): Promise<ConsoleSessionEntity | null> {
-    const { rows } = await this.pool.query<Record<string, unknown>>(`SELECT ${consoleSessionRows.selectList()} FROM console_sessions WHERE id = $1`, [id]);
+    const { rows } = await this.pool.query<Record<string, unknown>>(
+      `SELECT ${consoleSessionRows.selectList()} FROM console_sessions WHERE id = $1`,
+      [id],
+    );
     return rows.length === 0 ? null : consoleSessionRows.fromRow(rows[0]);
   }
 
   async list(filter: SessionListFilter): Promise<ConsoleSessionEntity[]> {
     const conditions: string[] = [];
     const parameters: unknown[] = [];
-    if (filter.liveOnly) {conditions.push('ended_at IS NULL');}
-    if (filter.instanceUuid !== undefined) {conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);}
+    if (filter.liveOnly) {
+      conditions.push('ended_at IS NULL');
+    }
+    if (filter.instanceUuid !== undefined) {
+      conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);
+    }
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
     const { rows } = await this.pool.query<Record<string, unknown>>(
       `SELECT ${consoleSessionRows.selectList()} FROM console_sessions ${where} ORDER BY started_at DESC LIMIT $${parameters.push(filter.limit)}`,
@@ -173,7 +204,9 @@ export class ConsoleSessionRepository {
 
   /** Live sessions on these console targets (exclusive-port status), of any type. */
   async listLiveOnTargets(targets: { host: string; port: number }[]): Promise<ConsoleSessionEntity[]> {
-    if (targets.length === 0) {return [];}
+    if (targets.length === 0) {
+      return [];
+    }
     const { rows } = await this.pool.query<Record<string, unknown>>(
       `SELECT ${consoleSessionRows.selectList()} FROM console_sessions
         WHERE ended_at IS NULL AND (host, port) IN (SELECT * FROM unnest($1::varchar[], $2::int[]))`,
@@ -193,7 +226,9 @@ export class ConsoleSessionRepository {
         `UPDATE console_sessions SET ended_at = now(), close_reason = 'ended by operator' WHERE id = $1 AND ended_at IS NULL`,
         [id],
       );
-      if (count === 0) {return false;}
+      if (count === 0) {
+        return false;
+      }
       await notify(client, consoleEventPayloads({ kind: 'end-session', sessionIds: [id] }));
       return true;
     });
@@ -201,7 +236,9 @@ export class ConsoleSessionRepository {
 
   /** Of these sessions, the ids no longer live in the database (ended by an operator meanwhile). */
   async findEnded(ids: string[]): Promise<string[]> {
-    if (ids.length === 0) {return [];}
+    if (ids.length === 0) {
+      return [];
+    }
     const { rows } = await this.pool.query<{ id: string }>(
       'SELECT id FROM console_sessions WHERE id = ANY($1::uuid[]) AND ended_at IS NOT NULL',
       [ids],
@@ -233,5 +270,7 @@ export class ConsoleSessionRepository {
 
 /** Sends notifications on the console events channel inside the caller's transaction. */
 export async function notify(client: PoolClient, payloads: string[]): Promise<void> {
-  for (const payload of payloads) {await client.query('SELECT pg_notify($1, $2)', [CONSOLE_EVENTS_CHANNEL, payload]);}
+  for (const payload of payloads) {
+    await client.query('SELECT pg_notify($1, $2)', [CONSOLE_EVENTS_CHANNEL, payload]);
+  }
 }

@@ -15,7 +15,9 @@ export class ApiCredentialRepository {
   constructor(private readonly pool: Pool) {
     this.lookups = keyedLookups(
       async (ids) =>
-        (await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_credentials', FIND_CREDENTIALS_SQL, [ids])).map((row) => apiCredentialRows.fromRow(row)),
+        (await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_credentials', FIND_CREDENTIALS_SQL, [ids])).map((row) =>
+          apiCredentialRows.fromRow(row),
+        ),
       (credential) => credential.id,
       { maxInFlight: 2, maxBatchSize: 256 },
     );

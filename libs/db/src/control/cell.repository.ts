@@ -14,7 +14,10 @@ export class CellRepository {
 
   constructor(private readonly pool: Pool) {
     this.lookups = keyedLookups(
-      async (names) => (await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_cells', FIND_CELLS_SQL, [names])).map((row) => cellRows.fromRow(row)),
+      async (names) =>
+        (await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_cells', FIND_CELLS_SQL, [names])).map((row) =>
+          cellRows.fromRow(row),
+        ),
       (cell) => cell.name,
       { maxInFlight: 2, maxBatchSize: 256 },
     );
@@ -45,8 +48,12 @@ export class CellRepository {
   async updateEndpoints(name: string, changes: Partial<Pick<CellEntity, 'databaseUrl' | 'proxyUrl'>>): Promise<void> {
     const parameters: unknown[] = [name];
     const assignments = ['updated_at = now()'];
-    if (changes.databaseUrl !== undefined) {assignments.push(`database_url = $${parameters.push(changes.databaseUrl)}`);}
-    if (changes.proxyUrl !== undefined) {assignments.push(`proxy_url = $${parameters.push(changes.proxyUrl)}`);}
+    if (changes.databaseUrl !== undefined) {
+      assignments.push(`database_url = $${parameters.push(changes.databaseUrl)}`);
+    }
+    if (changes.proxyUrl !== undefined) {
+      assignments.push(`proxy_url = $${parameters.push(changes.proxyUrl)}`);
+    }
     await this.pool.query(`UPDATE cells SET ${assignments.join(', ')} WHERE name = $1`, parameters);
   }
 

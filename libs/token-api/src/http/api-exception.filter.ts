@@ -60,8 +60,12 @@ function sendError(exception: unknown, request: FastifyRequest, reply: FastifyRe
     logger[error.logLevel]({ requestId, code: error.code }, error.message);
   }
   const body: ErrorBody = { code: error.code, message: error.message, requestId };
-  if (error.details !== undefined) {body.details = error.details;}
-  if (reply.sent) {return;}
+  if (error.details !== undefined) {
+    body.details = error.details;
+  }
+  if (reply.sent) {
+    return;
+  }
   void reply.status(STATUS_OF_CODE[error.code]).send(body);
 }
 
@@ -78,15 +82,28 @@ const FASTIFY_ERRORS: Record<string, () => KeyholeError> = {
 const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE']);
 
 function toKeyholeError(exception: unknown): KeyholeError {
-  if (exception instanceof KeyholeError) {return exception;}
-  const fastifyCode = (((exception instanceof HttpException ? exception.cause : undefined) ?? exception) as { code?: unknown } | null)?.code;
-  if (typeof fastifyCode === 'string' && Object.hasOwn(FASTIFY_ERRORS, fastifyCode)) {return FASTIFY_ERRORS[fastifyCode]();}
+  if (exception instanceof KeyholeError) {
+    return exception;
+  }
+  const fastifyCode = (((exception instanceof HttpException ? exception.cause : undefined) ?? exception) as { code?: unknown } | null)
+    ?.code;
+  if (typeof fastifyCode === 'string' && Object.hasOwn(FASTIFY_ERRORS, fastifyCode)) {
+    return FASTIFY_ERRORS[fastifyCode]();
+  }
   if (exception instanceof HttpException) {
     const status = exception.getStatus();
-    if (status === 404) {return new KeyholeError('NOT_FOUND', 'No such resource');}
-    if (status === 415) {return new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'The request body encoding is not supported');}
-    if (status === 413) {return new KeyholeError('PAYLOAD_TOO_LARGE', 'The request body is too large');}
-    if (status >= 400 && status < 500) {return new KeyholeError('INVALID_INPUT', 'The request is not valid');}
+    if (status === 404) {
+      return new KeyholeError('NOT_FOUND', 'No such resource');
+    }
+    if (status === 415) {
+      return new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'The request body encoding is not supported');
+    }
+    if (status === 413) {
+      return new KeyholeError('PAYLOAD_TOO_LARGE', 'The request body is too large');
+    }
+    if (status >= 400 && status < 500) {
+      return new KeyholeError('INVALID_INPUT', 'The request is not valid');
+    }
   }
   if (isUnavailable(exception)) {
     return new KeyholeError('SERVICE_UNAVAILABLE', 'A database needed for this request cannot be reached', {
@@ -106,7 +123,10 @@ function isUnavailable(exception: unknown): boolean {
   while (typeof current === 'object' && current !== null && !seen.has(current)) {
     seen.add(current);
     const candidate = current as { code?: unknown; message?: unknown; driverError?: unknown; cause?: unknown };
-    if (typeof candidate.code === 'string' && (UNAVAILABLE_ERRNOS.has(candidate.code) || candidate.code.startsWith('08') || candidate.code === '57P01')) {
+    if (
+      typeof candidate.code === 'string' &&
+      (UNAVAILABLE_ERRNOS.has(candidate.code) || candidate.code.startsWith('08') || candidate.code === '57P01')
+    ) {
       return true;
     }
     if (typeof candidate.message === 'string' && /Connection terminated|timeout exceeded when trying to connect/i.test(candidate.message)) {

@@ -17,7 +17,9 @@ export const Public = () => SetMetadata(PUBLIC, true);
 /** The verified caller of the current request. */
 export const CurrentPrincipal = createParamDecorator((_: unknown, context: ExecutionContext): Principal => {
   const principal = principalOf(context.switchToHttp().getRequest<FastifyRequest>());
-  if (!principal) {throw new KeyholeError('UNAUTHENTICATED', 'A valid API key is required (Authorization: Bearer khk_...)');}
+  if (!principal) {
+    throw new KeyholeError('UNAUTHENTICATED', 'A valid API key is required (Authorization: Bearer khk_...)');
+  }
   return principal;
 });
 
@@ -35,7 +37,9 @@ export class AuthGuard implements CanActivate {
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const targets = [context.getHandler(), context.getClass()];
-    if (this.reflector.getAllAndOverride<boolean>(PUBLIC, targets)) {return true;}
+    if (this.reflector.getAllAndOverride<boolean>(PUBLIC, targets)) {
+      return true;
+    }
     const request = context.switchToHttp().getRequest<FastifyRequest>();
     const principal = await this.credentials.authenticate(bearerToken(request.headers.authorization));
     setPrincipal(request, principal);
@@ -66,7 +70,9 @@ export function assertUnscoped(principal: Principal): void {
 }
 
 function bearerToken(header: string | undefined): string | undefined {
-  if (!header) {return undefined;}
+  if (!header) {
+    return undefined;
+  }
   const match = /^Bearer +(\S+)\s*$/i.exec(header);
   return match ? match[1] : undefined;
 }

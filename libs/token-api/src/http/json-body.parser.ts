@@ -17,25 +17,37 @@ export function registerJsonBodyParser(fastify: FastifyInstance): void {
     done(encoding === undefined || encoding === 'identity' ? undefined : unsupportedEncoding());
   });
   const parseJson = fastify.getDefaultJsonParser('error', 'error');
-  fastify.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request: FastifyRequest, body: Buffer, done: (error: Error | null, body?: unknown) => void) => {
-    let text: string;
-    try {
-      text = decode(body, request.headers['content-type'] ?? '');
-    } catch (error) {
-      done(error as Error);
-      return;
-    }
-    const first = text.trimStart()[0];
-    if (first === undefined) {done(null, {});}
-    else if (first !== '{' && first !== '[') {done(new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON'));}
-    else {void parseJson(request, text, done);}
-  });
+  fastify.addContentTypeParser(
+    'application/json',
+    { parseAs: 'buffer' },
+    (request: FastifyRequest, body: Buffer, done: (error: Error | null, body?: unknown) => void) => {
+      let text: string;
+      try {
+        text = decode(body, request.headers['content-type'] ?? '');
+      } catch (error) {
+        done(error as Error);
+        return;
+      }
+      const first = text.trimStart()[0];
+      if (first === undefined) {
+        done(null, {});
+      } else if (first !== '{' && first !== '[') {
+        done(new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON'));
+      } else {
+        void parseJson(request, text, done);
+      }
+    },
+  );
 }
 
 function decode(body: Buffer, contentType: string): string {
   const charset = /;\s*charset\s*=\s*"?([^";\s]+)"?/i.exec(contentType)?.[1]?.toLowerCase() ?? 'utf-8';
-  if (charset === 'utf-8') {return body.toString('utf8');}
-  if (!charset.startsWith('utf-')) {throw unsupportedEncoding();}
+  if (charset === 'utf-8') {
+    return body.toString('utf8');
+  }
+  if (!charset.startsWith('utf-')) {
+    throw unsupportedEncoding();
+  }
   try {
     return new TextDecoder(charset).decode(body);
   } catch {

@@ -23,7 +23,9 @@ export function requestIdOf(request: FastifyRequest): string {
 
 export function setPrincipal(request: FastifyRequest, principal: Principal): void {
   const context = (request as RequestWithContext)[CONTEXT];
-  if (context) {context.principal = principal;}
+  if (context) {
+    context.principal = principal;
+  }
 }
 
 export function principalOf(request: FastifyRequest): Principal | undefined {
@@ -77,7 +79,9 @@ function hasBody(request: FastifyRequest): boolean {
 }
 
 function isJson(contentType: string | undefined): boolean {
-  if (contentType === undefined) {return false;}
+  if (contentType === undefined) {
+    return false;
+  }
   const semicolon = contentType.indexOf(';');
   return (semicolon === -1 ? contentType : contentType.slice(0, semicolon)).trim().toLowerCase() === 'application/json';
 }

@@ -15,7 +15,9 @@ export class ZodValidationPipe<Schema extends z.ZodType> implements PipeTransfor
 
   transform(value: unknown): z.output<Schema> {
     const parsed = this.schema.safeParse(this.part === 'body' && value === undefined ? {} : value);
-    if (parsed.success) {return parsed.data;}
+    if (parsed.success) {
+      return parsed.data;
+    }
     const fields = describeZodIssues(parsed.error, this.fieldPrefix).map((issue) =>
       issue.field === '(value)' ? { ...issue, field: this.part } : issue,
     );

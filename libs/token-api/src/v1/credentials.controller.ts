@@ -19,7 +19,9 @@ export class CredentialsController {
     @Body(new ZodValidationPipe(createCredentialBodySchema, 'body')) body: z.output<typeof createCredentialBodySchema>,
   ) {
     const cellName = body.cell ?? null;
-    if (principal.cellName !== null) {assertCellAccess(principal, cellName ?? '');}
+    if (principal.cellName !== null) {
+      assertCellAccess(principal, cellName ?? '');
+    }
     return this.credentials.create({ name: body.name, role: body.role, cellName });
   }
 

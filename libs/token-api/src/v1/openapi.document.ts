@@ -109,7 +109,7 @@ export function buildOpenApiDocument(): object {
     method: 'delete',
     path: '/v1/cells/{cell}/instances/{instanceUuid}/tokens',
     tags: ['tokens'],
-    summary: "Revoke every token of an instance (agents of the cell, operators)",
+    summary: 'Revoke every token of an instance (agents of the cell, operators)',
     request: { params: cellPath.extend({ instanceUuid: instanceUuidSchema }) },
     responses: {
       200: json(z.object({ revoked: z.int(), ids: z.array(z.int()) }), 'How many were revoked'),
@@ -166,7 +166,8 @@ export function buildOpenApiDocument(): object {
     method: 'get',
     path: '/v1/cells/{cell}/legacy-fallback',
     tags: ['legacy'],
-    summary: "The cell's legacy fallback flag, whether configuration forces it, its history, and legacy sessions in the last 24 h (operators)",
+    summary:
+      "The cell's legacy fallback flag, whether configuration forces it, its history, and legacy sessions in the last 24 h (operators)",
     request: { params: cellPath },
     responses: { 200: json(fallbackStatusSchema, 'Status'), ...errors(400, 401, 403, 404, 503) },
   });

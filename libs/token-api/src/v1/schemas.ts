@@ -72,7 +72,10 @@ export const listTokensQuerySchema = z
 
 export const listSessionsQuerySchema = z
   .strictObject({
-    live: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
+    live: z
+      .enum(['true', 'false'])
+      .transform((value) => value === 'true')
+      .optional(),
     instanceUuid: instanceUuidSchema.optional(),
     limit: limitQuerySchema.optional(),
   })
@@ -93,9 +96,7 @@ export const fallbackStatusSchema = z
   })
   .openapi('LegacyFallbackStatus');
 
-export const purgeBodySchema = z
-  .strictObject({ host: consoleHostSchema.optional() })
-  .openapi('PurgeTokensRequest');
+export const purgeBodySchema = z.strictObject({ host: consoleHostSchema.optional() }).openapi('PurgeTokensRequest');
 
 export const introspectBodySchema = z
   .strictObject({
@@ -135,7 +136,10 @@ export const createCredentialBodySchema = z
 export const credentialIdSchema = z.string().regex(/^[0-9a-f]{16}$/, 'must be 16 lowercase hex characters');
 
 export const listCredentialsQuerySchema = z.strictObject({
-  includeRevoked: z.enum(['true', 'false']).transform((value) => value === 'true').optional(),
+  includeRevoked: z
+    .enum(['true', 'false'])
+    .transform((value) => value === 'true')
+    .optional(),
 });
 
 /* Responses (documentation only; handlers build them from lib views). */
@@ -177,9 +181,7 @@ export const issuedTokenSchema = tokenSchema
   })
   .openapi('IssuedToken');
 
-export const tokenListSchema = z
-  .object({ tokens: z.array(tokenSchema), nextAfter: z.int().nullable() })
-  .openapi('TokenList');
+export const tokenListSchema = z.object({ tokens: z.array(tokenSchema), nextAfter: z.int().nullable() }).openapi('TokenList');
 
 export const introspectionSchema = z
   .object({

@@ -111,7 +111,9 @@ export class TokensController {
     await this.cells.get(cell);
     const result = await this.purges.purgeCell(cell, { host: body.host });
     if (!result.ran) {
-      throw new KeyholeError('PURGE_IN_PROGRESS', 'Another purge of this cell is running; try again when it is done', { details: { cell } });
+      throw new KeyholeError('PURGE_IN_PROGRESS', 'Another purge of this cell is running; try again when it is done', {
+        details: { cell },
+      });
     }
     return { purged: result.tokens, sessions: result.sessions };
   }

@@ -23,7 +23,10 @@ function setStatus(text, kind) {
 // Reads the token ('+' stays '+', as in noVNC's pages) and removes it from the address bar, so the
 // browser history does not keep it.
 function takeToken() {
-  const parameters = window.location.search.replace(/^\?/, '').split('&').filter((part) => part !== '');
+  const parameters = window.location.search
+    .replace(/^\?/, '')
+    .split('&')
+    .filter((part) => part !== '');
   let token = null;
   const kept = [];
   for (const part of parameters) {
@@ -76,7 +79,9 @@ socket.binaryType = 'arraybuffer';
 const encoder = new TextEncoder();
 
 function send(bytes) {
-  if (socket.readyState === WebSocket.OPEN) {socket.send(bytes);}
+  if (socket.readyState === WebSocket.OPEN) {
+    socket.send(bytes);
+  }
 }
 
 socket.addEventListener('open', () => setStatus('connected', 'connected'));

@@ -31,7 +31,9 @@ function setStatus(text, kind) {
 // Like noVNC's own pages: the raw value, percent-decoded ('+' stays '+').
 function readQueryVariable(name, defaultValue) {
   const match = new RegExp('[?&]' + name + '=([^&#]*)').exec(window.location.search);
-  if (!match) {return defaultValue;}
+  if (!match) {
+    return defaultValue;
+  }
   try {
     return decodeURIComponent(match[1]);
   } catch {
@@ -41,13 +43,17 @@ function readQueryVariable(name, defaultValue) {
 
 function readBoolean(name, defaultValue) {
   const value = readQueryVariable(name, null);
-  if (value === null) {return defaultValue;}
+  if (value === null) {
+    return defaultValue;
+  }
   return /^(1|true|yes|on)$/i.test(value);
 }
 
 function websocketUrl() {
   let host = readQueryVariable('host', window.location.hostname);
-  if (host.includes(':') && !host.startsWith('[')) {host = '[' + host + ']';}
+  if (host.includes(':') && !host.startsWith('[')) {
+    host = '[' + host + ']';
+  }
   const port = readQueryVariable('port', window.location.port);
   const encrypt = readBoolean('encrypt', window.location.protocol === 'https:');
   let path = readQueryVariable('path', 'websockify');
@@ -107,8 +113,12 @@ function connect() {
   rfb.addEventListener('disconnect', (event) => {
     ctrlAltDelButton.disabled = true;
     let text = event.detail.clean ? 'Disconnected' : 'Something went wrong, connection is closed';
-    if (securityFailure) {text += ': ' + securityFailure;}
-    if (closeEvent) {text += ' (closed: ' + (closeEvent.code + ' ' + closeEvent.reason).trim() + ')';}
+    if (securityFailure) {
+      text += ': ' + securityFailure;
+    }
+    if (closeEvent) {
+      text += ' (closed: ' + (closeEvent.code + ' ' + closeEvent.reason).trim() + ')';
+    }
     setStatus(text, 'failed');
   });
   ctrlAltDelButton.addEventListener('click', () => {
