@@ -25,10 +25,10 @@ describe('local deployment (npm start)', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
-  const start = () =>
+  const start = (apiPort = 0) =>
     startLocalDeployment({
       dataDir,
-      apiPort: 0,
+      apiPort,
       proxyPorts: [0, 0],
       environment: { KEYHOLE_ARGON2_MEMORY_KIB: '64', KEYHOLE_ARGON2_TIME_COST: '1', KEYHOLE_LOG_LEVEL: 'debug' },
       onProgress: () => undefined,
@@ -56,6 +56,18 @@ describe('local deployment (npm start)', () => {
     expect(introspected.status).toBe(200);
     expect(introspected.body.cell).toBe('cell2');
 
+    // Its routes file allows loopback console ports only: never its own database or API.
+    expect(deployment.routesFile).toBe(path.join(dataDir, 'routes.yaml'));
+    const databasePort = Number(new URL((await readFile(deployment.controlUrlFile, 'utf8')).trim()).port);
+    const ownPorts = [databasePort, Number(new URL(deployment.apiUrl).port), Number(new URL(cell2.proxyUrl).port)];
+    for (const port of ownPorts) {
+      const refused = await call(deployment.apiUrl, 'POST', '/v1/cells/cell2/tokens', {
+        key: deployment.agentKeys.cell2,
+        body: { instanceUuid: '0b6a3c52-1e0f-4a9d-8c7b-6d5e4f3a2b1c', consoleType: 'novnc', host: '127.0.0.1', port },
+      });
+      expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 400, code: 'UNROUTABLE_CONSOLE' });
+    }
+
     const firstOperatorKey = deployment.operatorKey;
     await deployment.stop();
     deployment = await start();
@@ -68,6 +80,16 @@ describe('local deployment (npm start)', () => {
       body: { token: issued.body.token },
     });
     expect(again.status).toBe(200);
+
+    // An own port inside a console range is left out of it.
+    await deployment.stop();
+    deployment = await start(15_123);
+    const inRange = await call(deployment.apiUrl, 'POST', '/v1/cells/cell1/tokens', {
+      key: deployment.agentKeys.cell1,
+      body: { instanceUuid: '0b6a3c52-1e0f-4a9d-8c7b-6d5e4f3a2b1c', consoleType: 'serial', host: '127.0.0.1', port: 15_123 },
+    });
+    expect({ status: inRange.status, code: inRange.body.code }).toEqual({ status: 400, code: 'UNROUTABLE_CONSOLE' });
+    expect(await readFile(deployment.routesFile, 'utf8')).toContain('ports: "5900-5999,10000-15122,15124-20000"');
 
     const log = await readFile(deployment.logFile, 'utf8');
     expect(log).toContain(sha256Hex(issued.body.token).slice(0, 12));

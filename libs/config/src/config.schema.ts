@@ -116,6 +116,11 @@ export const ENVIRONMENT_SCHEMA = z.object({
   ),
   KEYHOLE_ARGON2_TIME_COST: setting('general', integer(1, 100).default(2), 'argon2id iterations for new API keys (1-100).'),
   KEYHOLE_ARGON2_PARALLELISM: setting('general', integer(1, 64).default(1), 'argon2id lanes for new API keys (1-64).'),
+  KEYHOLE_ROUTES_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    "Routes file (YAML) of the token API and the console proxies: which consoles a proxy may dial, and how (README's Routes). A destination that matches no route gets no token and no connection. Unset = every destination is allowed (a warning at start). Read again on SIGHUP.",
+  ),
   KEYHOLE_CELL_NAME: setting(
     'console-proxy',
     z

@@ -47,6 +47,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
     frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
   },
+  routes: { file: env.KEYHOLE_ROUTES_FILE },
   legacy: {
     redisUrl: env.KEYHOLE_LEGACY_REDIS_URL,
     format: env.KEYHOLE_LEGACY_FORMAT,

@@ -9,6 +9,7 @@ import { createPool, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
+import { RoutesService } from '@keyhole/upstream';
 import { isProxyWorker, joinSupervisor, proxyInstanceName } from './workers';
 
 /**
@@ -29,6 +30,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     @Inject(CLOCK) clock: Clock,
     private readonly adapterHost: HttpAdapterHost,
     @Inject(LEGACY_TOKEN_STORE) legacy: LegacyTokenStore | null,
+    private readonly routes: RoutesService,
   ) {
     const { cellName, cellDatabaseUrl } = requireProxyCell(config);
     this.cellName = cellName;
@@ -52,6 +54,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         cellDatabaseUrl,
         instance: proxyInstanceName(config.proxy.instance, hostname()),
         settings: config.proxy,
+        routes,
         legacy: legacy ?? undefined,
         forcedFallback: config.legacy.forcedFallback,
         logEachRefusal: config.log.level === 'debug' || config.log.level === 'trace',
@@ -74,6 +77,8 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         webClients: describeWebClients({ spiceHtml5Dir: this.config.proxy.spiceHtml5Dir }),
         legacyStore: this.config.legacy.redisUrl ? this.config.legacy.format : null,
         forcedFallback: this.config.legacy.forcedFallback,
+        routesFile: this.config.routes.file ?? null,
+        routes: this.routes.current?.size ?? null,
       },
       'console proxy ready',
     );

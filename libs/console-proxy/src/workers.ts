@@ -156,6 +156,13 @@ export function superviseWorkers(options: SupervisorOptions): void {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => stop(signal, 0));
   }
+  // Each worker holds its own routes table: a reload is theirs to do.
+  process.on('SIGHUP', () => {
+    logger.info({ workers: running.size }, 'SIGHUP: the workers reload their routes');
+    for (const worker of running) {
+      worker.process.kill('SIGHUP');
+    }
+  });
   for (let started = 0; started < options.workers; started++) {
     start();
   }

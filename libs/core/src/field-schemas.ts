@@ -8,6 +8,11 @@ import { z } from 'zod';
 
 const HOSTNAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
 
+/** Whether `value` is a DNS host name (labels of letters, digits and inner dashes; an IP address is not one). */
+export function isHostname(value: string): boolean {
+  return isIP(value) === 0 && HOSTNAME.test(value);
+}
+
 export const cellNameSchema = z
   .string()
   .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'lowercase letters, digits and inner dashes, at most 63');

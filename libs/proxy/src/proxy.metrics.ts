@@ -8,6 +8,7 @@ export type ConnectResult =
   | 'wrong_console_type'
   | 'forbidden_origin'
   | 'console_busy'
+  | 'unroutable'
   | 'unavailable'
   | 'draining'
   | 'upstream_failed';

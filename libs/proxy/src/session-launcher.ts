@@ -58,15 +58,23 @@ export class SessionLauncher {
 
   /** Starts connecting to the granted console. */
   connect(grant: UpgradeGrant): PendingSession {
-    const upstream = connectUpstream(
-      { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
-      this.connectTimeoutMs,
-      this.connectTurns,
-    );
+    const upstream = this.dial(grant);
     // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
     upstream.catch(ignore);
     this.connecting.set(grant.id, { tokenId: grant.tokenId });
     return { grant, upstream };
+  }
+
+  /** Opens the console's stream the way the grant's route reaches it. */
+  private dial(grant: UpgradeGrant): ReturnType<typeof connectUpstream> {
+    switch (grant.via.kind) {
+      case 'direct':
+        return connectUpstream(
+          { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+          this.connectTimeoutMs,
+          this.connectTurns,
+        );
+    }
   }
 
   /** The websocket never opened: releases the console and ends the session. */

@@ -5,6 +5,7 @@ import type { Duplex } from 'node:stream';
 import { ManualClock } from '@keyhole/core';
 import type { ConsoleGrantRow } from '@keyhole/db';
 import type { LegacyAuthorization } from '@keyhole/legacy-store';
+import { decideRoute, parseRoutesFile, Routes } from '@keyhole/upstream';
 import { UpgradeGate, UpgradeGateOptions } from './upgrade-gate';
 import { Refusal, RefusalKind, REFUSALS, refuseUpgrade } from './upgrade-refusals';
 
@@ -43,6 +44,11 @@ function request(target: string, headers: Record<string, string> = {}): Incoming
 const withToken = (headers: Record<string, string> = {}) =>
   request(`/websockify?token=${TOKEN}`, { host: 'console.example', origin: 'https://console.example', ...headers });
 
+/** The gate's view of a routes table (undefined: no routes file, every destination allowed). */
+function routing(routes: Routes | undefined): UpgradeGateOptions['routes'] {
+  return { decide: (host, port) => decideRoute(routes, host, port) };
+}
+
 function setUp(options: Partial<UpgradeGateOptions> = {}) {
   const cell = {
     tokens: { findValidByHashes: strictFn('tokens.findValidByHashes'), isRevokedHash: strictFn('tokens.isRevokedHash') },
@@ -58,6 +64,7 @@ function setUp(options: Partial<UpgradeGateOptions> = {}) {
       instance: 'proxy-1',
       settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustProxy: false, sessionStaleMs: 30_000 },
       legacy,
+      routes: routing(undefined),
       ...options,
     },
     cell,
@@ -164,10 +171,39 @@ describe('UpgradeGate', () => {
       clientAddress: '198.51.100.7',
       internalAccessPath: null,
       expires: NOW_SECONDS + 600,
+      route: null,
+      via: { kind: 'direct' },
     });
     expect(setup.recorder.record).toHaveBeenCalledWith(grant);
     expect(setup.cell.sessions.insertExclusive).not.toHaveBeenCalled();
     expect(JSON.stringify(grant)).not.toContain(TOKEN);
+  });
+
+  it('refuses a token whose destination matches no route, logging its fingerprint, host and port, and claims nothing', async () => {
+    const routes = parseRoutesFile(
+      'routes:\n  - name: rack1\n    match: { cidr: 192.0.2.0/24, ports: "5900-5999" }\n    via: direct\n',
+      'routes.yaml',
+    );
+    const setup = setUp({ routes: routing(routes) });
+    storedRows(setup, row({ host: '192.0.2.10', port: 5432, consoleType: 'serial' }));
+    expect(await setup.gate.check(withToken())).toEqual({ kind: 'unroutable' });
+    expect(logged).toContainEqual([
+      { fingerprint: FINGERPRINT, host: '192.0.2.10', port: 5432, source: 'database' },
+      'refused: no route to the console',
+    ]);
+    expect(setup.cell.sessions.insertExclusive).not.toHaveBeenCalled();
+    expect(setup.recorder.record).not.toHaveBeenCalled();
+  });
+
+  it('grants a routed destination with the route that reaches it', async () => {
+    const routes = parseRoutesFile(
+      'routes:\n  - name: rack1\n    match: { cidr: 192.0.2.0/24, ports: "5900-5999" }\n    via: direct\n',
+      'routes.yaml',
+    );
+    const setup = setUp({ routes: routing(routes) });
+    storedRows(setup, row());
+    setup.recorder.record.mockResolvedValue(undefined);
+    expect(await setup.gate.check(withToken())).toMatchObject({ kind: 'grant', route: 'rack1', via: { kind: 'direct' } });
   });
 
   it('claims an exclusive console on the connect path, and refuses it while another session holds it', async () => {
@@ -299,6 +335,12 @@ describe('the refusal table', () => {
       status: 409,
       message: 'console busy: another session (session-1) is connected to this serial port',
       metric: 'console_busy',
+    },
+    {
+      refusal: { kind: 'unroutable' },
+      status: 403,
+      message: 'console destination is not routable from this proxy',
+      metric: 'unroutable',
     },
     { refusal: { kind: 'unavailable' }, status: 503, message: 'console authorization is unavailable', metric: 'unavailable' },
     { refusal: { kind: 'internal_error' }, status: 500, message: 'internal error', metric: 'unavailable' },

@@ -13,6 +13,7 @@ import type {
 } from '@keyhole/db';
 import { NO_INSTANCE_UUID, WEBSOCKIFY_CONSOLE_TYPE } from '@keyhole/legacy-store';
 import type { LegacyAuthorization, LegacyTokenStore } from '@keyhole/legacy-store';
+import type { RoutesService, RouteVia } from '@keyhole/upstream';
 import { BatchedTokenLookup } from './batched-token-lookup';
 import { checkOrigin, extractToken } from './handshake-rules';
 import type { ProxyMetrics } from './proxy.metrics';
@@ -34,6 +35,8 @@ export interface UpgradeGateOptions {
   /** This replica's name in session records. */
   instance: string;
   settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustProxy' | 'sessionStaleMs'>;
+  /** The routes table: a destination that matches no route is refused (403, `unroutable`). */
+  routes: Pick<RoutesService, 'decide'>;
   /** The legacy token store, when one is configured; asked only while the fallback is on. */
   legacy?: LegacyLookup;
   /** The fallback flag forced by configuration (KEYHOLE_LEGACY_FALLBACK); undefined = the cell's flag decides. */
@@ -61,6 +64,9 @@ export interface UpgradeGrant extends NewConsoleSessionRow {
   internalAccessPath: string | null;
   /** The token's expiry, epoch seconds. */
   expires: number;
+  /** The route that reaches the console (null without a routes file: a direct connect, as always). */
+  route: string | null;
+  via: RouteVia;
 }
 
 /** What a token grants, from the cell database or from the legacy store, before the upgrade's own checks. */
@@ -83,12 +89,16 @@ const REFUSAL_SUMMARY_INTERVAL_MS = 10_000;
 const NO_TOKEN: Refusal = { kind: 'no_token' };
 const INVALID_TOKEN: Refusal = { kind: 'invalid_token' };
 const UNAVAILABLE: Refusal = { kind: 'unavailable' };
+const UNROUTABLE: Refusal = { kind: 'unroutable' };
+const DIRECT: RouteVia = { kind: 'direct' };
 
 /**
  * Decides a websocket upgrade before it is accepted, as ws's verifyClient does before
  * handleUpgrade: the token (query or cookie; implausible ones cost no database work; the cell
  * database first, the legacy store on a miss while the fallback is on), the console type, the
- * origin (Nova's rules), and for an exclusive console the claim of its one session. It answers a
+ * origin (Nova's rules), the destination (a route must allow the token's host:port: rows that Nova
+ * or an older keyhole wrote, and legacy tokens, were never checked against the routes), and for an
+ * exclusive console the claim of its one session. It answers a
  * grant or a refusal and never throws for a request it refuses; failures to ask a store fail closed.
  */
 export class UpgradeGate {
@@ -180,6 +190,12 @@ export class UpgradeGate {
       this.logger.log({ fingerprint, reason: origin.reason }, 'refused a websocket origin');
       return { kind: 'forbidden_origin', reason: origin.reason };
     }
+    const destination = this.options.routes.decide(token.host, token.port);
+    if (!destination.routable) {
+      // An attempt to reach something no route allows (the database, the API...): worth a warning.
+      this.logger.warn({ fingerprint, host: token.host, port: token.port, source: token.source }, 'refused: no route to the console');
+      return UNROUTABLE;
+    }
 
     const grant: UpgradeGrant = {
       kind: 'grant',
@@ -195,6 +211,8 @@ export class UpgradeGate {
       clientAddress: this.clientAddress(request),
       internalAccessPath: token.internalAccessPath,
       expires: token.expires,
+      route: destination.route?.name ?? null,
+      via: destination.route?.via ?? DIRECT,
     };
     if (!EXCLUSIVE_CONSOLE_TYPES.has(grant.consoleType)) {
       // Not on the connect path: the row is written within 20 ms, batched with the other

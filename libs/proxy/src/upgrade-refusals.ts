@@ -14,6 +14,8 @@ interface RefusalDetails {
   wrong_console_type: { consoleType: string };
   forbidden_origin: { reason: string };
   console_busy: { consoleType: string; heldBy: string };
+  /** No route of the routes file allows the token's host:port (SSRF guard); the message names neither. */
+  unroutable: object;
   /** The cell database (or the legacy store) could not be asked: fail closed. */
   unavailable: object;
   /** A bug: the upgrade threw. */
@@ -35,7 +37,8 @@ interface RefusalAnswer<K extends RefusalKind> {
 
 /**
  * Every refusal's answer, in one table: a kind without an entry does not compile. Statuses are the
- * design's (token 401, console type 404, origin 403, busy exclusive console 409, cannot check 503).
+ * design's (token 401, console type 404, origin 403, busy exclusive console 409, cannot check 503);
+ * a destination no route allows is 403 too.
  */
 export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
   draining: { status: 503, message: () => 'proxy is shutting down', metric: 'draining' },
@@ -52,6 +55,7 @@ export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
     message: (refusal) => `console busy: another session (${refusal.heldBy}) is connected to this ${refusal.consoleType} port`,
     metric: 'console_busy',
   },
+  unroutable: { status: 403, message: () => 'console destination is not routable from this proxy', metric: 'unroutable' },
   unavailable: { status: 503, message: () => 'console authorization is unavailable', metric: 'unavailable' },
   internal_error: { status: 500, message: () => 'internal error', metric: 'unavailable' },
 };

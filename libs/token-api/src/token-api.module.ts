@@ -8,6 +8,7 @@ import { MetricsModule } from '@keyhole/observability';
 import { CredentialsModule } from '@keyhole/credentials';
 import { DbModule } from '@keyhole/db';
 import { TokensModule } from '@keyhole/tokens';
+import { UpstreamModule } from '@keyhole/upstream';
 import { ApiExceptionFilter } from './http/api-exception.filter';
 import { PurgeTask } from './purge.task';
 import { AuthGuard } from './http/auth.guard';
@@ -34,6 +35,7 @@ export class TokenApiModule {
         CellsModule,
         TokensModule,
         CredentialsModule,
+        UpstreamModule,
       ],
       controllers: [
         TokensController,

@@ -5,6 +5,7 @@ import { fallbackCommand } from './fallback.command';
 import { legacyImportCommand } from './legacy.command';
 import { localCommand } from './local.command';
 import { migrateCommand } from './migrate.command';
+import { routesCheckCommand, routesWhichCommand } from './routes.command';
 import { tokensListCommand, tokensPurgeCommand, tokensRevokeCommand } from './tokens.command';
 
 export const COMMANDS: Command[] = [
@@ -21,4 +22,6 @@ export const COMMANDS: Command[] = [
   tokensPurgeCommand,
   fallbackCommand,
   legacyImportCommand,
+  routesCheckCommand,
+  routesWhichCommand,
 ];

@@ -32,6 +32,7 @@ export const localCommand: Command = {
       databaseUrl: config.database.controlUrl,
       apiPort,
       proxyPorts,
+      routesFile: config.routes.file,
       environment: process.env,
       onProgress: (line) => out(`  ${line}`),
     });
@@ -46,6 +47,7 @@ export const localCommand: Command = {
     for (const cell of deployment.cells) {
       out(`  ${`${cell.name} proxy:`.padEnd(17)}${cell.proxyUrl} (noVNC ${cell.novncPage}, serial ${cell.serialPage})`);
     }
+    out(`  routes:          ${deployment.routesFile} (consoles the API and the proxies allow; kill -HUP reloads it)`);
     out(`  log:             ${deployment.logFile}`);
     out(`  CLI:             KEYHOLE_DATABASE_URL="$(cat ${deployment.controlUrlFile})" node bin/keyhole cells list`);
     out('');

@@ -486,7 +486,8 @@ function failure(what: string, cause: unknown, log: LogTail): Error {
   return new Error(`${what}${reason}${output ? `\n--- server output ---\n${output}` : ''}`, { cause });
 }
 
-async function findFreePort(): Promise<number> {
+/** A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick). */
+export async function findFreePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const probe = net.createServer();
     probe.once('error', reject);

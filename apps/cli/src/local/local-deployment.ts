@@ -12,7 +12,8 @@ import { ControlDatabase, createDatabaseIfMissing, migrateDatabase } from '@keyh
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 import { createTokenApi } from '@keyhole/token-api';
 import { openServices } from '../services';
-import { EmbeddedPostgresHandle, startEmbeddedPostgres } from './embedded-postgres';
+import { EmbeddedPostgresHandle, findFreePort, startEmbeddedPostgres } from './embedded-postgres';
+import { localRoutesFile } from './local-routes';
 
 /** The cells of a local deployment and the default ports of their console proxies. */
 export const LOCAL_CELLS = [
@@ -29,6 +30,8 @@ export interface LocalDeploymentOptions {
   apiPort: number;
   /** Console proxy ports, one per local cell in LOCAL_CELLS order; 0 picks a free one. Default 6081, 6082. */
   proxyPorts?: number[];
+  /** A routes file to use (KEYHOLE_ROUTES_FILE) instead of the one written into the data directory. */
+  routesFile?: string;
   /** Settings for the processes, as from the environment (KEYHOLE_*). */
   environment: NodeJS.ProcessEnv;
   onProgress: (line: string) => void;
@@ -44,13 +47,16 @@ export interface LocalDeployment {
   logFile: string;
   /** File holding the control database URL (mode 0600), for the CLI: KEYHOLE_DATABASE_URL. */
   controlUrlFile: string;
+  /** The routes file the API and the proxies use (written at start unless KEYHOLE_ROUTES_FILE names one). */
+  routesFile: string;
   stop: () => Promise<void>;
 }
 
 /**
  * A whole keyhole deployment on one machine: PostgreSQL (embedded unless a URL is given), the
  * control database and two cells, migrated; fresh operator and agent keys (the previous local
- * keys are revoked); the token API on 127.0.0.1.
+ * keys are revoked); the token API on 127.0.0.1. The API and the proxies allow only loopback
+ * console ports, never the deployment's own (routes file in the data directory).
  */
 export async function startLocalDeployment(options: LocalDeploymentOptions): Promise<LocalDeployment> {
   await mkdir(options.dataDir, { recursive: true });
@@ -83,11 +89,26 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
     const controlUrlFile = path.join(options.dataDir, 'control-url');
     await writeFile(controlUrlFile, `${controlUrl}\n`, { mode: 0o600 });
     await chmod(controlUrlFile, 0o600);
+
+    // Ports are fixed before anything listens, so that the routes file can leave out every one of
+    // them (a port 0 becomes the kernel's pick of a free port now).
+    const apiPort = options.apiPort || (await findFreePort());
+    const proxyPorts: number[] = [];
+    for (const [index, cell] of LOCAL_CELLS.entries()) {
+      proxyPorts.push((options.proxyPorts?.[index] ?? cell.proxyPort) || (await findFreePort()));
+    }
+    const databasePort = Number(new URL(controlUrl).port || 5432);
+    let routesFile = options.routesFile;
+    if (routesFile === undefined) {
+      routesFile = path.join(options.dataDir, 'routes.yaml');
+      await writeFile(routesFile, localRoutesFile([apiPort, ...proxyPorts, databasePort]));
+    }
+    const environment = { ...options.environment, KEYHOLE_ROUTES_FILE: routesFile };
     const config = loadConfig({
-      ...options.environment,
+      ...environment,
       KEYHOLE_DATABASE_URL: controlUrl,
       KEYHOLE_API_HOST: '127.0.0.1',
-      KEYHOLE_API_PORT: String(options.apiPort),
+      KEYHOLE_API_PORT: String(apiPort),
     });
     const logFile = path.join(options.dataDir, 'keyhole.log');
     const logger = new PinoNestLogger(
@@ -99,12 +120,12 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
     const cells: LocalDeployment['cells'] = [];
     for (const [index, cell] of LOCAL_CELLS.entries()) {
       const proxyConfig = loadConfig({
-        ...options.environment,
+        ...environment,
         KEYHOLE_DATABASE_URL: undefined,
         KEYHOLE_CELL_NAME: cell.name,
         KEYHOLE_CELL_DATABASE_URL: cellUrl(cell.name),
         KEYHOLE_PROXY_HOST: '127.0.0.1',
-        KEYHOLE_PROXY_PORT: String(options.proxyPorts?.[index] ?? cell.proxyPort),
+        KEYHOLE_PROXY_PORT: String(proxyPorts[index]),
       });
       const proxy = await createConsoleProxyApp(proxyConfig, logger, { handleSignals: false });
       proxies.push(proxy);
@@ -127,6 +148,7 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
       ...keys,
       logFile,
       controlUrlFile,
+      routesFile,
       stop,
     };
   } catch (error) {

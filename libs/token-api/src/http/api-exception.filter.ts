@@ -7,6 +7,7 @@ import { requestIdOf } from './request-context.hooks';
 export const STATUS_OF_CODE: Record<ErrorCode, number> = {
   INVALID_INPUT: 400,
   UNSUPPORTED_OBJECT_VERSION: 400,
+  UNROUTABLE_CONSOLE: 400,
   UNAUTHENTICATED: 401,
   FORBIDDEN: 403,
   NOT_FOUND: 404,

@@ -36,7 +36,7 @@ const json = (schema: z.ZodType, description: string): ResponseConfig => ({
 
 const errors = (...statuses: number[]): Record<number, ResponseConfig> => {
   const text: Record<number, string> = {
-    400: 'INVALID_INPUT (naming the fields) or UNSUPPORTED_OBJECT_VERSION',
+    400: 'INVALID_INPUT (naming the fields), UNSUPPORTED_OBJECT_VERSION, or UNROUTABLE_CONSOLE (issuing: no route allows the console host:port)',
     401: 'UNAUTHENTICATED: missing, unknown, malformed or revoked API key (always the same answer)',
     403: 'FORBIDDEN: wrong role or another cell',
     404: 'CELL_NOT_FOUND, TOKEN_NOT_FOUND, CREDENTIAL_NOT_FOUND or SESSION_NOT_FOUND',

@@ -4,6 +4,7 @@ import { KeyholeError } from '@keyhole/core';
 import { CellsService } from '@keyhole/cells';
 import type { Principal } from '@keyhole/credentials';
 import { ConsoleAuthToken, ObjectVersion, PurgeService, TokensService } from '@keyhole/tokens';
+import { RoutesService } from '@keyhole/upstream';
 import { assertCellAccess, CurrentPrincipal, Roles } from '../http/auth.guard';
 import { RequestedObjectVersion } from '../http/object-version';
 import { ZodValidationPipe } from '../http/zod-validation.pipe';
@@ -28,6 +29,7 @@ export class TokensController {
     private readonly tokens: TokensService,
     private readonly cells: CellsService,
     private readonly purges: PurgeService,
+    private readonly routes: RoutesService,
   ) {}
 
   @Post('cells/:cell/tokens')
@@ -39,6 +41,8 @@ export class TokensController {
     @RequestedObjectVersion() version: ObjectVersion,
   ) {
     assertCellAccess(principal, cell);
+    // The routes are the allow-list: no token for a destination the proxies would refuse to dial.
+    this.routes.assertRoutable(body.host, body.port);
     const issued = await this.tokens.authorize(cell, { ...body, issuedBy: principal.credentialId });
     return { ...issued.toPrimitive(version), cell, token: issued.token, accessUrl: issued.accessUrl };
   }

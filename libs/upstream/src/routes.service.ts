@@ -1,0 +1,99 @@
+import { Inject, Injectable, Logger, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
+import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
+import { KeyholeError } from '@keyhole/core';
+import { loadRoutesFile, RoutesFileError } from './routes-file';
+import { decideRoute, RouteDecision, Routes } from './routes';
+
+/**
+ * The process's routes table (KEYHOLE_ROUTES_FILE), which is also its allow-list of console
+ * destinations: the token API issues no token, and a proxy dials no destination, that matches no
+ * route. Without a routes file every destination is allowed, as before routes existed, and a
+ * warning says so at start.
+ *
+ * SIGHUP reloads the file. A file that cannot be used is refused with an error line naming each
+ * problem, and the table in use stays; a good one replaces it for the next check (live sessions
+ * are not affected). A bad file at start stops the process.
+ */
+@Injectable()
+export class RoutesService implements OnModuleInit, OnModuleDestroy {
+  private readonly logger = new Logger('Routes');
+  private readonly file: string | undefined;
+  private routes: Routes | undefined;
+  /** Reloads run one after the other, so the last SIGHUP's file is the one in use. */
+  private reloading: Promise<unknown> = Promise.resolve();
+
+  constructor(@Inject(KEYHOLE_CONFIG) config: KeyholeConfig) {
+    this.file = config.routes.file;
+  }
+
+  async onModuleInit(): Promise<void> {
+    if (this.file === undefined) {
+      this.logger.warn(
+        "no routes file (KEYHOLE_ROUTES_FILE): every console destination is allowed, including this deployment's own services",
+      );
+    } else {
+      this.routes = await loadRoutesFile(this.file);
+      this.logger.log({ file: this.file, routes: this.routes.size }, 'routes loaded');
+    }
+    process.on('SIGHUP', this.onHangup);
+  }
+
+  onModuleDestroy(): void {
+    process.off('SIGHUP', this.onHangup);
+  }
+
+  /** Whether a routes file is in use (else every destination is allowed). */
+  get configured(): boolean {
+    return this.routes !== undefined;
+  }
+
+  /** The table in use, or undefined without a routes file. */
+  get current(): Routes | undefined {
+    return this.routes;
+  }
+
+  /** Which route `host:port` takes, or that it is not routable. */
+  decide(host: string, port: number): RouteDecision {
+    return decideRoute(this.routes, host, port);
+  }
+
+  /** Throws UNROUTABLE_CONSOLE when no route allows `host:port`. */
+  assertRoutable(host: string, port: number): void {
+    if (!this.decide(host, port).routable) {
+      throw new KeyholeError('UNROUTABLE_CONSOLE', `No route of the console proxies allows ${host}:${port}`, {
+        details: { host, port },
+        logLevel: 'warn',
+      });
+    }
+  }
+
+  /**
+   * Reads the routes file again: true when its table is now in use, false when it was refused (the
+   * previous table stays) or there is no file to read.
+   */
+  reload(): Promise<boolean> {
+    const next = this.reloading.then(() => this.reloadNow());
+    this.reloading = next;
+    return next;
+  }
+
+  private async reloadNow(): Promise<boolean> {
+    if (this.file === undefined) {
+      this.logger.warn('SIGHUP: no routes file to reload (KEYHOLE_ROUTES_FILE is not set); every console destination stays allowed');
+      return false;
+    }
+    try {
+      this.routes = await loadRoutesFile(this.file);
+    } catch (error) {
+      const problems = error instanceof RoutesFileError ? error.problems : [String(error)];
+      this.logger.error({ file: this.file, problems, routes: this.routes?.size }, 'routes file refused: the previous routes stay in use');
+      return false;
+    }
+    this.logger.log({ file: this.file, routes: this.routes.size }, 'routes reloaded');
+    return true;
+  }
+
+  private readonly onHangup = (): void => {
+    void this.reload();
+  };
+}
