@@ -1,4 +1,5 @@
 import { createServer, Server, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
 
@@ -26,7 +27,7 @@ async function stopConsole(console: { server: Server; accepted: Socket[] }): Pro
 }
 
 /** Connects, resumes, and resolves with the first bytes and the ms from start to them. */
-async function firstBytes(port: number, turns: ConnectTurns | undefined): Promise<{ bytes: Buffer; ms: number; socket: Socket }> {
+async function firstBytes(port: number, turns: ConnectTurns | undefined): Promise<{ bytes: Buffer; ms: number; socket: Duplex }> {
   const started = performance.now();
   const socket = await connectUpstream({ host: '127.0.0.1', port, internalAccessPath: null }, 5_000, turns);
   return new Promise((resolve, reject) => {
@@ -38,7 +39,7 @@ async function firstBytes(port: number, turns: ConnectTurns | undefined): Promis
 
 describe('ConnectTurns', () => {
   const consoles: Array<{ server: Server; accepted: Socket[] }> = [];
-  const sockets: Socket[] = [];
+  const sockets: Duplex[] = [];
   afterEach(async () => {
     for (const socket of sockets.splice(0)) {
       socket.destroy();

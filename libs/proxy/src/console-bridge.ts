@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { RawData, WebSocket } from 'ws';
 
 /** Why a session ended; stored in console_sessions.close_reason and logged. */
@@ -77,7 +77,7 @@ export class ConsoleBridge {
 
   constructor(
     private readonly ws: WebSocket,
-    private readonly upstream: Socket,
+    private readonly upstream: Duplex,
     private readonly options: ConsoleBridgeOptions,
   ) {
     this.startedAtMs = options.nowMs();

@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import { UpstreamError } from './upstream.errors';
 
@@ -79,7 +79,7 @@ export class ConnectTurns {
    * consumed: they stay in the socket for whoever reads it), when the socket closes, or `settleMs`
    * from now, whichever comes first.
    */
-  holdUntilSpoken(socket: Socket, release: ReleaseTurn): void {
+  holdUntilSpoken(socket: Duplex, release: ReleaseTurn): void {
     const end = (silent: boolean): void => {
       clearTimeout(timer);
       // Once no 'readable' listener is left, a 'data' listener (the caller's) makes the socket flow again.

@@ -1,4 +1,5 @@
-import { connect, Socket } from 'node:net';
+import { connect } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import type { ConnectTurns } from './connect-turns';
 import { UpstreamError } from './upstream.errors';
@@ -10,12 +11,18 @@ export interface UpstreamTarget {
   internalAccessPath: string | null;
 }
 
+/**
+ * Opens a byte stream to `host:port` within `timeoutMs`, the way one kind of route reaches its
+ * consoles (a TCP connect, an SSH channel, a connector's UNIX socket). It rejects with an
+ * UpstreamError, never hangs, and resolves with a stream that has not been read yet.
+ */
+export type Dialer = (destination: { host: string; port: number }, timeoutMs: number) => Promise<Duplex>;
+
 /** Bound on the CONNECT response head; a longer one is refused rather than buffered. */
 const MAX_CONNECT_RESPONSE_BYTES = 4096;
 
 /**
- * Opens the console's TCP stream: connect with a timeout and Nagle off (console traffic is small
- * interactive writes), then, for an internal access path, `CONNECT <path> HTTP/1.1` and proceed
+ * Opens the console's stream with `dial` (default: a TCP connect from this network namespace), then, for an internal access path, `CONNECT <path> HTTP/1.1` and proceed
  * only on status 200. Exactly the response head is consumed: bytes the console sent after it
  * (an RFB banner in the same segment) are put back for the caller (Nova bug 1695844).
  *
@@ -23,12 +30,17 @@ const MAX_CONNECT_RESPONSE_BYTES = 4096;
  * the wait for the turn and the TCP connect together. The console's bytes stay in the socket until
  * the caller reads them ('data' listener, resume()).
  */
-export async function connectUpstream(target: UpstreamTarget, timeoutMs: number, turns?: ConnectTurns): Promise<Socket> {
+export async function connectUpstream(
+  target: UpstreamTarget,
+  timeoutMs: number,
+  turns?: ConnectTurns,
+  dial: Dialer = dialTcp,
+): Promise<Duplex> {
   const startedAt = performance.now();
   const release = turns ? await turns.take(`${target.host}:${target.port}`, timeoutMs) : undefined;
-  let socket: Socket;
+  let socket: Duplex;
   try {
-    socket = await openSocket(target, Math.max(1, timeoutMs - (performance.now() - startedAt)));
+    socket = await dial(target, Math.max(1, timeoutMs - (performance.now() - startedAt)));
   } catch (error) {
     release?.();
     throw error;
@@ -56,9 +68,10 @@ export async function connectUpstream(target: UpstreamTarget, timeoutMs: number,
   }
 }
 
-function openSocket(target: UpstreamTarget, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: target.host, port: target.port, noDelay: true });
+/** A TCP connect from this network namespace, with Nagle off (console traffic is small interactive writes). */
+export const dialTcp: Dialer = (destination, timeoutMs) =>
+  new Promise((resolve, reject) => {
+    const socket = connect({ host: destination.host, port: destination.port, noDelay: true });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new UpstreamError('connect timeout', `no connection to the console within ${timeoutMs} ms`));
@@ -79,9 +92,8 @@ function openSocket(target: UpstreamTarget, timeoutMs: number): Promise<Socket> 
       );
     });
   });
-}
 
-function sendConnect(socket: Socket, path: string, timeoutMs: number): Promise<void> {
+function sendConnect(socket: Duplex, path: string, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let received = Buffer.alloc(0);
     const finish = (error?: UpstreamError) => {

@@ -1,4 +1,5 @@
 import { createConnection, createServer, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, release it). */
 export async function freePort(): Promise<number> {
@@ -69,7 +70,7 @@ export async function readFirstBytes(port: number, length: number, timeoutMs: nu
 }
 
 /** Ends a socket and resolves once it is fully closed (destroying it if the peer does not finish within 1 s). */
-export async function closeSocket(socket: Socket): Promise<void> {
+export async function closeSocket(socket: Duplex): Promise<void> {
   if (socket.closed) {
     return;
   }
