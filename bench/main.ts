@@ -500,7 +500,6 @@ async function figureRoutes(env: Environment): Promise<Figure[]> {
       banner: { host: '127.0.0.1', port: env.upstreams.ports.banner },
     },
     workDir: path.join(env.workDir, 'routes'),
-    keyDir: path.join(options.outDir, 'routes-ssh'),
   });
   env.routes = routes;
   for (const [system, reason] of Object.entries(routes.unavailable)) {

@@ -1,12 +1,13 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ManagedProcess, startProcess } from '../test/support/real/processes';
+import { startSshd } from '../test/support/real/sshd';
 import { waitUntil } from '../test/support/wait';
 import type { Keyhole } from './deployments';
 import { onCleanup } from './procs';
 import type { Target } from './protocol';
 import type { RouteSystemName } from './results';
-import { startBenchSshd, startOpenSshForwards } from './sshd';
+import { listenerPid, startOpenSshForwards } from './openssh';
 
 /** The consoles of the routes figure: the bench's TCP upstreams. */
 export type RouteConsole = 'source' | 'sink' | 'banner';
@@ -35,8 +36,6 @@ export interface RouteTargetsInput {
   consoles: Record<RouteConsole, { host: string; port: number }>;
   /** Where the routes files, the connector's socket and the logs go (removed at the end of the run). */
   workDir: string;
-  /** Where the sshd's keys are made (ssh-keygen; removed at the end of the run). */
-  keyDir: string;
 }
 
 /** The first lines of what a failed command said, for a report. */
@@ -106,11 +105,15 @@ export async function startRouteTargets(input: RouteTargetsInput): Promise<Route
   await attempt(['via-direct'], () => routedProxy('via-direct', 'routes-direct.yaml', routesFile('bench-direct', ['via: direct'])));
 
   await attempt(['openssh', 'via-ssh'], async () => {
-    const sshd = await startBenchSshd(input.keyDir, path.join(workDir, 'sshd.log'));
-    const forwards = await startOpenSshForwards(sshd, input.consoles, 'banner', path.join(workDir, 'ssh-client.log'));
+    // The test harness's sshd: its own host key and authorized client key (ssh-keygen, in a
+    // temporary directory that destroy() removes), on 127.0.0.1.
+    const sshd = await startSshd();
+    onCleanup(() => sshd.destroy());
+    const sshdPid = await listenerPid(sshd.port);
+    const forwards = await startOpenSshForwards(sshd, input.consoles, 'banner', workDir);
     const forwarded = (name: RouteConsole): Target => ({ kind: 'tcp', host: '127.0.0.1', port: forwards.ports[name] });
     result.targets.openssh = { source: forwarded('source'), sink: forwarded('sink'), banner: forwarded('banner') };
-    result.processes.openssh = [forwards.process.pid, sshd.process.pid];
+    result.processes.openssh = [forwards.process.pid, sshdPid];
     await routedProxy(
       'via-ssh',
       'routes-ssh.yaml',
@@ -124,7 +127,7 @@ export async function startRouteTargets(input: RouteTargetsInput): Promise<Route
         `    hostKey: "${sshd.hostKeyFingerprint}"`,
         '    mode: forward',
       ]),
-      { environment: { [SSH_KEY_VARIABLE]: sshd.clientPrivateKey }, nodePids: [sshd.process.pid] },
+      { environment: { [SSH_KEY_VARIABLE]: sshd.clientPrivateKey }, nodePids: [sshdPid] },
     );
   });
 
