@@ -902,6 +902,7 @@ describe('ending a session by operator', () => {
       instanceUuid: token.instanceUuid,
       consoleType: 'novnc',
       proxyInstance: MAIN_INSTANCE,
+      route: null,
       endedAt: null,
       closeReason: null,
     });
