@@ -102,6 +102,10 @@ const matchSchema = z
     return z.NEVER;
   });
 
+/** A missing field says `required`, not zod's "expected string, received undefined". */
+const requiredMessage = (issue: z.core.$ZodRawIssue): string | undefined =>
+  issue.code === 'invalid_type' && issue.input === undefined ? 'required' : undefined;
+
 const LATER_KINDS = new Set(['connector']);
 
 /** Where a secret comes from: `env:NAME` or `file:/absolute/path`; read after validation, never printed. */
@@ -132,7 +136,7 @@ const viaSchema = z.unknown().transform((value, context): DirectVia | ParsedSshV
     return { kind: 'direct' };
   }
   if (isRecord(value) && Object.keys(value).length === 1 && 'ssh' in value) {
-    const parsed = sshSchema.safeParse(value.ssh);
+    const parsed = sshSchema.safeParse(value.ssh, { error: requiredMessage });
     if (parsed.success) {
       return { kind: 'ssh', ssh: parsed.data };
     }
@@ -230,9 +234,7 @@ export function parseRoutesFile(text: string, file: string, options: RoutesFileO
       document.errors.map((error) => `${file}:${lineCounter.linePos(error.pos[0]).line}: ${error.message}`),
     );
   }
-  const parsed = routesFileSchema.safeParse(document.toJS(), {
-    error: (issue) => (issue.code === 'invalid_type' && issue.input === undefined ? 'required' : undefined),
-  });
+  const parsed = routesFileSchema.safeParse(document.toJS(), { error: requiredMessage });
   if (!parsed.success) {
     throw new RoutesFileError(
       file,
