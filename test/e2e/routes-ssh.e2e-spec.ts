@@ -7,7 +7,7 @@ import { CellsService } from '@keyhole/cells';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
-import { Browser, launchBrowser } from '../support/real/browser';
+import { Browser, launchBrowser, waitForDrawnCanvas } from '../support/real/browser';
 import { Namespace, NetworkLab, ROOT, VethLink } from '../support/real/netns';
 import { ManagedProcess, waitForOutput } from '../support/real/processes';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
@@ -36,6 +36,7 @@ const NC_ECHO_PORT = 7002;
 /** Ports the routes send through a node that refuses them (or with a wrong host key); nothing listens there. */
 const NO_FORWARDING_PORT = 7003;
 const WRONG_HOST_KEY_PORT = 7004;
+const WRONG_KEY_PORT = 7005;
 const SERVICE_SCRIPT = join(__dirname, '../support/real/tcp-service.cjs');
 const KEY_VARIABLES = { forward: 'KEYHOLE_TEST_SSH_KEY_FORWARD', nc: 'KEYHOLE_TEST_SSH_KEY_NC', node2: 'KEYHOLE_TEST_SSH_KEY_NODE2' };
 
@@ -86,6 +87,9 @@ function routesYaml(): string {
     '  - name: impostor',
     `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_HOST_KEY_PORT}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward).replace(forwardNode.hostKeyFingerprint, wrongHostKey),
+    '  - name: wrong-key',
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_KEY_PORT}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.nc),
     '  - name: node2-jump',
     `    match: { cidr: ${nodeToNode2.cidr}, ports: "${node2.port}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
@@ -124,18 +128,7 @@ async function echoExactly(host: string, port: number, size: number): Promise<vo
   const payload = randomBytes(size);
   const received = createHash('sha256');
   const client = await open(host, port, { keepMessages: false, onMessage: (chunk) => received.update(chunk) });
-  let offset = 0;
-  let sends: Promise<void>[] = [];
-  while (offset < size) {
-    const length = Math.min(size - offset, 1 + Math.floor(Math.random() * 256 * 1024));
-    sends.push(client.send(payload.subarray(offset, offset + length)));
-    offset += length;
-    if (sends.length === 32) {
-      await Promise.all(sends);
-      sends = [];
-    }
-  }
-  await Promise.all(sends);
+  await client.sendInRandomChunks(payload);
   await client.waitForBytes(size, 60_000);
   expect(client.receivedBytes).toBe(size);
   expect(received.digest('hex')).toBe(createHash('sha256').update(payload).digest('hex'));
@@ -213,23 +206,7 @@ describe('consoles through SSH proxy nodes', () => {
     await page.goto(issued.accessUrl);
     await page.waitForFunction(() => /Connected/.test(document.body.innerText), undefined, { timeout: 30_000 });
     // SeaBIOS draws its banner: wait until the canvas is not blank.
-    await page.waitForFunction(
-      () => {
-        const canvas = document.querySelector('canvas');
-        if (!canvas || canvas.width < 100) {
-          return false;
-        }
-        const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
-        for (let index = 0; index < data.length; index += 4) {
-          if (data[index] + data[index + 1] + data[index + 2] > 60) {
-            return true;
-          }
-        }
-        return false;
-      },
-      undefined,
-      { timeout: 30_000 },
-    );
+    await waitForDrawnCanvas(page, 30_000);
     expect(errors).toEqual([]);
     await page.close();
   }, 90_000);
@@ -253,15 +230,25 @@ describe('consoles through SSH proxy nodes', () => {
     expect(await refused.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh channel refused' });
   });
 
+  it('refuses a key the node does not accept', async () => {
+    const client = await open(nodeToTenant.b, WRONG_KEY_PORT);
+    expect(await client.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh auth failed' });
+  });
+
   it('refuses a node whose host key is not the pinned one, and logs both fingerprints', async () => {
     const client = await open(nodeToTenant.b, WRONG_HOST_KEY_PORT);
     expect(await client.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh host key mismatch' });
-    const line = proxy
-      .output()
-      .split('\n')
-      .find((entry) => entry.includes('host key mismatch'));
-    expect(line).toBeDefined();
-    expect(JSON.parse(line!)).toMatchObject({ node: 'impostor', presented: forwardNode.hostKeyFingerprint });
+    // Log lines are flushed in batches.
+    const line = await waitUntil(
+      () =>
+        proxy
+          .output()
+          .split('\n')
+          .find((entry) => entry.includes('"presented"')),
+      10_000,
+      'the host key mismatch in the log',
+    );
+    expect(JSON.parse(line)).toMatchObject({ node: 'impostor', presented: forwardNode.hostKeyFingerprint });
     expect(await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'impostor', result: 'host_key_mismatch' })).toBe(1);
   });
 
@@ -317,12 +304,19 @@ describe('consoles through SSH proxy nodes', () => {
     await client.close();
   }, 120_000);
 
-  it('after the node restarts (dropping its connections), the next console connect works', async () => {
+  it('while the node is down a connect fails at once with 1011; after it restarts, the next console connect works', async () => {
     const before = await open(nodeToTenant.b, ECHO_PORT);
     expect((await before.roundTrip('before', 20_000)).toString()).toBe('before');
-    await forwardNode.restart();
+    await forwardNode.stop();
     // The session on the old connection ends; it is not left hanging.
     expect((await before.waitForClose(30_000)).code).toBe(1000);
+
+    const started = Date.now();
+    const down = await open(nodeToTenant.b, ECHO_PORT);
+    expect(await down.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh node unreachable' });
+    expect(Date.now() - started).toBeLessThan(10_000);
+
+    await forwardNode.restart();
 
     const after = await open(nodeToTenant.b, ECHO_PORT);
     expect((await after.roundTrip('after', 20_000)).toString()).toBe('after');
@@ -365,5 +359,25 @@ describe('consoles through SSH proxy nodes', () => {
       }
     }
     expect(written).not.toContain('PRIVATE KEY');
+  });
+
+  it('closes its node connections when it stops (SIGTERM)', async () => {
+    const client = await open(nodeToTenant.b, ECHO_PORT);
+    expect((await client.roundTrip('last', 20_000)).toString()).toBe('last');
+    await client.close();
+    expect(await forwardNode.establishedConnections()).toBe(1);
+    // Nest re-raises the signal once the app has closed.
+    expect([0, 'SIGTERM']).toContain(await proxy.stop());
+    // Closed by the proxy (an SSH disconnect), not only by the kernel when the process went away.
+    await waitUntil(
+      () => (/Received disconnect from/.test(forwardNode.output()) ? true : undefined),
+      10_000,
+      () => `an SSH disconnect from the proxy in sshd's log:\n${forwardNode.output()}`,
+    );
+    await waitUntil(
+      async () => ((await forwardNode.establishedConnections()) === 0 ? true : undefined),
+      10_000,
+      'the node connection to close',
+    );
   });
 });

@@ -1,5 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Counter, Gauge, Registry } from 'prom-client';
@@ -82,10 +83,14 @@ export class SshNodePool {
 
   /** Closes every node connection (graceful shutdown: sessions have ended or are being ended). */
   close(): void {
+    const connected = [...this.nodes.values()].filter((node) => node.connected).length;
     for (const node of this.nodes.values()) {
       node.retire(true);
     }
     this.nodes.clear();
+    if (connected > 0) {
+      this.logger.log({ nodes: connected }, 'ssh proxy node connections closed');
+    }
   }
 
   /** Adds the nodes' metrics to `registry` (label `node`: the route name that first used it, never an address). */
@@ -187,8 +192,19 @@ class SshNode {
 
   /** A channel to `destination` through this node, within `deadlineMs` (Date.now() time). */
   async open(destination: { host: string; port: number }, mode: SshVia['mode'], deadlineMs: number): Promise<Duplex> {
-    const client = await this.ready(deadlineMs);
-    const channel = await withDeadline(openChannel(client, destination, mode), deadlineMs, (late) => late.destroy(), 'ssh channel');
+    let client = await this.ready(deadlineMs);
+    let channel: ClientChannel;
+    try {
+      channel = await withDeadline(openChannel(client, destination, mode), deadlineMs, (late) => late.destroy(), 'ssh channel');
+    } catch (error) {
+      // The connection went away under this open (the node restarted and its close arrived just now):
+      // one new connection is worth a try within the same deadline.
+      if (this.client === client || Date.now() >= deadlineMs) {
+        throw error;
+      }
+      client = await this.ready(deadlineMs);
+      channel = await withDeadline(openChannel(client, destination, mode), deadlineMs, (late) => late.destroy(), 'ssh channel');
+    }
     this.channels++;
     channel.once('close', () => {
       this.channels--;
@@ -217,10 +233,16 @@ class SshNode {
     if (this.client !== undefined) {
       return this.client;
     }
-    if (this.connecting === undefined) {
-      if (Date.now() < this.retryAtMs && this.lastFailure !== undefined) {
-        throw new UpstreamError(this.lastFailure.reason, `${this.lastFailure.message} (retried after a backoff)`);
+    if (this.connecting === undefined && Date.now() < this.retryAtMs && this.lastFailure !== undefined) {
+      // In the backoff after a failure: wait for its end if the deadline allows (the node may be back
+      // by then), else fail now. Either way every waiter shares the one next attempt.
+      if (this.retryAtMs >= deadlineMs) {
+        throw new UpstreamError(this.lastFailure.reason, `${this.lastFailure.message} (a retry waits for a backoff)`);
       }
+      await delay(this.retryAtMs - Date.now());
+      return this.ready(deadlineMs);
+    }
+    if (this.connecting === undefined) {
       this.connecting = this.handshake().then(
         (client) => {
           this.failures = 0;
