@@ -162,8 +162,7 @@ beforeAll(async () => {
     [KEY_VARIABLES.nc]: ncNode.clientPrivateKey,
     [KEY_VARIABLES.node2]: node2.clientPrivateKey,
   };
-  // The API checks the same routes file (and so reads the keys) in this process.
-  Object.assign(process.env, keys);
+  // The API checks the same routes file in this process, without the keys: it never holds one.
   deployment = await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } });
   proxy = await startProxyProcess(
     { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, KEYHOLE_ROUTES_FILE: routesFile, ...keys },
@@ -179,9 +178,6 @@ afterAll(async () => {
   await browser?.close();
   await proxy?.stop();
   await deployment?.stop();
-  for (const variable of Object.values(KEY_VARIABLES)) {
-    delete process.env[variable];
-  }
   await Promise.all([vm?.stop(), forwardNode?.destroy(), ncNode?.destroy(), node2?.destroy()]);
   await lab?.destroy();
   rmSync(directory, { recursive: true, force: true });

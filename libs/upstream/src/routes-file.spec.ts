@@ -1,11 +1,12 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { inspect } from 'node:util';
-import { describeRoute, parseRoutesFile, RoutesFileError } from './index';
+import { describeRoute, parseRoutesFile, RoutesFileError, SshNodePool } from './index';
 
 /** The problems a routes file is refused with (the test fails if it is accepted). */
 function problemsOf(text: string, env: NodeJS.ProcessEnv = {}): string[] {
   try {
-    parseRoutesFile(text, 'routes.yaml', { env });
+    // With a node pool, as a proxy loads it: the keys of ssh routes are read.
+    parseRoutesFile(text, 'routes.yaml', { env, sshNodes: new SshNodePool() });
   } catch (error) {
     if (error instanceof RoutesFileError) {
       return error.problems;
@@ -210,7 +211,7 @@ describe('ssh routes in the routes file', () => {
 `;
 
   it('reads them with defaults (port 22, mode forward) and prints them without the key', () => {
-    const routes = parseRoutesFile(SSH, 'routes.yaml', { env });
+    const routes = parseRoutesFile(SSH, 'routes.yaml', { env, sshNodes: new SshNodePool() });
     expect(routes.list.map(describeRoute)).toEqual([
       { name: 'tenant-7', match: 'cidr 169.254.20.0/24', ports: '5900-5999', via: 'ssh keyhole@169.254.30.2:22 (nc, through jump)' },
       { name: 'jump', match: 'cidr 169.254.30.0/24', ports: '22', via: 'ssh keyhole@jump.example.net:2222 (forward)' },
@@ -226,6 +227,11 @@ describe('ssh routes in the routes file', () => {
       expect(text).not.toContain(keyBody);
       expect(text).not.toContain('PRIVATE KEY');
     }
+  });
+
+  it('reads no key where nothing dials (the token API, a check): the key stays with the proxies', () => {
+    const routes = parseRoutesFile(SSH, 'routes.yaml', { env: {} });
+    expect(routes.list.map((route) => route.via.kind === 'ssh' && route.via.node.key)).toEqual([undefined, undefined]);
   });
 
   it('names the variable or file of a missing or unusable key, never its content', () => {

@@ -5,7 +5,7 @@ import { Document, isMap, isNode, isScalar, LineCounter, parseDocument } from 'y
 import { z } from 'zod';
 import { isHostname } from '@keyhole/core';
 import { parsePortRanges } from './port-ranges';
-import { Cidr, DirectVia, Route, RouteMatch, Routes, RouteVia } from './routes';
+import { Cidr, DirectVia, Route, RouteMatch, Routes, RouteVia, SshNodeSpec, SshVia } from './routes';
 import type { SshNodePool } from './ssh-nodes';
 import { SshPrivateKey } from './ssh-private-key';
 import { UpstreamError } from './upstream.errors';
@@ -214,8 +214,9 @@ export interface RoutesFileOptions {
   /** Variables `env:NAME` reads (default: this process's environment). */
   env?: NodeJS.ProcessEnv;
   /**
-   * The process's SSH proxy node connections, which ssh routes dial through. Without one (a check,
-   * the token API), ssh routes are read and validated but do not dial.
+   * The process's SSH proxy node connections, which ssh routes dial through; their keys are read
+   * only when this is given. Without one (the token API, a check), ssh routes are validated but
+   * hold no key and do not dial.
    */
   sshNodes?: SshNodePool;
 }
@@ -242,11 +243,15 @@ export function parseRoutesFile(text: string, file: string, options: RoutesFileO
     );
   }
   const problems: string[] = [];
-  const sshRoutes = parsed.data.routes.flatMap((route, index) => {
+  const sshRoutes = parsed.data.routes.flatMap((route, index): { name: string; node: SshNodeSpec; mode: SshVia['mode'] }[] => {
     if (route.via.kind !== 'ssh') {
       return [];
     }
     const { ssh } = route.via;
+    const { host, port, user, hostKey, through, mode } = ssh;
+    if (options.sshNodes === undefined) {
+      return [{ name: route.name, node: { host, port, user, key: undefined, hostKey, through }, mode }];
+    }
     const secret = (field: 'key' | 'passphrase', source: SecretSource): Buffer | undefined => {
       const read = readSecret(source, options.env ?? process.env);
       if ('error' in read) {
@@ -270,13 +275,14 @@ export function parseRoutesFile(text: string, file: string, options: RoutesFileO
       );
       return [];
     }
-    const { host, port, user, hostKey, through, mode } = ssh;
     return [{ name: route.name, node: { host, port, user, key, hostKey, through }, mode }];
   });
   if (problems.length > 0) {
     throw new RoutesFileError(file, problems);
   }
-  const dialers = options.sshNodes?.bind(sshRoutes);
+  const dialers = options.sshNodes?.bind(
+    sshRoutes.flatMap((route) => (route.node.key === undefined ? [] : [{ ...route, node: { ...route.node, key: route.node.key } }])),
+  );
   return new Routes(
     parsed.data.routes.map((route, index): Route => {
       const line = lineOf(document, lineCounter, ['routes', index]);

@@ -3,6 +3,7 @@ import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { KeyholeError } from '@keyhole/core';
 import { loadRoutesFile, RoutesFileError } from './routes-file';
 import { decideRoute, RouteDecision, Routes } from './routes';
+import type { Registry } from 'prom-client';
 import { SshNodePool } from './ssh-nodes';
 
 /**
@@ -24,8 +25,8 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
   private readonly logger = new Logger('Routes');
   private readonly file: string | undefined;
   private routes: Routes | undefined;
-  /** Connections to the ssh routes' proxy nodes; made when a console first needs one. */
-  readonly sshNodes = new SshNodePool();
+  /** Connections to the ssh routes' proxy nodes, in a proxy (see dialSshNodes); made when a console first needs one. */
+  private sshNodes: SshNodePool | undefined;
   /** Reloads run one after the other, so the last SIGHUP's file is the one in use. */
   private reloading: Promise<unknown> = Promise.resolve();
 
@@ -47,7 +48,19 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
 
   onModuleDestroy(): void {
     process.off('SIGHUP', this.onHangup);
-    this.sshNodes.close();
+    this.sshNodes?.close();
+  }
+
+  /**
+   * Makes this process dial ssh routes (the console proxy; call before module init): their keys are
+   * read with the routes file, and node metrics join `registry`. Other processes (the token API)
+   * validate ssh routes without ever holding a key.
+   */
+  dialSshNodes(registry: Registry): void {
+    if (this.sshNodes === undefined) {
+      this.sshNodes = new SshNodePool();
+      this.sshNodes.registerMetrics(registry);
+    }
   }
 
   /** Whether a routes file is in use (else every destination is allowed). */
@@ -92,7 +105,7 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
     }
     try {
       this.routes = await loadRoutesFile(this.file, { sshNodes: this.sshNodes });
-      this.sshNodes.retainOnly(this.routes.list);
+      this.sshNodes?.retainOnly(this.routes.list);
     } catch (error) {
       const problems = error instanceof RoutesFileError ? error.problems : [String(error)];
       this.logger.error({ file: this.file, problems, routes: this.routes?.size }, 'routes file refused: the previous routes stay in use');

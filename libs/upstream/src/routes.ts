@@ -23,8 +23,11 @@ export interface SshNodeSpec {
   host: string;
   port: number;
   user: string;
-  /** Read from the environment or a file when the routes file is loaded; memory only. */
-  key: SshPrivateKey;
+  /**
+   * Read from the environment or a file when a proxy loads the routes file; memory only. Undefined
+   * in processes that do not dial (the token API, `keyhole routes check`): they never hold the key.
+   */
+  key: SshPrivateKey | undefined;
   /** The node's host key, `SHA256:<base64>` as `ssh-keygen -lf` prints it. */
   hostKey: string;
   /** The (ssh) route whose node this node is reached through, if any. */

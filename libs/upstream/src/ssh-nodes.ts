@@ -7,6 +7,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { Client, ClientChannel } from 'ssh2';
 import { isHostname } from '@keyhole/core';
 import type { Route, SshNodeSpec, SshVia } from './routes';
+import type { SshPrivateKey } from './ssh-private-key';
 import type { Dialer } from './upstream-connector';
 import { UpstreamError } from './upstream.errors';
 
@@ -19,10 +20,13 @@ const KEEPALIVE_COUNT_MAX = 3;
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 15_000;
 
+/** A node whose key has been read: what the pool connects to. */
+export type DialableNodeSpec = SshNodeSpec & { key: SshPrivateKey };
+
 /** An ssh route as the pool sees it before its dialer exists. */
 export interface SshRouteSpec {
   name: string;
-  node: SshNodeSpec;
+  node: DialableNodeSpec;
   mode: SshVia['mode'];
 }
 
@@ -60,8 +64,9 @@ export class SshNodePool {
   retainOnly(routes: readonly Route[]): void {
     const byName = new Map<string, SshRouteSpec>();
     for (const route of routes) {
-      if (route.via.kind === 'ssh') {
-        byName.set(route.name, { name: route.name, node: route.via.node, mode: route.via.mode });
+      const { via } = route;
+      if (via.kind === 'ssh' && via.node.key !== undefined) {
+        byName.set(route.name, { name: route.name, node: { ...via.node, key: via.node.key }, mode: via.mode });
       }
     }
     const kept = new Set<string>();
@@ -176,7 +181,7 @@ class SshNode {
   constructor(
     /** The route name that first used this node: logs and metrics. */
     readonly name: string,
-    private readonly spec: SshNodeSpec,
+    private readonly spec: DialableNodeSpec,
     private readonly hop: { node: SshNode; mode: SshVia['mode'] } | undefined,
     private readonly logger: Logger,
     private readonly counted: (result: HandshakeResult) => void,
