@@ -71,19 +71,24 @@ function sshVia(sshd: Sshd, host: string, variable: string, extra: string[] = []
   ].join('\n');
 }
 
-function routesYaml(): string {
+/** The routes of this test; without `ncNode`, the routes through the node without forwarding are gone. */
+function routesYaml({ ncNode: withNcNode = true }: { ncNode?: boolean } = {}): string {
   const wrongHostKey = `SHA256:${createHash('sha256').update('not the node').digest('base64').replace(/=+$/, '')}`;
   return [
     'routes:',
     '  - name: tenant',
     `    match: { cidr: ${nodeToTenant.cidr}, ports: "${vm.vncPort},${ECHO_PORT},${SOURCE_PORT}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
-    '  - name: tenant-nc',
-    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${NC_ECHO_PORT}" }`,
-    sshVia(ncNode, rootToNode.b, KEY_VARIABLES.nc, ['mode: nc']),
-    '  - name: no-forwarding',
-    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${NO_FORWARDING_PORT}" }`,
-    sshVia(ncNode, rootToNode.b, KEY_VARIABLES.nc, ['mode: forward']),
+    ...(withNcNode
+      ? [
+          '  - name: tenant-nc',
+          `    match: { cidr: ${nodeToTenant.cidr}, ports: "${NC_ECHO_PORT}" }`,
+          sshVia(ncNode, rootToNode.b, KEY_VARIABLES.nc, ['mode: nc']),
+          '  - name: no-forwarding',
+          `    match: { cidr: ${nodeToTenant.cidr}, ports: "${NO_FORWARDING_PORT}" }`,
+          sshVia(ncNode, rootToNode.b, KEY_VARIABLES.nc, ['mode: forward']),
+        ]
+      : []),
     '  - name: impostor',
     `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_HOST_KEY_PORT}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward).replace(forwardNode.hostKeyFingerprint, wrongHostKey),
@@ -320,9 +325,13 @@ describe('consoles through SSH proxy nodes', () => {
     await after.close();
   }, 90_000);
 
-  it('SIGHUP reloads the routes and keeps live sessions and the node connection', async () => {
+  it('SIGHUP reloads the routes: live sessions go on, unchanged nodes keep their connection, removed ones close once idle', async () => {
     const live = await open(nodeToTenant.b, ECHO_PORT);
     expect((await live.roundTrip('before reload', 20_000)).toString()).toBe('before reload');
+    const liveNc = await open(nodeToTenant.b, NC_ECHO_PORT);
+    expect((await liveNc.roundTrip('nc before reload', 20_000)).toString()).toBe('nc before reload');
+    expect(await ncNode.establishedConnections()).toBe(1);
+    writeFileSync(routesFile, routesYaml({ ncNode: false }));
     const handshakes = await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'tenant', result: 'ok' });
     const reloaded = () =>
       proxy
@@ -333,6 +342,15 @@ describe('consoles through SSH proxy nodes', () => {
     proxy.child.kill('SIGHUP');
     await waitUntil(() => (reloaded() > count ? true : undefined), 20_000, 'the proxy to reload its routes');
     expect((await live.roundTrip('after reload', 20_000)).toString()).toBe('after reload');
+    // The node no route uses any more keeps serving its live session, and closes after it.
+    expect((await liveNc.roundTrip('nc after reload', 20_000)).toString()).toBe('nc after reload');
+    expect(await ncNode.establishedConnections()).toBe(1);
+    await liveNc.close();
+    await waitUntil(
+      async () => ((await ncNode.establishedConnections()) === 0 ? true : undefined),
+      10_000,
+      'the removed node to be closed',
+    );
     const next = await open(nodeToTenant.b, ECHO_PORT);
     expect((await next.roundTrip('new session', 20_000)).toString()).toBe('new session');
     expect(await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'tenant', result: 'ok' })).toBe(handshakes);

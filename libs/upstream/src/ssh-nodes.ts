@@ -197,6 +197,10 @@ class SshNode {
 
   /** A channel to `destination` through this node, within `deadlineMs` (Date.now() time). */
   async open(destination: { host: string; port: number }, mode: SshVia['mode'], deadlineMs: number): Promise<Duplex> {
+    if (this.retired && this.client === undefined) {
+      // A connect decided by routes that a reload has replaced: this node is not to be connected again.
+      throw new UpstreamError('ssh node unreachable', 'the route of this proxy node was changed or removed');
+    }
     let client = await this.ready(deadlineMs);
     let channel: ClientChannel;
     try {
