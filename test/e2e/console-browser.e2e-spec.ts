@@ -7,7 +7,7 @@ import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { queryDatabase } from '../support/databases';
-import { artifactsDir, Browser, launchBrowser } from '../support/real/browser';
+import { artifactsDir, Browser, launchBrowser, waitForDrawnCanvas } from '../support/real/browser';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
@@ -81,23 +81,7 @@ describe('consoles in a real browser through the proxy', () => {
     await page.goto(issued.accessUrl);
     await page.waitForFunction(() => /Connected/.test(document.body.innerText), undefined, { timeout: 20_000 });
     // SeaBIOS draws its banner: wait until the canvas is not blank.
-    await page.waitForFunction(
-      () => {
-        const canvas = document.querySelector('canvas');
-        if (!canvas || canvas.width < 100) {
-          return false;
-        }
-        const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
-        for (let index = 0; index < data.length; index += 4) {
-          if (data[index] + data[index + 1] + data[index + 2] > 60) {
-            return true;
-          }
-        }
-        return false;
-      },
-      undefined,
-      { timeout: 20_000 },
-    );
+    await waitForDrawnCanvas(page, 20_000);
     expect(await litFraction(page)).toBeGreaterThan(0.001);
     const screenshot = join(artifacts, 'novnc-connected.png');
     await page.screenshot({ path: screenshot });

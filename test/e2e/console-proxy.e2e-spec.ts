@@ -251,18 +251,7 @@ describe('byte pump', () => {
     const token = await issue();
     const client = await open(token, { keepMessages: false, onMessage: (chunk) => received.update(chunk) });
 
-    let offset = 0;
-    let sends: Promise<void>[] = [];
-    while (offset < size) {
-      const length = Math.min(size - offset, 1 + Math.floor(Math.random() * 256 * 1024));
-      sends.push(client.send(payload.subarray(offset, offset + length)));
-      offset += length;
-      if (sends.length === 32) {
-        await Promise.all(sends);
-        sends = [];
-      }
-    }
-    await Promise.all(sends);
+    await client.sendInRandomChunks(payload);
     await client.waitForBytes(size, 20_000);
     expect(client.receivedBytes).toBe(size);
     expect(received.digest('hex')).toBe(sha256(payload));

@@ -386,6 +386,6 @@ describe('the compiled proxy (npm run build first)', () => {
     await writeFile(file, routesFor(consoleA).replace('via: direct', 'via: { ssh: { host: 169.254.30.7 } }'));
     await expect(
       startProxyProcess({ KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, KEYHOLE_ROUTES_FILE: file }),
-    ).rejects.toThrow(`${file}:4: routes[0].via: ssh routes are not supported by this version of keyhole`);
+    ).rejects.toThrow(`${file}:4: routes[0].via.ssh.user: required`);
   });
 });

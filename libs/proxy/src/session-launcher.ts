@@ -76,6 +76,13 @@ export class SessionLauncher {
           this.connectTimeoutMs,
           this.connectTurns,
         );
+      case 'ssh':
+        return connectUpstream(
+          { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+          this.connectTimeoutMs,
+          this.connectTurns,
+          grant.via.dial,
+        );
     }
   }
 

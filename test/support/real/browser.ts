@@ -1,3 +1,4 @@
+/// <reference lib="dom" />
 import { accessSync, constants, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -76,4 +77,25 @@ export function artifactsDir(): string {
   const directory = resolve(__dirname, '../../../test-artifacts');
   mkdirSync(directory, { recursive: true });
   return directory;
+}
+
+/** Waits until the page's canvas (noVNC's screen) shows something other than black: the VM has drawn. */
+export async function waitForDrawnCanvas(page: Page, timeoutMs: number): Promise<void> {
+  await page.waitForFunction(
+    () => {
+      const canvas = document.querySelector('canvas');
+      if (!canvas || canvas.width < 100) {
+        return false;
+      }
+      const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
+      for (let index = 0; index < data.length; index += 4) {
+        if (data[index] + data[index + 1] + data[index + 2] > 60) {
+          return true;
+        }
+      }
+      return false;
+    },
+    undefined,
+    { timeout: timeoutMs },
+  );
 }
