@@ -2,6 +2,7 @@ import { Logger } from '@nestjs/common';
 import { setTimeout as delay } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import type { Clock } from '@keyhole/core';
+import { connectorDialer } from '@keyhole/connector';
 import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import type { LiveSession } from './live-session';
@@ -73,6 +74,13 @@ export class SessionLauncher {
           { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
           this.connectTimeoutMs,
           this.connectTurns,
+        );
+      case 'connector':
+        return connectUpstream(
+          { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+          this.connectTimeoutMs,
+          this.connectTurns,
+          connectorDialer(grant.via.socket),
         );
     }
   }

@@ -42,6 +42,15 @@ describe('routes file', () => {
     expect(routes.list.map((route) => route.line)).toEqual([3, 6, 10, 13]);
   });
 
+  it('reads a connector route: the UNIX socket of the connector that dials its consoles', () => {
+    const routes = parseRoutesFile(
+      'routes:\n  - name: mgmt\n    match: { cidr: 169.254.40.0/24 }\n    via: { connector: /run/keyhole/mgmt.sock }\n',
+      'routes.yaml',
+    );
+    expect(routes.match('169.254.40.5', 5900)?.via).toEqual({ kind: 'connector', socket: '/run/keyhole/mgmt.sock' });
+    expect(describeRoute(routes.list[0]).via).toBe('connector');
+  });
+
   it('accepts an empty table: nothing is routable', () => {
     const routes = parseRoutesFile('routes: []\n', 'routes.yaml');
     expect(routes.size).toBe(0);
@@ -159,7 +168,7 @@ describe('routes file', () => {
       ]);
     });
 
-    it('ssh and connector routes, which this version cannot dial, instead of ignoring them', () => {
+    it('ssh routes, which this version cannot dial, instead of ignoring them', () => {
       const ssh = GOOD.replace(
         '    match: { cidr: "fd00:10::/64", ports: 5900 }\n    via: direct',
         '    match: { cidr: "fd00:10::/64", ports: 5900 }\n    via:\n      ssh: { host: 169.254.30.7, port: 22, user: keyhole }',
@@ -167,14 +176,19 @@ describe('routes file', () => {
       expect(problemsOf(ssh)).toEqual([
         'routes.yaml:13: routes[2].via: ssh routes are not supported by this version of keyhole: only direct is (ssh and connector come later)',
       ]);
-      const connector = GOOD.replace(
-        '    match:\n      host: Console.Example.NET\n    via: direct',
-        '    match:\n      host: Console.Example.NET\n    via: { connector: /run/keyhole/mgmt.sock }',
-      );
-      expect(problemsOf(connector)).toEqual([
-        'routes.yaml:9: routes[1].via: connector routes are not supported by this version of keyhole: only direct is (ssh and connector come later)',
-      ]);
       expect(problemsOf(GOOD.replace('via: direct', 'via: tunnel'))).toEqual(['routes.yaml:5: routes[0].via: must be direct']);
+    });
+
+    it('a connector route whose socket is not an absolute path', () => {
+      for (const socket of ['run/keyhole/mgmt.sock', '42', `/${'x'.repeat(120)}`]) {
+        const connector = GOOD.replace(
+          '    match:\n      host: Console.Example.NET\n    via: direct',
+          `    match:\n      host: Console.Example.NET\n    via: { connector: ${socket} }`,
+        );
+        expect(problemsOf(connector)).toEqual([
+          'routes.yaml:9: routes[1].via: connector: must be the absolute path of a UNIX socket (at most 107 bytes)',
+        ]);
+      }
     });
 
     it('YAML that does not parse, at its line', () => {

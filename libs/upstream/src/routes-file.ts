@@ -20,7 +20,8 @@ import { Cidr, Route, RouteMatch, Routes, RouteVia } from './routes';
  * `match` has exactly one of `cidr` (IPv4 or IPv6 network, or one address) and `host`; `ports` is a
  * port, or ports and ranges separated by commas (a YAML list of them works too). First match wins;
  * a destination that matches no route is refused. `via: direct` is a TCP connect from the proxy's
- * own network namespace; the design's `ssh` and `connector` kinds are refused until they exist.
+ * own network namespace; `via: { connector: /run/keyhole/mgmt.sock }` asks the connector listening
+ * on that UNIX socket (libs/connector) to dial; the design's `ssh` kind is refused until it exists.
  * Unknown fields are errors, not ignored: a misspelt `ports` must not silently allow every port.
  */
 
@@ -84,11 +85,20 @@ const matchSchema = z
     return z.NEVER;
   });
 
-const LATER_KINDS = new Set(['ssh', 'connector']);
+const LATER_KINDS = new Set(['ssh']);
 
 const viaSchema = z.unknown().transform((value, context): RouteVia => {
   if (value === 'direct') {
     return { kind: 'direct' };
+  }
+  if (isRecord(value) && Object.keys(value).length === 1 && 'connector' in value) {
+    // An absolute path: a relative one would depend on the directory the proxy was started in.
+    const socket = value.connector;
+    if (typeof socket === 'string' && socket.startsWith('/') && socket.length <= 107 && !socket.includes('\0')) {
+      return { kind: 'connector', socket };
+    }
+    context.addIssue({ code: 'custom', message: 'connector: must be the absolute path of a UNIX socket (at most 107 bytes)' });
+    return z.NEVER;
   }
   const kind = typeof value === 'string' ? value : isRecord(value) && Object.keys(value).length === 1 ? Object.keys(value)[0] : undefined;
   context.addIssue({

@@ -17,11 +17,22 @@ export interface DirectVia {
 }
 
 /**
- * How a route reaches its consoles. A discriminated union: the `ssh` (a jump host) and
- * `connector` (a UNIX socket into another network namespace) kinds of the design join it as their
- * dialers are written; until then a routes file that names them is refused, not half-obeyed.
+ * Through a connector (`keyhole connector serve`) in another network namespace, over its UNIX
+ * socket: the proxy never has a TCP/IP route to these consoles, and the connector dials only what
+ * its own routes allow.
  */
-export type RouteVia = DirectVia;
+export interface ConnectorVia {
+  kind: 'connector';
+  /** Absolute path of the connector's UNIX socket. */
+  socket: string;
+}
+
+/**
+ * How a route reaches its consoles. A discriminated union: the `ssh` (a jump host) kind of the
+ * design joins it as its dialer is written; until then a routes file that names it is refused, not
+ * half-obeyed.
+ */
+export type RouteVia = DirectVia | ConnectorVia;
 
 /** One entry of a routes file. */
 export interface Route {
