@@ -6,8 +6,8 @@ import { encodeHeader, STATUS_TEXT, statusName } from './connector-protocol';
 /**
  * A Dialer that reaches consoles through the connector listening on the UNIX socket `socketPath`
  * (a route's `via: { connector: PATH }`): it opens the socket, sends the request header, and
- * resolves once the connector answered ok, with the socket paused and any console bytes that came
- * with the status put back. Everything is bounded by `timeoutMs`; every failure is an UpstreamError
+ * resolves once the connector answered ok, with the socket not read any further: console bytes that
+ * came with the status are still in it. Everything is bounded by `timeoutMs`; every failure is an UpstreamError
  * whose reason says where it failed (`connector missing`, `connector refused: not allowed`, ...).
  */
 export function connectorDialer(socketPath: string): Dialer {
@@ -24,14 +24,21 @@ export function connectorDialer(socketPath: string): Dialer {
       let connected = false;
       const fail = (error: UpstreamError) => {
         clearTimeout(timer);
-        socket.off('data', onData);
+        socket.off('readable', onReadable);
         socket.destroy();
         reject(error);
       };
-      const onData = (chunk: Buffer) => {
-        const status = statusName(chunk[0]);
+      // Paused mode, one byte: the status is consumed and the console's bytes that came with it stay
+      // in the stream. Once the 'readable' listener is gone the stream is neither flowing nor
+      // paused, so whoever reads it next ('data', pipe) starts it, as with a fresh TCP socket.
+      const onReadable = () => {
+        const byte = socket.read(1) as Buffer | null;
+        if (byte === null) {
+          return;
+        }
+        const status = statusName(byte[0]);
         if (status === undefined) {
-          fail(new UpstreamError('connector refused: unknown status', `the connector at ${socketPath} answered with status ${chunk[0]}`));
+          fail(new UpstreamError('connector refused: unknown status', `the connector at ${socketPath} answered with status ${byte[0]}`));
           return;
         }
         if (status !== 'ok') {
@@ -45,14 +52,9 @@ export function connectorDialer(socketPath: string): Dialer {
           return;
         }
         clearTimeout(timer);
-        socket.off('data', onData);
+        socket.off('readable', onReadable);
         socket.off('end', onEnd);
         socket.off('error', onError);
-        socket.pause();
-        // The console may have spoken in the same segment as the status (QEMU's RFB banner).
-        if (chunk.length > 1) {
-          socket.unshift(chunk.subarray(1));
-        }
         resolve(socket);
       };
       const onEnd = () => fail(new UpstreamError('connector closed', `the connector at ${socketPath} closed before answering`));
@@ -77,7 +79,7 @@ export function connectorDialer(socketPath: string): Dialer {
         connected = true;
         socket.write(header);
       });
-      socket.on('data', onData);
+      socket.on('readable', onReadable);
       socket.once('end', onEnd);
       socket.once('error', onError);
     });
