@@ -59,22 +59,9 @@ export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
     summary: 'listen on a UNIX socket and dial, for the console proxies, the destinations that FILE (via: direct routes) allows',
     async run(context) {
       const { values } = flags(context.args, { ...commonOptions, routes: { type: 'string' }, 'header-timeout-ms': { type: 'string' } });
-      const name = required(values.name, '--name', NAME, 'lowercase letters, digits and inner dashes');
-      const socket = absolutePath(values.socket, '--socket');
       const routesFile = required(values.routes, '--routes');
-      const common = commonValues(values);
       const headerTimeoutMs = milliseconds(values['header-timeout-ms'], '--header-timeout-ms', 5_000);
-      const logger = context.logger ?? createLogger({ level: context.logLevel, name: `keyhole-connector-${name}` });
-      const metrics = new ConnectorMetrics(name, 'serve');
-      const status = new StatusFile(context.runDir, {
-        name,
-        mode: 'serve',
-        pid: process.pid,
-        socket,
-        listening: [],
-        startedAt: new Date().toISOString(),
-        connections: { live: 0, total: 0 },
-      });
+      const { name, socket, logger, metrics, status, ...common } = setUp(context, values, 'serve');
       const connector = new ServeConnector({
         name,
         socketPath: socket,
@@ -101,12 +88,9 @@ export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
         address: { type: 'string' },
         network: { type: 'string' },
       });
-      const name = required(values.name, '--name', NAME, 'lowercase letters, digits and inner dashes');
-      const socket = absolutePath(values.socket, '--socket');
       const file = required(values.tproxy, '--tproxy');
       const address = values.address ?? DEFAULT_EXPOSE_ADDRESS;
-      const common = commonValues(values);
-      const logger = context.logger ?? createLogger({ level: context.logLevel, name: `keyhole-connector-${name}` });
+      const { name, socket, logger, metrics, status, ...common } = setUp(context, values, 'expose');
       const { entries, ignored } = selectTproxyEntries(await loadTproxyFile(file), values.network);
       for (const { entry, index, shadowedBy } of ignored) {
         logger.warn(
@@ -119,16 +103,6 @@ export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
           `${file}: no entry applies${values.network === undefined ? ' (entries with :networks need --network)' : ` to network ${values.network}`}`,
         );
       }
-      const metrics = new ConnectorMetrics(name, 'expose');
-      const status = new StatusFile(context.runDir, {
-        name,
-        mode: 'expose',
-        pid: process.pid,
-        socket,
-        listening: [],
-        startedAt: new Date().toISOString(),
-        connections: { live: 0, total: 0 },
-      });
       const connector = new ExposeConnector({
         name,
         entries,
@@ -249,8 +223,35 @@ function flags<T extends NonNullable<ParseArgsConfig['options']>>(args: string[]
   }
 }
 
-function commonValues(values: { 'metrics-port'?: string; 'metrics-address'?: string; 'grace-ms'?: string; 'connect-timeout-ms'?: string }) {
+/** What `serve` and `expose` share: name, socket, logger, metrics, status file, and the common flags. */
+function setUp(
+  context: ConnectorCommandContext,
+  values: {
+    name?: string;
+    socket?: string;
+    'metrics-port'?: string;
+    'metrics-address'?: string;
+    'grace-ms'?: string;
+    'connect-timeout-ms'?: string;
+  },
+  mode: 'serve' | 'expose',
+) {
+  const name = required(values.name, '--name', NAME, 'lowercase letters, digits and inner dashes');
+  const socket = absolutePath(values.socket, '--socket');
   return {
+    name,
+    socket,
+    logger: context.logger ?? createLogger({ level: context.logLevel, name: `keyhole-connector-${name}` }),
+    metrics: new ConnectorMetrics(name, mode),
+    status: new StatusFile(context.runDir, {
+      name,
+      mode,
+      pid: process.pid,
+      socket,
+      listening: [],
+      startedAt: new Date().toISOString(),
+      connections: { live: 0, total: 0 },
+    }),
     metricsPort: values['metrics-port'] === undefined ? undefined : integer(values['metrics-port'], '--metrics-port', 0, 65_535),
     metricsAddress: values['metrics-address'] ?? '127.0.0.1',
     graceMs: milliseconds(values['grace-ms'], '--grace-ms', DEFAULT_GRACE_MS),
