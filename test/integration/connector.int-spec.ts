@@ -12,7 +12,7 @@ import {
   ServeConnector,
   TproxyFileError,
 } from '@keyhole/connector';
-import { UpstreamError } from '@keyhole/upstream';
+import { connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { captureLogs } from '../support/log-capture';
 import { closeSocket, freePort } from '../support/real/network';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
@@ -308,6 +308,55 @@ describe('connector serve', () => {
     } finally {
       accepted.forEach((socket) => socket.destroy());
       await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it("speaks HTTP CONNECT (internal_access_path) through the connector, keeping the console's bytes after the answer", async () => {
+    const connectProxy = await startTcpUpstream((socket) => {
+      socket.once('data', (request: Buffer) => {
+        socket.write(
+          request.toString('latin1').startsWith('CONNECT /console/7 HTTP/1.1\r\n')
+            ? 'HTTP/1.1 200 OK\r\n\r\nRFB 003.008\n'
+            : 'HTTP/1.1 403 No\r\n\r\n',
+        );
+      });
+    });
+    try {
+      await writeFile(routesFile, routesFor(allowed.port, connectProxy.port));
+      await connector.reloadRoutes();
+      const socket = (await connectUpstream(
+        { host: '127.0.0.1', port: connectProxy.port, internalAccessPath: '/console/7' },
+        5_000,
+        undefined,
+        connectorDialer(socketPath),
+      )) as Socket;
+      openSockets.push(socket);
+      const first = await new Promise<Buffer>((resolve) => {
+        socket.once('data', resolve);
+        socket.resume();
+      });
+      expect(first.toString()).toBe('RFB 003.008\n');
+    } finally {
+      await connectProxy.close();
+      await writeFile(routesFile, routesFor(allowed.port));
+      await connector.reloadRoutes();
+    }
+  });
+
+  it('gives up with connect timeout on a connector that never answers', async () => {
+    const silentPath = path.join(dir, 'silent.sock');
+    const accepted: Socket[] = [];
+    const silent = createServer((socket) => accepted.push(socket));
+    await new Promise<void>((resolve) => silent.listen(silentPath, resolve));
+    try {
+      const started = Date.now();
+      await expect(connectorDialer(silentPath)({ host: '127.0.0.1', port: 5900 }, 500)).rejects.toMatchObject({
+        reason: 'connect timeout',
+      });
+      expect(Date.now() - started).toBeLessThan(3_000);
+    } finally {
+      accepted.forEach((socket) => socket.destroy());
+      await new Promise((resolve) => silent.close(resolve));
     }
   });
 
