@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitUntil } from '../wait';
 import { closeSocket, connectTcp, freePort, readFirstBytes } from './network';
+import { probeTcp } from './netns';
 import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processes';
 
 /**
@@ -20,9 +21,11 @@ import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processe
  * port 0x402, to a file); `reset()` uses it too, see there why.
  */
 export interface QemuVm {
-  /** TCP port of QEMU's VNC server (RFB 3.8, no authentication) on 127.0.0.1. */
+  /** Where VNC and the serial port listen: 127.0.0.1, or `listen.address` inside `listen.namespace`. */
+  readonly host: string;
+  /** TCP port of QEMU's VNC server (RFB 3.8, no authentication) on `host`. */
   readonly vncPort: number;
-  /** TCP port of the guest's first serial port (a raw TCP server) on 127.0.0.1. */
+  /** TCP port of the guest's first serial port (a raw TCP server) on `host`. */
   readonly serialPort: number;
   readonly pid: number;
   /** The full command line, for error messages. */
@@ -49,7 +52,10 @@ export interface QemuVm {
    * its listen backlog asynchronously, and output written before that is lost.
    */
   waitForSerialClient(options?: { localPort?: number; timeoutMs?: number }): Promise<void>;
-  /** Connects to the serial port and resolves once QEMU has accepted this connection. */
+  /**
+   * Connects to the serial port and resolves once QEMU has accepted this connection. From this
+   * process's namespace: not for a VM started with `listen` (reach it through what the test proves).
+   */
   connectSerial(timeoutMs?: number): Promise<SerialConsole>;
   /** SIGTERM, SIGKILL after 5 s, waits for exit, removes the temporary directory. Idempotent. */
   stop(): Promise<void>;
@@ -65,6 +71,12 @@ export interface QemuVmOptions {
    * machines we run on it reached the BIOS banner in ~0.1 s against ~0.75 s with KVM.
    */
   accel?: 'tcg' | 'kvm';
+  /**
+   * Run QEMU inside this network namespace (`ip netns exec`), VNC and serial listening on `address`
+   * there (an address of one of its veths). The readiness probes then run inside it too. Default:
+   * this process's namespace, 127.0.0.1.
+   */
+  listen?: { namespace: string; address: string };
 }
 
 const QEMU_BINARY = 'qemu-system-x86_64';
@@ -117,6 +129,7 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
   }
   const serialPort = await freePort();
 
+  const host = options.listen?.address ?? '127.0.0.1';
   const args = [
     '-name',
     'keyhole-test',
@@ -133,9 +146,9 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
     '-display',
     'none',
     '-vnc',
-    `127.0.0.1:${vncPort - 5900}`,
+    `${host}:${vncPort - 5900}`,
     '-chardev',
-    `socket,id=${SERIAL_CHARDEV_ID},host=127.0.0.1,port=${serialPort},server=on,wait=off`,
+    `socket,id=${SERIAL_CHARDEV_ID},host=${host},port=${serialPort},server=on,wait=off`,
     '-serial',
     `chardev:${SERIAL_CHARDEV_ID}`,
     '-qmp',
@@ -161,19 +174,35 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
   const signal = cancel.signal;
   const removeDirectory = (): void => rmSync(directory, { recursive: true, force: true });
   try {
-    qemu = await startProcess(QEMU_BINARY, args);
+    const namespace = options.listen?.namespace;
+    qemu =
+      namespace === undefined
+        ? await startProcess(QEMU_BINARY, args)
+        : await startProcess('ip', ['netns', 'exec', namespace, QEMU_BINARY, ...args], { name: `QEMU in ${namespace}` });
     const started = qemu;
     const describe = (what: string): string =>
       `QEMU to ${what} (the start timeout).\n  command: ${started.commandLine}\n  output:\n${started.output()}`;
     const retry = <T>(attempt: () => Promise<T>, what: string): Promise<T> =>
       waitUntil(attempt, deadline - Date.now(), () => describe(what), { intervalMs: 50, retryErrors: true, signal });
     const ready = (async () => {
-      const banner = await retry(() => readFirstBytes(vncPort, RFB_BANNER.length, 1_000), `send the RFB banner on VNC port ${vncPort}`);
+      const banner = await retry(
+        () =>
+          namespace === undefined
+            ? readFirstBytes(vncPort, RFB_BANNER.length, 1_000)
+            : readInNamespace(namespace, host, vncPort, RFB_BANNER.length),
+        `send the RFB banner on VNC port ${vncPort}`,
+      );
       if (banner.toString('latin1') !== RFB_BANNER) {
         throw new Error(`VNC port ${vncPort} sent ${JSON.stringify(banner.toString('latin1'))}, not the RFB 3.8 banner`);
       }
-      const probe = await retry(() => connectTcp(serialPort, 1_000), `accept on serial port ${serialPort}`);
-      await closeSocket(probe);
+      await retry(async () => {
+        if (namespace === undefined) {
+          await closeSocket(await connectTcp(serialPort, 1_000));
+        } else {
+          await readInNamespace(namespace, host, serialPort, 0);
+        }
+        return true;
+      }, `accept on serial port ${serialPort}`);
       const client = await retry(() => QmpClient.connect(qmpPath, 1_000), `answer QMP on ${qmpPath}`);
       if (signal.aborted) {
         client.close();
@@ -193,7 +222,16 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
       return client;
     })();
     const client = await Promise.race([ready, failOnExit(started, 'QEMU', 'while starting')]);
-    return makeVm({ qemu: started, qmp: client, vncPort, serialPort, firmwareLogPath, paused: options.paused ?? false, removeDirectory });
+    return makeVm({
+      qemu: started,
+      qmp: client,
+      host,
+      vncPort,
+      serialPort,
+      firmwareLogPath,
+      paused: options.paused ?? false,
+      removeDirectory,
+    });
   } catch (error) {
     cancel.abort();
     qmp?.close();
@@ -206,6 +244,7 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
 function makeVm({
   qemu,
   qmp,
+  host,
   vncPort,
   serialPort,
   firmwareLogPath,
@@ -214,6 +253,7 @@ function makeVm({
 }: {
   qemu: ManagedProcess;
   qmp: QmpClient;
+  host: string;
   vncPort: number;
   serialPort: number;
   firmwareLogPath: string;
@@ -244,6 +284,7 @@ function makeVm({
   // One reset at a time: a second one must wait for the boot the first one started.
   let resets: Promise<void> = Promise.resolve();
   const vm: QemuVm = {
+    host,
     vncPort,
     serialPort,
     pid: qemu.pid,
@@ -269,6 +310,9 @@ function makeVm({
       );
     },
     async connectSerial(timeoutMs = 5_000) {
+      if (host !== '127.0.0.1') {
+        throw new Error(`QEMU's serial port listens on ${host} in another network namespace: connect through the route under test`);
+      }
       const socket = await connectTcp(serialPort, timeoutMs);
       const serial = new SerialConsole(socket);
       try {
@@ -290,6 +334,15 @@ function makeVm({
     })(),
   };
   return vm;
+}
+
+/** The first `length` bytes `host:port` sends, read from inside `namespace`; throws (to be retried) otherwise. */
+async function readInNamespace(namespace: string, host: string, port: number, length: number): Promise<Buffer> {
+  const probe = await probeTcp(namespace, host, port, { timeoutMs: 1_000, readBytes: length });
+  if (probe.result !== 'open' || probe.bytes.length < length) {
+    throw new Error(`${host}:${port} in ${namespace}: ${JSON.stringify(probe)}`);
+  }
+  return probe.bytes;
 }
 
 function readFirmwareLog(path: string): string {
