@@ -11,17 +11,41 @@ export class ConnectionTracker {
   private total = 0;
   private idle: (() => void) | undefined;
 
+  /** When the last over-limit connection was logged (one line a second at most: a flood must not flood the log). */
+  private lastOverLimitLogMs = 0;
+
   constructor(
     private readonly metrics: ConnectorMetrics,
     private readonly onChange: (counts: { live: number; total: number }) => void = () => undefined,
+    /** Connections carried at once; more are closed at once (default 4096). */
+    private readonly maxConnections = 4096,
   ) {}
 
   get counts(): { live: number; total: number } {
     return { live: this.sockets.size, total: this.total };
   }
 
+  /**
+   * Counts `socket` as live until it closes, or, when `maxConnections` are live already, destroys it,
+   * counts it as `over_limit` and returns false (`log` is called at most once a second then).
+   */
+  admit(socket: Socket, log: (live: number) => void): boolean {
+    if (this.sockets.size >= this.maxConnections) {
+      socket.destroy();
+      this.metrics.connections.inc({ result: 'over_limit' });
+      const now = Date.now();
+      if (now - this.lastOverLimitLogMs >= 1_000) {
+        this.lastOverLimitLogMs = now;
+        log(this.sockets.size);
+      }
+      return false;
+    }
+    this.add(socket);
+    return true;
+  }
+
   /** Counts `socket` as live until it closes. */
-  add(socket: Socket): void {
+  private add(socket: Socket): void {
     this.sockets.add(socket);
     this.total += 1;
     this.metrics.live.inc();

@@ -49,13 +49,14 @@ const commonOptions = {
   'metrics-address': { type: 'string' },
   'grace-ms': { type: 'string' },
   'connect-timeout-ms': { type: 'string' },
+  'max-connections': { type: 'string' },
 } as const;
 
 export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
   {
     name: 'serve',
     usage:
-      'keyhole connector serve --name NAME --socket PATH --routes FILE [--metrics-port N] [--metrics-address ADDR] [--grace-ms MS] [--connect-timeout-ms MS] [--header-timeout-ms MS]',
+      'keyhole connector serve --name NAME --socket PATH --routes FILE [--metrics-port N] [--metrics-address ADDR] [--grace-ms MS] [--connect-timeout-ms MS] [--header-timeout-ms MS] [--max-connections N]',
     summary: 'listen on a UNIX socket and dial, for the console proxies, the destinations that FILE (via: direct routes) allows',
     async run(context) {
       const { values } = flags(context.args, { ...commonOptions, routes: { type: 'string' }, 'header-timeout-ms': { type: 'string' } });
@@ -70,6 +71,7 @@ export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
         metrics,
         headerTimeoutMs,
         connectTimeoutMs: common.connectTimeoutMs,
+        maxConnections: common.maxConnections,
         onConnections: (counts) => status.update(counts),
       });
       return runUntilSignalled({ connector, status, metrics, logger, ...common, onHangup: () => void connector.reloadRoutes() });
@@ -78,7 +80,7 @@ export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
   {
     name: 'expose',
     usage:
-      'keyhole connector expose --name NAME --tproxy FILE --socket PATH [--address 169.254.16.9] [--network NET] [--metrics-port N] [--metrics-address ADDR] [--grace-ms MS] [--connect-timeout-ms MS]',
+      'keyhole connector expose --name NAME --tproxy FILE --socket PATH [--address 169.254.16.9] [--network NET] [--metrics-port N] [--metrics-address ADDR] [--grace-ms MS] [--connect-timeout-ms MS] [--max-connections N]',
     summary:
       "listen on ADDRESS:service_port for each entry of an OpenNebula tproxy FILE and carry each connection to a serving connector's socket",
     async run(context) {
@@ -111,6 +113,7 @@ export const CONNECTOR_COMMANDS: ConnectorCommand[] = [
         logger,
         metrics,
         connectTimeoutMs: common.connectTimeoutMs,
+        maxConnections: common.maxConnections,
         onConnections: (counts) => status.update(counts),
       });
       status.setListening(connector.listening);
@@ -233,6 +236,7 @@ function setUp(
     'metrics-address'?: string;
     'grace-ms'?: string;
     'connect-timeout-ms'?: string;
+    'max-connections'?: string;
   },
   mode: 'serve' | 'expose',
 ) {
@@ -256,6 +260,7 @@ function setUp(
     metricsAddress: values['metrics-address'] ?? '127.0.0.1',
     graceMs: milliseconds(values['grace-ms'], '--grace-ms', DEFAULT_GRACE_MS),
     connectTimeoutMs: milliseconds(values['connect-timeout-ms'], '--connect-timeout-ms', 5_000),
+    maxConnections: values['max-connections'] === undefined ? 4096 : integer(values['max-connections'], '--max-connections', 1, 1_000_000),
   };
 }
 

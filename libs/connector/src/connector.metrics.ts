@@ -4,7 +4,8 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 /**
  * How a connection through a connector ended; the only label values of the connections counter.
  * `serve` answers with the first six (its status codes); `expose` counts `refused` when the serving
- * connector would not carry a connection, and `unreachable` when there was no connector to ask.
+ * connector would not carry a connection, and `unreachable` when there was no connector to ask;
+ * both count `over_limit` for connections closed at once because `--max-connections` were live.
  */
 export type ConnectionResult =
   'ok' | 'not_allowed' | 'connect_failed' | 'timeout' | 'malformed' | 'unsupported_version' | 'refused' | 'unreachable';

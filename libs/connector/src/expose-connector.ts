@@ -24,6 +24,8 @@ export interface ExposeConnectorOptions {
   /** Bound on reaching the serving connector and its connect, ms (default 5000). */
   connectTimeoutMs?: number;
   onConnections?: (counts: { live: number; total: number }) => void;
+  /** Connections carried at once; more are closed at once (default 4096). */
+  maxConnections?: number;
 }
 
 /**
@@ -40,7 +42,7 @@ export class ExposeConnector {
   private readonly dial;
 
   constructor(private readonly options: ExposeConnectorOptions) {
-    this.tracker = new ConnectionTracker(options.metrics, options.onConnections);
+    this.tracker = new ConnectionTracker(options.metrics, options.onConnections, options.maxConnections);
     this.address = options.address ?? DEFAULT_EXPOSE_ADDRESS;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5_000;
     this.dial = connectorDialer(options.socketPath);
@@ -101,7 +103,9 @@ export class ExposeConnector {
   }
 
   private async handle(client: Socket, entry: TproxyEntry): Promise<void> {
-    this.tracker.add(client);
+    if (!this.tracker.admit(client, (live) => this.options.logger.warn({ live }, 'connection refused: too many connections'))) {
+      return;
+    }
     client.on('error', () => undefined);
     client.pause();
     const startedAt = performance.now();

@@ -21,6 +21,8 @@ export interface ServeConnectorOptions {
   connectTimeoutMs?: number;
   /** Called whenever the live or total count of connections changes (the status file). */
   onConnections?: (counts: { live: number; total: number }) => void;
+  /** Connections carried at once; more are closed at once (default 4096). */
+  maxConnections?: number;
 }
 
 /** Refusals by status: their metric label. */
@@ -49,7 +51,7 @@ export class ServeConnector {
   private socketInode: number | undefined;
 
   constructor(private readonly options: ServeConnectorOptions) {
-    this.tracker = new ConnectionTracker(options.metrics, options.onConnections);
+    this.tracker = new ConnectionTracker(options.metrics, options.onConnections, options.maxConnections);
     this.headerTimeoutMs = options.headerTimeoutMs ?? 5_000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5_000;
   }
@@ -122,7 +124,9 @@ export class ServeConnector {
   }
 
   private async handle(socket: Socket): Promise<void> {
-    this.tracker.add(socket);
+    if (!this.tracker.admit(socket, (live) => this.options.logger.warn({ live }, 'connection refused: too many connections'))) {
+      return;
+    }
     socket.on('error', () => undefined);
     const startedAt = performance.now();
     const header = await readHeader(socket, this.headerTimeoutMs);
