@@ -109,6 +109,45 @@ async function dialThroughConnector(port: number, host = '127.0.0.1'): Promise<S
   return socket;
 }
 
+/** Runs `body` while the connector's routes also allow `port`, then restores them. */
+async function whileAllowing<T>(port: number, body: () => Promise<T>): Promise<T> {
+  await writeFile(routesFile, routesFor(allowed.port, port));
+  expect(await connector.reloadRoutes()).toBe(true);
+  try {
+    return await body();
+  } finally {
+    await writeFile(routesFile, routesFor(allowed.port));
+    await connector.reloadRoutes();
+  }
+}
+
+/** The first chunk `socket` delivers once read. */
+function firstChunk(socket: Socket): Promise<Buffer> {
+  return new Promise((resolve) => {
+    socket.once('data', resolve);
+    socket.resume();
+  });
+}
+
+/** A UNIX socket server playing a connector (a scripted peer for the dialer); `close` ends its connections too. */
+async function startUnixServer(
+  file: string,
+  onConnection: (socket: Socket) => void = () => undefined,
+): Promise<{ close: () => Promise<void> }> {
+  const accepted: Socket[] = [];
+  const server: Server = createServer((socket) => {
+    accepted.push(socket);
+    onConnection(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(file, resolve));
+  return {
+    close: async () => {
+      accepted.forEach((socket) => socket.destroy());
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'keyhole-connector-'));
   socketPath = path.join(dir, 'mgmt.sock');
@@ -202,12 +241,10 @@ describe('connector serve', () => {
 
   it('answers connect failed for an allowed destination where nothing listens', async () => {
     const closedPort = await freePort();
-    await writeFile(routesFile, routesFor(allowed.port, closedPort));
-    expect(await connector.reloadRoutes()).toBe(true);
-    await expect(dialThroughConnector(closedPort)).rejects.toMatchObject({ reason: 'connector refused: connect failed' });
-    expect(logged('connection refused').at(-1)).toMatchObject({ destination: `127.0.0.1:${closedPort}`, result: 'connect failed' });
-    await writeFile(routesFile, routesFor(allowed.port));
-    expect(await connector.reloadRoutes()).toBe(true);
+    await whileAllowing(closedPort, async () => {
+      await expect(dialThroughConnector(closedPort)).rejects.toMatchObject({ reason: 'connector refused: connect failed' });
+      expect(logged('connection refused').at(-1)).toMatchObject({ destination: `127.0.0.1:${closedPort}`, result: 'connect failed' });
+    });
   });
 
   it('keeps its routes when a reloaded file is bad, and refuses one that is not all direct', async () => {
@@ -246,44 +283,35 @@ describe('connector serve', () => {
   });
 
   it('passes half-closes both ways: the console ends first and still receives; the client ends first and still receives', async () => {
-    const halfOpen = await startTcpUpstream(
-      (socket) => {
-        socket.end('banner then end');
-      },
-      { allowHalfOpen: true },
-    );
+    const halfOpen = await startTcpUpstream((socket) => socket.end('banner then end'), { allowHalfOpen: true });
     try {
-      await writeFile(routesFile, routesFor(allowed.port, halfOpen.port));
-      await connector.reloadRoutes();
-      const consoleReceived = halfOpen.nextConnection().then((server) => readAll(server));
-      const client = await dialThroughConnector(halfOpen.port);
-      const fromConsole = await withDeadline(readAll(client), 10_000, 'the console to end its side');
-      expect(fromConsole.toString()).toBe('banner then end');
-      // The console's side is closed; the client's still carries bytes to it.
-      client.end('sent after the console ended');
-      expect((await withDeadline(consoleReceived, 10_000, 'the client bytes')).toString()).toBe('sent after the console ended');
+      await whileAllowing(halfOpen.port, async () => {
+        const consoleReceived = halfOpen.nextConnection().then((server) => readAll(server));
+        const client = await dialThroughConnector(halfOpen.port);
+        const fromConsole = await withDeadline(readAll(client), 10_000, 'the console to end its side');
+        expect(fromConsole.toString()).toBe('banner then end');
+        // The console's side is closed; the client's still carries bytes to it.
+        client.end('sent after the console ended');
+        expect((await withDeadline(consoleReceived, 10_000, 'the client bytes')).toString()).toBe('sent after the console ended');
+      });
     } finally {
       await halfOpen.close();
     }
 
     // The other way: the client ends, then the console answers in full.
     const answerAfterEnd = await startTcpUpstream(
-      (socket) => {
-        void readAll(socket).then((request) => socket.end(Buffer.concat([Buffer.from('got '), request])));
-      },
+      (socket) => void readAll(socket).then((request) => socket.end(Buffer.concat([Buffer.from('got '), request]))),
       { allowHalfOpen: true },
     );
     try {
-      await writeFile(routesFile, routesFor(allowed.port, answerAfterEnd.port));
-      await connector.reloadRoutes();
-      const client = await dialThroughConnector(answerAfterEnd.port);
-      const answer = readAll(client);
-      client.end('request');
-      expect((await withDeadline(answer, 10_000, 'the answer after a half-close')).toString()).toBe('got request');
+      await whileAllowing(answerAfterEnd.port, async () => {
+        const client = await dialThroughConnector(answerAfterEnd.port);
+        const answer = readAll(client);
+        client.end('request');
+        expect((await withDeadline(answer, 10_000, 'the answer after a half-close')).toString()).toBe('got request');
+      });
     } finally {
       await answerAfterEnd.close();
-      await writeFile(routesFile, routesFor(allowed.port));
-      await connector.reloadRoutes();
     }
   });
 
@@ -291,23 +319,15 @@ describe('connector serve', () => {
     // A connector that answers ok and the console's first bytes in one write (as a fast console's
     // banner can arrive): the dialer must hand them on.
     const scripted = path.join(dir, 'scripted.sock');
-    const accepted: Socket[] = [];
-    const server: Server = createServer((socket) => {
-      accepted.push(socket);
+    const server = await startUnixServer(scripted, (socket) => {
       socket.once('data', () => socket.write(Buffer.concat([Buffer.from([0]), Buffer.from('RFB 003.008\n')])));
     });
-    await new Promise<void>((resolve) => server.listen(scripted, resolve));
     try {
       const socket = (await connectorDialer(scripted)({ host: '127.0.0.1', port: 5900 }, 5_000)) as Socket;
       openSockets.push(socket);
-      const first = await new Promise<Buffer>((resolve) => {
-        socket.once('data', resolve);
-        socket.resume();
-      });
-      expect(first.toString()).toBe('RFB 003.008\n');
+      expect((await firstChunk(socket)).toString()).toBe('RFB 003.008\n');
     } finally {
-      accepted.forEach((socket) => socket.destroy());
-      await new Promise((resolve) => server.close(resolve));
+      await server.close();
     }
   });
 
@@ -322,91 +342,103 @@ describe('connector serve', () => {
       });
     });
     try {
-      await writeFile(routesFile, routesFor(allowed.port, connectProxy.port));
-      await connector.reloadRoutes();
-      const socket = (await connectUpstream(
-        { host: '127.0.0.1', port: connectProxy.port, internalAccessPath: '/console/7' },
-        5_000,
-        undefined,
-        connectorDialer(socketPath),
-      )) as Socket;
-      openSockets.push(socket);
-      const first = await new Promise<Buffer>((resolve) => {
-        socket.once('data', resolve);
-        socket.resume();
+      await whileAllowing(connectProxy.port, async () => {
+        const socket = (await connectUpstream(
+          { host: '127.0.0.1', port: connectProxy.port, internalAccessPath: '/console/7' },
+          5_000,
+          undefined,
+          connectorDialer(socketPath),
+        )) as Socket;
+        openSockets.push(socket);
+        expect((await firstChunk(socket)).toString()).toBe('RFB 003.008\n');
       });
-      expect(first.toString()).toBe('RFB 003.008\n');
     } finally {
       await connectProxy.close();
-      await writeFile(routesFile, routesFor(allowed.port));
-      await connector.reloadRoutes();
     }
   });
 
   it('gives up with connect timeout on a connector that never answers', async () => {
-    const silentPath = path.join(dir, 'silent.sock');
-    const accepted: Socket[] = [];
-    const silent = createServer((socket) => accepted.push(socket));
-    await new Promise<void>((resolve) => silent.listen(silentPath, resolve));
+    const silent = await startUnixServer(path.join(dir, 'silent.sock'));
     try {
       const started = Date.now();
-      await expect(connectorDialer(silentPath)({ host: '127.0.0.1', port: 5900 }, 500)).rejects.toMatchObject({
+      await expect(connectorDialer(path.join(dir, 'silent.sock'))({ host: '127.0.0.1', port: 5900 }, 500)).rejects.toMatchObject({
         reason: 'connect timeout',
       });
       expect(Date.now() - started).toBeLessThan(3_000);
     } finally {
-      accepted.forEach((socket) => socket.destroy());
-      await new Promise((resolve) => silent.close(resolve));
+      await silent.close();
     }
   });
 
-  it('bounds memory with a slow reader: the sender is held back, and nothing is lost once it reads', async () => {
+  /**
+   * Writes `chunk` to `writer` while it takes it; resolves with the bytes it took once a write has
+   * not been taken for 2 s (held back), or at `limit`.
+   */
+  async function writeUntilHeldBack(writer: Socket, chunk: Buffer, limit: number): Promise<number> {
+    let accepted = 0;
+    while (accepted < limit) {
+      const flushed = writer.write(chunk);
+      accepted += chunk.length;
+      if (!flushed) {
+        const drained = await Promise.race([
+          new Promise<boolean>((resolve) => writer.once('drain', () => resolve(true))),
+          new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2_000)),
+        ]);
+        if (!drained) {
+          break;
+        }
+      }
+    }
+    return accepted;
+  }
+
+  // Socket buffers (the UNIX socket's, the TCP ones, a pipe's) hold a few MiB; a connector that
+  // buffered without bound would have taken all 256 MiB.
+  const LIMIT = 256 * 1024 * 1024;
+  const HELD_AT_MOST = 48 * 1024 * 1024;
+
+  it('bounds memory with a slow console: the client is held back, and nothing is lost once it reads', async () => {
     let consoleSide: Socket | undefined;
     const stalled = await startTcpUpstream((socket) => {
       consoleSide = socket;
       socket.pause();
     });
     try {
-      await writeFile(routesFile, routesFor(allowed.port, stalled.port));
-      await connector.reloadRoutes();
-      const client = await dialThroughConnector(stalled.port);
-      const chunk = randomBytes(256 * 1024);
-      const limit = 256 * 1024 * 1024;
-      let accepted = 0;
-      // Writes while the stream takes them; a write that is not taken within 2 s: held back.
-      for (;;) {
-        const flushed = client.write(chunk);
-        accepted += chunk.length;
-        if (!flushed) {
-          const drained = await Promise.race([
-            new Promise<boolean>((resolve) => client.once('drain', () => resolve(true))),
-            new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2_000)),
-          ]);
-          if (!drained) {
-            break;
-          }
-        }
-        if (accepted >= limit) {
-          break;
-        }
-      }
-      // Socket buffers (the UNIX socket's, two TCP ones, a pipe's) hold a few MiB; unbounded
-      // buffering in the connector would have taken all 256 MiB.
-      expect(accepted).toBeLessThan(48 * 1024 * 1024);
-      expect(process.memoryUsage().rss).toBeLessThan(1536 * 1024 * 1024);
-
-      const received = readAll(consoleSide!);
-      client.end();
-      const all = await withDeadline(received, 60_000, 'the held-back bytes once the console reads');
-      expect(all.length).toBe(accepted);
+      await whileAllowing(stalled.port, async () => {
+        const client = await dialThroughConnector(stalled.port);
+        const accepted = await writeUntilHeldBack(client, randomBytes(256 * 1024), LIMIT);
+        expect(accepted).toBeLessThan(HELD_AT_MOST);
+        const received = readAll(consoleSide!);
+        client.end();
+        expect((await withDeadline(received, 60_000, 'the held-back bytes once the console reads')).length).toBe(accepted);
+      });
     } finally {
       await stalled.close();
-      await writeFile(routesFile, routesFor(allowed.port));
-      await connector.reloadRoutes();
+    }
+  });
+
+  it('bounds memory with a slow client: the console is held back, and nothing is lost once the client reads', async () => {
+    let consoleSide: Socket | undefined;
+    const flooding = await startTcpUpstream((socket) => (consoleSide = socket));
+    try {
+      await whileAllowing(flooding.port, async () => {
+        const client = await dialThroughConnector(flooding.port);
+        await waitUntil(() => consoleSide);
+        // The client does not read (the dialer hands the stream over unread).
+        const accepted = await writeUntilHeldBack(consoleSide!, randomBytes(256 * 1024), LIMIT);
+        expect(accepted).toBeLessThan(HELD_AT_MOST);
+        const received = readAll(client);
+        consoleSide!.end();
+        expect((await withDeadline(received, 60_000, 'the held-back bytes once the client reads')).length).toBe(accepted);
+        client.end();
+      });
+    } finally {
+      await flooding.close();
     }
   });
 
   it('counts connections and bytes in its metrics', async () => {
+    await waitUntil(() => (connector.connections.live === 0 ? true : undefined), 10_000, 'the earlier connections to end');
     const before = await metricValue('keyhole_connector_connections_total', { result: 'ok' });
     const socket = await dialThroughConnector(allowed.port);
     const back = readAll(socket);
@@ -454,6 +486,40 @@ describe('connector serve', () => {
       expect((await back).toString()).toBe('replaced');
     } finally {
       await replacement.stop(0);
+    }
+  });
+
+  it('closes connections beyond --max-connections at once, counting and logging them', async () => {
+    const limitedPath = path.join(dir, 'limited.sock');
+    const limitedMetrics = new ConnectorMetrics('limited', 'serve');
+    const limited = new ServeConnector({
+      name: 'limited',
+      socketPath: limitedPath,
+      routesFile,
+      logger: logs.pino,
+      metrics: limitedMetrics,
+      maxConnections: 2,
+    });
+    await limited.start();
+    try {
+      const dial = connectorDialer(limitedPath);
+      const first = (await dial({ host: '127.0.0.1', port: allowed.port }, 5_000)) as Socket;
+      const second = (await dial({ host: '127.0.0.1', port: allowed.port }, 5_000)) as Socket;
+      openSockets.push(first, second);
+      await expect(dial({ host: '127.0.0.1', port: allowed.port }, 5_000)).rejects.toMatchObject({
+        reason: expect.stringMatching(/^connector (closed|failed)$/),
+      });
+      const overLimit = (await limitedMetrics.registry.getMetricsAsJSON())
+        .find((metric) => metric.name === 'keyhole_connector_connections_total')
+        ?.values.find((sample) => sample.labels.result === 'over_limit');
+      expect(overLimit?.value).toBe(1);
+      expect(logged('connection refused: too many connections').at(-1)).toMatchObject({ live: 2, level: 'warn' });
+      // The two admitted connections still work.
+      const back = readAll(first);
+      first.end('admitted');
+      expect((await back).toString()).toBe('admitted');
+    } finally {
+      await limited.stop(0);
     }
   });
 
