@@ -218,6 +218,17 @@ describe('consoles in a mgmt namespace, through a connector', () => {
     await client.close();
   });
 
+  it('ends a live session through the connector when its token is revoked (1008)', async () => {
+    const issued = await issue('novnc', echoPort);
+    const client = await connectConsole(websocketUrl(issued.token), { timeoutMs: 20_000 });
+    expect((await client.roundTrip('before revocation', 20_000)).toString()).toBe('before revocation');
+    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
+    expect(revoked.status).toBe(204);
+    expect(await client.waitForClose(10_000)).toMatchObject({ code: 1008, reason: 'token revoked' });
+  });
+
   it('closes with 1011 at once when the connector is stopped (its socket is gone)', async () => {
     await connector.stop(10_000);
     expect(connector.output()).toContain('"msg":"connector stopped"');
