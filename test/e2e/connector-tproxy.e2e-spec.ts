@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readlink, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -81,10 +82,12 @@ beforeAll(async () => {
     serveRoutes,
     ['routes:', '  - name: token-api', `    match: { cidr: 127.0.0.1/32, ports: "${apiPort}" }`, '    via: direct', ''].join('\n'),
   );
+  // The operator CLI's `keyhole connector serve` here; expose runs from the connector's own entry point.
   serve = await startProcess(
     process.execPath,
     [
-      CONNECTOR_MAIN,
+      CLI,
+      'connector',
       'serve',
       '--name',
       'onegate',
@@ -237,5 +240,14 @@ describe('a tenant namespace without a route out reaches the token API at 169.25
     expect(expose.output()).toContain('"msg":"connector stopped"');
     expect((await curlInTenant(`http://${ONEGATE_ADDRESS}:${SERVICE_PORT}/v1/cells/cell1/tokens`, tokenRequest())).exitCode).toBe(7);
     expect((await connectorStatus()).map((row) => row.name)).toEqual(['onegate']);
+  });
+
+  it('stops the serving connector on SIGTERM: exit code 0, socket and status file removed', async () => {
+    await serve.stop(10_000);
+    expect(await serve.exited).toEqual({ code: 0, signal: null });
+    // Every connection had ended: none was cut at the end of the grace period.
+    expect(serve.output()).toMatch(/"cut":0,"msg":"connector stopped"/);
+    expect(existsSync(path.join(dir, 'onegate.sock'))).toBe(false);
+    expect(await connectorStatus()).toEqual([]);
   });
 });
