@@ -12,8 +12,8 @@ export interface SpliceStats {
  * Both sockets must allow half-open connections: the end of one direction is passed on as a
  * half-close and the other direction goes on (a client that sends its request and shuts down its
  * write side still gets the whole answer). pipe() stops reading a side while the other's write
- * buffer is full, so a slow reader holds at most a socket buffer's worth of bytes here. An error or
- * a reset on either side destroys both.
+ * buffer is full, so a slow reader holds at most a socket buffer's worth of bytes here. An error, a
+ * reset or a destroy on either side destroys both.
  */
 export function splice(client: Socket, destination: Socket): Promise<SpliceStats> {
   const stats: SpliceStats = { bytesForward: 0, bytesBack: 0 };
@@ -23,18 +23,22 @@ export function splice(client: Socket, destination: Socket): Promise<SpliceStats
       client.destroy();
       destination.destroy();
     };
-    const onClose = (hadError: boolean) => {
-      if (hadError) {
-        destroyBoth();
-      }
-      open -= 1;
-      if (open === 0) {
-        resolve(stats);
-      }
-    };
-    for (const socket of [client, destination]) {
+    for (const [socket, other] of [
+      [client, destination],
+      [destination, client],
+    ] as const) {
       socket.on('error', destroyBoth);
-      socket.once('close', onClose);
+      socket.once('close', () => {
+        // Closed before both of its directions had ended (destroyed, reset, cut at shutdown): the
+        // other side has lost its peer, and must not be left open.
+        if (!socket.readableEnded || !socket.writableFinished) {
+          other.destroy();
+        }
+        open -= 1;
+        if (open === 0) {
+          resolve(stats);
+        }
+      });
     }
     client.on('data', (chunk: Buffer) => (stats.bytesForward += chunk.length));
     destination.on('data', (chunk: Buffer) => (stats.bytesBack += chunk.length));
