@@ -9,12 +9,15 @@ import {
   ExposeConnector,
   parseTproxyFile,
   selectTproxyEntries,
+  listConnectors,
   ServeConnector,
+  StatusFile,
   TproxyFileError,
 } from '@keyhole/connector';
 import { connectUpstream, UpstreamError } from '@keyhole/upstream';
 import { captureLogs } from '../support/log-capture';
 import { closeSocket, freePort } from '../support/real/network';
+import { startProcess } from '../support/real/processes';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { waitUntil, withDeadline } from '../support/wait';
 
@@ -556,6 +559,100 @@ describe('connector serve', () => {
     expect((await back).toString()).toBe('finishing');
     await withDeadline(stopped, 5_000, 'the stop once the last connection ended');
     expect(logged('connector stopped').at(-1)).toMatchObject({ connector: 'graceful', cut: 0 });
+  });
+  it('cuts the connections still live when the grace period is over, on both sides', async () => {
+    const cutPath = path.join(dir, 'cut.sock');
+    const cutting = new ServeConnector({
+      name: 'cutting',
+      socketPath: cutPath,
+      routesFile,
+      logger: logs.pino,
+      metrics: new ConnectorMetrics('cutting', 'serve'),
+    });
+    await cutting.start();
+    const consoleSide = allowed.nextConnection();
+    const live = (await connectorDialer(cutPath)({ host: '127.0.0.1', port: allowed.port }, 5_000)) as Socket;
+    openSockets.push(live);
+    const consoleClosed = consoleSide.then(
+      (socket) => new Promise<void>((resolve) => (socket.closed ? resolve() : socket.once('close', () => resolve()))),
+    );
+    const ended = new Promise<void>((resolve) => live.once('end', () => resolve()));
+    live.on('error', () => undefined);
+    live.resume();
+    const started = Date.now();
+    await cutting.stop(300);
+    await withDeadline(ended, 5_000, 'the live connection to be cut');
+    await withDeadline(consoleClosed, 5_000, "the connector's connection to the console to be closed too");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expect(logged('connector stopped').at(-1)).toMatchObject({ connector: 'cutting', cut: 1 });
+  });
+});
+
+describe('connector status files', () => {
+  it('lists running connectors and shows a connector whose process is gone as stale; --prune removes its file', async () => {
+    const runDir = path.join(dir, 'run');
+    const running = new StatusFile(runDir, {
+      name: 'alive',
+      mode: 'serve',
+      pid: process.pid,
+      socket: socketPath,
+      listening: [],
+      startedAt: new Date().toISOString(),
+      connections: { live: 0, total: 0 },
+    });
+    await running.start();
+    running.update({ live: 1, total: 5 });
+    // A process that has exited: its PID is free (and not reused within this test).
+    const gone = await startProcess(process.execPath, ['-e', '']);
+    await gone.exited;
+    await writeFile(
+      path.join(runDir, 'connector-dead.json'),
+      JSON.stringify({
+        name: 'dead',
+        mode: 'expose',
+        pid: gone.pid,
+        socket: '/run/x.sock',
+        listening: ['169.254.16.9:5030'],
+        startedAt: '',
+        connections: { live: 3, total: 9 },
+      }),
+    );
+    try {
+      const rows = await waitUntil(
+        async () => {
+          const listed = await listConnectors(runDir);
+          return listed.find((row) => row.name === 'alive')?.total === 5 ? listed : undefined;
+        },
+        5_000,
+        'the status file to be rewritten with the new counts',
+      );
+      expect(rows).toEqual([
+        expect.objectContaining({
+          name: 'alive',
+          mode: 'serve',
+          pid: process.pid,
+          live: 1,
+          total: 5,
+          state: 'running',
+          netnsInode: expect.stringMatching(/^net:\[\d+\]$/),
+        }),
+        expect.objectContaining({
+          name: 'dead',
+          mode: 'expose',
+          pid: gone.pid,
+          live: 0,
+          total: 9,
+          state: 'stale',
+          netnsInode: null,
+          listening: '169.254.16.9:5030',
+        }),
+      ]);
+      expect((await listConnectors(runDir, true)).map((row) => row.state)).toEqual(['running', 'stale']);
+      expect((await listConnectors(runDir)).map((row) => row.name)).toEqual(['alive']);
+    } finally {
+      await running.remove();
+    }
+    expect(await listConnectors(runDir)).toEqual([]);
   });
 });
 
