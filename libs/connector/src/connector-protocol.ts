@@ -149,6 +149,7 @@ export function readHeader(socket: Duplex, timeoutMs: number): Promise<{ destina
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('error', onEnd);
+      socket.off('close', onEnd);
       socket.pause();
       resolve(result);
     };
@@ -176,6 +177,8 @@ export function readHeader(socket: Duplex, timeoutMs: number): Promise<{ destina
     socket.on('data', onData);
     socket.once('end', onEnd);
     socket.once('error', onEnd);
+    // Destroyed meanwhile (a connector stopping): no timer must outlive the connection.
+    socket.once('close', onEnd);
     socket.resume();
   });
 }
