@@ -11,6 +11,7 @@ import {
   selectTproxyEntries,
   listConnectors,
   ServeConnector,
+  ServeConnectorOptions,
   StatusFile,
   TproxyFileError,
 } from '@keyhole/connector';
@@ -110,6 +111,18 @@ async function dialThroughConnector(port: number, host = '127.0.0.1'): Promise<S
   const socket = (await connectorDialer(socketPath)({ host, port }, 10_000)) as Socket;
   openSockets.push(socket);
   return socket;
+}
+
+/** Another serve connector on `socket` with the same routes and log (not started). */
+function anotherConnector(name: string, socket: string, options: Partial<ServeConnectorOptions> = {}): ServeConnector {
+  return new ServeConnector({
+    name,
+    socketPath: socket,
+    routesFile,
+    logger: logs.pino,
+    metrics: new ConnectorMetrics(name, 'serve'),
+    ...options,
+  });
 }
 
 /** Runs `body` while the connector's routes also allow `port`, then restores them. */
@@ -455,13 +468,7 @@ describe('connector serve', () => {
   });
 
   it('will not take over the socket of a live connector, and replaces the socket file of a dead one', async () => {
-    const second = new ServeConnector({
-      name: 'second',
-      socketPath,
-      routesFile,
-      logger: logs.pino,
-      metrics: new ConnectorMetrics('second', 'serve'),
-    });
+    const second = anotherConnector('second', socketPath);
     await expect(second.start()).rejects.toThrow(`a connector is already listening on ${socketPath}`);
 
     // A socket file that nobody accepts on any more: what a killed connector leaves.
@@ -473,13 +480,7 @@ describe('connector serve', () => {
     await expect(connectorDialer(stalePath)({ host: '127.0.0.1', port: allowed.port }, 5_000)).rejects.toMatchObject({
       reason: 'connector missing',
     });
-    const replacement = new ServeConnector({
-      name: 'stale',
-      socketPath: stalePath,
-      routesFile,
-      logger: logs.pino,
-      metrics: new ConnectorMetrics('stale', 'serve'),
-    });
+    const replacement = anotherConnector('stale', stalePath);
     await replacement.start();
     try {
       const socket = (await connectorDialer(stalePath)({ host: '127.0.0.1', port: allowed.port }, 5_000)) as Socket;
@@ -495,14 +496,7 @@ describe('connector serve', () => {
   it('closes connections beyond --max-connections at once, counting and logging them', async () => {
     const limitedPath = path.join(dir, 'limited.sock');
     const limitedMetrics = new ConnectorMetrics('limited', 'serve');
-    const limited = new ServeConnector({
-      name: 'limited',
-      socketPath: limitedPath,
-      routesFile,
-      logger: logs.pino,
-      metrics: limitedMetrics,
-      maxConnections: 2,
-    });
+    const limited = anotherConnector('limited', limitedPath, { metrics: limitedMetrics, maxConnections: 2 });
     await limited.start();
     try {
       const dial = connectorDialer(limitedPath);
@@ -538,13 +532,7 @@ describe('connector serve', () => {
 
   it('stops gracefully: refuses new connections at once, lets a live one finish within the grace period', async () => {
     const gracefulPath = path.join(dir, 'graceful.sock');
-    const graceful = new ServeConnector({
-      name: 'graceful',
-      socketPath: gracefulPath,
-      routesFile,
-      logger: logs.pino,
-      metrics: new ConnectorMetrics('graceful', 'serve'),
-    });
+    const graceful = anotherConnector('graceful', gracefulPath);
     await graceful.start();
     const live = (await connectorDialer(gracefulPath)({ host: '127.0.0.1', port: allowed.port }, 5_000)) as Socket;
     openSockets.push(live);
@@ -562,13 +550,7 @@ describe('connector serve', () => {
   });
   it('cuts the connections still live when the grace period is over, on both sides', async () => {
     const cutPath = path.join(dir, 'cut.sock');
-    const cutting = new ServeConnector({
-      name: 'cutting',
-      socketPath: cutPath,
-      routesFile,
-      logger: logs.pino,
-      metrics: new ConnectorMetrics('cutting', 'serve'),
-    });
+    const cutting = anotherConnector('cutting', cutPath);
     await cutting.start();
     const consoleSide = allowed.nextConnection();
     const live = (await connectorDialer(cutPath)({ host: '127.0.0.1', port: allowed.port }, 5_000)) as Socket;
