@@ -51,7 +51,7 @@ describe('routes file', () => {
       'routes.yaml',
     );
     expect(routes.match('169.254.40.5', 5900)?.via).toEqual({ kind: 'connector', socket: '/run/keyhole/mgmt.sock' });
-    expect(describeRoute(routes.list[0]).via).toBe('connector');
+    expect(describeRoute(routes.list[0]).via).toBe('connector /run/keyhole/mgmt.sock');
   });
 
   it('accepts an empty table: nothing is routable', () => {
