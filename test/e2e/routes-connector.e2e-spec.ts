@@ -16,7 +16,7 @@ import { ManagedProcess, waitForOutput } from '../support/real/processes';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
-import { connectConsole, terminateAllClients } from '../support/websocket-client';
+import { connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
 
 /*
  * The connector route, as in a real cloud: the consoles (QEMU's VNC and serial port, a TCP echo
@@ -150,7 +150,7 @@ describe('consoles in a mgmt namespace, through a connector', () => {
     expect(connector.output()).not.toContain(issued.token);
   });
 
-  it("opens the serial page and shows the VM's serial output", async () => {
+  it("opens the serial page and shows the VM's serial output; the port stays exclusive", async () => {
     const issued = await issue('serial', vm.serialPort);
     const page = await browser.page();
     await page.goto(issued.accessUrl);
@@ -159,6 +159,9 @@ describe('consoles in a mgmt namespace, through a connector', () => {
     await vm.reset();
     await page.waitForFunction(() => /SeaBIOS/.test(document.body.innerText), undefined, { timeout: 30_000 });
     await page.screenshot({ path: path.join(artifacts, 'serial-through-connector.png') });
+    // One live session per serial port, whatever the route.
+    const second = await issue('serial', vm.serialPort);
+    expect(await expectRefusedUpgrade(websocketUrl(second.token))).toMatchObject({ status: 409 });
     await page.close();
   });
 
