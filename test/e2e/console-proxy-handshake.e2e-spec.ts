@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { connect as connectTcp, Socket } from 'node:net';
 import { ManualClock } from '@keyhole/core';
 import { dropDatabase } from '@keyhole/db';
@@ -10,6 +10,7 @@ import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
 import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade, terminateAllClients } from '../support/websocket-client';
+import { fingerprintOf, insertTokenRow } from './helpers';
 
 /*
  * What the console proxy decides on the HTTP upgrade, before any websocket exists: each refusal
@@ -218,7 +219,7 @@ describe('token checks', () => {
       .map((line) => JSON.parse(line) as Record<string, unknown>);
     const refusals = lines.filter((line) => line.msg === 'refused an invalid or expired token');
     for (const guess of guesses) {
-      const fingerprint = createHash('sha256').update(guess).digest('hex').slice(0, 12);
+      const fingerprint = fingerprintOf(guess);
       expect(refusals.filter((line) => line.fingerprint === fingerprint).map((line) => line.level)).toEqual(['debug']);
       expect(text).not.toContain(guess);
     }
@@ -444,13 +445,11 @@ describe('cell database unreachable', () => {
     // A cell database of its own, with one token row written as Nova or the API would.
     const database = await createTestDatabase('cell');
     databasesToDrop.push(database.drop);
-    const token = randomBytes(32).toString('base64url');
-    await queryDatabase(
-      database.url,
-      `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base)
-       VALUES ($1, 'novnc', '127.0.0.1', $2, $3, $4, 'http://cellx.console.test:6080/vnc_lite.html')`,
-      [createHash('sha256').update(token).digest('hex'), echoUpstream.port, randomUUID(), Math.floor(Date.now() / 1000) + 600],
-    );
+    const token = await insertTokenRow(database.url, {
+      host: '127.0.0.1',
+      port: echoUpstream.port,
+      accessUrlBase: 'http://cellx.console.test:6080/vnc_lite.html',
+    });
     const isolated = await startProxy('cellx', database.url, {}, false);
     const client = await expectAccepted(url(isolated, token), {}, database.url);
     await client.close();

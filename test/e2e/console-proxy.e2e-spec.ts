@@ -18,6 +18,7 @@ import {
   expectUpgradeError,
   terminateAllClients,
 } from '../support/websocket-client';
+import { fingerprintOf, sha256 } from './helpers';
 
 /*
  * The console proxy of cell1, booted in-process exactly as production wires it, in front of real
@@ -101,15 +102,6 @@ function consoleUrl(running: RunningProxy, token: string): string {
 function open(token: IssuedToken, options: ConsoleClientOptions & { via?: RunningProxy } = {}): Promise<ConsoleClient> {
   const { via = proxy, ...rest } = options;
   return connectConsole(consoleUrl(via, token.token), { protocols: ['binary'], ...rest });
-}
-
-function sha256(data: Buffer | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-/** The first 12 hex of the token's SHA-256, computed here, not by the product. */
-function fingerprintOf(token: string): string {
-  return sha256(token).slice(0, 12);
 }
 
 async function sessionRows(tokenId: number): Promise<SessionRow[]> {

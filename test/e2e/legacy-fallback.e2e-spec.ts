@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import { runCli } from '../../apps/cli/src/main';
@@ -18,7 +18,7 @@ import {
   expectRefusedUpgrade,
   terminateAllClients,
 } from '../support/websocket-client';
-import { dumpDatabase, expectError, keyParts } from './helpers';
+import { dumpDatabase, expectError, fingerprintOf, keyParts, sha256 } from './helpers';
 
 /*
  * The per-cell legacy fallback end to end: a redis-server of this file's own holding tokens written
@@ -137,15 +137,6 @@ async function closeApi(api: RunningTokenApi): Promise<void> {
   }
   closedApis.add(api);
   await api.close();
-}
-
-function sha256(value: string): string {
-  return createHash('sha256').update(value, 'utf8').digest('hex');
-}
-
-/** What logs show instead of a token, computed here rather than by the product. */
-function fingerprintOf(token: string): string {
-  return sha256(token).slice(0, 12);
 }
 
 /** A Nova consoleauth token: a UUID4. */
