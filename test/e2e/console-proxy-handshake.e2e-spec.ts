@@ -7,6 +7,7 @@ import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
+import { Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
 import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade, terminateAllClients } from '../support/websocket-client';
@@ -35,9 +36,9 @@ const clock = new ManualClock(Date.now());
 let deployment: TestDeployment;
 let echoUpstream: TcpUpstream;
 let proxy: RunningProxy;
+/** Every proxy started by this file, to read the logs of. */
 const proxies: RunningProxy[] = [];
-const upstreams: TcpUpstream[] = [];
-const databasesToDrop: (() => Promise<void>)[] = [];
+const teardown = new Teardown();
 
 function cellConfig(cellName: string, databaseUrl: string, environment: Record<string, string> = {}) {
   return testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: cellName, KEYHOLE_CELL_DATABASE_URL: databaseUrl, ...environment });
@@ -49,7 +50,7 @@ async function startProxy(
   environment: Record<string, string> = {},
   withManualClock = true,
 ): Promise<RunningProxy> {
-  const started = await startConsoleProxy(cellConfig(cellName, databaseUrl, environment), withManualClock ? { clock } : {});
+  const started = teardown.add(await startConsoleProxy(cellConfig(cellName, databaseUrl, environment), withManualClock ? { clock } : {}));
   proxies.push(started);
   return started;
 }
@@ -110,9 +111,8 @@ async function expectAccepted(
 }
 
 beforeAll(async () => {
-  deployment = await startTestDeployment({ clock });
-  echoUpstream = await startTcpUpstream(echo);
-  upstreams.push(echoUpstream);
+  deployment = teardown.add(await startTestDeployment({ clock }), (started) => started.stop());
+  echoUpstream = teardown.add(await startTcpUpstream(echo));
   proxy = await startProxy('cell1', deployment.cellUrls.cell1);
 }, 60_000);
 
@@ -122,16 +122,7 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) {
-    await running.close().catch(() => undefined);
-  }
-  for (const upstream of upstreams) {
-    await upstream.close();
-  }
-  await deployment?.stop();
-  for (const drop of databasesToDrop) {
-    await drop();
-  }
+  await teardown.stopAll();
 });
 
 describe('token checks', () => {
@@ -209,7 +200,7 @@ describe('token checks', () => {
     }
     await expectRefused(url(counting, 'x'.repeat(300)), 401);
     // Stopping writes the count of the last interval.
-    await counting.close();
+    await teardown.stop(counting);
 
     // Nest's Logger is process-wide: a line may land in another in-process proxy's capture.
     const text = proxies.map((running) => running.logs()).join('\n');
@@ -240,8 +231,7 @@ describe('console types', () => {
     const serialOnly = await startProxy('cell1', deployment.cellUrls.cell1, { KEYHOLE_PROXY_CONSOLE_TYPES: 'serial' });
     const refused = await expectRefused(url(serialOnly, (await issue({ consoleType: 'novnc' })).token), 404);
     expect(refused.body).toContain('novnc');
-    const serialUpstream = await startTcpUpstream(echo);
-    upstreams.push(serialUpstream);
+    const serialUpstream = teardown.add(await startTcpUpstream(echo));
     const client = await expectAccepted(url(serialOnly, (await issue({ consoleType: 'serial', port: serialUpstream.port })).token));
     await client.close();
   });
@@ -299,8 +289,7 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
     const CELL3_HOST = 'cell3.console.test:6443';
 
     beforeAll(async () => {
-      const database = await createTestDatabase('cell');
-      databasesToDrop.push(database.drop);
+      const database = teardown.add(await createTestDatabase('cell'), (created) => created.drop());
       cell3Url = database.url;
       const registered = await call(deployment.api.baseUrl, 'POST', '/v1/cells', {
         key: deployment.operatorKey,
@@ -381,8 +370,7 @@ describe('malformed or abandoned upgrades', () => {
 
   /** A serial console on its own port, and the number of its connections still open. */
   async function serialConsole() {
-    const upstream = await startTcpUpstream(echo);
-    upstreams.push(upstream);
+    const upstream = teardown.add(await startTcpUpstream(echo));
     return { upstream, openConnections: () => upstream.connections.filter((socket) => !socket.destroyed).length };
   }
 
@@ -443,8 +431,7 @@ describe('malformed or abandoned upgrades', () => {
 describe('cell database unreachable', () => {
   it('refuses with 503, not 401, when the tokens cannot be checked (fail closed)', async () => {
     // A cell database of its own, with one token row written as Nova or the API would.
-    const database = await createTestDatabase('cell');
-    databasesToDrop.push(database.drop);
+    const database = teardown.add(await createTestDatabase('cell'), (created) => created.drop());
     const token = await insertTokenRow(database.url, {
       host: '127.0.0.1',
       port: echoUpstream.port,

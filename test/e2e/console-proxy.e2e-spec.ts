@@ -8,6 +8,7 @@ import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
+import { Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
 import {
@@ -43,10 +44,9 @@ interface IssuedToken {
 let deployment: TestDeployment;
 let proxy: RunningProxy;
 let echoUpstream: TcpUpstream;
-/** Every proxy started by this file, to close and to read the logs of. */
+/** Every proxy started by this file, to read the logs of. */
 const proxies: RunningProxy[] = [];
-const closing = new Map<RunningProxy, Promise<void>>();
-const upstreams: TcpUpstream[] = [];
+const teardown = new Teardown();
 /** Every token issued by this file: none may ever appear in a log. */
 const issuedTokens: string[] = [];
 
@@ -59,28 +59,20 @@ function proxyConfig(environment: Record<string, string> = {}) {
 }
 
 async function startProxy(environment: Record<string, string> = {}): Promise<RunningProxy> {
-  const started = await startConsoleProxy(proxyConfig(environment));
+  const started = teardown.add(await startConsoleProxy(proxyConfig(environment)));
   proxies.push(started);
   return started;
 }
 
-/** Closes a proxy once, however many times it is asked to. */
-function closeProxy(running: RunningProxy, signal?: string): Promise<void> {
-  let promise = closing.get(running);
-  if (!promise) {
-    // Nest 12's NestApplicationContext.close(signal?) runs the shutdown hooks with that signal, as
-    // enableShutdownHooks does on SIGTERM; the INestApplication interface does not declare it.
-    const app = running.app as unknown as { close: (signal?: string) => Promise<void> };
-    promise = signal === undefined ? running.close() : app.close(signal);
-    closing.set(running, promise);
-  }
-  return promise;
+/** Closes a proxy as a SIGTERM does (once, however many times it is asked to). */
+function closeProxyOnSignal(running: RunningProxy, signal: string): Promise<void> {
+  // Nest 12's NestApplicationContext.close(signal?) runs the shutdown hooks with that signal, as
+  // enableShutdownHooks does on SIGTERM; the INestApplication interface does not declare it.
+  return teardown.stop(running, () => (running.app as unknown as { close: (signal?: string) => Promise<void> }).close(signal));
 }
 
 async function startUpstream(onConnection?: (socket: Socket) => void): Promise<TcpUpstream> {
-  const upstream = await startTcpUpstream(onConnection);
-  upstreams.push(upstream);
-  return upstream;
+  return teardown.add(await startTcpUpstream(onConnection));
 }
 
 async function issue(
@@ -192,7 +184,7 @@ class PatternChecker {
 }
 
 beforeAll(async () => {
-  deployment = await startTestDeployment();
+  deployment = teardown.add(await startTestDeployment(), (started) => started.stop());
   echoUpstream = await startUpstream(echo);
   proxy = await startProxy({ KEYHOLE_PROXY_INSTANCE: MAIN_INSTANCE });
 }, 60_000);
@@ -203,13 +195,7 @@ afterEach(() => {
 
 afterAll(async () => {
   terminateAllClients();
-  for (const running of proxies) {
-    await closeProxy(running).catch(() => undefined);
-  }
-  for (const upstream of upstreams) {
-    await upstream.close();
-  }
-  await deployment?.stop();
+  await teardown.stopAll();
 });
 
 describe('byte pump', () => {
@@ -1041,7 +1027,7 @@ describe('graceful shutdown', () => {
     pending.write(`GET /websockify?token=${late.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n`);
 
     const signalledAt = Date.now();
-    const shutdown = closeProxy(draining, 'SIGTERM');
+    const shutdown = closeProxyOnSignal(draining, 'SIGTERM');
     await waitUntil(() => (draining.logs().includes('draining console sessions') ? true : undefined), 3_000, 'the drain to start');
 
     // New connections are refused...
