@@ -16,6 +16,7 @@ import {
   ConsoleClientOptions,
   connectConsole,
   expectRefusedUpgrade,
+  expectClosedAsRevoked,
   expectUpgradeError,
   terminateAllClients,
 } from '../support/websocket-client';
@@ -85,6 +86,14 @@ async function issue(
   expect(response.status).toBe(201);
   issuedTokens.push(response.body.token);
   return response.body as IssuedToken;
+}
+
+/** Revokes one token, or every token of an instance, as cell1's agent; `revokedAt` is just before the request. */
+async function revoke(what: { tokenId: number } | { instanceUuid: string }) {
+  const revokedAt = Date.now();
+  const path = 'tokenId' in what ? `/v1/cells/cell1/tokens/${what.tokenId}` : `/v1/cells/cell1/instances/${what.instanceUuid}/tokens`;
+  const response = await call(deployment.api.baseUrl, 'DELETE', path, { key: deployment.agentKeys.cell1 });
+  return { response, revokedAt };
 }
 
 function consoleUrl(running: RunningProxy, token: string): string {
@@ -736,14 +745,9 @@ describe('live revocation', () => {
     const client = await open(token);
     expect((await client.roundTrip('before')).toString()).toBe('before');
 
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ tokenId: token.id });
     expect(response.status).toBe(204);
-    const close = await client.waitForClose(3_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-    expect(close.atMs - revokedAt).toBeLessThan(1_000);
+    expectClosedAsRevoked(await client.waitForClose(3_000), revokedAt);
     expect((await endedSession(token.id)).close_reason).toBe('token revoked');
   });
 
@@ -754,16 +758,11 @@ describe('live revocation', () => {
     const clients = [await open(a), await open(b)];
     const otherClient = await open(other);
 
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ instanceUuid });
     expect(response.status).toBe(200);
     expect(response.body.revoked).toBe(2);
     for (const client of clients) {
-      const close = await client.waitForClose(3_000);
-      expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-      expect(close.atMs - revokedAt).toBeLessThan(1_000);
+      expectClosedAsRevoked(await client.waitForClose(3_000), revokedAt);
     }
     // The same notification was handled: the other instance's session is still up.
     expect(otherClient.isOpen).toBe(true);
@@ -779,15 +778,11 @@ describe('live revocation', () => {
     const onSecond = await open(b, { via: second });
     expect((await onSecond.roundTrip('second')).toString()).toBe('second');
 
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ instanceUuid });
     expect(response.body.revoked).toBe(2);
     const closes = await Promise.all([onMain.waitForClose(3_000), onSecond.waitForClose(3_000)]);
     for (const close of closes) {
-      expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-      expect(close.atMs - revokedAt).toBeLessThan(1_000);
+      expectClosedAsRevoked(close, revokedAt);
     }
     const rowB = await endedSession(b.id);
     expect(rowB).toMatchObject({ proxy_instance: 'proxy-second', close_reason: 'token revoked' });
@@ -804,15 +799,10 @@ describe('live revocation', () => {
       "SELECT pg_terminate_backend(pid) AS terminated FROM pg_stat_activity WHERE application_name = 'keyhole-proxy:cell1:events' AND datname = current_database()",
     );
     expect(cut.length).toBeGreaterThan(0);
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ tokenId: token.id });
     expect(response.status).toBe(204);
 
-    const close = await client.waitForClose(5_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-    expect(close.atMs - revokedAt).toBeLessThan(2_000);
+    expectClosedAsRevoked(await client.waitForClose(5_000), revokedAt, 2_000);
     await waitUntil(
       async () => {
         const ready = await fetch(`${proxy.httpBase}/readyz`);
@@ -845,9 +835,7 @@ describe('live revocation', () => {
     const connecting = await open(slow);
     await withDeadline(received, 5_000, 'the CONNECT request');
 
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response } = await revoke({ instanceUuid });
     expect(response.body.revoked).toBe(2);
     expect(await canary.waitForClose(3_000)).toMatchObject({ code: 1008, reason: 'token revoked' });
 

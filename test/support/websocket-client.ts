@@ -232,6 +232,12 @@ function attemptThatMustNotOpen<T>(
 }
 
 /** Terminates every websocket these helpers opened and that is still open. */
+/** Asserts the close of a session whose token was revoked: 1008 "token revoked", within `withinMs` of `revokedAt`. */
+export function expectClosedAsRevoked(close: CloseEvent, revokedAt: number, withinMs = 1_000): void {
+  expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
+  expect(close.atMs - revokedAt).toBeLessThan(withinMs);
+}
+
 export function terminateAllClients(): void {
   for (const ws of clients) {
     ws.terminate();
