@@ -7,10 +7,10 @@ import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
-import { Teardown } from '../support/teardown';
+import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
-import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade, terminateAllClients } from '../support/websocket-client';
+import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade } from '../support/websocket-client';
 import { fingerprintOf, insertTokenRow } from './helpers';
 
 /*
@@ -116,14 +116,7 @@ beforeAll(async () => {
   proxy = await startProxy('cell1', deployment.cellUrls.cell1);
 }, 60_000);
 
-afterEach(() => {
-  terminateAllClients();
-});
-
-afterAll(async () => {
-  terminateAllClients();
-  await teardown.stopAll();
-});
+stopAfterTests(teardown);
 
 describe('token checks', () => {
   it('refuses an upgrade without a token with 401', async () => {

@@ -8,7 +8,7 @@ import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
-import { Teardown } from '../support/teardown';
+import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
 import {
@@ -18,7 +18,6 @@ import {
   expectRefusedUpgrade,
   expectClosedAsRevoked,
   expectUpgradeError,
-  terminateAllClients,
 } from '../support/websocket-client';
 import { fingerprintOf, sha256 } from './helpers';
 
@@ -198,14 +197,7 @@ beforeAll(async () => {
   proxy = await startProxy({ KEYHOLE_PROXY_INSTANCE: MAIN_INSTANCE });
 }, 60_000);
 
-afterEach(() => {
-  terminateAllClients();
-});
-
-afterAll(async () => {
-  terminateAllClients();
-  await teardown.stopAll();
-});
+stopAfterTests(teardown);
 
 describe('byte pump', () => {
   it('carries every byte value both ways, whatever the message boundaries', async () => {

@@ -1,3 +1,5 @@
+import { terminateAllClients } from './websocket-client';
+
 interface Entry {
   stop: () => Promise<void>;
   stopping?: Promise<void>;
@@ -51,4 +53,18 @@ export class Teardown {
       throw failures[0];
     }
   }
+}
+
+/**
+ * The hooks of a file that opens websocket clients: every client is dropped after each test, and
+ * after the last one everything `teardown` holds is stopped.
+ */
+export function stopAfterTests(teardown: Teardown): void {
+  afterEach(() => {
+    terminateAllClients();
+  });
+  afterAll(async () => {
+    terminateAllClients();
+    await teardown.stopAll();
+  });
 }
