@@ -232,10 +232,20 @@ function attemptThatMustNotOpen<T>(
 }
 
 /** Terminates every websocket these helpers opened and that is still open. */
-/** Asserts the close of a session whose token was revoked: 1008 "token revoked", within `withinMs` of `revokedAt`. */
-export function expectClosedAsRevoked(close: CloseEvent, revokedAt: number, withinMs = 1_000): void {
-  expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-  expect(close.atMs - revokedAt).toBeLessThan(withinMs);
+/**
+ * Asserts that the proxy closed a session by policy: code 1008 with `reason`, less than `withinMs`
+ * after `since` (Date.now() when the cause happened) and, with `atLeastMs`, not before that.
+ */
+export function expectPolicyClose(
+  close: CloseEvent,
+  reason: string,
+  { since, withinMs, atLeastMs }: { since: number; withinMs: number; atLeastMs?: number },
+): void {
+  expect(close).toMatchObject({ code: 1008, reason });
+  if (atLeastMs !== undefined) {
+    expect(close.atMs - since).toBeGreaterThanOrEqual(atLeastMs);
+  }
+  expect(close.atMs - since).toBeLessThan(withinMs);
 }
 
 export function terminateAllClients(): void {
