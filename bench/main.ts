@@ -299,6 +299,23 @@ function failureDetail(failures: Record<string, number>): Record<string, unknown
   return Object.keys(failures).length > 0 ? { failures } : undefined;
 }
 
+/** Records one measured run of a connect or HTTP job as a sample of `figure`: latencies, rate, CPU per operation, failures. */
+function pushLatencySample(
+  figure: Figure,
+  round: number,
+  system: Sample['system'],
+  measured: { value: ConnectResult | HttpResult; cpu: CpuUsage },
+): void {
+  const metrics = latencyMetrics(measured.value);
+  figure.samples.push({
+    round,
+    system,
+    metrics: { ...metrics, ...perOperation(measured.cpu, metrics.perSecond) },
+    cpu: measured.cpu,
+    detail: failureDetail(measured.value.failures),
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Figure 1: connect latency
 
@@ -337,26 +354,12 @@ async function figureConnect(env: Environment, upstream: 'qemu' | 'banner'): Pro
       const seq = await withCpu(env, system, () =>
         env.generator.connect({ ...attempt, target, concurrency: 1, maxCount: options.sequentialMaxCount, durationMs: options.connectMs }),
       );
-      const seqMetrics = latencyMetrics(seq.value);
-      sequential.samples.push({
-        round,
-        system,
-        metrics: { ...seqMetrics, ...perOperation(seq.cpu, seqMetrics.perSecond) },
-        cpu: seq.cpu,
-        detail: failureDetail(seq.value.failures),
-      });
+      pushLatencySample(sequential, round, system, seq);
       await sleep(300);
       const conc = await withCpu(env, system, () =>
         env.generator.connect({ ...attempt, target, concurrency: options.concurrency, maxCount: 1_000_000, durationMs: options.connectMs }),
       );
-      const concMetrics = latencyMetrics(conc.value);
-      concurrent.samples.push({
-        round,
-        system,
-        metrics: { ...concMetrics, ...perOperation(conc.cpu, concMetrics.perSecond) },
-        cpu: conc.cpu,
-        detail: failureDetail(conc.value.failures),
-      });
+      pushLatencySample(concurrent, round, system, conc);
       log(
         `  round ${round + 1} ${system.padEnd(10)} sequential p50 ${summarize(seq.value.latenciesMs).p50.toFixed(2)} ms (proxy cpu ${seq.cpu.proxy}%)` +
           `  c${options.concurrency}: ${(conc.value.ok / (conc.value.elapsedMs / 1000)).toFixed(0)}/s p50 ${summarize(conc.value.latenciesMs).p50.toFixed(1)} p99 ${summarize(conc.value.latenciesMs).p99.toFixed(1)} ms` +
@@ -690,14 +693,7 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
   /** One run of an HTTP job against the API, recorded as a sample of `figure`. */
   const measure = async (figure: Figure, round: number, job: Parameters<Generator['http']>[0]) => {
     const measured = await withCpu(env, 'token-api', () => env.generator.http(job));
-    const metrics = latencyMetrics(measured.value);
-    figure.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...metrics, ...perOperation(measured.cpu, metrics.perSecond) },
-      cpu: measured.cpu,
-      detail: failureDetail(measured.value.failures),
-    });
+    pushLatencySample(figure, round, 'token-api', measured);
     return measured;
   };
   const closedLoop = {
