@@ -606,11 +606,17 @@ describe('session records', () => {
 });
 
 describe('exclusive serial consoles (Nova bug 1425640)', () => {
-  it('refuses a second serial session on a port with 409 while the first is live, and accepts it once the first ends', async () => {
+  /** An echo console on a port of its own, and two serial tokens of one instance for that port. */
+  async function twoSerialTokensForOnePort() {
     const upstream = await startUpstream(echo);
     const instanceUuid = randomUUID();
     const first = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
     const second = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
+    return { upstream, instanceUuid, first, second };
+  }
+
+  it('refuses a second serial session on a port with 409 while the first is live, and accepts it once the first ends', async () => {
+    const { upstream, instanceUuid, first, second } = await twoSerialTokensForOnePort();
 
     const firstClient = await open(first);
     expect((await firstClient.roundTrip('first')).toString()).toBe('first');
@@ -637,10 +643,7 @@ describe('exclusive serial consoles (Nova bug 1425640)', () => {
   });
 
   it('does not refuse a browser that reconnects at once, while the end of its previous session is still being written', async () => {
-    const upstream = await startUpstream(echo);
-    const instanceUuid = randomUUID();
-    const first = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
-    const second = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
+    const { first, second } = await twoSerialTokensForOnePort();
     const firstClient = await open(first);
     const holder = await liveSession(first.id);
 
