@@ -364,6 +364,13 @@ function expectNoSecretInLogs(): void {
   }
 }
 
+/** How a test with a proxy of its own ends: that proxy stops, the flag goes back off, and no secret was logged. */
+async function stopProxyAndSwitchOff(running: RunningProxy): Promise<void> {
+  await teardown.stop(running);
+  await setFallback(false);
+  expectNoSecretInLogs();
+}
+
 async function redisInfo(section: string): Promise<Record<string, string>> {
   const text = await raw.info(section);
   return Object.fromEntries(
@@ -621,9 +628,7 @@ describe('websockify TokenRedis format', () => {
     expect((await refusal(proxy, jsonForm)).status).toBe(401);
     expect((await refusal(websockify, `ns:${jsonForm}`)).status).toBe(401);
 
-    await teardown.stop(websockify);
-    await setFallback(false);
-    expectNoSecretInLogs();
+    await stopProxyAndSwitchOff(websockify);
   });
 });
 
@@ -907,9 +912,7 @@ describe('a legacy store that stops answering', () => {
     const sessions = await endedSessionsOf(legacy, 2);
     expect(sessions.map((row) => row.token_source)).toEqual(['legacy', 'legacy']);
 
-    await teardown.stop(outage);
-    await setFallback(false);
-    expectNoSecretInLogs();
+    await stopProxyAndSwitchOff(outage);
   });
 });
 
@@ -963,9 +966,7 @@ describe('malformed legacy values', () => {
     expect(health.status).toBe(200);
     expect((await endedSessionsOf(valid, cases.length)).every((row) => row.token_source === 'legacy')).toBe(true);
 
-    await teardown.stop(checked);
-    await setFallback(false);
-    expectNoSecretInLogs();
+    await stopProxyAndSwitchOff(checked);
   });
 });
 
@@ -1024,8 +1025,6 @@ describe('metrics', () => {
       const { client } = await acceptedWithin(running, legacy, restartedAt, 5_000);
       await client.close();
     }
-    await teardown.stop(measured);
-    await setFallback(false);
-    expectNoSecretInLogs();
+    await stopProxyAndSwitchOff(measured);
   });
 });
