@@ -317,6 +317,24 @@ function failureDetail(failures: Record<string, number>): Record<string, unknown
   return Object.keys(failures).length > 0 ? { failures } : undefined;
 }
 
+/** Records one measured run of a connect or HTTP job as a sample of `figure`: latencies, rate, CPU per operation, failures. */
+function pushLatencySample(
+  figure: Figure,
+  round: number,
+  system: Sample['system'],
+  measured: { value: ConnectResult | HttpResult; cpu: CpuUsage },
+): Record<string, number> {
+  const metrics = latencyMetrics(measured.value);
+  figure.samples.push({
+    round,
+    system,
+    metrics: { ...metrics, ...perOperation(measured.cpu, metrics.perSecond) },
+    cpu: measured.cpu,
+    detail: failureDetail(measured.value.failures),
+  });
+  return metrics;
+}
+
 /** What a valid connect waits for: the console's RFB banner (12 bytes). */
 const BANNER_ATTEMPT = { expectBytes: 12, attemptTimeoutMs: 5_000, tokenMode: 'valid' as const };
 
@@ -353,14 +371,7 @@ async function measureConnects(
       durationMs: env.options.connectMs,
     }),
   );
-  const metrics = latencyMetrics(measured.value);
-  figure.samples.push({
-    round,
-    system,
-    metrics: { ...metrics, ...perOperation(measured.cpu, metrics.perSecond) },
-    cpu: measured.cpu,
-    detail: failureDetail(measured.value.failures),
-  });
+  const metrics = pushLatencySample(figure, round, system, measured);
   return { ...measured, metrics };
 }
 
@@ -798,59 +809,31 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
   log('figure 5: token API');
   await env.generator.http({ ...issueJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
   await env.generator.http({ ...checkJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
+  /** One run of an HTTP job against the API, recorded as a sample of `figure`. */
+  const measure = async (figure: Figure, round: number, job: Parameters<Generator['http']>[0]) => {
+    const measured = await withCpu(env, 'token-api', () => env.generator.http(job));
+    pushLatencySample(figure, round, 'token-api', measured);
+    return measured;
+  };
+  const closedLoop = {
+    mode: 'closed' as const,
+    concurrency: options.apiConcurrency,
+    ratePerSecond: 0,
+    durationMs: options.apiMs,
+    maxCount: 1_000_000,
+  };
   for (let round = 0; round < options.rounds; round++) {
-    const issued = await withCpu(env, 'token-api', () =>
-      env.generator.http({
-        ...issueJob,
-        mode: 'closed',
-        concurrency: options.apiConcurrency,
-        ratePerSecond: 0,
-        durationMs: options.apiMs,
-        maxCount: 1_000_000,
-      }),
-    );
-    issue.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...latencyMetrics(issued.value), ...perOperation(issued.cpu, latencyMetrics(issued.value).perSecond) },
-      cpu: issued.cpu,
-      detail: failureDetail(issued.value.failures),
-    });
+    const issued = await measure(issue, round, { ...issueJob, ...closedLoop });
     await sleep(300);
-    const checked = await withCpu(env, 'token-api', () =>
-      env.generator.http({
-        ...checkJob,
-        mode: 'closed',
-        concurrency: options.apiConcurrency,
-        ratePerSecond: 0,
-        durationMs: options.apiMs,
-        maxCount: 1_000_000,
-      }),
-    );
-    check.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...latencyMetrics(checked.value), ...perOperation(checked.cpu, latencyMetrics(checked.value).perSecond) },
-      cpu: checked.cpu,
-      detail: failureDetail(checked.value.failures),
-    });
+    const checked = await measure(check, round, { ...checkJob, ...closedLoop });
     await sleep(300);
-    const paced = await withCpu(env, 'token-api', () =>
-      env.generator.http({
-        ...checkJob,
-        mode: 'open',
-        concurrency: 64,
-        ratePerSecond: 1_000,
-        durationMs: options.checkRateMs,
-        maxCount: 1_000_000,
-      }),
-    );
-    checkRate.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...latencyMetrics(paced.value), ...perOperation(paced.cpu, latencyMetrics(paced.value).perSecond) },
-      cpu: paced.cpu,
-      detail: failureDetail(paced.value.failures),
+    const paced = await measure(checkRate, round, {
+      ...checkJob,
+      mode: 'open',
+      concurrency: 64,
+      ratePerSecond: 1_000,
+      durationMs: options.checkRateMs,
+      maxCount: 1_000_000,
     });
     log(
       `  round ${round + 1} issued ${latencyMetrics(issued.value).perSecond.toFixed(0)}/s (p99 ${summarize(issued.value.latenciesMs).p99.toFixed(1)} ms, api cpu ${issued.cpu.proxy}%, db ${issued.cpu.database}%)` +

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +13,7 @@ import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
 import { connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
 import { freePort } from '../support/real/network';
-import { expectError, fingerprintOf } from './helpers';
+import { expectError, fingerprintOf, insertTokenRow } from './helpers';
 
 /*
  * The routes file as the allow-list of console destinations (SSRF guard): the token API issues no
@@ -59,15 +59,8 @@ async function issued(port: number): Promise<string> {
 }
 
 /** A row as Nova writes it, straight into the cell database: no API, so no route was checked. */
-async function insertRow(host: string, port: number): Promise<string> {
-  const token = randomBytes(32).toString('base64url');
-  await queryDatabase(
-    deployment.cellUrls.cell1,
-    `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base)
-     VALUES ($1, 'novnc', $2, $3, $4, $5, 'http://cell1.console.test:6080/vnc_lite.html')`,
-    [createHash('sha256').update(token).digest('hex'), host, port, randomUUID(), Math.floor(Date.now() / 1000) + 600],
-  );
-  return token;
+function insertRow(host: string, port: number): Promise<string> {
+  return insertTokenRow(deployment.cellUrls.cell1, { host, port, accessUrlBase: 'http://cell1.console.test:6080/vnc_lite.html' });
 }
 
 /** The session row of a token (found by its fingerprint) once its end is recorded. */
@@ -235,7 +228,7 @@ describe('with a routes file', () => {
       expect(refused).toMatchObject({ status: 403, body: 'console destination is not routable from this proxy\n' });
       expect(consoleB.connections.length).toBe(connectionsBefore);
       expect(await unroutableCount()).toBe(unroutableBefore + 1);
-      const fingerprint = createHash('sha256').update(token).digest('hex').slice(0, 12);
+      const fingerprint = fingerprintOf(token);
       const line = logLines().find(
         (candidate) => candidate.includes('"msg":"refused: no route to the console"') && candidate.includes(fingerprint),
       );
@@ -386,6 +379,6 @@ describe('the compiled proxy (npm run build first)', () => {
     await writeFile(file, routesFor(consoleA).replace('via: direct', 'via: { ssh: { host: 169.254.30.7 } }'));
     await expect(
       startProxyProcess({ KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, KEYHOLE_ROUTES_FILE: file }),
-    ).rejects.toThrow(`${file}:4: routes[0].via: ssh routes are not supported by this version of keyhole`);
+    ).rejects.toThrow(`${file}:4: routes[0].via.ssh.user: required`);
   });
 });

@@ -88,6 +88,25 @@ export class ConsoleClient {
     return new Promise((resolve, reject) => this.ws.send(data, (error) => (error ? reject(error) : resolve())));
   }
 
+  /**
+   * Sends `payload` as messages of random sizes (1 byte to 256 KiB, so frame and segment boundaries
+   * fall anywhere), at most 32 unacknowledged at a time.
+   */
+  async sendInRandomChunks(payload: Buffer): Promise<void> {
+    let offset = 0;
+    let sends: Promise<void>[] = [];
+    while (offset < payload.length) {
+      const length = Math.min(payload.length - offset, 1 + Math.floor(Math.random() * 256 * 1024));
+      sends.push(this.send(payload.subarray(offset, offset + length)));
+      offset += length;
+      if (sends.length === 32) {
+        await Promise.all(sends);
+        sends = [];
+      }
+    }
+    await Promise.all(sends);
+  }
+
   /** Waits until at least `count` bytes were received in total; fails at the deadline or on close. */
   async waitForBytes(count: number, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
@@ -232,6 +251,22 @@ function attemptThatMustNotOpen<T>(
 }
 
 /** Terminates every websocket these helpers opened and that is still open. */
+/**
+ * Asserts that the proxy closed a session by policy: code 1008 with `reason`, less than `withinMs`
+ * after `since` (Date.now() when the cause happened) and, with `atLeastMs`, not before that.
+ */
+export function expectPolicyClose(
+  close: CloseEvent,
+  reason: string,
+  { since, withinMs, atLeastMs }: { since: number; withinMs: number; atLeastMs?: number },
+): void {
+  expect(close).toMatchObject({ code: 1008, reason });
+  if (atLeastMs !== undefined) {
+    expect(close.atMs - since).toBeGreaterThanOrEqual(atLeastMs);
+  }
+  expect(close.atMs - since).toBeLessThan(withinMs);
+}
+
 export function terminateAllClients(): void {
   for (const ws of clients) {
     ws.terminate();

@@ -45,6 +45,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       }),
     );
     this.metrics = new ProxyMetrics(cellName);
+    routes.dialSshNodes(this.metrics.registry);
     if (isProxyWorker()) {
       joinSupervisor(this.metrics.registry);
     }

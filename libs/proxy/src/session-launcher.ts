@@ -2,7 +2,8 @@ import { Logger } from '@nestjs/common';
 import { setTimeout as delay } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import type { Clock } from '@keyhole/core';
-import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
+import { connectorDialer } from '@keyhole/connector';
+import { ConnectTurns, connectUpstream, Dialer, dialTcp, RouteVia, UpstreamError } from '@keyhole/upstream';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import type { LiveSession } from './live-session';
 import { NO_ROUTE_LABEL } from './proxy.metrics';
@@ -69,14 +70,12 @@ export class SessionLauncher {
 
   /** Opens the console's stream the way the grant's route reaches it. */
   private dial(grant: UpgradeGrant): ReturnType<typeof connectUpstream> {
-    switch (grant.via.kind) {
-      case 'direct':
-        return connectUpstream(
-          { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
-          this.connectTimeoutMs,
-          this.connectTurns,
-        );
-    }
+    return connectUpstream(
+      { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+      this.connectTimeoutMs,
+      this.connectTurns,
+      dialerOf(grant.via),
+    );
   }
 
   /**
@@ -225,4 +224,16 @@ function ignore(): void {}
 /** The result label of a console stream that could not be opened. */
 function routeConnectResult(error: unknown): RouteConnectResult {
   return error instanceof UpstreamError && error.reason === 'connect timeout' ? 'timeout' : 'upstream_failed';
+}
+
+/** How a route opens a stream to one of its consoles. */
+function dialerOf(via: RouteVia): Dialer {
+  switch (via.kind) {
+    case 'direct':
+      return dialTcp;
+    case 'ssh':
+      return via.dial;
+    case 'connector':
+      return connectorDialer(via.socket);
+  }
 }

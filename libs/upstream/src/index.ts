@@ -6,3 +6,5 @@ export * from './routes';
 export * from './routes-file';
 export * from './routes.service';
 export * from './upstream.module';
+export * from './ssh-nodes';
+export * from './ssh-private-key';

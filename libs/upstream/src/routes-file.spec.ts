@@ -1,9 +1,12 @@
-import { describeRoute, parseRoutesFile, RoutesFileError } from './index';
+import { generateKeyPairSync } from 'node:crypto';
+import { inspect } from 'node:util';
+import { describeRoute, parseRoutesFile, RoutesFileError, SshNodePool } from './index';
 
 /** The problems a routes file is refused with (the test fails if it is accepted). */
-function problemsOf(text: string): string[] {
+function problemsOf(text: string, env: NodeJS.ProcessEnv = {}): string[] {
   try {
-    parseRoutesFile(text, 'routes.yaml');
+    // With a node pool, as a proxy loads it: the keys of ssh routes are read.
+    parseRoutesFile(text, 'routes.yaml', { env, sshNodes: new SshNodePool() });
   } catch (error) {
     if (error instanceof RoutesFileError) {
       return error.problems;
@@ -40,6 +43,15 @@ describe('routes file', () => {
       { name: 'rack1-ssh', match: 'cidr 169.254.10.0/24', ports: '22,2222-2223', via: 'direct' },
     ]);
     expect(routes.list.map((route) => route.line)).toEqual([3, 6, 10, 13]);
+  });
+
+  it('reads a connector route: the UNIX socket of the connector that dials its consoles', () => {
+    const routes = parseRoutesFile(
+      'routes:\n  - name: mgmt\n    match: { cidr: 169.254.40.0/24 }\n    via: { connector: /run/keyhole/mgmt.sock }\n',
+      'routes.yaml',
+    );
+    expect(routes.match('169.254.40.5', 5900)?.via).toEqual({ kind: 'connector', socket: '/run/keyhole/mgmt.sock' });
+    expect(describeRoute(routes.list[0]).via).toBe('connector /run/keyhole/mgmt.sock');
   });
 
   it('accepts an empty table: nothing is routable', () => {
@@ -159,22 +171,22 @@ describe('routes file', () => {
       ]);
     });
 
-    it('ssh and connector routes, which this version cannot dial, instead of ignoring them', () => {
-      const ssh = GOOD.replace(
-        '    match: { cidr: "fd00:10::/64", ports: 5900 }\n    via: direct',
-        '    match: { cidr: "fd00:10::/64", ports: 5900 }\n    via:\n      ssh: { host: 169.254.30.7, port: 22, user: keyhole }',
-      );
-      expect(problemsOf(ssh)).toEqual([
-        'routes.yaml:13: routes[2].via: ssh routes are not supported by this version of keyhole: only direct is (ssh and connector come later)',
+    it('a via of no known kind', () => {
+      expect(problemsOf(GOOD.replace('via: direct', 'via: tunnel'))).toEqual([
+        'routes.yaml:5: routes[0].via: must be direct, { ssh: {...} } or { connector: /path/of/its.sock }',
       ]);
-      const connector = GOOD.replace(
-        '    match:\n      host: Console.Example.NET\n    via: direct',
-        '    match:\n      host: Console.Example.NET\n    via: { connector: /run/keyhole/mgmt.sock }',
-      );
-      expect(problemsOf(connector)).toEqual([
-        'routes.yaml:9: routes[1].via: connector routes are not supported by this version of keyhole: only direct is (ssh and connector come later)',
-      ]);
-      expect(problemsOf(GOOD.replace('via: direct', 'via: tunnel'))).toEqual(['routes.yaml:5: routes[0].via: must be direct']);
+    });
+
+    it('a connector route whose socket is not an absolute path', () => {
+      for (const socket of ['run/keyhole/mgmt.sock', '42', `/${'x'.repeat(120)}`]) {
+        const connector = GOOD.replace(
+          '    match:\n      host: Console.Example.NET\n    via: direct',
+          `    match:\n      host: Console.Example.NET\n    via: { connector: ${socket} }`,
+        );
+        expect(problemsOf(connector)).toEqual([
+          'routes.yaml:9: routes[1].via: connector: must be the absolute path of a UNIX socket (at most 107 bytes)',
+        ]);
+      }
     });
 
     it('YAML that does not parse, at its line', () => {
@@ -183,5 +195,94 @@ describe('routes file', () => {
       ]);
       expect(problemsOf('routes:\n  - name: a\n    name: b\n')).toEqual(['routes.yaml:3: Map keys must be unique']);
     });
+  });
+});
+
+describe('ssh routes in the routes file', () => {
+  // An RSA key in PEM (PKCS#1), which ssh2 reads like an OpenSSH one.
+  const { privateKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: 'pkcs1', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  const env = { KEYHOLE_SSH_KEY_TENANT7: privateKey };
+  const keyBody = privateKey.split('\n')[1];
+  const HOST_KEY = `SHA256:${'A'.repeat(43)}`;
+  const SSH = `routes:
+  - name: tenant-7
+    match: { cidr: 169.254.20.0/24, ports: "5900-5999" }
+    via:
+      ssh:
+        host: 169.254.30.2
+        user: keyhole
+        key: env:KEYHOLE_SSH_KEY_TENANT7
+        hostKey: "${HOST_KEY}"
+        mode: nc
+        through: jump
+  - name: jump
+    match: { cidr: 169.254.30.0/24, ports: 22 }
+    via: { ssh: { host: jump.example.net, port: 2222, user: keyhole, key: env:KEYHOLE_SSH_KEY_TENANT7, hostKey: "${HOST_KEY}" } }
+`;
+
+  it('reads them with defaults (port 22, mode forward) and prints them without the key', () => {
+    const routes = parseRoutesFile(SSH, 'routes.yaml', { env, sshNodes: new SshNodePool() });
+    expect(routes.list.map(describeRoute)).toEqual([
+      { name: 'tenant-7', match: 'cidr 169.254.20.0/24', ports: '5900-5999', via: 'ssh keyhole@169.254.30.2:22 (nc, through jump)' },
+      { name: 'jump', match: 'cidr 169.254.30.0/24', ports: '22', via: 'ssh keyhole@jump.example.net:2222 (forward)' },
+    ]);
+    expect(routes.match('169.254.20.9', 5901)?.name).toBe('tenant-7');
+    // The key is in memory, and in nothing that can be printed.
+    const printed = [
+      JSON.stringify(routes.list),
+      inspect(routes.list, { depth: 10 }),
+      String(routes.list[0].via.kind === 'ssh' && routes.list[0].via.node.key),
+    ];
+    for (const text of printed) {
+      expect(text).not.toContain(keyBody);
+      expect(text).not.toContain('PRIVATE KEY');
+    }
+  });
+
+  it('reads no key where nothing dials (the token API, a check): the key stays with the proxies', () => {
+    const routes = parseRoutesFile(SSH, 'routes.yaml', { env: {} });
+    expect(routes.list.map((route) => route.via.kind === 'ssh' && route.via.node.key)).toEqual([undefined, undefined]);
+  });
+
+  it('names the variable or file of a missing or unusable key, never its content', () => {
+    expect(problemsOf(SSH, {})).toEqual([
+      'routes.yaml:8: routes[0].via.ssh.key: environment variable KEYHOLE_SSH_KEY_TENANT7 is not set',
+      'routes.yaml:14: routes[1].via.ssh.key: environment variable KEYHOLE_SSH_KEY_TENANT7 is not set',
+    ]);
+    expect(problemsOf(SSH.replace('key: env:KEYHOLE_SSH_KEY_TENANT7\n', 'key: file:/nonexistent/tenant7.key\n'), env)).toEqual([
+      'routes.yaml:8: routes[0].via.ssh.key: file /nonexistent/tenant7.key cannot be read (ENOENT)',
+    ]);
+    const broken = problemsOf(SSH, { KEYHOLE_SSH_KEY_TENANT7: privateKey.replace(keyBody, keyBody.split('').reverse().join('')) });
+    expect(broken[0]).toMatch(
+      /^routes\.yaml:8: routes\[0\]\.via\.ssh\.key: environment variable KEYHOLE_SSH_KEY_TENANT7 is not an OpenSSH or PEM private key/,
+    );
+    expect(broken.join('\n')).not.toContain(keyBody.slice(0, 20));
+  });
+
+  it('refuses bad fields at their line, and a through that is no ssh route or makes a cycle', () => {
+    expect(problemsOf(SSH.replace(`hostKey: "${HOST_KEY}"\n        mode: nc`, 'hostKey: "MD5:aa"\n        mode: telnet'), env)).toEqual([
+      'routes.yaml:9: routes[0].via.ssh.hostKey: must be a SHA256 host key fingerprint, as `ssh-keygen -lf` prints it (SHA256:...)',
+      expect.stringMatching(/^routes\.yaml:10: routes\[0\]\.via\.ssh\.mode: /),
+    ]);
+    expect(problemsOf(SSH.replace('through: jump', 'through: nowhere'), env)).toEqual([
+      'routes.yaml:11: routes[0].via.ssh.through: "nowhere" is not the name of a route',
+    ]);
+    const cycle = SSH.replace('port: 2222, user', 'port: 2222, through: tenant-7, user');
+    expect(problemsOf(cycle, env)).toEqual([
+      'routes.yaml:11: routes[0].via.ssh.through: the chain tenant-7 -> jump -> tenant-7 is a cycle',
+      'routes.yaml:14: routes[1].via.ssh.through: the chain jump -> tenant-7 -> jump is a cycle',
+    ]);
+    const direct = `${SSH}  - name: plain\n    match: { cidr: 169.254.31.0/24 }\n    via: direct\n`.replace(
+      'through: jump',
+      'through: plain',
+    );
+    expect(problemsOf(direct, env)).toEqual(['routes.yaml:11: routes[0].via.ssh.through: "plain" is not an ssh route']);
+    expect(problemsOf(SSH.replace('user: keyhole\n', 'user: keyhole\n        password: x\n'), env)).toEqual([
+      'routes.yaml:8: routes[0].via.ssh.password: unknown field',
+    ]);
   });
 });

@@ -3,6 +3,8 @@ import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { KeyholeError } from '@keyhole/core';
 import { loadRoutesFile, RoutesFileError } from './routes-file';
 import { decideRoute, RouteDecision, Routes } from './routes';
+import type { Registry } from 'prom-client';
+import { SshNodePool } from './ssh-nodes';
 
 /**
  * The process's routes table (KEYHOLE_ROUTES_FILE), which is also its allow-list of console
@@ -13,12 +15,18 @@ import { decideRoute, RouteDecision, Routes } from './routes';
  * SIGHUP reloads the file. A file that cannot be used is refused with an error line naming each
  * problem, and the table in use stays; a good one replaces it for the next check (live sessions
  * are not affected). A bad file at start stops the process.
+ *
+ * It also owns the process's SSH proxy node connections (`sshNodes`), which ssh routes dial
+ * through: a reload keeps the connections of unchanged nodes and retires the others once idle;
+ * shutdown closes them.
  */
 @Injectable()
 export class RoutesService implements OnModuleInit, OnModuleDestroy {
   private readonly logger = new Logger('Routes');
   private readonly file: string | undefined;
   private routes: Routes | undefined;
+  /** Connections to the ssh routes' proxy nodes, in a proxy (see dialSshNodes); made when a console first needs one. */
+  private sshNodes: SshNodePool | undefined;
   /** Reloads run one after the other, so the last SIGHUP's file is the one in use. */
   private reloading: Promise<unknown> = Promise.resolve();
 
@@ -32,7 +40,7 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
         "no routes file (KEYHOLE_ROUTES_FILE): every console destination is allowed, including this deployment's own services",
       );
     } else {
-      this.routes = await loadRoutesFile(this.file);
+      this.routes = await loadRoutesFile(this.file, { sshNodes: this.sshNodes });
       this.logger.log({ file: this.file, routes: this.routes.size }, 'routes loaded');
     }
     process.on('SIGHUP', this.onHangup);
@@ -40,6 +48,19 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
 
   onModuleDestroy(): void {
     process.off('SIGHUP', this.onHangup);
+    this.sshNodes?.close();
+  }
+
+  /**
+   * Makes this process dial ssh routes (the console proxy; call before module init): their keys are
+   * read with the routes file, and node metrics join `registry`. Other processes (the token API)
+   * validate ssh routes without ever holding a key.
+   */
+  dialSshNodes(registry: Registry): void {
+    if (this.sshNodes === undefined) {
+      this.sshNodes = new SshNodePool();
+      this.sshNodes.registerMetrics(registry);
+    }
   }
 
   /** Whether a routes file is in use (else every destination is allowed). */
@@ -83,7 +104,8 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
       return false;
     }
     try {
-      this.routes = await loadRoutesFile(this.file);
+      this.routes = await loadRoutesFile(this.file, { sshNodes: this.sshNodes });
+      this.sshNodes?.retainOnly(this.routes.list);
     } catch (error) {
       const problems = error instanceof RoutesFileError ? error.problems : [String(error)];
       this.logger.error({ file: this.file, problems, routes: this.routes?.size }, 'routes file refused: the previous routes stay in use');

@@ -1,5 +1,7 @@
 import { BlockList, isIP } from 'node:net';
 import { formatPortRanges, inPortRanges, PortRange } from './port-ranges';
+import type { SshPrivateKey } from './ssh-private-key';
+import type { Dialer } from './upstream-connector';
 
 /** An IPv4 or IPv6 network: `address/prefix` (a bare address is the network of that one address). */
 export interface Cidr {
@@ -16,12 +18,47 @@ export interface DirectVia {
   kind: 'direct';
 }
 
+/** A proxy node reached over SSH: where it is, who logs in, and the pinned host key. */
+export interface SshNodeSpec {
+  host: string;
+  port: number;
+  user: string;
+  /**
+   * Read from the environment or a file when a proxy loads the routes file; memory only. Undefined
+   * in processes that do not dial (the token API, `keyhole routes check`): they never hold the key.
+   */
+  key: SshPrivateKey | undefined;
+  /** The node's host key, `SHA256:<base64>` as `ssh-keygen -lf` prints it. */
+  hostKey: string;
+  /** The (ssh) route whose node this node is reached through, if any. */
+  through?: string;
+}
+
 /**
- * How a route reaches its consoles. A discriminated union: the `ssh` (a jump host) and
- * `connector` (a UNIX socket into another network namespace) kinds of the design join it as their
- * dialers are written; until then a routes file that names them is refused, not half-obeyed.
+ * Through an SSH proxy node: one SSH connection per node, shared by every session, one channel
+ * each: `direct-tcpip` (`forward`) or `nc HOST PORT` run on the node (`nc`, where TCP forwarding is off).
  */
-export type RouteVia = DirectVia;
+export interface SshVia {
+  kind: 'ssh';
+  node: SshNodeSpec;
+  mode: 'forward' | 'nc';
+  /** Opens a console's stream through the node: bound to the process's node connections when loaded. */
+  dial: Dialer;
+}
+
+/**
+ * Through a connector (`keyhole connector serve`) in another network namespace, over its UNIX
+ * socket: the proxy never has a TCP/IP route to these consoles, and the connector dials only what
+ * its own routes allow.
+ */
+export interface ConnectorVia {
+  kind: 'connector';
+  /** Absolute path of the connector's UNIX socket. */
+  socket: string;
+}
+
+/** How a route reaches its consoles: a discriminated union, one kind per way. */
+export type RouteVia = DirectVia | SshVia | ConnectorVia;
 
 /** One entry of a routes file. */
 export interface Route {
@@ -117,6 +154,19 @@ export function describeRoute(route: Route): { name: string; match: string; port
     name: route.name,
     match: match.kind === 'cidr' ? `cidr ${match.cidr.address}/${match.cidr.prefix}` : `host ${match.host}`,
     ports: match.ports === undefined ? 'all' : formatPortRanges(match.ports),
-    via: route.via.kind,
+    via: describeVia(route.via),
   };
+}
+
+function describeVia(via: RouteVia): string {
+  switch (via.kind) {
+    case 'direct':
+      return 'direct';
+    case 'ssh': {
+      const { node } = via;
+      return `ssh ${node.user}@${node.host}:${node.port} (${via.mode}${node.through === undefined ? '' : `, through ${node.through}`})`;
+    }
+    case 'connector':
+      return `connector ${via.socket}`;
+  }
 }

@@ -1,0 +1,396 @@
+/// <reference lib="dom" />
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CellsService } from '@keyhole/cells';
+import { startTestDeployment, TestDeployment } from '../support/deployment';
+import { metricValue, scrapeMetrics } from '../support/metrics';
+import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
+import { Browser, launchBrowser, waitForVncScreen } from '../support/real/browser';
+import { Namespace, NetworkLab, ROOT, VethLink } from '../support/real/netns';
+import { ManagedProcess, waitForOutput } from '../support/real/processes';
+import { QemuVm, startQemuVm } from '../support/real/qemu';
+import { Sshd, startSshd } from '../support/real/sshd';
+import { call } from '../support/token-api';
+import { waitUntil } from '../support/wait';
+import { ConsoleClient, connectConsole, terminateAllClients } from '../support/websocket-client';
+
+/*
+ * Consoles on a network the proxy has no route to, reached through SSH proxy nodes (Debian's sshd,
+ * started here with its own keys), every party in a network namespace of its own:
+ *
+ *   root (proxy, API) --veth-- node (sshd forward :A, sshd without forwarding :B) --veth-- tenant (QEMU, echo, source)
+ *                                 \--veth-- node2 (sshd :C) --veth-- tenant
+ *
+ * The root namespace reaches the node only; the tenant and node2 are behind it. The compiled proxy
+ * runs as its own process (its whole output is read for the key), the token API in this one.
+ */
+
+jest.setTimeout(60_000);
+
+const MiB = 1024 * 1024;
+const ECHO_PORT = 7000;
+const SOURCE_PORT = 7001;
+const NC_ECHO_PORT = 7002;
+/** Ports the routes send through a node that refuses them (or with a wrong host key); nothing listens there. */
+const NO_FORWARDING_PORT = 7003;
+const WRONG_HOST_KEY_PORT = 7004;
+const WRONG_KEY_PORT = 7005;
+const SERVICE_SCRIPT = join(__dirname, '../support/real/tcp-service.cjs');
+const KEY_VARIABLES = { forward: 'KEYHOLE_TEST_SSH_KEY_FORWARD', nc: 'KEYHOLE_TEST_SSH_KEY_NC', node2: 'KEYHOLE_TEST_SSH_KEY_NODE2' };
+
+let lab: NetworkLab;
+let node: Namespace;
+let tenant: Namespace;
+let rootToNode: VethLink;
+let nodeToTenant: VethLink;
+let node2ToTenant: VethLink;
+let nodeToNode2: VethLink;
+let vm: QemuVm;
+let forwardNode: Sshd;
+let ncNode: Sshd;
+let node2: Sshd;
+let source: ManagedProcess;
+let deployment: TestDeployment;
+let proxy: ProxyProcess;
+let browser: Browser | undefined;
+const directory = mkdtempSync(join(tmpdir(), 'keyhole-routes-ssh-'));
+const routesFile = join(directory, 'routes.yaml');
+
+function sshVia(sshd: Sshd, host: string, variable: string, extra: string[] = []): string {
+  return [
+    '    via:',
+    '      ssh:',
+    `        host: ${host}`,
+    `        port: ${sshd.port}`,
+    `        user: ${sshd.user}`,
+    `        key: env:${variable}`,
+    `        hostKey: "${sshd.hostKeyFingerprint}"`,
+    ...extra.map((line) => `        ${line}`),
+  ].join('\n');
+}
+
+/** The routes of this test; without `ncNode`, the routes through the node without forwarding are gone. */
+function routesYaml({ ncNode: withNcNode = true }: { ncNode?: boolean } = {}): string {
+  const wrongHostKey = `SHA256:${createHash('sha256').update('not the node').digest('base64').replace(/=+$/, '')}`;
+  return [
+    'routes:',
+    '  - name: tenant',
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${vm.vncPort},${ECHO_PORT},${SOURCE_PORT}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
+    ...(withNcNode
+      ? [
+          '  - name: tenant-nc',
+          `    match: { cidr: ${nodeToTenant.cidr}, ports: "${NC_ECHO_PORT}" }`,
+          sshVia(ncNode, rootToNode.b, KEY_VARIABLES.nc, ['mode: nc']),
+          '  - name: no-forwarding',
+          `    match: { cidr: ${nodeToTenant.cidr}, ports: "${NO_FORWARDING_PORT}" }`,
+          sshVia(ncNode, rootToNode.b, KEY_VARIABLES.nc, ['mode: forward']),
+        ]
+      : []),
+    '  - name: impostor',
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_HOST_KEY_PORT}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward).replace(forwardNode.hostKeyFingerprint, wrongHostKey),
+    '  - name: wrong-key',
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_KEY_PORT}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.nc),
+    '  - name: node2-jump',
+    `    match: { cidr: ${nodeToNode2.cidr}, ports: "${node2.port}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
+    '  - name: tenant-chain',
+    `    match: { cidr: ${node2ToTenant.cidr}, ports: "${ECHO_PORT}" }`,
+    sshVia(node2, nodeToNode2.b, KEY_VARIABLES.node2, ['through: node2-jump']),
+    '',
+  ].join('\n');
+}
+
+async function issue(host: string, port: number, consoleType: 'novnc' | 'serial' = 'novnc') {
+  const response = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
+    key: deployment.agentKeys.cell1,
+    body: { instanceUuid: randomUUID(), consoleType, host, port },
+  });
+  expect(response.status).toBe(201);
+  return response.body as { id: number; token: string; accessUrl: string };
+}
+
+async function open(host: string, port: number, options: Parameters<typeof connectConsole>[1] = {}): Promise<ConsoleClient> {
+  const { token } = await issue(host, port);
+  return connectConsole(`${proxy.wsBase}/websockify?token=${encodeURIComponent(token)}`, { timeoutMs: 20_000, ...options });
+}
+
+async function proxyMetric(name: string, labels: Record<string, string>): Promise<number | undefined> {
+  return metricValue(await scrapeMetrics(`http://127.0.0.1:${proxy.port}`), name, labels);
+}
+
+function rssBytes(pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(match![1]) * 1024;
+}
+
+/** Sends `size` random bytes through the echo console at `host:port` and checks that exactly they come back. */
+async function echoExactly(host: string, port: number, size: number): Promise<void> {
+  const payload = randomBytes(size);
+  const received = createHash('sha256');
+  const client = await open(host, port, { keepMessages: false, onMessage: (chunk) => received.update(chunk) });
+  await client.sendInRandomChunks(payload);
+  await client.waitForBytes(size, 60_000);
+  expect(client.receivedBytes).toBe(size);
+  expect(received.digest('hex')).toBe(createHash('sha256').update(payload).digest('hex'));
+  await client.close();
+}
+
+beforeAll(async () => {
+  lab = await NetworkLab.create();
+  node = await lab.namespace('node');
+  tenant = await lab.namespace('tenant');
+  const nodeTwo = await lab.namespace('node2');
+  rootToNode = await lab.link(ROOT, node);
+  nodeToTenant = await lab.link(node, tenant);
+  nodeToNode2 = await lab.link(node, nodeTwo);
+  node2ToTenant = await lab.link(nodeTwo, tenant);
+
+  [vm, forwardNode, ncNode, node2] = await Promise.all([
+    startQemuVm({ listen: { namespace: tenant.name, address: nodeToTenant.b }, timeoutMs: 60_000 }),
+    startSshd({ namespace: node.name, address: rootToNode.b, timeoutMs: 30_000 }),
+    startSshd({ namespace: node.name, address: rootToNode.b, allowTcpForwarding: false, timeoutMs: 30_000 }),
+    startSshd({ namespace: nodeTwo.name, address: nodeToNode2.b, timeoutMs: 30_000 }),
+  ]);
+  const echo = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(ECHO_PORT), 'echo']);
+  const ncEcho = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT), 'echo']);
+  source = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(SOURCE_PORT), 'source']);
+  await Promise.all([echo, ncEcho, source].map((service) => waitForOutput(service, /listening/, 20_000)));
+
+  writeFileSync(routesFile, routesYaml());
+  const keys = {
+    [KEY_VARIABLES.forward]: forwardNode.clientPrivateKey,
+    [KEY_VARIABLES.nc]: ncNode.clientPrivateKey,
+    [KEY_VARIABLES.node2]: node2.clientPrivateKey,
+  };
+  // The API checks the same routes file in this process, without the keys: it never holds one.
+  deployment = await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } });
+  proxy = await startProxyProcess(
+    { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, KEYHOLE_ROUTES_FILE: routesFile, ...keys },
+    30_000,
+  );
+  await deployment.api.app.get(CellsService).updateProxyUrl('cell1', `http://127.0.0.1:${proxy.port}`);
+}, 180_000);
+
+afterEach(() => terminateAllClients());
+
+afterAll(async () => {
+  terminateAllClients();
+  await browser?.close();
+  await proxy?.stop();
+  await deployment?.stop();
+  await Promise.all([vm?.stop(), forwardNode?.destroy(), ncNode?.destroy(), node2?.destroy()]);
+  await lab?.destroy();
+  rmSync(directory, { recursive: true, force: true });
+}, 60_000);
+
+describe('consoles through SSH proxy nodes', () => {
+  it('the proxy has no route to the tenant: a direct connect fails at once, it does not time out', async () => {
+    const started = Date.now();
+    const probe = await lab.probeTcp(ROOT, vm.host, vm.vncPort, { timeoutMs: 10_000 });
+    expect(probe.result).toBe('unreachable');
+    expect(Date.now() - started).toBeLessThan(8_000);
+    // While the node reaches it.
+    expect((await lab.probeTcp(node, vm.host, vm.vncPort, { readBytes: 12 })).result).toBe('open');
+  });
+
+  it("noVNC in Chromium, opened with the issued access URL, shows the VM's screen through the node", async () => {
+    browser = await launchBrowser();
+    const issued = await issue(vm.host, vm.vncPort);
+    const page = await browser.page();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    await page.goto(issued.accessUrl);
+    // SeaBIOS draws its banner: wait until noVNC is connected and the canvas is not blank.
+    expect(await waitForVncScreen(page, 30_000)).toBeGreaterThan(0.001);
+    expect(errors).toEqual([]);
+    await page.close();
+  }, 90_000);
+
+  it('20 concurrent consoles share one SSH connection to the node, a channel each', async () => {
+    const clients = await Promise.all(Array.from({ length: 20 }, () => open(nodeToTenant.b, ECHO_PORT)));
+    const answers = await Promise.all(clients.map((client, index) => client.roundTrip(`console ${index}`, 20_000)));
+    expect(answers.map(String)).toEqual(clients.map((_client, index) => `console ${index}`));
+    expect(await forwardNode.establishedConnections()).toBe(1);
+    expect(await proxyMetric('keyhole_proxy_ssh_node_connections', { node: 'tenant' })).toBe(1);
+    expect(await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'tenant', result: 'ok' })).toBe(1);
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('mode nc reaches the console through a node with AllowTcpForwarding no, where forward is refused', async () => {
+    const client = await open(nodeToTenant.b, NC_ECHO_PORT);
+    expect((await client.roundTrip('through nc', 20_000)).toString()).toBe('through nc');
+    await client.close();
+
+    const refused = await open(nodeToTenant.b, NO_FORWARDING_PORT);
+    expect(await refused.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh channel refused' });
+  });
+
+  it('refuses a key the node does not accept', async () => {
+    const client = await open(nodeToTenant.b, WRONG_KEY_PORT);
+    expect(await client.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh auth failed' });
+  });
+
+  it('refuses a node whose host key is not the pinned one, and logs both fingerprints', async () => {
+    const client = await open(nodeToTenant.b, WRONG_HOST_KEY_PORT);
+    expect(await client.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh host key mismatch' });
+    // Log lines are flushed in batches.
+    const line = await waitUntil(
+      () =>
+        proxy
+          .output()
+          .split('\n')
+          .find((entry) => entry.includes('"presented"')),
+      10_000,
+      'the host key mismatch in the log',
+    );
+    expect(JSON.parse(line)).toMatchObject({ node: 'impostor', presented: forwardNode.hostKeyFingerprint });
+    expect(await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'impostor', result: 'host_key_mismatch' })).toBe(1);
+  });
+
+  it('reaches a console through a chain of two nodes (through)', async () => {
+    const client = await open(node2ToTenant.b, ECHO_PORT);
+    expect((await client.roundTrip('two hops', 20_000)).toString()).toBe('two hops');
+    // node2 sees one SSH connection (from the first node, not from the proxy), and the first node still one.
+    expect(await node2.establishedConnections()).toBe(1);
+    expect(await forwardNode.establishedConnections()).toBe(1);
+    await client.close();
+  });
+
+  it.each([
+    ['forward', () => nodeToTenant.b, ECHO_PORT],
+    ['nc', () => nodeToTenant.b, NC_ECHO_PORT],
+    ['a chain', () => node2ToTenant.b, ECHO_PORT],
+  ] as const)(
+    'carries 8 MiB each way byte-exact through %s',
+    async (_name, host, port) => {
+      await echoExactly(host(), port, 8 * MiB);
+    },
+    120_000,
+  );
+
+  it("holds a bounded amount for a browser that stops reading: the console's writes block, the proxy's memory does not grow", async () => {
+    const writtenNow = (): number => Number([...source.output().matchAll(/written (\d+)/g)].pop()?.[1] ?? 0);
+    const client = await open(nodeToTenant.b, SOURCE_PORT, { keepMessages: false });
+    await client.waitForBytes(4 * MiB, 30_000);
+    const baseline = rssBytes(proxy.child.pid!);
+    (client.ws as any)._socket.pause();
+    // Blocked: the source's total stops moving (it prints it every 200 ms when it changed).
+    let last = -1;
+    let stableSince = Date.now();
+    await waitUntil(
+      () => {
+        const written = writtenNow();
+        if (written !== last) {
+          last = written;
+          stableSince = Date.now();
+        }
+        return Date.now() - stableSince >= 2_000 ? true : undefined;
+      },
+      30_000,
+      'the console to be blocked by backpressure',
+    );
+    const blockedAt = writtenNow();
+    expect(rssBytes(proxy.child.pid!) - baseline).toBeLessThan(64 * MiB);
+    // Unread bytes sit in kernel buffers, SSH windows and a bounded queue: nowhere near what was offered.
+    expect(blockedAt - client.receivedBytes).toBeLessThan(64 * MiB);
+
+    (client.ws as any)._socket.resume();
+    await client.waitForBytes(blockedAt + 8 * MiB, 60_000);
+    await client.close();
+  }, 120_000);
+
+  it('while the node is down a connect fails at once with 1011; after it restarts, the next console connect works', async () => {
+    const before = await open(nodeToTenant.b, ECHO_PORT);
+    expect((await before.roundTrip('before', 20_000)).toString()).toBe('before');
+    await forwardNode.stop();
+    // The session on the old connection ends; it is not left hanging.
+    expect((await before.waitForClose(30_000)).code).toBe(1000);
+
+    const started = Date.now();
+    const down = await open(nodeToTenant.b, ECHO_PORT);
+    expect(await down.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh node unreachable' });
+    expect(Date.now() - started).toBeLessThan(10_000);
+
+    await forwardNode.restart();
+
+    const after = await open(nodeToTenant.b, ECHO_PORT);
+    expect((await after.roundTrip('after', 20_000)).toString()).toBe('after');
+    expect(await forwardNode.establishedConnections()).toBe(1);
+    await after.close();
+  }, 90_000);
+
+  it('SIGHUP reloads the routes: live sessions go on, unchanged nodes keep their connection, removed ones close once idle', async () => {
+    const live = await open(nodeToTenant.b, ECHO_PORT);
+    expect((await live.roundTrip('before reload', 20_000)).toString()).toBe('before reload');
+    const liveNc = await open(nodeToTenant.b, NC_ECHO_PORT);
+    expect((await liveNc.roundTrip('nc before reload', 20_000)).toString()).toBe('nc before reload');
+    expect(await ncNode.establishedConnections()).toBe(1);
+    writeFileSync(routesFile, routesYaml({ ncNode: false }));
+    const handshakes = await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'tenant', result: 'ok' });
+    const reloaded = () =>
+      proxy
+        .output()
+        .split('\n')
+        .filter((line) => line.includes('"msg":"routes reloaded"')).length;
+    const count = reloaded();
+    proxy.child.kill('SIGHUP');
+    await waitUntil(() => (reloaded() > count ? true : undefined), 20_000, 'the proxy to reload its routes');
+    expect((await live.roundTrip('after reload', 20_000)).toString()).toBe('after reload');
+    // The node no route uses any more keeps serving its live session, and closes after it.
+    expect((await liveNc.roundTrip('nc after reload', 20_000)).toString()).toBe('nc after reload');
+    expect(await ncNode.establishedConnections()).toBe(1);
+    await liveNc.close();
+    await waitUntil(
+      async () => ((await ncNode.establishedConnections()) === 0 ? true : undefined),
+      10_000,
+      'the removed node to be closed',
+    );
+    const next = await open(nodeToTenant.b, ECHO_PORT);
+    expect((await next.roundTrip('new session', 20_000)).toString()).toBe('new session');
+    expect(await proxyMetric('keyhole_proxy_ssh_node_handshakes_total', { node: 'tenant', result: 'ok' })).toBe(handshakes);
+    expect(await forwardNode.establishedConnections()).toBe(1);
+    await Promise.all([live.close(), next.close()]);
+  });
+
+  it('the private keys appear in no log line of the proxy or the API, and in no file in its directory', () => {
+    const written = [
+      proxy.output(),
+      deployment.api.logs(),
+      ...readdirSync(directory).map((file) => readFileSync(join(directory, file), 'utf8')),
+    ].join('\n');
+    expect(written).toContain('ssh proxy node connected');
+    for (const sshd of [forwardNode, ncNode, node2]) {
+      // Any 40 characters of the key's body would do; the whole body and each of its lines are looked for.
+      const lines = sshd.clientPrivateKey.split('\n').filter((line) => line && !line.startsWith('-----'));
+      for (const needle of [sshd.clientKeyBody, ...lines]) {
+        expect(written.includes(needle)).toBe(false);
+      }
+    }
+    expect(written).not.toContain('PRIVATE KEY');
+  });
+
+  it('closes its node connections when it stops (SIGTERM)', async () => {
+    const client = await open(nodeToTenant.b, ECHO_PORT);
+    expect((await client.roundTrip('last', 20_000)).toString()).toBe('last');
+    await client.close();
+    expect(await forwardNode.establishedConnections()).toBe(1);
+    // Nest re-raises the signal once the app has closed.
+    expect([0, 'SIGTERM']).toContain(await proxy.stop());
+    // Closed by the proxy (an SSH disconnect), not only by the kernel when the process went away.
+    await waitUntil(
+      () => (/Received disconnect from/.test(forwardNode.output()) ? true : undefined),
+      10_000,
+      () => `an SSH disconnect from the proxy in sshd's log:\n${forwardNode.output()}`,
+    );
+    await waitUntil(
+      async () => ((await forwardNode.establishedConnections()) === 0 ? true : undefined),
+      10_000,
+      'the node connection to close',
+    );
+  });
+});
