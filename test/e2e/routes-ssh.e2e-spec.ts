@@ -37,6 +37,9 @@ const NC_ECHO_PORT = 7002;
 const NO_FORWARDING_PORT = 7003;
 const WRONG_HOST_KEY_PORT = 7004;
 const WRONG_KEY_PORT = 7005;
+const SILENT_NODE_PORT = 7006;
+/** A "node" in the node namespace that accepts TCP and never says a word of SSH. */
+const SILENT_SSH_PORT = 2200;
 const SERVICE_SCRIPT = join(__dirname, '../support/real/tcp-service.cjs');
 const KEY_VARIABLES = { forward: 'KEYHOLE_TEST_SSH_KEY_FORWARD', nc: 'KEYHOLE_TEST_SSH_KEY_NC', node2: 'KEYHOLE_TEST_SSH_KEY_NODE2' };
 
@@ -95,6 +98,9 @@ function routesYaml({ ncNode: withNcNode = true }: { ncNode?: boolean } = {}): s
     '  - name: wrong-key',
     `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_KEY_PORT}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.nc),
+    '  - name: silent-node',
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${SILENT_NODE_PORT}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward).replace(`port: ${forwardNode.port}`, `port: ${SILENT_SSH_PORT}`),
     '  - name: node2-jump',
     `    match: { cidr: ${nodeToNode2.cidr}, ports: "${node2.port}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
@@ -159,7 +165,8 @@ beforeAll(async () => {
   const echo = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(ECHO_PORT), 'echo']);
   const ncEcho = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT), 'echo']);
   source = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(SOURCE_PORT), 'source']);
-  await Promise.all([echo, ncEcho, source].map((service) => waitForOutput(service, /listening/, 20_000)));
+  const silent = await lab.start(node, process.execPath, [SERVICE_SCRIPT, rootToNode.b, String(SILENT_SSH_PORT), 'silent']);
+  await Promise.all([echo, ncEcho, source, silent].map((service) => waitForOutput(service, /listening/, 20_000)));
 
   writeFileSync(routesFile, routesYaml());
   const keys = {
@@ -229,6 +236,14 @@ describe('consoles through SSH proxy nodes', () => {
 
     const refused = await open(nodeToTenant.b, NO_FORWARDING_PORT);
     expect(await refused.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh channel refused' });
+  });
+
+  it('a node that accepts TCP and never answers closes the console within the connect timeout, not never', async () => {
+    const started = Date.now();
+    const client = await open(nodeToTenant.b, SILENT_NODE_PORT);
+    expect(await client.waitForClose(30_000)).toMatchObject({ code: 1011, reason: 'console unreachable: connect timeout' });
+    // The proxy's connect timeout is 5 s by default; the handshake's own bound (15 s) is not what ends it.
+    expect(Date.now() - started).toBeLessThan(12_000);
   });
 
   it('refuses a key the node does not accept', async () => {
