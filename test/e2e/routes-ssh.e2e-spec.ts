@@ -177,7 +177,13 @@ beforeAll(async () => {
   // The API checks the same routes file in this process, without the keys: it never holds one.
   deployment = await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } });
   proxy = await startProxyProcess(
-    { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, KEYHOLE_ROUTES_FILE: routesFile, ...keys },
+    {
+      KEYHOLE_CELL_NAME: 'cell1',
+      KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
+      KEYHOLE_ROUTES_FILE: routesFile,
+      KEYHOLE_PROXY_DRAIN_GRACE_MS: '3000',
+      ...keys,
+    },
     30_000,
   );
   await deployment.api.app.get(CellsService).updateProxyUrl('cell1', `http://127.0.0.1:${proxy.port}`);
@@ -390,13 +396,16 @@ describe('consoles through SSH proxy nodes', () => {
     expect(written).not.toContain('PRIVATE KEY');
   });
 
-  it('closes its node connections when it stops (SIGTERM)', async () => {
+  it('on SIGTERM, drains a session through a node (it goes on for the grace period), then closes the node connection', async () => {
     const client = await open(nodeToTenant.b, ECHO_PORT);
     expect((await client.roundTrip('last', 20_000)).toString()).toBe('last');
-    await client.close();
     expect(await forwardNode.establishedConnections()).toBe(1);
+    proxy.child.kill('SIGTERM');
+    await waitUntil(() => (proxy.output().includes('"msg":"draining console sessions"') ? true : undefined), 10_000, 'the drain to start');
+    expect((await client.roundTrip('while draining', 20_000)).toString()).toBe('while draining');
+    expect((await client.waitForClose(30_000)).code).toBe(1001);
     // Nest re-raises the signal once the app has closed.
-    expect([0, 'SIGTERM']).toContain(await proxy.stop());
+    expect([0, 'SIGTERM']).toContain(await proxy.exited);
     // Closed by the proxy (an SSH disconnect), not only by the kernel when the process went away.
     await waitUntil(
       () => (/Received disconnect from/.test(forwardNode.output()) ? true : undefined),
