@@ -43,6 +43,15 @@ export interface Keyhole {
   operatorKey: string;
   api: ManagedProcess;
   proxy: ManagedProcess;
+  /** The measured build's CLI (`dist/apps/cli/src/main.js`), for long-running commands. */
+  cliMain: string;
+  /** `node dist/apps/cli/src/main.js ARGS` of the measured build, with `environment` added; its stdout. */
+  cli(args: string[], environment?: Record<string, string>): Promise<string>;
+  /**
+   * Starts one more console proxy of the cell on a port of its own (same settings, `environment`
+   * added, e.g. a routes file of its own), stopped at cleanup.
+   */
+  startExtraProxy(name: string, environment: Record<string, string>): Promise<{ port: number; process: ManagedProcess }>;
   /**
    * Restarts the proxy (same port, same database), e.g. to measure a fresh process's memory;
    * `environment` overrides settings of this start only (KEYHOLE_PROXY_WORKERS=1).
@@ -101,13 +110,14 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   });
 
   const baseEnvironment: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, KEYHOLE_LOG_LEVEL: 'info' };
-  const cli = async (...args: string[]): Promise<string> => {
+  const cliWith = async (args: string[], environment: Record<string, string> = {}): Promise<string> => {
     const { stdout } = await execFileAsync(process.execPath, [cliMain, ...args], {
-      env: { ...baseEnvironment, KEYHOLE_DATABASE_URL: controlUrl },
+      env: { ...baseEnvironment, KEYHOLE_DATABASE_URL: controlUrl, ...environment },
       timeout: 60_000,
     });
     return stdout;
   };
+  const cli = (...args: string[]): Promise<string> => cliWith(args);
   const proxyPort = await freePort();
   await cli('migrate');
   await cli('cells', 'add', cellName, '--database-url', cellUrl, '--proxy-url', `http://127.0.0.1:${proxyPort}`);
@@ -140,17 +150,21 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   const apiPort = Number((await waitForOutput(api, /"port":(\d+),"msg":"token API listening"/, 30_000))[1]);
 
   let proxyRun = 0;
-  const startProxy = async (environment: Record<string, string> = {}): Promise<ManagedProcess> => {
+  const startProxy = async (
+    environment: Record<string, string> = {},
+    port = proxyPort,
+    name = 'console proxy',
+  ): Promise<ManagedProcess> => {
     proxyRun += 1;
     const proxy = await startProcess(process.execPath, [...(options.proxyNodeArgs ?? []), proxyMain], {
-      name: 'console proxy',
-      logFile: path.join(options.workDir, `console-proxy-${proxyRun}.log`),
+      name,
+      logFile: path.join(options.workDir, `${name.replace(/\W+/g, '-')}-${proxyRun}.log`),
       env: {
         ...baseEnvironment,
         KEYHOLE_CELL_NAME: cellName,
         KEYHOLE_CELL_DATABASE_URL: cellUrl,
         KEYHOLE_PROXY_HOST: '127.0.0.1',
-        KEYHOLE_PROXY_PORT: String(proxyPort),
+        KEYHOLE_PROXY_PORT: String(port),
         KEYHOLE_DB_POOL_SIZE: String(options.proxyPoolSize),
         ...options.proxyEnvironment,
         ...environment,
@@ -170,6 +184,12 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
     operatorKey,
     api,
     proxy: await startProxy(),
+    cliMain,
+    cli: cliWith,
+    async startExtraProxy(name, environment) {
+      const port = await freePort();
+      return { port, process: await startProxy(environment, port, name) };
+    },
     async restartProxy(environment) {
       // SIGTERM drains for KEYHOLE_PROXY_DRAIN_GRACE_MS; the bench closed its sessions already.
       await keyhole.proxy.stop(20_000);

@@ -686,47 +686,66 @@ function echoProbe(send: (data: Buffer) => void, onData: (handler: (data: Buffer
   });
 }
 
+/**
+ * A session over a connection that has just opened: echo probes while it is open; closing asks for
+ * an orderly close (`end`), waits for it at most 5 s, then `destroy`s what is left.
+ */
+function heldSession(connection: {
+  onData: (listener: (data: Buffer) => void) => void;
+  onClose: (listener: () => void) => void;
+  send: (data: Buffer) => void;
+  end: () => void;
+  destroy: () => void;
+}): HeldSession {
+  let closed = false;
+  let onData: ((data: Buffer) => void) | undefined;
+  connection.onData((data) => onData?.(data));
+  const closedPromise = new Promise<void>((done) =>
+    connection.onClose(() => {
+      closed = true;
+      done();
+    }),
+  );
+  return {
+    get closed() {
+      return closed;
+    },
+    probe: (probeTimeoutMs) =>
+      closed
+        ? Promise.resolve(false)
+        : echoProbe(
+            (data) => connection.send(data),
+            (handler) => (onData = handler),
+            probeTimeoutMs,
+          ),
+    close: async () => {
+      connection.end();
+      await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);
+      connection.destroy();
+    },
+  };
+}
+
 function holdWebSocket(target: Extract<Target, { kind: 'ws' }>, timeoutMs: number): Promise<HeldSession> {
   return new Promise((resolve, reject) => {
     const ws = openWebSocket(target, undefined, timeoutMs);
-    let closed = false;
-    let onData: ((data: Buffer) => void) | undefined;
-    ws.on('message', (data: Buffer) => onData?.(data));
     ws.once('unexpected-response', (request, response) => {
       request.destroy();
       reject(new Error(`http ${response.statusCode}`));
     });
     ws.on('error', (error: Error & { code?: string }) => reject(new Error(error.code ?? error.message)));
-    const closedPromise = new Promise<void>((done) =>
-      ws.once('close', () => {
-        closed = true;
-        reject(new Error('closed while opening'));
-        done();
-      }),
-    );
+    ws.once('close', () => reject(new Error('closed while opening')));
     ws.once('open', () =>
-      resolve({
-        get closed() {
-          return closed;
-        },
-        probe: (probeTimeoutMs) =>
-          closed
-            ? Promise.resolve(false)
-            : echoProbe(
-                (data) => ws.send(data, { binary: true }),
-                (handler) => (onData = handler),
-                probeTimeoutMs,
-              ),
-        close: async () => {
-          if (!closed) {
-            ws.close(1000);
-          }
-          await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);
-          if (!closed) {
-            ws.terminate();
-          }
-        },
-      }),
+      resolve(
+        heldSession({
+          onData: (listener) => ws.on('message', listener),
+          onClose: (listener) => ws.once('close', listener),
+          send: (data) => ws.send(data, { binary: true }),
+          // Both do nothing once the websocket is closed.
+          end: () => ws.close(1000),
+          destroy: () => ws.terminate(),
+        }),
+      ),
     );
   });
 }
@@ -734,37 +753,19 @@ function holdWebSocket(target: Extract<Target, { kind: 'ws' }>, timeoutMs: numbe
 function holdTcp(target: Extract<Target, { kind: 'tcp' }>, timeoutMs: number): Promise<HeldSession> {
   return new Promise((resolve, reject) => {
     const socket = createConnection({ host: target.host, port: target.port, noDelay: true });
-    let closed = false;
-    let onData: ((data: Buffer) => void) | undefined;
     const timer = setTimeout(() => socket.destroy(new Error('timeout')), timeoutMs);
-    socket.on('data', (data: Buffer) => onData?.(data));
     socket.on('error', (error: Error & { code?: string }) => reject(new Error(error.code ?? error.message)));
-    const closedPromise = new Promise<void>((done) =>
-      socket.once('close', () => {
-        closed = true;
-        done();
-      }),
-    );
     socket.once('connect', () => {
       clearTimeout(timer);
-      resolve({
-        get closed() {
-          return closed;
-        },
-        probe: (probeTimeoutMs) =>
-          closed
-            ? Promise.resolve(false)
-            : echoProbe(
-                (data) => socket.write(data),
-                (handler) => (onData = handler),
-                probeTimeoutMs,
-              ),
-        close: async () => {
-          socket.end();
-          await Promise.race([closedPromise, new Promise((done) => setTimeout(done, 5_000))]);
-          socket.destroy();
-        },
-      });
+      resolve(
+        heldSession({
+          onData: (listener) => socket.on('data', listener),
+          onClose: (listener) => socket.once('close', listener),
+          send: (data) => socket.write(data),
+          end: () => socket.end(),
+          destroy: () => socket.destroy(),
+        }),
+      );
     });
   });
 }

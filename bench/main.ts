@@ -30,7 +30,8 @@ import {
 } from './procs';
 import type { ConnectResult, HttpResult, Target } from './protocol';
 import { writeReports } from './report';
-import { CpuUsage, Figure, Results, Sample, SystemName } from './results';
+import { CpuUsage, Figure, Results, ROUTE_SYSTEMS, RouteSystemName, Sample, SystemName } from './results';
+import { RouteTargets, startRouteTargets } from './routes';
 import { summarize } from './stats';
 import { measureSynRetry } from './syn-retry';
 import { evaluateTargets } from './targets';
@@ -55,6 +56,8 @@ interface Environment {
   users: Generator;
   pg: Client;
   tokens: { keyhole: Record<UpstreamName, string>; websockify: Record<UpstreamName, string> };
+  /** The routes figure's targets, once that phase started them. */
+  routes?: RouteTargets;
   notes: string[];
   diagnostics: Record<string, unknown>;
 }
@@ -194,7 +197,10 @@ async function withCpu<T>(
   const proxy =
     system === 'websockify'
       ? [...after.group].filter(([, group]) => group === env.websockify.pid).map(([pid]) => pid)
-      : proxyPids(env, system);
+      : isRouteSystem(system)
+        ? // A route's proxy (or OpenSSH's client) and its node (sshd with its per-connection processes, the connector).
+          (env.routes?.processes[system] ?? []).flatMap((root) => [...descendants(after, root)])
+        : proxyPids(env, system);
   const percent = (used: number): number => Math.round((used / seconds) * 1000) / 10;
   const mine = new Set([...descendants(after, process.pid), ...database]);
   const cpu: CpuUsage = {
@@ -231,7 +237,19 @@ function wsTarget(env: Environment, system: 'keyhole' | 'websockify', upstream: 
   };
 }
 
+function isRouteSystem(system: SystemName | 'token-api'): system is RouteSystemName {
+  return (ROUTE_SYSTEMS as readonly string[]).includes(system);
+}
+
 function targetOf(env: Environment, system: SystemName, upstream: UpstreamName): Target {
+  if (isRouteSystem(system)) {
+    const target =
+      upstream === 'source' || upstream === 'sink' || upstream === 'banner' ? env.routes?.targets[system]?.[upstream] : undefined;
+    if (!target) {
+      throw new Error(`${system} has no target for the ${upstream} console`);
+    }
+    return target;
+  }
   if (system === 'direct') {
     const port = upstream === 'qemu' ? env.vm.vncPort : env.upstreams.ports[upstream];
     return { kind: 'tcp', host: '127.0.0.1', port };
@@ -299,6 +317,86 @@ function failureDetail(failures: Record<string, number>): Record<string, unknown
   return Object.keys(failures).length > 0 ? { failures } : undefined;
 }
 
+/** Records one measured run of a connect or HTTP job as a sample of `figure`: latencies, rate, CPU per operation, failures. */
+function pushLatencySample(
+  figure: Figure,
+  round: number,
+  system: Sample['system'],
+  measured: { value: ConnectResult | HttpResult; cpu: CpuUsage },
+): Record<string, number> {
+  const metrics = latencyMetrics(measured.value);
+  figure.samples.push({
+    round,
+    system,
+    metrics: { ...metrics, ...perOperation(measured.cpu, metrics.perSecond) },
+    cpu: measured.cpu,
+    detail: failureDetail(measured.value.failures),
+  });
+  return metrics;
+}
+
+/** What a valid connect waits for: the console's RFB banner (12 bytes). */
+const BANNER_ATTEMPT = { expectBytes: 12, attemptTimeoutMs: 5_000, tokenMode: 'valid' as const };
+
+/** Connects to `upstream` through each system, unmeasured, before a figure's rounds. */
+async function warmUp(
+  env: Environment,
+  systems: readonly SystemName[],
+  upstream: UpstreamName,
+  load: { concurrency: number; maxCount: number; durationMs: number },
+): Promise<void> {
+  for (const system of systems) {
+    await env.generator.connect({ ...BANNER_ATTEMPT, target: targetOf(env, system, upstream), ...load });
+  }
+}
+
+/**
+ * Connects of `system` to `upstream` by `concurrency` clients for the connect window (figure 1's
+ * measure; at most `maxCount`), added to `figure`.
+ */
+async function measureConnects(
+  env: Environment,
+  figure: Figure,
+  round: number,
+  system: SystemName,
+  upstream: UpstreamName,
+  { concurrency, maxCount }: { concurrency: number; maxCount: number },
+): Promise<{ value: ConnectResult; cpu: CpuUsage; metrics: Record<string, number> }> {
+  const measured = await withCpu(env, system, () =>
+    env.generator.connect({
+      ...BANNER_ATTEMPT,
+      target: targetOf(env, system, upstream),
+      concurrency,
+      maxCount,
+      durationMs: env.options.connectMs,
+    }),
+  );
+  const metrics = pushLatencySample(figure, round, system, measured);
+  return { ...measured, metrics };
+}
+
+/** One bulk stream of `system` in `direction` (figure 2's measure: the source or the sink console), added to `figure`. */
+async function measureStream(
+  env: Environment,
+  figure: Figure,
+  round: number,
+  system: SystemName,
+  direction: 'down' | 'up',
+): Promise<{ megabytesPerSecond: number; cpu: CpuUsage }> {
+  const { options } = env;
+  const measured = await withCpu(env, system, () =>
+    env.generator.throughput({
+      target: targetOf(env, system, direction === 'down' ? 'source' : 'sink'),
+      direction,
+      warmupMs: options.quick ? 300 : 500,
+      durationMs: options.throughputMs,
+      chunkBytes: 64 * 1024,
+    }),
+  );
+  figure.samples.push({ round, system, metrics: { megabytesPerSecond: measured.value.megabytesPerSecond }, cpu: measured.cpu });
+  return { megabytesPerSecond: measured.value.megabytesPerSecond, cpu: measured.cpu };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Figure 1: connect latency
 
@@ -319,43 +417,16 @@ async function figureConnect(env: Environment, upstream: 'qemu' | 'banner'): Pro
     metricNotes: { p50: 'ms', p95: 'ms', p99: 'ms', perSecond: 'connects per second', ...PER_OPERATION_NOTES },
     samples: [],
   };
-  const attempt = { expectBytes: 12, attemptTimeoutMs: 5_000, tokenMode: 'valid' as const };
   log(`figure 1: connect latency to ${consoleName} (warming up)`);
   // Warm (JIT, pools): a proxy in service has seen millions of connects; the first few hundred are slower.
-  for (const system of systems) {
-    await env.generator.connect({
-      ...attempt,
-      target: targetOf(env, system, upstream),
-      concurrency: 4,
-      maxCount: options.quick ? 200 : 600,
-      durationMs: 3_000,
-    });
-  }
+  await warmUp(env, systems, upstream, { concurrency: 4, maxCount: options.quick ? 200 : 600, durationMs: 3_000 });
   for (let round = 0; round < options.rounds; round++) {
     for (const system of rotation(systems, round)) {
-      const target = targetOf(env, system, upstream);
-      const seq = await withCpu(env, system, () =>
-        env.generator.connect({ ...attempt, target, concurrency: 1, maxCount: options.sequentialMaxCount, durationMs: options.connectMs }),
-      );
-      const seqMetrics = latencyMetrics(seq.value);
-      sequential.samples.push({
-        round,
-        system,
-        metrics: { ...seqMetrics, ...perOperation(seq.cpu, seqMetrics.perSecond) },
-        cpu: seq.cpu,
-        detail: failureDetail(seq.value.failures),
-      });
+      const seq = await measureConnects(env, sequential, round, system, upstream, { concurrency: 1, maxCount: options.sequentialMaxCount });
       await sleep(300);
-      const conc = await withCpu(env, system, () =>
-        env.generator.connect({ ...attempt, target, concurrency: options.concurrency, maxCount: 1_000_000, durationMs: options.connectMs }),
-      );
-      const concMetrics = latencyMetrics(conc.value);
-      concurrent.samples.push({
-        round,
-        system,
-        metrics: { ...concMetrics, ...perOperation(conc.cpu, concMetrics.perSecond) },
-        cpu: conc.cpu,
-        detail: failureDetail(conc.value.failures),
+      const conc = await measureConnects(env, concurrent, round, system, upstream, {
+        concurrency: options.concurrency,
+        maxCount: 1_000_000,
       });
       log(
         `  round ${round + 1} ${system.padEnd(10)} sequential p50 ${summarize(seq.value.latenciesMs).p50.toFixed(2)} ms (proxy cpu ${seq.cpu.proxy}%)` +
@@ -408,30 +479,81 @@ async function figureThroughput(env: Environment): Promise<Figure[]> {
   for (let round = 0; round < options.rounds; round++) {
     for (const system of rotation(systems, round)) {
       for (const direction of ['down', 'up'] as const) {
-        const target = targetOf(env, system, direction === 'down' ? 'source' : 'sink');
-        const measured = await withCpu(env, system, () =>
-          env.generator.throughput({
-            target,
-            direction,
-            warmupMs: options.quick ? 300 : 500,
-            durationMs: options.throughputMs,
-            chunkBytes: 64 * 1024,
-          }),
-        );
-        figures[direction].samples.push({
-          round,
-          system,
-          metrics: { megabytesPerSecond: measured.value.megabytesPerSecond },
-          cpu: measured.cpu,
-        });
+        const measured = await measureStream(env, figures[direction], round, system, direction);
         log(
-          `  round ${round + 1} ${system.padEnd(10)} ${direction.padEnd(4)} ${measured.value.megabytesPerSecond.toFixed(0)} MB/s  cpu proxy ${measured.cpu.proxy}% gen ${measured.cpu.generator}% consoles ${measured.cpu.consoles}%`,
+          `  round ${round + 1} ${system.padEnd(10)} ${direction.padEnd(4)} ${measured.megabytesPerSecond.toFixed(0)} MB/s  cpu proxy ${measured.cpu.proxy}% gen ${measured.cpu.generator}% consoles ${measured.cpu.consoles}%`,
         );
         await sleep(300);
       }
     }
   }
   return [figures.down, figures.up];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figure 7: routes
+
+/**
+ * The same consoles reached through each kind of route, in the same run: keyhole's proxy with a
+ * `direct`, an `ssh` and a `connector` route (one proxy per routes file, the same build and
+ * settings), and OpenSSH's own client through the same sshd as the ssh route (the anchor).
+ * Sequential connects to the instant-banner console, then one bulk stream each way.
+ */
+async function figureRoutes(env: Environment): Promise<Figure[]> {
+  const { options } = env;
+  log("figure 7: routes: starting a proxy per route kind, the sshd, OpenSSH's forwards and the connector");
+  const routes = await startRouteTargets({
+    keyhole: env.keyhole,
+    tokens: { source: env.tokens.keyhole.source, sink: env.tokens.keyhole.sink, banner: env.tokens.keyhole.banner },
+    consoles: {
+      source: { host: '127.0.0.1', port: env.upstreams.ports.source },
+      sink: { host: '127.0.0.1', port: env.upstreams.ports.sink },
+      banner: { host: '127.0.0.1', port: env.upstreams.ports.banner },
+    },
+    workDir: path.join(env.workDir, 'routes'),
+  });
+  env.routes = routes;
+  for (const [system, reason] of Object.entries(routes.unavailable)) {
+    log(`  ${system}: ${reason}`);
+  }
+  const systems = ROUTE_SYSTEMS.filter((system) => routes.targets[system] !== undefined);
+  const connect: Figure = {
+    id: 'routes-connect',
+    title: 'Routes: sequential connect latency, TCP connect to the first RFB byte of the instant-banner console, through each route',
+    metricNotes: { p50: 'ms', p95: 'ms', p99: 'ms', perSecond: 'connects per second' },
+    samples: [],
+    unavailable: routes.unavailable,
+  };
+  const throughput = (direction: 'down' | 'up'): Figure => ({
+    id: `routes-throughput-${direction}`,
+    title: `Routes: throughput, ${direction === 'down' ? 'console to client' : 'client to console'} (one bulk stream), through each route`,
+    metricNotes: { megabytesPerSecond: 'MB/s (10^6 bytes)' },
+    samples: [],
+    unavailable: routes.unavailable,
+  });
+  const figures = { down: throughput('down'), up: throughput('up') };
+  // Warm: JIT, pools, and the proxy node's SSH connection (the target is about a warm one).
+  await warmUp(env, systems, 'banner', { concurrency: 2, maxCount: 100, durationMs: 2_000 });
+  for (let round = 0; round < options.rounds; round++) {
+    for (const system of rotation(systems, round)) {
+      const measured = await measureConnects(env, connect, round, system, 'banner', {
+        concurrency: 1,
+        maxCount: options.sequentialMaxCount,
+      });
+      const rates: string[] = [];
+      for (const direction of ['down', 'up'] as const) {
+        await sleep(300);
+        const stream = await measureStream(env, figures[direction], round, system, direction);
+        rates.push(`${direction} ${stream.megabytesPerSecond.toFixed(0)} MB/s (cpu ${stream.cpu.proxy}%)`);
+      }
+      log(
+        `  round ${round + 1} ${system.padEnd(13)} connect p50 ${measured.metrics.p50.toFixed(2)} ms p99 ${measured.metrics.p99.toFixed(2)} ms` +
+          `${measured.value.failed ? ` (${measured.value.failed} failed: ${JSON.stringify(measured.value.failures)})` : ''}  ${rates.join('  ')}`,
+      );
+      await sleep(300);
+    }
+  }
+  return [connect, figures.down, figures.up];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -687,59 +809,31 @@ async function figureApi(env: Environment, checkTokens: string[]): Promise<Figur
   log('figure 5: token API');
   await env.generator.http({ ...issueJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
   await env.generator.http({ ...checkJob, mode: 'closed', concurrency: 4, ratePerSecond: 0, durationMs: 1_000, maxCount: 500 });
+  /** One run of an HTTP job against the API, recorded as a sample of `figure`. */
+  const measure = async (figure: Figure, round: number, job: Parameters<Generator['http']>[0]) => {
+    const measured = await withCpu(env, 'token-api', () => env.generator.http(job));
+    pushLatencySample(figure, round, 'token-api', measured);
+    return measured;
+  };
+  const closedLoop = {
+    mode: 'closed' as const,
+    concurrency: options.apiConcurrency,
+    ratePerSecond: 0,
+    durationMs: options.apiMs,
+    maxCount: 1_000_000,
+  };
   for (let round = 0; round < options.rounds; round++) {
-    const issued = await withCpu(env, 'token-api', () =>
-      env.generator.http({
-        ...issueJob,
-        mode: 'closed',
-        concurrency: options.apiConcurrency,
-        ratePerSecond: 0,
-        durationMs: options.apiMs,
-        maxCount: 1_000_000,
-      }),
-    );
-    issue.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...latencyMetrics(issued.value), ...perOperation(issued.cpu, latencyMetrics(issued.value).perSecond) },
-      cpu: issued.cpu,
-      detail: failureDetail(issued.value.failures),
-    });
+    const issued = await measure(issue, round, { ...issueJob, ...closedLoop });
     await sleep(300);
-    const checked = await withCpu(env, 'token-api', () =>
-      env.generator.http({
-        ...checkJob,
-        mode: 'closed',
-        concurrency: options.apiConcurrency,
-        ratePerSecond: 0,
-        durationMs: options.apiMs,
-        maxCount: 1_000_000,
-      }),
-    );
-    check.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...latencyMetrics(checked.value), ...perOperation(checked.cpu, latencyMetrics(checked.value).perSecond) },
-      cpu: checked.cpu,
-      detail: failureDetail(checked.value.failures),
-    });
+    const checked = await measure(check, round, { ...checkJob, ...closedLoop });
     await sleep(300);
-    const paced = await withCpu(env, 'token-api', () =>
-      env.generator.http({
-        ...checkJob,
-        mode: 'open',
-        concurrency: 64,
-        ratePerSecond: 1_000,
-        durationMs: options.checkRateMs,
-        maxCount: 1_000_000,
-      }),
-    );
-    checkRate.samples.push({
-      round,
-      system: 'token-api',
-      metrics: { ...latencyMetrics(paced.value), ...perOperation(paced.cpu, latencyMetrics(paced.value).perSecond) },
-      cpu: paced.cpu,
-      detail: failureDetail(paced.value.failures),
+    const paced = await measure(checkRate, round, {
+      ...checkJob,
+      mode: 'open',
+      concurrency: 64,
+      ratePerSecond: 1_000,
+      durationMs: options.checkRateMs,
+      maxCount: 1_000_000,
     });
     log(
       `  round ${round + 1} issued ${latencyMetrics(issued.value).perSecond.toFixed(0)}/s (p99 ${summarize(issued.value.latenciesMs).p99.toFixed(1)} ms, api cpu ${issued.cpu.proxy}%, db ${issued.cpu.database}%)` +
@@ -1035,6 +1129,7 @@ async function main(): Promise<void> {
     ['flood', () => figureFlood(env)],
     ['api', () => figureApi(env, checkTokens)],
     ['purge', () => figurePurge(env, checkTokens)],
+    ['routes', () => figureRoutes(env)],
     // Last: it restarts the proxy, as one process.
     ['sessions', () => figureSessions(env)],
   ];

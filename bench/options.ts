@@ -40,7 +40,7 @@ export interface BenchOptions {
   apiConcurrency: number;
 }
 
-export const PHASES = ['connect', 'throughput', 'sessions', 'flood', 'api', 'purge'] as const;
+export const PHASES = ['connect', 'throughput', 'sessions', 'flood', 'api', 'purge', 'routes'] as const;
 export type PhaseName = (typeof PHASES)[number];
 
 const USAGE = `npm run bench -- [options]

@@ -222,12 +222,7 @@ export function memAvailableKib(): number {
 
 /** The soft limit on open files of this process (children inherit it). */
 export function openFileLimit(): number {
-  const limits = readFileSync('/proc/self/limits', 'utf8');
-  const match = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(limits);
-  if (!match) {
-    return 1024;
-  }
-  return match[1] === 'unlimited' ? 1_048_576 : Number(match[1]);
+  return openFileLimits().soft;
 }
 
 /** Whether this process may raise its hard limits (CAP_SYS_RESOURCE, bit 24 of CapEff). */
@@ -238,12 +233,15 @@ export function canRaiseLimits(): boolean {
 }
 
 export function hardOpenFileLimit(): number {
+  return openFileLimits().hard;
+}
+
+/** This process's limits on open files, from /proc/self/limits ("unlimited" as 1,048,576; 1,024 if unreadable). */
+export function openFileLimits(): { soft: number; hard: number } {
   const limits = readFileSync('/proc/self/limits', 'utf8');
   const match = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(limits);
-  if (!match) {
-    return 1024;
-  }
-  return match[2] === 'unlimited' ? 1_048_576 : Number(match[2]);
+  const value = (limit: string | undefined): number => (limit === undefined ? 1024 : limit === 'unlimited' ? 1_048_576 : Number(limit));
+  return { soft: value(match?.[1]), hard: value(match?.[2]) };
 }
 
 export interface MachineInfo {
@@ -266,7 +264,7 @@ export function machineInfo(): MachineInfo {
     node: process.version,
     kernel: `${os.type()} ${os.release()}`,
     loadAverage: os.loadavg().map((value) => Math.round(value * 100) / 100),
-    openFileLimit: { soft: openFileLimit(), hard: hardOpenFileLimit() },
+    openFileLimit: openFileLimits(),
   };
 }
 

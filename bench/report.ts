@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Figure, medianCpu, medianOf, Results, Sample, Target } from './results';
+import { Figure, medianCpu, medianOf, Results, ROUTE_SYSTEMS, Sample, Target } from './results';
 import { formatNumber, ratio } from './stats';
 import { evaluateTargets } from './targets';
 
@@ -74,6 +74,31 @@ function systemsTable(figure: Figure): string {
   return table(header, rows);
 }
 
+/** The routes figure: a row per target (or why it did not run), with the differences and ratios its targets are about. */
+function routesTable(figure: Figure): string {
+  const metrics = Object.keys(figure.metricNotes);
+  const latency = metrics.includes('p50');
+  const extra = latency ? ['p50 added over via-direct (ms)'] : ['/ via-direct', '/ openssh'];
+  const rows = ROUTE_SYSTEMS.map((system) => {
+    const reason = figure.unavailable?.[system];
+    if (reason !== undefined) {
+      return [system, reason, ...Array<string>(metrics.length + extra.length - 1).fill('')];
+    }
+    const value = (metric: string): number => medianOf(figure, system, metric);
+    return [
+      system,
+      ...metrics.map((metric) => metricValue(metric, value(metric))),
+      ...(latency
+        ? [formatNumber(value('p50') - medianOf(figure, 'via-direct', 'p50'))]
+        : [
+            formatNumber(ratio(value('megabytesPerSecond'), medianOf(figure, 'via-direct', 'megabytesPerSecond'))),
+            formatNumber(ratio(value('megabytesPerSecond'), medianOf(figure, 'openssh', 'megabytesPerSecond'))),
+          ]),
+    ];
+  });
+  return table(['target', ...metrics.map((metric) => `${metric} (${figure.metricNotes[metric]})`), ...extra], rows);
+}
+
 function apiTable(figure: Figure): string {
   const metrics = Object.keys(figure.metricNotes);
   return table(
@@ -123,7 +148,7 @@ function cpuTable(figure: Figure): string {
   if (rows.length === 0) {
     return '';
   }
-  return `CPU, median, % of one core (proxy = the system under test: keyhole's proxy, websockify and its forks, or the token API):\n\n${table(['system', 'proxy', 'generator', 'database', 'consoles', 'machine', 'other'], rows)}`;
+  return `CPU, median, % of one core (proxy = the system under test: keyhole's proxy, websockify and its forks, or the token API; in the routes figure the route's proxy or OpenSSH's client, with its sshd or connector):\n\n${table(['system', 'proxy', 'generator', 'database', 'consoles', 'machine', 'other'], rows)}`;
 }
 
 function table(header: string[], rows: string[][]): string {
@@ -138,6 +163,9 @@ function targetValue(target: Target): string {
 }
 
 function verdict(target: Target): string {
+  if (target.unavailable) {
+    return 'not available in this build';
+  }
   if (target.met === null) {
     return 'not measurable';
   }
@@ -182,6 +210,8 @@ export function markdown(results: Results): string {
     lines.push('');
     if (figure.id === 'sessions') {
       lines.push(sessionsTable(figure));
+    } else if (figure.id.startsWith('routes-')) {
+      lines.push(routesTable(figure));
     } else if (figure.samples.every((sample) => sample.system === 'token-api')) {
       lines.push(apiTable(figure));
     } else {

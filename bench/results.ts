@@ -1,8 +1,16 @@
 import type { MachineInfo } from './procs';
 import { median } from './stats';
 
-/** The systems measured: keyhole's proxy, Debian's websockify, and no proxy at all. */
-export type SystemName = 'direct' | 'keyhole' | 'websockify';
+/**
+ * The targets of the routes figure: keyhole's proxy with a routes file whose one route is `direct`,
+ * `ssh` (through the bench's sshd) or `connector` (to a `keyhole connector serve` on a UNIX
+ * socket), and OpenSSH's own client through the same sshd (the anchor of the ssh route).
+ */
+export const ROUTE_SYSTEMS = ['via-direct', 'openssh', 'via-ssh', 'via-connector'] as const;
+export type RouteSystemName = (typeof ROUTE_SYSTEMS)[number];
+
+/** The systems measured: keyhole's proxy, Debian's websockify, and no proxy at all; and the routes figure's targets. */
+export type SystemName = 'direct' | 'keyhole' | 'websockify' | RouteSystemName;
 
 /**
  * CPU used during one measurement, in percent of one core (200 = both cores of a 2-core machine):
@@ -27,6 +35,8 @@ export interface Figure {
   /** What the metrics mean, units included. */
   metricNotes: Record<string, string>;
   samples: Sample[];
+  /** Systems of the figure that did not run, and why (a route kind this build does not support). */
+  unavailable?: Partial<Record<SystemName, string>>;
 }
 
 export interface Target {
@@ -41,6 +51,8 @@ export interface Target {
   met: boolean | null;
   /** Value relative to the threshold, >= 1 when met (for the chart). */
   score: number;
+  /** The system the target is about did not run in this build (met is null, the note says why). */
+  unavailable?: boolean;
   note?: string;
 }
 

@@ -1,6 +1,7 @@
 import { CreateCellSchema1795316000000 } from './cell/1795316000000-CreateCellSchema';
 import { AddRevokedTokenHashes1795330000000 } from './cell/1795330000000-AddRevokedTokenHashes';
 import { AddExclusiveConsoleIndex1796025000000 } from './cell/1796025000000-AddExclusiveConsoleIndex';
+import { AddSessionRoute1796305000000 } from './cell/1796305000000-AddSessionRoute';
 import { CreateControlSchema1795316000000 } from './control/1795316000000-CreateControlSchema';
 
 /**
@@ -9,4 +10,9 @@ import { CreateControlSchema1795316000000 } from './control/1795316000000-Create
  */
 export const CONTROL_MIGRATIONS = [CreateControlSchema1795316000000];
 
-export const CELL_MIGRATIONS = [CreateCellSchema1795316000000, AddRevokedTokenHashes1795330000000, AddExclusiveConsoleIndex1796025000000];
+export const CELL_MIGRATIONS = [
+  CreateCellSchema1795316000000,
+  AddRevokedTokenHashes1795330000000,
+  AddExclusiveConsoleIndex1796025000000,
+  AddSessionRoute1796305000000,
+];

@@ -1,13 +1,11 @@
-/// <reference lib="dom" />
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Page } from 'playwright-core';
 import { CellsService } from '@keyhole/cells';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { queryDatabase } from '../support/databases';
-import { artifactsDir, Browser, launchBrowser, waitForDrawnCanvas } from '../support/real/browser';
+import { artifactsDir, Browser, launchBrowser, waitForSerialStatus, waitForVncScreen } from '../support/real/browser';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
@@ -55,23 +53,6 @@ describe('consoles in a real browser through the proxy', () => {
     return response.body as { id: number; token: string; accessUrl: string };
   };
 
-  /** Fraction of canvas pixels that are not black, read in the page. */
-  const litFraction = (page: Page) =>
-    page.evaluate(() => {
-      const canvas = document.querySelector('canvas');
-      if (!canvas || canvas.width === 0) {
-        return 0;
-      }
-      const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
-      let lit = 0;
-      for (let index = 0; index < data.length; index += 4) {
-        if (data[index] + data[index + 1] + data[index + 2] > 60) {
-          lit += 1;
-        }
-      }
-      return lit / (data.length / 4);
-    });
-
   it('opens the noVNC access URL and shows the machine screen; revoking the token closes it with 1008', async () => {
     const issued = await issue('novnc', vm.vncPort);
     expect(issued.accessUrl.startsWith(`${proxy.httpBase}/vnc_lite.html?path=websockify%3Ftoken%3D`)).toBe(true);
@@ -79,10 +60,8 @@ describe('consoles in a real browser through the proxy', () => {
     const errors: string[] = [];
     page.on('pageerror', (error) => errors.push(error.message));
     await page.goto(issued.accessUrl);
-    await page.waitForFunction(() => /Connected/.test(document.body.innerText), undefined, { timeout: 20_000 });
     // SeaBIOS draws its banner: wait until the canvas is not blank.
-    await waitForDrawnCanvas(page, 20_000);
-    expect(await litFraction(page)).toBeGreaterThan(0.001);
+    expect(await waitForVncScreen(page)).toBeGreaterThan(0.001);
     const screenshot = join(artifacts, 'novnc-connected.png');
     await page.screenshot({ path: screenshot });
     expect(statSync(screenshot).size).toBeGreaterThan(1_000);
@@ -109,13 +88,7 @@ describe('consoles in a real browser through the proxy', () => {
     expect(issued.accessUrl).toBe(`${proxy.httpBase}/serial.html?token=${issued.token}`);
     const page = await browser.page();
     await page.goto(issued.accessUrl);
-    await page.waitForFunction(
-      () => (window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status === 'connected',
-      undefined,
-      {
-        timeout: 10_000,
-      },
-    );
+    await waitForSerialStatus(page, /^connected$/);
     // The token is gone from the address bar once the page has read it.
     expect(page.url()).not.toContain(issued.token);
     await vm.waitForSerialClient({ timeoutMs: 10_000 });
@@ -130,13 +103,7 @@ describe('consoles in a real browser through the proxy', () => {
     const second = await issue('serial', vm.serialPort);
     const other = await browser.page();
     await other.goto(second.accessUrl);
-    await other.waitForFunction(
-      () => /closed/.test((window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status ?? ''),
-      undefined,
-      {
-        timeout: 10_000,
-      },
-    );
+    await waitForSerialStatus(other, /closed/);
     await other.close();
 
     await page.keyboard.type('x');

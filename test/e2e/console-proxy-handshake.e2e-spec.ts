@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { connect as connectTcp, Socket } from 'node:net';
 import { ManualClock } from '@keyhole/core';
 import { dropDatabase } from '@keyhole/db';
@@ -7,9 +7,11 @@ import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
+import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
-import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade, terminateAllClients } from '../support/websocket-client';
+import { ConsoleClient, connectConsole, expectRefusedUpgrade, RefusedUpgrade } from '../support/websocket-client';
+import { fingerprintOf, insertTokenRow } from './helpers';
 
 /*
  * What the console proxy decides on the HTTP upgrade, before any websocket exists: each refusal
@@ -34,9 +36,9 @@ const clock = new ManualClock(Date.now());
 let deployment: TestDeployment;
 let echoUpstream: TcpUpstream;
 let proxy: RunningProxy;
+/** Every proxy started by this file, to read the logs of. */
 const proxies: RunningProxy[] = [];
-const upstreams: TcpUpstream[] = [];
-const databasesToDrop: (() => Promise<void>)[] = [];
+const teardown = new Teardown();
 
 function cellConfig(cellName: string, databaseUrl: string, environment: Record<string, string> = {}) {
   return testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: cellName, KEYHOLE_CELL_DATABASE_URL: databaseUrl, ...environment });
@@ -48,7 +50,7 @@ async function startProxy(
   environment: Record<string, string> = {},
   withManualClock = true,
 ): Promise<RunningProxy> {
-  const started = await startConsoleProxy(cellConfig(cellName, databaseUrl, environment), withManualClock ? { clock } : {});
+  const started = teardown.add(await startConsoleProxy(cellConfig(cellName, databaseUrl, environment), withManualClock ? { clock } : {}));
   proxies.push(started);
   return started;
 }
@@ -109,29 +111,12 @@ async function expectAccepted(
 }
 
 beforeAll(async () => {
-  deployment = await startTestDeployment({ clock });
-  echoUpstream = await startTcpUpstream(echo);
-  upstreams.push(echoUpstream);
+  deployment = teardown.add(await startTestDeployment({ clock }), (started) => started.stop());
+  echoUpstream = teardown.add(await startTcpUpstream(echo));
   proxy = await startProxy('cell1', deployment.cellUrls.cell1);
 }, 60_000);
 
-afterEach(() => {
-  terminateAllClients();
-});
-
-afterAll(async () => {
-  terminateAllClients();
-  for (const running of proxies) {
-    await running.close().catch(() => undefined);
-  }
-  for (const upstream of upstreams) {
-    await upstream.close();
-  }
-  await deployment?.stop();
-  for (const drop of databasesToDrop) {
-    await drop();
-  }
-});
+stopAfterTests(teardown);
 
 describe('token checks', () => {
   it('refuses an upgrade without a token with 401', async () => {
@@ -208,7 +193,7 @@ describe('token checks', () => {
     }
     await expectRefused(url(counting, 'x'.repeat(300)), 401);
     // Stopping writes the count of the last interval.
-    await counting.close();
+    await teardown.stop(counting);
 
     // Nest's Logger is process-wide: a line may land in another in-process proxy's capture.
     const text = proxies.map((running) => running.logs()).join('\n');
@@ -218,7 +203,7 @@ describe('token checks', () => {
       .map((line) => JSON.parse(line) as Record<string, unknown>);
     const refusals = lines.filter((line) => line.msg === 'refused an invalid or expired token');
     for (const guess of guesses) {
-      const fingerprint = createHash('sha256').update(guess).digest('hex').slice(0, 12);
+      const fingerprint = fingerprintOf(guess);
       expect(refusals.filter((line) => line.fingerprint === fingerprint).map((line) => line.level)).toEqual(['debug']);
       expect(text).not.toContain(guess);
     }
@@ -239,8 +224,7 @@ describe('console types', () => {
     const serialOnly = await startProxy('cell1', deployment.cellUrls.cell1, { KEYHOLE_PROXY_CONSOLE_TYPES: 'serial' });
     const refused = await expectRefused(url(serialOnly, (await issue({ consoleType: 'novnc' })).token), 404);
     expect(refused.body).toContain('novnc');
-    const serialUpstream = await startTcpUpstream(echo);
-    upstreams.push(serialUpstream);
+    const serialUpstream = teardown.add(await startTcpUpstream(echo));
     const client = await expectAccepted(url(serialOnly, (await issue({ consoleType: 'serial', port: serialUpstream.port })).token));
     await client.close();
   });
@@ -298,8 +282,7 @@ describe('origin checks (Nova, CVE-2015-0259)', () => {
     const CELL3_HOST = 'cell3.console.test:6443';
 
     beforeAll(async () => {
-      const database = await createTestDatabase('cell');
-      databasesToDrop.push(database.drop);
+      const database = teardown.add(await createTestDatabase('cell'), (created) => created.drop());
       cell3Url = database.url;
       const registered = await call(deployment.api.baseUrl, 'POST', '/v1/cells', {
         key: deployment.operatorKey,
@@ -380,8 +363,7 @@ describe('malformed or abandoned upgrades', () => {
 
   /** A serial console on its own port, and the number of its connections still open. */
   async function serialConsole() {
-    const upstream = await startTcpUpstream(echo);
-    upstreams.push(upstream);
+    const upstream = teardown.add(await startTcpUpstream(echo));
     return { upstream, openConnections: () => upstream.connections.filter((socket) => !socket.destroyed).length };
   }
 
@@ -442,15 +424,12 @@ describe('malformed or abandoned upgrades', () => {
 describe('cell database unreachable', () => {
   it('refuses with 503, not 401, when the tokens cannot be checked (fail closed)', async () => {
     // A cell database of its own, with one token row written as Nova or the API would.
-    const database = await createTestDatabase('cell');
-    databasesToDrop.push(database.drop);
-    const token = randomBytes(32).toString('base64url');
-    await queryDatabase(
-      database.url,
-      `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base)
-       VALUES ($1, 'novnc', '127.0.0.1', $2, $3, $4, 'http://cellx.console.test:6080/vnc_lite.html')`,
-      [createHash('sha256').update(token).digest('hex'), echoUpstream.port, randomUUID(), Math.floor(Date.now() / 1000) + 600],
-    );
+    const database = teardown.add(await createTestDatabase('cell'), (created) => created.drop());
+    const token = await insertTokenRow(database.url, {
+      host: '127.0.0.1',
+      port: echoUpstream.port,
+      accessUrlBase: 'http://cellx.console.test:6080/vnc_lite.html',
+    });
     const isolated = await startProxy('cellx', database.url, {}, false);
     const client = await expectAccepted(url(isolated, token), {}, database.url);
     await client.close();

@@ -8,6 +8,7 @@ import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
+import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
 import {
@@ -15,9 +16,10 @@ import {
   ConsoleClientOptions,
   connectConsole,
   expectRefusedUpgrade,
+  expectPolicyClose,
   expectUpgradeError,
-  terminateAllClients,
 } from '../support/websocket-client';
+import { fingerprintOf, sha256 } from './helpers';
 
 /*
  * The console proxy of cell1, booted in-process exactly as production wires it, in front of real
@@ -42,10 +44,9 @@ interface IssuedToken {
 let deployment: TestDeployment;
 let proxy: RunningProxy;
 let echoUpstream: TcpUpstream;
-/** Every proxy started by this file, to close and to read the logs of. */
+/** Every proxy started by this file, to read the logs of. */
 const proxies: RunningProxy[] = [];
-const closing = new Map<RunningProxy, Promise<void>>();
-const upstreams: TcpUpstream[] = [];
+const teardown = new Teardown();
 /** Every token issued by this file: none may ever appear in a log. */
 const issuedTokens: string[] = [];
 
@@ -58,28 +59,20 @@ function proxyConfig(environment: Record<string, string> = {}) {
 }
 
 async function startProxy(environment: Record<string, string> = {}): Promise<RunningProxy> {
-  const started = await startConsoleProxy(proxyConfig(environment));
+  const started = teardown.add(await startConsoleProxy(proxyConfig(environment)));
   proxies.push(started);
   return started;
 }
 
-/** Closes a proxy once, however many times it is asked to. */
-function closeProxy(running: RunningProxy, signal?: string): Promise<void> {
-  let promise = closing.get(running);
-  if (!promise) {
-    // Nest 12's NestApplicationContext.close(signal?) runs the shutdown hooks with that signal, as
-    // enableShutdownHooks does on SIGTERM; the INestApplication interface does not declare it.
-    const app = running.app as unknown as { close: (signal?: string) => Promise<void> };
-    promise = signal === undefined ? running.close() : app.close(signal);
-    closing.set(running, promise);
-  }
-  return promise;
+/** Closes a proxy as a SIGTERM does (once, however many times it is asked to). */
+function closeProxyOnSignal(running: RunningProxy, signal: string): Promise<void> {
+  // Nest 12's NestApplicationContext.close(signal?) runs the shutdown hooks with that signal, as
+  // enableShutdownHooks does on SIGTERM; the INestApplication interface does not declare it.
+  return teardown.stop(running, () => (running.app as unknown as { close: (signal?: string) => Promise<void> }).close(signal));
 }
 
 async function startUpstream(onConnection?: (socket: Socket) => void): Promise<TcpUpstream> {
-  const upstream = await startTcpUpstream(onConnection);
-  upstreams.push(upstream);
-  return upstream;
+  return teardown.add(await startTcpUpstream(onConnection));
 }
 
 async function issue(
@@ -94,6 +87,14 @@ async function issue(
   return response.body as IssuedToken;
 }
 
+/** Revokes one token, or every token of an instance, as cell1's agent; `revokedAt` is just before the request. */
+async function revoke(what: { tokenId: number } | { instanceUuid: string }) {
+  const revokedAt = Date.now();
+  const path = 'tokenId' in what ? `/v1/cells/cell1/tokens/${what.tokenId}` : `/v1/cells/cell1/instances/${what.instanceUuid}/tokens`;
+  const response = await call(deployment.api.baseUrl, 'DELETE', path, { key: deployment.agentKeys.cell1 });
+  return { response, revokedAt };
+}
+
 function consoleUrl(running: RunningProxy, token: string): string {
   return `${running.wsBase}/websockify?token=${encodeURIComponent(token)}`;
 }
@@ -101,15 +102,6 @@ function consoleUrl(running: RunningProxy, token: string): string {
 function open(token: IssuedToken, options: ConsoleClientOptions & { via?: RunningProxy } = {}): Promise<ConsoleClient> {
   const { via = proxy, ...rest } = options;
   return connectConsole(consoleUrl(via, token.token), { protocols: ['binary'], ...rest });
-}
-
-function sha256(data: Buffer | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-/** The first 12 hex of the token's SHA-256, computed here, not by the product. */
-function fingerprintOf(token: string): string {
-  return sha256(token).slice(0, 12);
 }
 
 async function sessionRows(tokenId: number): Promise<SessionRow[]> {
@@ -200,25 +192,12 @@ class PatternChecker {
 }
 
 beforeAll(async () => {
-  deployment = await startTestDeployment();
+  deployment = teardown.add(await startTestDeployment(), (started) => started.stop());
   echoUpstream = await startUpstream(echo);
   proxy = await startProxy({ KEYHOLE_PROXY_INSTANCE: MAIN_INSTANCE });
 }, 60_000);
 
-afterEach(() => {
-  terminateAllClients();
-});
-
-afterAll(async () => {
-  terminateAllClients();
-  for (const running of proxies) {
-    await closeProxy(running).catch(() => undefined);
-  }
-  for (const upstream of upstreams) {
-    await upstream.close();
-  }
-  await deployment?.stop();
-});
+stopAfterTests(teardown);
 
 describe('byte pump', () => {
   it('carries every byte value both ways, whatever the message boundaries', async () => {
@@ -616,11 +595,17 @@ describe('session records', () => {
 });
 
 describe('exclusive serial consoles (Nova bug 1425640)', () => {
-  it('refuses a second serial session on a port with 409 while the first is live, and accepts it once the first ends', async () => {
+  /** An echo console on a port of its own, and two serial tokens of one instance for that port. */
+  async function twoSerialTokensForOnePort() {
     const upstream = await startUpstream(echo);
     const instanceUuid = randomUUID();
     const first = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
     const second = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
+    return { upstream, instanceUuid, first, second };
+  }
+
+  it('refuses a second serial session on a port with 409 while the first is live, and accepts it once the first ends', async () => {
+    const { upstream, instanceUuid, first, second } = await twoSerialTokensForOnePort();
 
     const firstClient = await open(first);
     expect((await firstClient.roundTrip('first')).toString()).toBe('first');
@@ -647,10 +632,7 @@ describe('exclusive serial consoles (Nova bug 1425640)', () => {
   });
 
   it('does not refuse a browser that reconnects at once, while the end of its previous session is still being written', async () => {
-    const upstream = await startUpstream(echo);
-    const instanceUuid = randomUUID();
-    const first = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
-    const second = await issue({ consoleType: 'serial', port: upstream.port, instanceUuid });
+    const { first, second } = await twoSerialTokensForOnePort();
     const firstClient = await open(first);
     const holder = await liveSession(first.id);
 
@@ -747,14 +729,9 @@ describe('live revocation', () => {
     const client = await open(token);
     expect((await client.roundTrip('before')).toString()).toBe('before');
 
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ tokenId: token.id });
     expect(response.status).toBe(204);
-    const close = await client.waitForClose(3_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-    expect(close.atMs - revokedAt).toBeLessThan(1_000);
+    expectPolicyClose(await client.waitForClose(3_000), 'token revoked', { since: revokedAt, withinMs: 1_000 });
     expect((await endedSession(token.id)).close_reason).toBe('token revoked');
   });
 
@@ -765,16 +742,11 @@ describe('live revocation', () => {
     const clients = [await open(a), await open(b)];
     const otherClient = await open(other);
 
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ instanceUuid });
     expect(response.status).toBe(200);
     expect(response.body.revoked).toBe(2);
     for (const client of clients) {
-      const close = await client.waitForClose(3_000);
-      expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-      expect(close.atMs - revokedAt).toBeLessThan(1_000);
+      expectPolicyClose(await client.waitForClose(3_000), 'token revoked', { since: revokedAt, withinMs: 1_000 });
     }
     // The same notification was handled: the other instance's session is still up.
     expect(otherClient.isOpen).toBe(true);
@@ -790,15 +762,11 @@ describe('live revocation', () => {
     const onSecond = await open(b, { via: second });
     expect((await onSecond.roundTrip('second')).toString()).toBe('second');
 
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ instanceUuid });
     expect(response.body.revoked).toBe(2);
     const closes = await Promise.all([onMain.waitForClose(3_000), onSecond.waitForClose(3_000)]);
     for (const close of closes) {
-      expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-      expect(close.atMs - revokedAt).toBeLessThan(1_000);
+      expectPolicyClose(close, 'token revoked', { since: revokedAt, withinMs: 1_000 });
     }
     const rowB = await endedSession(b.id);
     expect(rowB).toMatchObject({ proxy_instance: 'proxy-second', close_reason: 'token revoked' });
@@ -815,15 +783,10 @@ describe('live revocation', () => {
       "SELECT pg_terminate_backend(pid) AS terminated FROM pg_stat_activity WHERE application_name = 'keyhole-proxy:cell1:events' AND datname = current_database()",
     );
     expect(cut.length).toBeGreaterThan(0);
-    const revokedAt = Date.now();
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${token.id}`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response, revokedAt } = await revoke({ tokenId: token.id });
     expect(response.status).toBe(204);
 
-    const close = await client.waitForClose(5_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'token revoked' });
-    expect(close.atMs - revokedAt).toBeLessThan(2_000);
+    expectPolicyClose(await client.waitForClose(5_000), 'token revoked', { since: revokedAt, withinMs: 2_000 });
     await waitUntil(
       async () => {
         const ready = await fetch(`${proxy.httpBase}/readyz`);
@@ -856,9 +819,7 @@ describe('live revocation', () => {
     const connecting = await open(slow);
     await withDeadline(received, 5_000, 'the CONNECT request');
 
-    const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/instances/${instanceUuid}/tokens`, {
-      key: deployment.agentKeys.cell1,
-    });
+    const { response } = await revoke({ instanceUuid });
     expect(response.body.revoked).toBe(2);
     expect(await canary.waitForClose(3_000)).toMatchObject({ code: 1008, reason: 'token revoked' });
 
@@ -891,6 +852,7 @@ describe('ending a session by operator', () => {
       instanceUuid: token.instanceUuid,
       consoleType: 'novnc',
       proxyInstance: MAIN_INSTANCE,
+      route: null,
       endedAt: null,
       closeReason: null,
     });
@@ -905,9 +867,7 @@ describe('ending a session by operator', () => {
     const endedAt = Date.now();
     const response = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/sessions/${listed.id}`, { key: deployment.operatorKey });
     expect(response.status).toBe(204);
-    const close = await client.waitForClose(3_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'ended by operator' });
-    expect(close.atMs - endedAt).toBeLessThan(1_000);
+    expectPolicyClose(await client.waitForClose(3_000), 'ended by operator', { since: endedAt, withinMs: 1_000 });
 
     const row = await endedSessionWithBytes(token.id, 100, 100);
     expect(row.close_reason).toBe('ended by operator');
@@ -935,10 +895,7 @@ describe('session limits', () => {
     const token = await issue();
     const client = await open(token, { via: idleProxy });
     const openedAt = Date.now();
-    const close = await client.waitForClose(5_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'idle timeout' });
-    expect(close.atMs - openedAt).toBeGreaterThanOrEqual(1_400);
-    expect(close.atMs - openedAt).toBeLessThan(3_500);
+    expectPolicyClose(await client.waitForClose(5_000), 'idle timeout', { since: openedAt, atLeastMs: 1_400, withinMs: 3_500 });
     expect((await endedSession(token.id)).close_reason).toBe('idle timeout');
   });
 
@@ -951,10 +908,7 @@ describe('session limits', () => {
       await client.roundTrip('tick').catch(() => undefined);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    const close = await client.waitForClose(1_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'session time limit' });
-    expect(close.atMs - openedAt).toBeGreaterThanOrEqual(1_400);
-    expect(close.atMs - openedAt).toBeLessThan(3_500);
+    expectPolicyClose(await client.waitForClose(1_000), 'session time limit', { since: openedAt, atLeastMs: 1_400, withinMs: 3_500 });
     expect((await endedSession(token.id)).close_reason).toBe('session time limit');
   });
 
@@ -964,9 +918,7 @@ describe('session limits', () => {
     const longLived = await issue();
     const client = await open(token, { via: expiryProxy });
     const survivor = await open(longLived, { via: expiryProxy });
-    const close = await client.waitForClose(5_000);
-    expect(close).toMatchObject({ code: 1008, reason: 'token expired' });
-    expect(close.atMs - issuedAt).toBeLessThan(4_000);
+    expectPolicyClose(await client.waitForClose(5_000), 'token expired', { since: issuedAt, withinMs: 4_000 });
     expect((await endedSession(token.id)).close_reason).toBe('token expired');
     // A session whose token is still valid is not touched.
     expect((await survivor.roundTrip('valid')).toString()).toBe('valid');
@@ -1038,7 +990,7 @@ describe('graceful shutdown', () => {
     pending.write(`GET /websockify?token=${late.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n`);
 
     const signalledAt = Date.now();
-    const shutdown = closeProxy(draining, 'SIGTERM');
+    const shutdown = closeProxyOnSignal(draining, 'SIGTERM');
     await waitUntil(() => (draining.logs().includes('draining console sessions') ? true : undefined), 3_000, 'the drain to start');
 
     // New connections are refused...

@@ -9,9 +9,9 @@ import { call } from '../support/token-api';
 
 export type ApiResponse = Awaited<ReturnType<typeof call>>;
 
-/** SHA-256 hex of a token, computed here rather than with the product's own helper. */
-export function sha256(value: string): string {
-  return createHash('sha256').update(value, 'utf8').digest('hex');
+/** SHA-256 hex of a token (UTF-8) or of bytes, computed here rather than with the product's own helper. */
+export function sha256(value: Buffer | string): string {
+  return createHash('sha256').update(value).digest('hex');
 }
 
 /** What logs and the API show instead of a token: the first 12 hex of its SHA-256. */
@@ -65,6 +65,21 @@ export function withoutRequestId(body: Record<string, unknown>): Record<string, 
 export function invalidFields(response: ApiResponse): string[] {
   const fields = (response.body?.details?.fields ?? []) as { field: string }[];
   return [...new Set(fields.map((entry) => entry.field))].sort();
+}
+
+/**
+ * A token row written straight into a cell database, as Nova writes it (no API, so no route is
+ * checked): a fresh random token for a noVNC console at `host`:`port`, valid 10 minutes. Returns the token.
+ */
+export async function insertTokenRow(cellUrl: string, row: { host: string; port: number; accessUrlBase: string }): Promise<string> {
+  const token = randomBytes(32).toString('base64url');
+  await queryDatabase(
+    cellUrl,
+    `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base)
+     VALUES ($1, 'novnc', $2, $3, $4, $5, $6)`,
+    [sha256(token), row.host, row.port, randomUUID(), Math.floor(Date.now() / 1000) + 600, row.accessUrlBase],
+  );
+  return token;
 }
 
 /** How many console_auth_tokens rows a cell database holds. */

@@ -48,7 +48,7 @@ beforeAll(async () => {
     bad,
     GOOD.replace('ports: 5900 }', 'ports: "5900-" }').replace(
       '    match: { host: console.example.net }\n    via: direct',
-      '    match: { host: console.example.net }\n    via: { connector: /run/keyhole/mgmt.sock }',
+      '    match: { host: console.example.net }\n    via: { connector: mgmt.sock }',
     ),
   );
 });
@@ -76,7 +76,7 @@ describe('keyhole routes check', () => {
     const checked = await keyhole(['routes', 'check', bad]);
     expect(checked.code).toBe(1);
     expect(checked.out).toBe('');
-    expect(checked.err).toContain(`${bad}:7: routes[1].via: connector routes are not supported by this version of keyhole`);
+    expect(checked.err).toContain(`${bad}:7: routes[1].via: connector: must be the absolute path of a UNIX socket`);
     expect(checked.err).toContain(`${bad}:9: routes[2].match.ports: "5900-" is not a port range`);
   });
 

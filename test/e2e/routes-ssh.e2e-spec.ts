@@ -7,7 +7,7 @@ import { CellsService } from '@keyhole/cells';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
-import { Browser, launchBrowser, waitForDrawnCanvas } from '../support/real/browser';
+import { Browser, launchBrowser, waitForVncScreen } from '../support/real/browser';
 import { Namespace, NetworkLab, ROOT, VethLink } from '../support/real/netns';
 import { ManagedProcess, waitForOutput } from '../support/real/processes';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
@@ -218,9 +218,8 @@ describe('consoles through SSH proxy nodes', () => {
     const errors: string[] = [];
     page.on('pageerror', (error) => errors.push(error.message));
     await page.goto(issued.accessUrl);
-    await page.waitForFunction(() => /Connected/.test(document.body.innerText), undefined, { timeout: 30_000 });
-    // SeaBIOS draws its banner: wait until the canvas is not blank.
-    await waitForDrawnCanvas(page, 30_000);
+    // SeaBIOS draws its banner: wait until noVNC is connected and the canvas is not blank.
+    expect(await waitForVncScreen(page, 30_000)).toBeGreaterThan(0.001);
     expect(errors).toEqual([]);
     await page.close();
   }, 90_000);

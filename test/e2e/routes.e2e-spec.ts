@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +12,8 @@ import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
 import { connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
-import { expectError } from './helpers';
+import { freePort } from '../support/real/network';
+import { expectError, fingerprintOf, insertTokenRow } from './helpers';
 
 /*
  * The routes file as the allow-list of console destinations (SSRF guard): the token API issues no
@@ -58,15 +59,46 @@ async function issued(port: number): Promise<string> {
 }
 
 /** A row as Nova writes it, straight into the cell database: no API, so no route was checked. */
-async function insertRow(host: string, port: number): Promise<string> {
-  const token = randomBytes(32).toString('base64url');
-  await queryDatabase(
-    deployment.cellUrls.cell1,
-    `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base)
-     VALUES ($1, 'novnc', $2, $3, $4, $5, 'http://cell1.console.test:6080/vnc_lite.html')`,
-    [createHash('sha256').update(token).digest('hex'), host, port, randomUUID(), Math.floor(Date.now() / 1000) + 600],
+function insertRow(host: string, port: number): Promise<string> {
+  return insertTokenRow(deployment.cellUrls.cell1, { host, port, accessUrlBase: 'http://cell1.console.test:6080/vnc_lite.html' });
+}
+
+/** The session row of a token (found by its fingerprint) once its end is recorded. */
+async function endedSessionOf(cellUrl: string, token: string): Promise<{ id: string; route: string | null; close_reason: string }> {
+  return waitUntil(
+    async () => {
+      const rows = await queryDatabase<{ id: string; route: string | null; close_reason: string | null }>(
+        cellUrl,
+        'SELECT id, route, close_reason FROM console_sessions WHERE token_fingerprint = $1 AND ended_at IS NOT NULL',
+        [fingerprintOf(token)],
+      );
+      return rows.length === 1 ? { ...rows[0], close_reason: rows[0].close_reason ?? '' } : undefined;
+    },
+    5_000,
+    'the session to be recorded as ended',
   );
-  return token;
+}
+
+/** The log line `message` about one session, parsed, once it is written. */
+async function sessionLogLine(lines: () => string[], message: string, sessionId: string): Promise<Record<string, unknown>> {
+  return waitUntil(
+    () => {
+      const line = lines().find((candidate) => candidate.includes(`"msg":"${message}"`) && candidate.includes(sessionId));
+      return line === undefined ? undefined : (JSON.parse(line) as Record<string, unknown>);
+    },
+    5_000,
+    `the "${message}" line of session ${sessionId}`,
+  );
+}
+
+/** The per-route connect counter and the count of the per-route connect time histogram. */
+async function routeConnects(httpBase: string, route: string): Promise<{ ok: number; failed: number; timed: number }> {
+  const text = await scrapeMetrics(httpBase);
+  return {
+    ok: metricValue(text, 'keyhole_proxy_route_connects_total', { route, result: 'ok' }) ?? 0,
+    failed: metricValue(text, 'keyhole_proxy_route_connects_total', { route, result: 'upstream_failed' }) ?? 0,
+    timed: metricValue(text, 'keyhole_proxy_route_connect_seconds_count', { route }) ?? 0,
+  };
 }
 
 function consoleUrl(token: string): string {
@@ -163,6 +195,30 @@ describe('with a routes file', () => {
     expect((await client.roundTrip('routed')).toString()).toBe('routed');
   });
 
+  it("records the session's route: in its row, the operators' listing, its end log line and the per-route metrics", async () => {
+    const before = await routeConnects(proxy.httpBase, 'console-1');
+    const token = await issued(consoleA.port);
+    const client = await connectConsole(consoleUrl(token));
+    expect((await client.roundTrip('which route')).toString()).toBe('which route');
+    await client.close();
+
+    const row = await endedSessionOf(deployment.cellUrls.cell1, token);
+    expect(row).toMatchObject({ route: 'console-1', close_reason: 'client closed' });
+    const listing = await call(deployment.api.baseUrl, 'GET', '/v1/cells/cell1/sessions?live=false&limit=100', {
+      key: deployment.operatorKey,
+    });
+    expect(listing.status).toBe(200);
+    expect((listing.body.sessions as { id: string }[]).find((session) => session.id === row.id)).toMatchObject({
+      route: 'console-1',
+      fingerprint: fingerprintOf(token),
+    });
+    expect(await sessionLogLine(logLines, 'console session ended', row.id)).toMatchObject({
+      route: 'console-1',
+      reason: 'client closed',
+    });
+    expect(await routeConnects(proxy.httpBase, 'console-1')).toEqual({ ok: before.ok + 1, failed: before.failed, timed: before.timed + 1 });
+  });
+
   it('refuses with 403 a row written straight into the cell database for a destination outside the routes, without dialling it', async () => {
     for (const target of [consoleB.port, DATABASE_PORT]) {
       const token = await insertRow('127.0.0.1', target);
@@ -172,7 +228,7 @@ describe('with a routes file', () => {
       expect(refused).toMatchObject({ status: 403, body: 'console destination is not routable from this proxy\n' });
       expect(consoleB.connections.length).toBe(connectionsBefore);
       expect(await unroutableCount()).toBe(unroutableBefore + 1);
-      const fingerprint = createHash('sha256').update(token).digest('hex').slice(0, 12);
+      const fingerprint = fingerprintOf(token);
       const line = logLines().find(
         (candidate) => candidate.includes('"msg":"refused: no route to the console"') && candidate.includes(fingerprint),
       );
@@ -218,8 +274,48 @@ describe('with a routes file', () => {
   });
 });
 
+describe('a route whose console does not answer', () => {
+  it('closes with 1011, and the row, the log line and the metrics name the route', async () => {
+    const deadPort = await freePort();
+    const file = path.join(dir, 'dead-end-routes.yaml');
+    await writeFile(
+      file,
+      [routesFor(consoleA), '  - name: dead-end', `    match: { cidr: 127.0.0.0/8, ports: "${deadPort}" }`, '    via: direct', ''].join(
+        '\n',
+      ),
+    );
+    const deadEnd = await startConsoleProxy(
+      testConfig(deployment.controlUrl, {
+        KEYHOLE_CELL_NAME: 'cell1',
+        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
+        KEYHOLE_ROUTES_FILE: file,
+      }),
+    );
+    try {
+      const token = await insertRow('127.0.0.1', deadPort);
+      const client = await connectConsole(`${deadEnd.wsBase}/websockify?token=${encodeURIComponent(token)}`);
+      expect(await client.waitForClose()).toMatchObject({ code: 1011, reason: 'console unreachable: connect refused' });
+
+      const row = await endedSessionOf(deployment.cellUrls.cell1, token);
+      expect(row).toMatchObject({ route: 'dead-end', close_reason: 'console unreachable' });
+      const lines = () => [...logLines(), ...deadEnd.logs().split('\n')];
+      expect(await sessionLogLine(lines, 'console unreachable', row.id)).toMatchObject({ route: 'dead-end', reason: 'connect refused' });
+      expect(await sessionLogLine(lines, 'console session ended', row.id)).toMatchObject({
+        route: 'dead-end',
+        reason: 'console unreachable',
+      });
+      // A failed connect is counted, and not timed: the histogram is the time to an open stream.
+      expect(await routeConnects(deadEnd.httpBase, 'dead-end')).toEqual({ ok: 0, failed: 1, timed: 0 });
+      expect(lines().join('\n')).not.toContain(token);
+    } finally {
+      terminateAllClients();
+      await deadEnd.close();
+    }
+  });
+});
+
 describe('without a routes file', () => {
-  it('allows every destination as before, and the proxy warns at start that it does', async () => {
+  it('allows every destination as before, and the proxy warns at start that it does; sessions have no route (none in the metrics)', async () => {
     const open = await startConsoleProxy(
       testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1 }),
     );
@@ -228,6 +324,10 @@ describe('without a routes file', () => {
       const token = await insertRow('127.0.0.1', consoleB.port);
       const client = await connectConsole(`${open.wsBase}/websockify?token=${encodeURIComponent(token)}`);
       expect((await client.roundTrip('open')).toString()).toBe('open');
+      await client.close();
+      // No route: a null in the row, `none` in the metrics.
+      expect((await endedSessionOf(deployment.cellUrls.cell1, token)).route).toBeNull();
+      expect(await routeConnects(open.httpBase, 'none')).toEqual({ ok: 1, failed: 0, timed: 1 });
     } finally {
       terminateAllClients();
       await open.close();

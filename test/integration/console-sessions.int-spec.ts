@@ -52,6 +52,7 @@ describe('console sessions on a real cell database', () => {
       port: 10_000 + Math.floor(Math.random() * 50_000),
       proxyInstance: 'proxy-a',
       clientAddress: '192.0.2.1',
+      route: null,
       ...overrides,
     };
   }
@@ -139,6 +140,16 @@ describe('console sessions on a real cell database', () => {
     for (const row of rows) {
       expect(row.ended_at).not.toBeNull();
     }
+  });
+
+  it('records the route of each session, claimed or batched, and reads it back (null without a routes file)', async () => {
+    const claimed = session({ port: 20_005, route: 'tenant-7' });
+    expect(await replicas[0].insertExclusive(claimed, STALE_AFTER_MS)).toBeNull();
+    const [batched, unrouted] = [session({ consoleType: 'novnc', route: 'mgmt' }), session({ consoleType: 'novnc' })];
+    await replicas[1].insertBatch([batched, { ...unrouted, end: { reason: 'console closed', bytesToClient: 0, bytesToUpstream: 0 } }]);
+    expect((await replicas[2].findById(claimed.id))?.route).toBe('tenant-7');
+    expect((await replicas[2].findById(batched.id))?.route).toBe('mgmt');
+    expect((await replicas[2].findById(unrouted.id))?.route).toBeNull();
   });
 
   it('checks many token hashes in one query: valid ones only, expired and unknown ones left out', async () => {

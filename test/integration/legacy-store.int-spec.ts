@@ -77,18 +77,32 @@ describe('LegacyTokenStore on a real Redis', () => {
     return store;
   }
 
-  async function readyStore(format: 'nova' | 'websockify', keyPrefix: string): Promise<LegacyTokenStore> {
-    const store = openStore(format, keyPrefix);
-    // Commands are not queued before the connection is up: wait for it as a caller's readiness check would.
-    await waitUntil(
+  /** Waits until a lookup of `token` answers (with a value or null) rather than failing. */
+  function untilAnswering(store: LegacyTokenStore, token: string, what: string): Promise<true> {
+    return waitUntil(
       () =>
-        store.lookup('warm-up').then(
+        store.lookup(token).then(
           () => true,
           () => undefined,
         ),
       5000,
-      'the store to connect',
+      what,
     );
+  }
+
+  /** Waits until a lookup of `token` finds it again. */
+  function untilFound(store: LegacyTokenStore, token: string): Promise<true> {
+    return waitUntil(
+      async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined),
+      5000,
+      'lookups to work again',
+    );
+  }
+
+  async function readyStore(format: 'nova' | 'websockify', keyPrefix: string): Promise<LegacyTokenStore> {
+    const store = openStore(format, keyPrefix);
+    // Commands are not queued before the connection is up: wait for it as a caller's readiness check would.
+    await untilAnswering(store, 'warm-up', 'the store to connect');
     return store;
   }
 
@@ -477,11 +491,7 @@ describe('LegacyTokenStore on a real Redis', () => {
         redis.resume();
       }
       const resumed = Date.now();
-      await waitUntil(
-        async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined),
-        5000,
-        'lookups to work again',
-      );
+      await untilFound(store, token);
       timings.resumeRecoveryMs = String(Date.now() - resumed);
       expect(store.healthy).toBe(true);
     });
@@ -527,23 +537,11 @@ describe('LegacyTokenStore on a real Redis', () => {
         await withDeadline(once(raw, 'ready'), 5000, 'the plain client to reconnect');
       }
       await raw.set(`nova:${token}`, novaValue(token), 'EX', 600);
-      await waitUntil(
-        async () => ((await store.lookup(token).catch(() => null)) !== null ? true : undefined),
-        5000,
-        'lookups to work again',
-      );
+      await untilFound(store, token);
       timings.restartRecoveryMs = String(Date.now() - restarted);
       expect(store.healthy).toBe(true);
       // Each store reconnects on its own schedule: until it has, it fails closed, as above.
-      await waitUntil(
-        () =>
-          websockify.lookup('anything').then(
-            () => true,
-            () => undefined,
-          ),
-        5000,
-        'the second store to answer again',
-      );
+      await untilAnswering(websockify, 'anything', 'the second store to answer again');
       expect(await websockify.lookup('anything')).toBeNull();
       // One warning for the outage per store, not one per reconnect attempt.
       expect(logs.lines.filter((line) => line.includes('legacy token store unreachable')).length).toBeLessThanOrEqual(2 * stores.length);

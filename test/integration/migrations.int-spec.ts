@@ -33,6 +33,20 @@ describe('migrations', () => {
     }
   });
 
+  it('give console_sessions a nullable route column, empty for the sessions recorded before it', async () => {
+    const cell = await createTestDatabase('cell');
+    try {
+      const [route] = await queryDatabase<{ data_type: string; is_nullable: string; character_maximum_length: number }>(
+        cell.url,
+        `SELECT data_type, is_nullable, character_maximum_length FROM information_schema.columns
+          WHERE table_name = 'console_sessions' AND column_name = 'route'`,
+      );
+      expect(route).toEqual({ data_type: 'character varying', is_nullable: 'YES', character_maximum_length: 63 });
+    } finally {
+      await cell.drop();
+    }
+  });
+
   it('refuses a token_hash that is not 64 lowercase hex', async () => {
     const cell = await createTestDatabase('cell');
     try {

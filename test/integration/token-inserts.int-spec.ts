@@ -58,6 +58,12 @@ describe('concurrent token inserts on a real cell database', () => {
 
   const instance = (index: number) => `00000000-0000-4000-8000-${String(index).padStart(12, '0')}`;
 
+  /** `count` concurrent issues, for instances 0 to count - 1 on ports 5900 upwards. */
+  const authorizeConcurrently = (count: number) =>
+    Array.from({ length: count }, (_, index) =>
+      tokens.authorize('cell1', { instanceUuid: instance(index), consoleType: 'novnc', host: 'hv1', port: 5900 + index, issuedBy: null }),
+    );
+
   const outcome = (promise: Promise<{ token?: string; row: { instanceUuid: string; port: number; tokenHash: string } }>) =>
     promise.then(
       (issued) => ({ issued }),
@@ -66,11 +72,7 @@ describe('concurrent token inserts on a real cell database', () => {
 
   it('gives each of many concurrent callers its own row, committed when its call returns', async () => {
     const inserts = spyOnInserts();
-    const issued = await Promise.all(
-      Array.from({ length: 40 }, (_, index) =>
-        tokens.authorize('cell1', { instanceUuid: instance(index), consoleType: 'novnc', host: 'hv1', port: 5900 + index, issuedBy: null }),
-      ),
-    );
+    const issued = await Promise.all(authorizeConcurrently(40));
     for (const [index, token] of issued.entries()) {
       expect(token.row).toMatchObject({ instanceUuid: instance(index), port: 5900 + index, tokenHash: sha256Hex(token.token!) });
     }
@@ -89,19 +91,7 @@ describe('concurrent token inserts on a real cell database', () => {
 
   it('refuses only the colliding callers when their tokens collide inside one batch; the others get their own tokens', async () => {
     forcedTokens.push('collides', 'unique-1', 'collides', 'unique-2', 'collides');
-    const results = await Promise.all(
-      Array.from({ length: 5 }, (_, index) =>
-        outcome(
-          tokens.authorize('cell1', {
-            instanceUuid: instance(index),
-            consoleType: 'novnc',
-            host: 'hv1',
-            port: 5900 + index,
-            issuedBy: null,
-          }),
-        ),
-      ),
-    );
+    const results = await Promise.all(authorizeConcurrently(5).map(outcome));
     expect(results.map((result) => ('code' in result ? result.code : 'issued'))).toEqual([
       'issued',
       'issued',
@@ -160,19 +150,7 @@ describe('concurrent token inserts on a real cell database', () => {
     await blocker.connect();
     await blocker.query('BEGIN');
     await blocker.query('LOCK TABLE console_auth_tokens IN ACCESS EXCLUSIVE MODE');
-    const results = await Promise.all(
-      Array.from({ length: 3 }, (_, index) =>
-        outcome(
-          tokens.authorize('cell1', {
-            instanceUuid: instance(index),
-            consoleType: 'novnc',
-            host: 'hv1',
-            port: 5900 + index,
-            issuedBy: null,
-          }),
-        ),
-      ),
-    );
+    const results = await Promise.all(authorizeConcurrently(3).map(outcome));
     await blocker.query('COMMIT');
     await blocker.end();
     // 57014: the statement timeout cancelled the one INSERT of the three rows.

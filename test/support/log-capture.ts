@@ -1,8 +1,9 @@
 import { Writable } from 'node:stream';
+import type { Logger } from 'pino';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 
 /** A real pino logger whose every line is kept in memory, to assert what logs do (not) contain. */
-export function captureLogs(name = 'keyhole-test'): { logger: PinoNestLogger; lines: string[]; text: () => string } {
+export function captureLogs(name = 'keyhole-test'): { logger: PinoNestLogger; pino: Logger; lines: string[]; text: () => string } {
   const lines: string[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _encoding, callback) {
@@ -10,6 +11,6 @@ export function captureLogs(name = 'keyhole-test'): { logger: PinoNestLogger; li
       callback();
     },
   });
-  const logger = new PinoNestLogger(createLogger({ level: 'trace', name, destination }));
-  return { logger, lines, text: () => lines.join('\n') };
+  const pino = createLogger({ level: 'trace', name, destination });
+  return { logger: new PinoNestLogger(pino), pino, lines, text: () => lines.join('\n') };
 }

@@ -10,11 +10,17 @@ export interface TcpUpstream {
   close: () => Promise<void>;
 }
 
-/** A TCP server on 127.0.0.1 and a free port; `onConnection` decides what it does. */
-export async function startTcpUpstream(onConnection: (socket: Socket) => void = () => undefined): Promise<TcpUpstream> {
+/**
+ * A TCP server on 127.0.0.1 and a free port; `onConnection` decides what it does. With
+ * `allowHalfOpen`, a client's end does not end the server's side (half-close tests).
+ */
+export async function startTcpUpstream(
+  onConnection: (socket: Socket) => void = () => undefined,
+  { allowHalfOpen = false }: { allowHalfOpen?: boolean } = {},
+): Promise<TcpUpstream> {
   const connections: Socket[] = [];
   const waiters: ((socket: Socket) => void)[] = [];
-  const server = createServer((socket) => {
+  const server = createServer({ allowHalfOpen }, (socket) => {
     connections.push(socket);
     socket.on('error', () => undefined);
     onConnection(socket);

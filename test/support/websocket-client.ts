@@ -251,6 +251,22 @@ function attemptThatMustNotOpen<T>(
 }
 
 /** Terminates every websocket these helpers opened and that is still open. */
+/**
+ * Asserts that the proxy closed a session by policy: code 1008 with `reason`, less than `withinMs`
+ * after `since` (Date.now() when the cause happened) and, with `atLeastMs`, not before that.
+ */
+export function expectPolicyClose(
+  close: CloseEvent,
+  reason: string,
+  { since, withinMs, atLeastMs }: { since: number; withinMs: number; atLeastMs?: number },
+): void {
+  expect(close).toMatchObject({ code: 1008, reason });
+  if (atLeastMs !== undefined) {
+    expect(close.atMs - since).toBeGreaterThanOrEqual(atLeastMs);
+  }
+  expect(close.atMs - since).toBeLessThan(withinMs);
+}
+
 export function terminateAllClients(): void {
   for (const ws of clients) {
     ws.terminate();

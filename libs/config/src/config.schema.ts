@@ -121,6 +121,11 @@ export const ENVIRONMENT_SCHEMA = z.object({
     z.string().min(1).optional(),
     "Routes file (YAML) of the token API and the console proxies: which consoles a proxy may dial, and how (README's Routes). A destination that matches no route gets no token and no connection. Unset = every destination is allowed (a warning at start). Read again on SIGHUP.",
   ),
+  KEYHOLE_RUN_DIR: setting(
+    'general',
+    z.string().startsWith('/', 'must be an absolute path').default('/run/keyhole'),
+    'Directory where each `keyhole connector` writes its status file (name, mode, PID, socket or addresses, connection counts), which `keyhole connector status` reads.',
+  ),
   KEYHOLE_CELL_NAME: setting(
     'console-proxy',
     z

@@ -48,6 +48,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
   },
   routes: { file: env.KEYHOLE_ROUTES_FILE },
+  connector: { runDir: env.KEYHOLE_RUN_DIR },
   legacy: {
     redisUrl: env.KEYHOLE_LEGACY_REDIS_URL,
     format: env.KEYHOLE_LEGACY_FORMAT,

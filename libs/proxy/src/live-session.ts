@@ -11,6 +11,8 @@ export interface LiveSession {
   host: string;
   port: number;
   clientAddress: string | null;
+  /** The route that reaches the console (null without a routes file). */
+  route: string | null;
   /** The token's expiry, epoch seconds. */
   expires: number;
   bridge: ConsoleBridge;

@@ -14,8 +14,18 @@ export type ConnectResult =
   | 'upstream_failed';
 
 /**
+ * How opening a console's stream through its route ended; the only result values of the per-route
+ * connects counter.
+ */
+export type RouteConnectResult = 'ok' | 'timeout' | 'upstream_failed';
+
+/** The `route` label of a session without a routes file (route names are lowercase, digits, dashes). */
+export const NO_ROUTE_LABEL = 'none';
+
+/**
  * The proxy's Prometheus metrics, in a registry of its own (tests run several proxies in one
- * process). Labels are fixed small sets: never a token, fingerprint, instance or address.
+ * process). Labels are fixed small sets: never a token, fingerprint, instance or address. The
+ * `route` label is a route name from the operator's routes file (a bounded set), never a host.
  */
 export class ProxyMetrics {
   readonly registry = new Registry();
@@ -25,6 +35,8 @@ export class ProxyMetrics {
   readonly connectSeconds: Histogram;
   readonly sessionsEnded: Counter<'reason'>;
   readonly legacyLookups: Counter<'result'>;
+  readonly routeConnects: Counter<'route' | 'result'>;
+  readonly routeConnectSeconds: Histogram<'route'>;
 
   constructor(cellName: string) {
     this.registry.setDefaultLabels({ cell: cellName });
@@ -58,6 +70,19 @@ export class ProxyMetrics {
       name: 'keyhole_proxy_legacy_lookups_total',
       help: 'Tokens missing from the cell database looked up in the legacy store, by result (served, miss, unavailable)',
       labelNames: ['result'],
+      registers: [this.registry],
+    });
+    this.routeConnects = new Counter({
+      name: 'keyhole_proxy_route_connects_total',
+      help: `Console streams opened through each route (route name, or ${NO_ROUTE_LABEL} without a routes file), by result (ok, timeout, upstream_failed)`,
+      labelNames: ['route', 'result'],
+      registers: [this.registry],
+    });
+    this.routeConnectSeconds = new Histogram({
+      name: 'keyhole_proxy_route_connect_seconds',
+      help: "Time to open a console's stream through each route, from the dial to a connected stream",
+      labelNames: ['route'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [this.registry],
     });
   }

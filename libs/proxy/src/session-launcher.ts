@@ -2,10 +2,12 @@ import { Logger } from '@nestjs/common';
 import { setTimeout as delay } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import type { Clock } from '@keyhole/core';
-import { ConnectTurns, connectUpstream, UpstreamError } from '@keyhole/upstream';
+import { connectorDialer } from '@keyhole/connector';
+import { ConnectTurns, connectUpstream, Dialer, dialTcp, RouteVia, UpstreamError } from '@keyhole/upstream';
 import { BridgeStats, CLOSE_CODES, CloseReason, ConsoleBridge } from './console-bridge';
 import type { LiveSession } from './live-session';
-import type { ProxyMetrics } from './proxy.metrics';
+import { NO_ROUTE_LABEL } from './proxy.metrics';
+import type { ProxyMetrics, RouteConnectResult } from './proxy.metrics';
 import type { SessionRecorder } from './session-recorder';
 import type { SessionRegistry } from './session-registry';
 import type { UpgradeGate, UpgradeGrant } from './upgrade-gate';
@@ -61,27 +63,36 @@ export class SessionLauncher {
     const upstream = this.dial(grant);
     // Without a rejection handler until the websocket is open, a fast failure would be unhandled.
     upstream.catch(ignore);
+    this.observeDial(grant.route, upstream);
     this.connecting.set(grant.id, { tokenId: grant.tokenId });
     return { grant, upstream };
   }
 
   /** Opens the console's stream the way the grant's route reaches it. */
   private dial(grant: UpgradeGrant): ReturnType<typeof connectUpstream> {
-    switch (grant.via.kind) {
-      case 'direct':
-        return connectUpstream(
-          { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
-          this.connectTimeoutMs,
-          this.connectTurns,
-        );
-      case 'ssh':
-        return connectUpstream(
-          { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
-          this.connectTimeoutMs,
-          this.connectTurns,
-          grant.via.dial,
-        );
-    }
+    return connectUpstream(
+      { host: grant.host, port: grant.port, internalAccessPath: grant.internalAccessPath },
+      this.connectTimeoutMs,
+      this.connectTurns,
+      dialerOf(grant.via),
+    );
+  }
+
+  /**
+   * Counts every console stream opened through a route, by result, and times the ones that opened
+   * (from the dial, turns included, to a connected stream), whether or not the websocket is still
+   * there to use it.
+   */
+  private observeDial(route: string | null, upstream: Promise<unknown>): void {
+    const label = route ?? NO_ROUTE_LABEL;
+    const dialledAt = process.hrtime.bigint();
+    upstream.then(
+      () => {
+        this.metrics.routeConnectSeconds.observe({ route: label }, Number(process.hrtime.bigint() - dialledAt) / 1e9);
+        this.metrics.routeConnects.inc({ route: label, result: 'ok' });
+      },
+      (error: unknown) => this.metrics.routeConnects.inc({ route: label, result: routeConnectResult(error) }),
+    );
   }
 
   /** The websocket never opened: releases the console and ends the session. */
@@ -101,7 +112,7 @@ export class SessionLauncher {
       const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
       this.metrics.connects.inc({ result: 'upstream_failed' });
       this.logger.warn(
-        { sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, reason },
+        { sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, route: session.route, reason },
         'console unreachable',
       );
       // Paused since the upgrade: read again, or the browser's close reply is never seen.
@@ -186,6 +197,7 @@ export class SessionLauncher {
         fingerprint: session.tokenFingerprint,
         instance: session.instanceUuid,
         consoleType: session.consoleType,
+        route: session.route,
         bytesToClient: stats.bytesToClient,
         bytesToConsole: stats.bytesToUpstream,
         durationMs: stats.endedAtMs - stats.startedAtMs,
@@ -208,3 +220,20 @@ export class SessionLauncher {
 }
 
 function ignore(): void {}
+
+/** The result label of a console stream that could not be opened. */
+function routeConnectResult(error: unknown): RouteConnectResult {
+  return error instanceof UpstreamError && error.reason === 'connect timeout' ? 'timeout' : 'upstream_failed';
+}
+
+/** How a route opens a stream to one of its consoles. */
+function dialerOf(via: RouteVia): Dialer {
+  switch (via.kind) {
+    case 'direct':
+      return dialTcp;
+    case 'ssh':
+      return via.dial;
+    case 'connector':
+      return connectorDialer(via.socket);
+  }
+}

@@ -14,6 +14,7 @@ function sessionRow(id: string): NewConsoleSessionRow {
     port: 5900,
     proxyInstance: 'proxy-a',
     clientAddress: '127.0.0.1',
+    route: null,
   };
 }
 

@@ -16,6 +16,8 @@ export interface SessionView {
   port: number;
   proxyInstance: string;
   clientAddress: string | null;
+  /** The name of the route that reached the console; null when the proxy had no routes file. */
+  route: string | null;
   startedAt: string;
   lastSeenAt: string;
   endedAt: string | null;
@@ -88,6 +90,7 @@ function toView(row: ConsoleSessionEntity): SessionView {
     port: row.port,
     proxyInstance: row.proxyInstance,
     clientAddress: row.clientAddress,
+    route: row.route,
     startedAt: row.startedAt.toISOString(),
     lastSeenAt: row.lastSeenAt.toISOString(),
     endedAt: row.endedAt?.toISOString() ?? null,

@@ -45,6 +45,15 @@ describe('routes file', () => {
     expect(routes.list.map((route) => route.line)).toEqual([3, 6, 10, 13]);
   });
 
+  it('reads a connector route: the UNIX socket of the connector that dials its consoles', () => {
+    const routes = parseRoutesFile(
+      'routes:\n  - name: mgmt\n    match: { cidr: 169.254.40.0/24 }\n    via: { connector: /run/keyhole/mgmt.sock }\n',
+      'routes.yaml',
+    );
+    expect(routes.match('169.254.40.5', 5900)?.via).toEqual({ kind: 'connector', socket: '/run/keyhole/mgmt.sock' });
+    expect(describeRoute(routes.list[0]).via).toBe('connector /run/keyhole/mgmt.sock');
+  });
+
   it('accepts an empty table: nothing is routable', () => {
     const routes = parseRoutesFile('routes: []\n', 'routes.yaml');
     expect(routes.size).toBe(0);
@@ -162,17 +171,22 @@ describe('routes file', () => {
       ]);
     });
 
-    it('connector routes, which this version cannot dial, instead of ignoring them', () => {
-      const connector = GOOD.replace(
-        '    match:\n      host: Console.Example.NET\n    via: direct',
-        '    match:\n      host: Console.Example.NET\n    via: { connector: /run/keyhole/mgmt.sock }',
-      );
-      expect(problemsOf(connector)).toEqual([
-        'routes.yaml:9: routes[1].via: connector routes are not supported by this version of keyhole: only direct and ssh are (connector comes later)',
-      ]);
+    it('a via of no known kind', () => {
       expect(problemsOf(GOOD.replace('via: direct', 'via: tunnel'))).toEqual([
-        'routes.yaml:5: routes[0].via: must be direct or { ssh: {...} }',
+        'routes.yaml:5: routes[0].via: must be direct, { ssh: {...} } or { connector: /path/of/its.sock }',
       ]);
+    });
+
+    it('a connector route whose socket is not an absolute path', () => {
+      for (const socket of ['run/keyhole/mgmt.sock', '42', `/${'x'.repeat(120)}`]) {
+        const connector = GOOD.replace(
+          '    match:\n      host: Console.Example.NET\n    via: direct',
+          `    match:\n      host: Console.Example.NET\n    via: { connector: ${socket} }`,
+        );
+        expect(problemsOf(connector)).toEqual([
+          'routes.yaml:9: routes[1].via: connector: must be the absolute path of a UNIX socket (at most 107 bytes)',
+        ]);
+      }
     });
 
     it('YAML that does not parse, at its line', () => {

@@ -5,7 +5,7 @@ import { Document, isMap, isNode, isScalar, LineCounter, parseDocument } from 'y
 import { z } from 'zod';
 import { isHostname } from '@keyhole/core';
 import { parsePortRanges } from './port-ranges';
-import { Cidr, DirectVia, Route, RouteMatch, Routes, RouteVia, SshNodeSpec, SshVia } from './routes';
+import { Cidr, ConnectorVia, DirectVia, Route, RouteMatch, Routes, RouteVia, SshNodeSpec, SshVia } from './routes';
 import type { SshNodePool } from './ssh-nodes';
 import { SshPrivateKey } from './ssh-private-key';
 import { UpstreamError } from './upstream.errors';
@@ -38,8 +38,9 @@ import { UpstreamError } from './upstream.errors';
  * port, or ports and ranges separated by commas (a YAML list of them works too). First match wins;
  * a destination that matches no route is refused. `via: direct` is a TCP connect from the proxy's
  * own network namespace; `via: ssh` goes through an SSH proxy node (ssh-nodes.ts), whose key is read
- * when the file is loaded and kept in memory only; the design's `connector` kind is refused until it
- * exists. Unknown fields are errors, not ignored: a misspelt `ports` must not silently allow every port.
+ * when the file is loaded and kept in memory only; `via: { connector: /run/keyhole/mgmt.sock }` asks the
+ * connector listening on that UNIX socket (libs/connector) to dial. Unknown fields are errors, not
+ * ignored: a misspelt `ports` must not silently allow every port.
  */
 
 /** A routes file that cannot be used; `problems` are lines `FILE:LINE: FIELD: what is wrong`. */
@@ -106,8 +107,6 @@ const matchSchema = z
 const requiredMessage = (issue: z.core.$ZodRawIssue): string | undefined =>
   issue.code === 'invalid_type' && issue.input === undefined ? 'required' : undefined;
 
-const LATER_KINDS = new Set(['connector']);
-
 /** Where a secret comes from: `env:NAME` or `file:/absolute/path`; read after validation, never printed. */
 const secretSourceSchema = z
   .string()
@@ -131,7 +130,7 @@ const sshSchema = z.strictObject({
 /** An ssh via as the schema reads it: the key is still only where to find it. */
 type ParsedSshVia = { kind: 'ssh'; ssh: z.output<typeof sshSchema> };
 
-const viaSchema = z.unknown().transform((value, context): DirectVia | ParsedSshVia => {
+const viaSchema = z.unknown().transform((value, context): DirectVia | ConnectorVia | ParsedSshVia => {
   if (value === 'direct') {
     return { kind: 'direct' };
   }
@@ -145,15 +144,18 @@ const viaSchema = z.unknown().transform((value, context): DirectVia | ParsedSshV
     }
     return z.NEVER;
   }
-  const kind = typeof value === 'string' ? value : isRecord(value) && Object.keys(value).length === 1 ? Object.keys(value)[0] : undefined;
+  if (isRecord(value) && Object.keys(value).length === 1 && 'connector' in value) {
+    // An absolute path: a relative one would depend on the directory the proxy was started in.
+    const socket = value.connector;
+    if (typeof socket === 'string' && socket.startsWith('/') && socket.length <= 107 && !socket.includes('\0')) {
+      return { kind: 'connector', socket };
+    }
+    context.addIssue({ code: 'custom', message: 'connector: must be the absolute path of a UNIX socket (at most 107 bytes)' });
+    return z.NEVER;
+  }
   context.addIssue({
     code: 'custom',
-    message:
-      value === undefined
-        ? 'required'
-        : kind !== undefined && LATER_KINDS.has(kind)
-          ? `${kind} routes are not supported by this version of keyhole: only direct and ssh are (connector comes later)`
-          : 'must be direct or { ssh: {...} }',
+    message: value === undefined ? 'required' : 'must be direct, { ssh: {...} } or { connector: /path/of/its.sock }',
   });
   return z.NEVER;
 });
@@ -185,7 +187,10 @@ const routesFileSchema = z.strictObject({
 });
 
 /** Why a route's chain of `through`s is refused: a name that is no ssh route, or a cycle. */
-function throughProblem(routes: readonly { name: string; via: DirectVia | ParsedSshVia }[], start: string): string | undefined {
+function throughProblem(
+  routes: readonly { name: string; via: DirectVia | ConnectorVia | ParsedSshVia }[],
+  start: string,
+): string | undefined {
   const visited = [start];
   let current = start;
   for (;;) {
@@ -286,7 +291,7 @@ export function parseRoutesFile(text: string, file: string, options: RoutesFileO
   return new Routes(
     parsed.data.routes.map((route, index): Route => {
       const line = lineOf(document, lineCounter, ['routes', index]);
-      if (route.via.kind === 'direct') {
+      if (route.via.kind !== 'ssh') {
         return { ...route, via: route.via, line };
       }
       const ssh = sshRoutes.find((candidate) => candidate.name === route.name)!;

@@ -81,13 +81,13 @@ describe('RoutesService', () => {
     expect(service.decide('169.254.20.5', 22)).toMatchObject({ routable: true, route: { name: 'rack2' } });
     expect(logged.at(-1)).toEqual({ level: 'log', args: [{ file, routes: 1 }, 'routes reloaded'] });
 
-    await writeFile(file, RACK1.replace('via: direct', 'via: { connector: /run/keyhole/mgmt.sock }'));
+    await writeFile(file, RACK1.replace('via: direct', 'via: { connector: mgmt.sock }'));
     expect(await service.reload()).toBe(false);
     expect(service.decide('169.254.20.5', 22)).toMatchObject({ routable: true, route: { name: 'rack2' } });
     expect(logged.at(-1)).toEqual({
       level: 'error',
       args: [
-        { file, routes: 1, problems: [expect.stringMatching(/:4: routes\[0\]\.via: connector routes are not supported/)] },
+        { file, routes: 1, problems: [expect.stringMatching(/:4: routes\[0\]\.via: connector: must be the absolute path/)] },
         'routes file refused: the previous routes stay in use',
       ],
     });

@@ -47,11 +47,18 @@ export interface SshVia {
 }
 
 /**
- * How a route reaches its consoles. A discriminated union: the `connector` kind (a UNIX socket
- * into another network namespace) of the design joins it as its dialer is written; until then a
- * routes file that names it is refused, not half-obeyed.
+ * Through a connector (`keyhole connector serve`) in another network namespace, over its UNIX
+ * socket: the proxy never has a TCP/IP route to these consoles, and the connector dials only what
+ * its own routes allow.
  */
-export type RouteVia = DirectVia | SshVia;
+export interface ConnectorVia {
+  kind: 'connector';
+  /** Absolute path of the connector's UNIX socket. */
+  socket: string;
+}
+
+/** How a route reaches its consoles: a discriminated union, one kind per way. */
+export type RouteVia = DirectVia | SshVia | ConnectorVia;
 
 /** One entry of a routes file. */
 export interface Route {
@@ -159,5 +166,7 @@ function describeVia(via: RouteVia): string {
       const { node } = via;
       return `ssh ${node.user}@${node.host}:${node.port} (${via.mode}${node.through === undefined ? '' : `, through ${node.through}`})`;
     }
+    case 'connector':
+      return `connector ${via.socket}`;
   }
 }

@@ -11,7 +11,8 @@ export class UpstreamError extends Error {
       | 'ssh node unreachable'
       | 'ssh auth failed'
       | 'ssh host key mismatch'
-      | 'ssh channel refused',
+      | 'ssh channel refused'
+      | ConnectorFailure,
     message: string,
     options?: { cause?: unknown },
   ) {
@@ -19,3 +20,18 @@ export class UpstreamError extends Error {
     this.name = 'UpstreamError';
   }
 }
+
+/**
+ * How a `via: connector` route fails: no connector on the socket, the connector's answer (its own
+ * allow-list, its connect to the console, the header it was sent), or the socket failing otherwise.
+ */
+export type ConnectorFailure =
+  | 'connector missing'
+  | 'connector closed'
+  | 'connector failed'
+  | 'connector refused: not allowed'
+  | 'connector refused: connect failed'
+  | 'connector refused: timeout'
+  | 'connector refused: malformed'
+  | 'connector refused: unsupported version'
+  | 'connector refused: unknown status';

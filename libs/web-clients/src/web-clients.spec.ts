@@ -102,6 +102,27 @@ function relativeImports(source: string, fromPath: string): string[] {
   return specifiers.map((specifier) => new URL(specifier, `http://x${fromPath}`).pathname);
 }
 
+/**
+ * Fetches a script and every module it imports, transitively, expecting each to be served as
+ * JavaScript; returns the paths fetched.
+ */
+async function fetchImportGraph(server: TestServer, entry: string): Promise<Set<string>> {
+  const seen = new Set<string>();
+  const pending = [entry];
+  while (pending.length > 0) {
+    const path = pending.pop()!;
+    if (seen.has(path)) {
+      continue;
+    }
+    seen.add(path);
+    const answer = await server.request(path);
+    expect({ path, status: answer.status }).toEqual({ path, status: 200 });
+    expectJavaScript(answer);
+    pending.push(...relativeImports(answer.body, path));
+  }
+  return seen;
+}
+
 describe('web clients router', () => {
   let server: TestServer;
   let fakeSpiceServer: TestServer;
@@ -152,20 +173,8 @@ describe('web clients router', () => {
       expectJavaScript(rfb);
       expect(rfb.body).toContain('export default class RFB');
 
-      // Walk the whole import graph from the page script: a missing module breaks the page.
-      const seen = new Set<string>();
-      const pending = ['/keyhole/vnc-lite.js'];
-      while (pending.length > 0) {
-        const path = pending.pop()!;
-        if (seen.has(path)) {
-          continue;
-        }
-        seen.add(path);
-        const answer = await server.request(path);
-        expect({ path, status: answer.status }).toEqual({ path, status: 200 });
-        expectJavaScript(answer);
-        pending.push(...relativeImports(answer.body, path));
-      }
+      // The whole import graph from the page script: a missing module breaks the page.
+      const seen = await fetchImportGraph(server, '/keyhole/vnc-lite.js');
       expect(seen).toContain('/core/rfb.js');
       expect(seen).toContain('/vendor/pako/lib/zlib/inflate.js');
       expect(seen.size).toBeGreaterThan(30);
@@ -191,18 +200,7 @@ describe('web clients router', () => {
     });
 
     it('serves the page script, xterm.js and its fit addon as JavaScript', async () => {
-      const seen = new Set<string>();
-      const pending = ['/keyhole/serial.js'];
-      while (pending.length > 0) {
-        const path = pending.pop()!;
-        if (seen.has(path)) {
-          continue;
-        }
-        seen.add(path);
-        const answer = await server.request(path);
-        expectJavaScript(answer);
-        pending.push(...relativeImports(answer.body, path));
-      }
+      const seen = await fetchImportGraph(server, '/keyhole/serial.js');
       expect([...seen].sort()).toEqual(['/keyhole/addon-fit.mjs', '/keyhole/serial.js', '/keyhole/xterm.mjs']);
       const xterm = await server.request('/keyhole/xterm.mjs');
       expect(xterm.body).toContain('as Terminal}');

@@ -79,8 +79,30 @@ export function artifactsDir(): string {
   return directory;
 }
 
-/** Waits until the page's canvas (noVNC's screen) shows something other than black: the VM has drawn. */
-export async function waitForDrawnCanvas(page: Page, timeoutMs: number): Promise<void> {
+/** Fraction of the page's canvas pixels that are not black (noVNC draws the remote screen there). */
+export function litFraction(page: Page): Promise<number> {
+  return page.evaluate(() => {
+    const canvas = document.querySelector('canvas');
+    if (!canvas || canvas.width === 0) {
+      return 0;
+    }
+    const { data } = canvas.getContext('2d')!.getImageData(0, 0, canvas.width, canvas.height);
+    let lit = 0;
+    for (let index = 0; index < data.length; index += 4) {
+      if (data[index] + data[index + 1] + data[index + 2] > 60) {
+        lit += 1;
+      }
+    }
+    return lit / (data.length / 4);
+  });
+}
+
+/**
+ * Waits until the noVNC page says it is connected and its canvas shows something (SeaBIOS draws its
+ * banner), and resolves with the lit fraction of the canvas.
+ */
+export async function waitForVncScreen(page: Page, timeoutMs = 20_000): Promise<number> {
+  await page.waitForFunction(() => /Connected/.test(document.body.innerText), undefined, { timeout: timeoutMs });
   await page.waitForFunction(
     () => {
       const canvas = document.querySelector('canvas');
@@ -96,6 +118,16 @@ export async function waitForDrawnCanvas(page: Page, timeoutMs: number): Promise
       return false;
     },
     undefined,
+    { timeout: timeoutMs },
+  );
+  return litFraction(page);
+}
+
+/** Waits until the serial page's status (`window.keyholeSerial.status`) matches `status`. */
+export async function waitForSerialStatus(page: Page, status: RegExp, timeoutMs = 10_000): Promise<void> {
+  await page.waitForFunction(
+    (source) => new RegExp(source).test((window as unknown as { keyholeSerial?: { status: string } }).keyholeSerial?.status ?? ''),
+    status.source,
     { timeout: timeoutMs },
   );
 }

@@ -2,7 +2,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { ManagedProcess, startProcess, StartProcessOptions } from './processes';
+import { cleanUpOnExit, ManagedProcess, startProcess, StartProcessOptions } from './processes';
 
 /*
  * Network namespaces for tests of consoles the proxy must not be able to route to (STACK.md, "Network
@@ -91,18 +91,11 @@ export async function probeTcp(
 
 const liveLabs = new Set<NetworkLab>();
 let labCount = 0;
-let exitHookInstalled = false;
 
-function installExitHook(): void {
-  if (exitHookInstalled) {
-    return;
+function destroyLiveLabs(): void {
+  for (const lab of liveLabs) {
+    lab.destroySync();
   }
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const lab of liveLabs) {
-      lab.destroySync();
-    }
-  });
 }
 
 function ipSync(args: string[]): void {
@@ -157,7 +150,7 @@ export class NetworkLab {
    */
   static async create(): Promise<NetworkLab> {
     requireNetAdmin();
-    installExitHook();
+    cleanUpOnExit(destroyLiveLabs);
     const prefix = `kh${process.pid}l${labCount++}`;
     const start = process.pid % BLOCK_COUNT;
     for (let offset = 0; offset < BLOCK_COUNT; offset++) {

@@ -38,20 +38,29 @@ export interface StartProcessOptions {
 
 const OUTPUT_LIMIT = 64 * 1024;
 const running = new Set<ManagedProcess & { kill(signal: NodeJS.Signals): void }>();
-let exitHookInstalled = false;
+const exitCleanups = new Set<() => void>();
 
-// If a test file dies without its afterAll, do not leave QEMU or websockify behind: the 'exit' event
-// runs synchronously on normal exit of the jest worker, which is the most a child can be given in Node.
-function installExitHook(): void {
-  if (exitHookInstalled) {
-    return;
+/**
+ * Runs `cleanup` when this process exits (once, however often it is registered), so that a test
+ * file that dies without its afterAll leaves nothing behind (QEMU, websockify, network labs). The
+ * 'exit' event runs synchronously on normal exit of the jest worker: the most Node gives, so
+ * `cleanup` must be synchronous.
+ */
+export function cleanUpOnExit(cleanup: () => void): void {
+  if (exitCleanups.size === 0) {
+    process.on('exit', () => {
+      for (const registered of exitCleanups) {
+        registered();
+      }
+    });
   }
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const managed of running) {
-      managed.kill('SIGKILL');
-    }
-  });
+  exitCleanups.add(cleanup);
+}
+
+function killRunning(): void {
+  for (const managed of running) {
+    managed.kill('SIGKILL');
+  }
 }
 
 /**
@@ -59,7 +68,7 @@ function installExitHook(): void {
  * processes, are stopped with it) and resolves once the OS has started it; rejects if it cannot start.
  */
 export async function startProcess(command: string, args: string[], options: StartProcessOptions = {}): Promise<ManagedProcess> {
-  installExitHook();
+  cleanUpOnExit(killRunning);
   const { logFile } = options;
   const fd = logFile === undefined ? undefined : openSync(logFile, 'w');
   let child: ChildProcess;

@@ -209,15 +209,13 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
       }
       qmp = client;
       // The probe must be gone from QEMU's side too, or a test's "client attached" check could see it.
-      await waitForChardev(
-        client,
-        (filename) => filename.startsWith('disconnected:'),
+      await waitForChardev(client, (filename) => filename.startsWith('disconnected:'), {
         deadline,
-        () => describe('notice the serial probe disconnecting'),
+        describe: () => describe('notice the serial probe disconnecting'),
         signal,
-      );
+      });
       if (!options.paused) {
-        await waitForFirmwareSettled(firmwareLogPath, 1, deadline, () => describe('finish its first boot'), signal);
+        await waitForFirmwareSettled(firmwareLogPath, 1, { deadline, describe: () => describe('finish its first boot'), signal });
       }
       return client;
     })();
@@ -269,12 +267,10 @@ function makeVm({
   const resetOnce = async (timeoutMs: number): Promise<void> => {
     if (cpuHasRun) {
       await Promise.race([
-        waitForFirmwareSettled(
-          firmwareLogPath,
-          settledWhenIdle,
-          Date.now() + timeoutMs,
-          () => "QEMU's guest to settle (a reset before that can wedge it)",
-        ),
+        waitForFirmwareSettled(firmwareLogPath, settledWhenIdle, {
+          deadline: Date.now() + timeoutMs,
+          describe: () => "QEMU's guest to settle (a reset before that can wedge it)",
+        }),
         failOnExit(qemu, 'QEMU', 'while waiting for its guest to settle before a reset'),
       ]);
     }
@@ -302,12 +298,11 @@ function makeVm({
     },
     async waitForSerialClient({ localPort, timeoutMs = 5_000 } = {}) {
       const peer = localPort === undefined ? undefined : `<-> 127.0.0.1:${localPort}`;
-      await waitForChardev(
-        qmp,
-        (filename) => !filename.startsWith('disconnected:') && (peer === undefined || filename.endsWith(peer)),
-        Date.now() + timeoutMs,
-        () => `QEMU to attach ${localPort === undefined ? 'a client' : `the client from port ${localPort}`} to serial port ${serialPort}`,
-      );
+      await waitForChardev(qmp, (filename) => !filename.startsWith('disconnected:') && (peer === undefined || filename.endsWith(peer)), {
+        deadline: Date.now() + timeoutMs,
+        describe: () =>
+          `QEMU to attach ${localPort === undefined ? 'a client' : `the client from port ${localPort}`} to serial port ${serialPort}`,
+      });
     },
     async connectSerial(timeoutMs = 5_000) {
       if (host !== '127.0.0.1') {
@@ -357,19 +352,19 @@ function settledCount(firmwareLogPath: string): number {
   return readFirmwareLog(firmwareLogPath).split(FIRMWARE_SETTLED).length - 1;
 }
 
-/** Waits until SeaBIOS has reported `count` settled boots in all, failing with the log's end. */
-async function waitForFirmwareSettled(
-  firmwareLogPath: string,
-  count: number,
-  deadline: number,
-  describe: () => string,
-  signal?: AbortSignal,
-): Promise<void> {
+/** How long a wait of QEMU's start or of a test may take, what it is for, and what cancels it. */
+interface WaitBudget {
+  /** Date.now() to give up at. */
+  deadline: number;
+  describe: () => string;
+  signal?: AbortSignal;
+}
+
+/** Runs `check` every 20 ms until it stops throwing; at the deadline, fails with its last error. */
+async function checkUntil(check: () => Promise<void> | void, { deadline, describe, signal }: WaitBudget): Promise<void> {
   await waitUntil(
     async () => {
-      if (settledCount(firmwareLogPath) < count) {
-        throw new Error(`firmware log ends:\n${readFirmwareLog(firmwareLogPath).slice(-1_000)}`);
-      }
+      await check();
       return true;
     },
     deadline - Date.now(),
@@ -378,26 +373,23 @@ async function waitForFirmwareSettled(
   );
 }
 
-async function waitForChardev(
-  qmp: QmpClient,
-  accept: (filename: string) => boolean,
-  deadline: number,
-  describe: () => string,
-  signal?: AbortSignal,
-): Promise<void> {
-  await waitUntil(
-    async () => {
-      const chardevs = (await qmp.execute('query-chardev')) as { label: string; filename: string }[];
-      const filename = chardevs.find((chardev) => chardev.label === SERIAL_CHARDEV_ID)?.filename;
-      if (filename === undefined || !accept(filename)) {
-        throw new Error(`serial chardev is ${filename ?? 'missing'}`);
-      }
-      return true;
-    },
-    deadline - Date.now(),
-    describe,
-    { intervalMs: 20, retryErrors: true, signal },
-  );
+/** Waits until SeaBIOS has reported `count` settled boots in all, failing with the log's end. */
+function waitForFirmwareSettled(firmwareLogPath: string, count: number, budget: WaitBudget): Promise<void> {
+  return checkUntil(() => {
+    if (settledCount(firmwareLogPath) < count) {
+      throw new Error(`firmware log ends:\n${readFirmwareLog(firmwareLogPath).slice(-1_000)}`);
+    }
+  }, budget);
+}
+
+function waitForChardev(qmp: QmpClient, accept: (filename: string) => boolean, budget: WaitBudget): Promise<void> {
+  return checkUntil(async () => {
+    const chardevs = (await qmp.execute('query-chardev')) as { label: string; filename: string }[];
+    const filename = chardevs.find((chardev) => chardev.label === SERIAL_CHARDEV_ID)?.filename;
+    if (filename === undefined || !accept(filename)) {
+      throw new Error(`serial chardev is ${filename ?? 'missing'}`);
+    }
+  }, budget);
 }
 
 /** Collects everything QEMU sends on one serial connection, as text. */

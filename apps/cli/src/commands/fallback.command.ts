@@ -1,8 +1,7 @@
 import { userInfo } from 'node:os';
-import { CellsService } from '@keyhole/cells';
-import { cellNameSchema } from '@keyhole/core';
 import { FallbackService, FallbackStatus } from '@keyhole/tokens';
-import { Command, parseFlags, UsageError, validated } from './command';
+import { selectCells } from './cell-selection';
+import { Command, parseFlags, UsageError } from './command';
 
 export const fallbackCommand: Command = {
   name: 'fallback',
@@ -18,13 +17,7 @@ export const fallbackCommand: Command = {
     if (positionals.length !== 1 || !['on', 'off', 'status'].includes(action)) {
       throw new UsageError('say on, off or status');
     }
-    if ((values.cell === undefined) === !values.all) {
-      throw new UsageError('give exactly one of --cell NAME and --all');
-    }
-    const app = await services();
-    const cells = values.all
-      ? (await app.get(CellsService).list()).map((cell) => cell.name)
-      : [validated(cellNameSchema, values.cell, '--cell')];
+    const { app, cells } = await selectCells(values, services);
     const fallback = app.get(FallbackService);
     const results: FallbackStatus[] = [];
     for (const cell of cells) {

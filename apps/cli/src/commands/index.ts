@@ -1,5 +1,6 @@
 import { cellsAddCommand, cellsListCommand, cellsRemoveCommand } from './cells.command';
 import { Command } from './command';
+import { connectorCommands } from './connector.command';
 import { credentialsCreateCommand, credentialsListCommand, credentialsRevokeCommand } from './credentials.command';
 import { fallbackCommand } from './fallback.command';
 import { legacyImportCommand } from './legacy.command';
@@ -24,4 +25,5 @@ export const COMMANDS: Command[] = [
   legacyImportCommand,
   routesCheckCommand,
   routesWhichCommand,
+  ...connectorCommands,
 ];

@@ -1,7 +1,6 @@
-import { CellsService } from '@keyhole/cells';
-import { cellNameSchema } from '@keyhole/core';
 import { LegacyImportService } from '@keyhole/tokens';
-import { Command, parseFlags, UsageError, validated } from './command';
+import { selectCells } from './cell-selection';
+import { Command, parseFlags } from './command';
 
 export const legacyImportCommand: Command = {
   name: 'legacy import',
@@ -9,13 +8,7 @@ export const legacyImportCommand: Command = {
   summary: 'copy every live legacy Redis token into a cell database (hashed, same expiry), so the fallback can go off',
   async run({ args, services, out }) {
     const { values } = parseFlags(args, { cell: { type: 'string' }, all: { type: 'boolean' } });
-    if ((values.cell === undefined) === !values.all) {
-      throw new UsageError('give exactly one of --cell NAME and --all');
-    }
-    const app = await services();
-    const cells = values.all
-      ? (await app.get(CellsService).list()).map((cell) => cell.name)
-      : [validated(cellNameSchema, values.cell, '--cell')];
+    const { app, cells } = await selectCells(values, services);
     for (const cell of cells) {
       const result = await app.get(LegacyImportService).importInto(cell);
       out(

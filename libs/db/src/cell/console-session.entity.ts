@@ -35,6 +35,10 @@ export class ConsoleSessionEntity {
   @Column({ name: 'client_address', type: 'varchar', length: 64, nullable: true })
   clientAddress!: string | null;
 
+  /** The name of the route that reached the console (null when the proxy had no routes file). */
+  @Column({ type: 'varchar', length: 63, nullable: true })
+  route!: string | null;
+
   @Column({ name: 'started_at', type: 'timestamptz' })
   startedAt!: Date;
 
@@ -66,6 +70,7 @@ export const consoleSessionRows = new RowMapper(ConsoleSessionEntity, {
   port: { column: 'port' },
   proxyInstance: { column: 'proxy_instance' },
   clientAddress: { column: 'client_address' },
+  route: { column: 'route' },
   startedAt: { column: 'started_at' },
   lastSeenAt: { column: 'last_seen_at' },
   endedAt: { column: 'ended_at' },

@@ -15,6 +15,7 @@ export type NewConsoleSessionRow = Pick<
   | 'port'
   | 'proxyInstance'
   | 'clientAddress'
+  | 'route'
 >;
 
 export interface SessionCounters {
@@ -58,14 +59,14 @@ export class ConsoleSessionRepository {
       this.pool,
       'keyhole_insert_sessions',
       `INSERT INTO console_sessions (id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
-                                     proxy_instance, client_address, ended_at, close_reason, bytes_to_client, bytes_to_upstream)
+                                     proxy_instance, client_address, route, ended_at, close_reason, bytes_to_client, bytes_to_upstream)
        SELECT v.id, v.token_id, v.token_source, v.token_fingerprint, v.instance_uuid, v.console_type, v.host, v.port,
-              v.proxy_instance, v.client_address, CASE WHEN v.close_reason IS NULL THEN NULL ELSE now() END, v.close_reason,
+              v.proxy_instance, v.client_address, v.route, CASE WHEN v.close_reason IS NULL THEN NULL ELSE now() END, v.close_reason,
               v.to_client, v.to_upstream
          FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::int[],
-                     $9::varchar[], $10::varchar[], $11::varchar[], $12::bigint[], $13::bigint[])
+                     $9::varchar[], $10::varchar[], $11::varchar[], $12::bigint[], $13::bigint[], $14::varchar[])
            AS v(id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
-                proxy_instance, client_address, close_reason, to_client, to_upstream)`,
+                proxy_instance, client_address, close_reason, to_client, to_upstream, route)`,
       [
         rows.map((row) => row.id),
         rows.map((row) => row.tokenId),
@@ -80,6 +81,7 @@ export class ConsoleSessionRepository {
         rows.map((row) => row.end?.reason ?? null),
         rows.map((row) => row.end?.bytesToClient ?? 0),
         rows.map((row) => row.end?.bytesToUpstream ?? 0),
+        rows.map((row) => row.route),
       ],
     );
   }
@@ -106,8 +108,8 @@ export class ConsoleSessionRepository {
             WHERE host = $7 AND port = $8 AND console_type = $6 AND ended_at IS NULL
               AND last_seen_at < now() - make_interval(secs => $11::float8 / 1000)
            RETURNING 1)
-         INSERT INTO console_sessions (id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port, proxy_instance, client_address)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE (SELECT count(*) FROM stale) >= 0
+         INSERT INTO console_sessions (id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port, proxy_instance, client_address, route)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12 WHERE (SELECT count(*) FROM stale) >= 0
          ON CONFLICT DO NOTHING
          RETURNING id`,
         [
@@ -122,6 +124,7 @@ export class ConsoleSessionRepository {
           row.proxyInstance,
           row.clientAddress,
           staleAfterMs,
+          row.route,
         ],
       );
       if (inserted.length > 0) {

@@ -209,6 +209,10 @@ export const sessionSchema = z
     port: z.int(),
     proxyInstance: z.string(),
     clientAddress: z.string().nullable(),
+    route: z
+      .string()
+      .nullable()
+      .openapi({ description: "The route of the proxy's routes file that reached the console; null without a routes file" }),
     startedAt: z.string(),
     lastSeenAt: z.string(),
     endedAt: z.string().nullable(),
