@@ -41,6 +41,7 @@ const SILENT_NODE_PORT = 7006;
 /** A "node" in the node namespace that accepts TCP and never says a word of SSH. */
 const SILENT_SSH_PORT = 2200;
 const SERVICE_SCRIPT = join(__dirname, '../support/real/tcp-service.cjs');
+const ECHO_SCRIPT = join(__dirname, '../support/real/tcp-echo.cjs');
 const KEY_VARIABLES = { forward: 'KEYHOLE_TEST_SSH_KEY_FORWARD', nc: 'KEYHOLE_TEST_SSH_KEY_NC', node2: 'KEYHOLE_TEST_SSH_KEY_NODE2' };
 
 let lab: NetworkLab;
@@ -162,8 +163,8 @@ beforeAll(async () => {
     startSshd({ namespace: node.name, address: rootToNode.b, allowTcpForwarding: false, timeoutMs: 30_000 }),
     startSshd({ namespace: nodeTwo.name, address: nodeToNode2.b, timeoutMs: 30_000 }),
   ]);
-  const echo = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(ECHO_PORT), 'echo']);
-  const ncEcho = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT), 'echo']);
+  const echo = await lab.start(tenant, process.execPath, [ECHO_SCRIPT, '0.0.0.0', String(ECHO_PORT)]);
+  const ncEcho = await lab.start(tenant, process.execPath, [ECHO_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT)]);
   source = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(SOURCE_PORT), 'source']);
   const silent = await lab.start(node, process.execPath, [SERVICE_SCRIPT, rootToNode.b, String(SILENT_SSH_PORT), 'silent']);
   await Promise.all([echo, ncEcho, source, silent].map((service) => waitForOutput(service, /listening/, 20_000)));

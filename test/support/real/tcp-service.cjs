@@ -1,6 +1,6 @@
 // A TCP console stand-in to run inside a network namespace (`NetworkLab.start(ns, node, [this file,
-// HOST, PORT, MODE])`): `echo` sends every byte back; `silent` reads and never answers (a peer that
-// accepted and hangs); `source` sends the pattern i % 251 for ever,
+// HOST, PORT, MODE])`; for an echo server, tcp-echo.cjs): `silent` reads and never answers (a peer
+// that accepted and hangs); `source` sends the pattern i % 251 for ever,
 // honouring backpressure, and prints `written N` (its total) whenever that changed, every 200 ms, so a
 // test can see it blocked. Prints `listening` once it accepts.
 'use strict';
@@ -23,10 +23,6 @@ setInterval(() => {
 
 const server = net.createServer((socket) => {
   socket.on('error', () => socket.destroy());
-  if (mode === 'echo') {
-    socket.pipe(socket);
-    return;
-  }
   if (mode === 'silent') {
     socket.resume();
     return;
