@@ -16,7 +16,8 @@ import { ManagedProcess, waitForOutput } from '../support/real/processes';
 import { QemuVm, startQemuVm } from '../support/real/qemu';
 import { call } from '../support/token-api';
 import { waitUntil, withDeadline } from '../support/wait';
-import { connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
+import { stopAfterTests, Teardown } from '../support/teardown';
+import { connectConsole, expectRefusedUpgrade } from '../support/websocket-client';
 
 /*
  * The connector route, as in a real cloud: the consoles (QEMU's VNC and serial port, a TCP echo
@@ -32,6 +33,7 @@ const CONNECTOR_MAIN = path.resolve(__dirname, '../../dist/apps/connector/src/ma
 const ECHO_SCRIPT = path.resolve(__dirname, '../support/real/tcp-echo.cjs');
 const run = promisify(execFile);
 
+const teardown = new Teardown();
 let lab: NetworkLab;
 let mgmt: Namespace;
 /** The address the consoles listen on inside `mgmt` (on its loopback, in the lab's /24). */
@@ -61,15 +63,19 @@ async function issue(consoleType: 'novnc' | 'serial', port: number): Promise<{ i
 const websocketUrl = (token: string) => `${proxy.wsBase}/websockify?token=${encodeURIComponent(token)}`;
 
 beforeAll(async () => {
-  lab = await NetworkLab.create();
+  lab = teardown.add(await NetworkLab.create(), (created) => created.destroy());
   mgmt = await lab.namespace('mgmt');
   // 169.254.B.250: in the lab's /24 (unreachable from the root namespace), on no veth of the lab.
   mgmtAddress = lab.block.replace(/\.0\/24$/, '.250');
   await run('ip', ['-n', mgmt.name, 'address', 'add', `${mgmtAddress}/32`, 'dev', 'lo']);
-  dir = await mkdtemp(path.join(os.tmpdir(), 'keyhole-routes-connector-'));
+  dir = teardown.add(await mkdtemp(path.join(os.tmpdir(), 'keyhole-routes-connector-')), (created) =>
+    rm(created, { recursive: true, force: true }),
+  );
   socketPath = path.join(dir, 'mgmt.sock');
 
-  vm = await startQemuVm({ timeoutMs: 60_000, listen: { namespace: mgmt.name, address: mgmtAddress } });
+  vm = teardown.add(await startQemuVm({ timeoutMs: 60_000, listen: { namespace: mgmt.name, address: mgmtAddress } }), (started) =>
+    started.stop(),
+  );
   echoPort = await freePort();
   forbiddenPort = await freePort();
   echo = await lab.start(mgmt, process.execPath, [ECHO_SCRIPT, mgmtAddress, String(echoPort)], { name: 'echo in mgmt' });
@@ -100,31 +106,21 @@ beforeAll(async () => {
     proxyRoutes,
     ['routes:', '  - name: mgmt', `    match: { cidr: ${lab.block} }`, `    via: { connector: ${socketPath} }`, ''].join('\n'),
   );
-  deployment = await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: proxyRoutes } });
-  proxy = await startConsoleProxy(
-    testConfig(deployment.controlUrl, {
-      KEYHOLE_CELL_NAME: 'cell1',
-      KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
-      KEYHOLE_ROUTES_FILE: proxyRoutes,
-    }),
+  deployment = teardown.add(await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: proxyRoutes } }), (started) => started.stop());
+  proxy = teardown.add(
+    await startConsoleProxy(
+      testConfig(deployment.controlUrl, {
+        KEYHOLE_CELL_NAME: 'cell1',
+        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
+        KEYHOLE_ROUTES_FILE: proxyRoutes,
+      }),
+    ),
   );
   await deployment.api.app.get(CellsService).updateProxyUrl('cell1', proxy.httpBase);
-  browser = await launchBrowser();
+  browser = teardown.add(await launchBrowser());
 }, 180_000);
 
-afterEach(() => terminateAllClients());
-
-afterAll(async () => {
-  terminateAllClients();
-  await browser?.close();
-  await proxy?.close();
-  await deployment?.stop();
-  await vm?.stop();
-  await lab?.destroy();
-  if (dir) {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+stopAfterTests(teardown);
 
 describe('consoles in a mgmt namespace, through a connector', () => {
   it('cannot be reached directly from the proxy: the connect is refused at once, not timed out', async () => {

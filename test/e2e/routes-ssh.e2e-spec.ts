@@ -37,7 +37,11 @@ const NC_ECHO_PORT = 7002;
 const NO_FORWARDING_PORT = 7003;
 const WRONG_HOST_KEY_PORT = 7004;
 const WRONG_KEY_PORT = 7005;
+const SILENT_NODE_PORT = 7006;
+/** A "node" in the node namespace that accepts TCP and never says a word of SSH. */
+const SILENT_SSH_PORT = 2200;
 const SERVICE_SCRIPT = join(__dirname, '../support/real/tcp-service.cjs');
+const ECHO_SCRIPT = join(__dirname, '../support/real/tcp-echo.cjs');
 const KEY_VARIABLES = { forward: 'KEYHOLE_TEST_SSH_KEY_FORWARD', nc: 'KEYHOLE_TEST_SSH_KEY_NC', node2: 'KEYHOLE_TEST_SSH_KEY_NODE2' };
 
 let lab: NetworkLab;
@@ -95,6 +99,9 @@ function routesYaml({ ncNode: withNcNode = true }: { ncNode?: boolean } = {}): s
     '  - name: wrong-key',
     `    match: { cidr: ${nodeToTenant.cidr}, ports: "${WRONG_KEY_PORT}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.nc),
+    '  - name: silent-node',
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${SILENT_NODE_PORT}" }`,
+    sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward).replace(`port: ${forwardNode.port}`, `port: ${SILENT_SSH_PORT}`),
     '  - name: node2-jump',
     `    match: { cidr: ${nodeToNode2.cidr}, ports: "${node2.port}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
@@ -156,10 +163,11 @@ beforeAll(async () => {
     startSshd({ namespace: node.name, address: rootToNode.b, allowTcpForwarding: false, timeoutMs: 30_000 }),
     startSshd({ namespace: nodeTwo.name, address: nodeToNode2.b, timeoutMs: 30_000 }),
   ]);
-  const echo = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(ECHO_PORT), 'echo']);
-  const ncEcho = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT), 'echo']);
+  const echo = await lab.start(tenant, process.execPath, [ECHO_SCRIPT, '0.0.0.0', String(ECHO_PORT)]);
+  const ncEcho = await lab.start(tenant, process.execPath, [ECHO_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT)]);
   source = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(SOURCE_PORT), 'source']);
-  await Promise.all([echo, ncEcho, source].map((service) => waitForOutput(service, /listening/, 20_000)));
+  const silent = await lab.start(node, process.execPath, [SERVICE_SCRIPT, rootToNode.b, String(SILENT_SSH_PORT), 'silent']);
+  await Promise.all([echo, ncEcho, source, silent].map((service) => waitForOutput(service, /listening/, 20_000)));
 
   writeFileSync(routesFile, routesYaml());
   const keys = {
@@ -170,7 +178,13 @@ beforeAll(async () => {
   // The API checks the same routes file in this process, without the keys: it never holds one.
   deployment = await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } });
   proxy = await startProxyProcess(
-    { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, KEYHOLE_ROUTES_FILE: routesFile, ...keys },
+    {
+      KEYHOLE_CELL_NAME: 'cell1',
+      KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
+      KEYHOLE_ROUTES_FILE: routesFile,
+      KEYHOLE_PROXY_DRAIN_GRACE_MS: '3000',
+      ...keys,
+    },
     30_000,
   );
   await deployment.api.app.get(CellsService).updateProxyUrl('cell1', `http://127.0.0.1:${proxy.port}`);
@@ -228,6 +242,14 @@ describe('consoles through SSH proxy nodes', () => {
 
     const refused = await open(nodeToTenant.b, NO_FORWARDING_PORT);
     expect(await refused.waitForClose(20_000)).toMatchObject({ code: 1011, reason: 'console unreachable: ssh channel refused' });
+  });
+
+  it('a node that accepts TCP and never answers closes the console within the connect timeout, not never', async () => {
+    const started = Date.now();
+    const client = await open(nodeToTenant.b, SILENT_NODE_PORT);
+    expect(await client.waitForClose(30_000)).toMatchObject({ code: 1011, reason: 'console unreachable: connect timeout' });
+    // The proxy's connect timeout is 5 s by default; the handshake's own bound (15 s) is not what ends it.
+    expect(Date.now() - started).toBeLessThan(12_000);
   });
 
   it('refuses a key the node does not accept', async () => {
@@ -374,13 +396,16 @@ describe('consoles through SSH proxy nodes', () => {
     expect(written).not.toContain('PRIVATE KEY');
   });
 
-  it('closes its node connections when it stops (SIGTERM)', async () => {
+  it('on SIGTERM, drains a session through a node (it goes on for the grace period), then closes the node connection', async () => {
     const client = await open(nodeToTenant.b, ECHO_PORT);
     expect((await client.roundTrip('last', 20_000)).toString()).toBe('last');
-    await client.close();
     expect(await forwardNode.establishedConnections()).toBe(1);
+    proxy.child.kill('SIGTERM');
+    await waitUntil(() => (proxy.output().includes('"msg":"draining console sessions"') ? true : undefined), 10_000, 'the drain to start');
+    expect((await client.roundTrip('while draining', 20_000)).toString()).toBe('while draining');
+    expect((await client.waitForClose(30_000)).code).toBe(1001);
     // Nest re-raises the signal once the app has closed.
-    expect([0, 'SIGTERM']).toContain(await proxy.stop());
+    expect([0, 'SIGTERM']).toContain(await proxy.exited);
     // Closed by the proxy (an SSH disconnect), not only by the kernel when the process went away.
     await waitUntil(
       () => (/Received disconnect from/.test(forwardNode.output()) ? true : undefined),

@@ -11,6 +11,7 @@ import { metricValue, scrapeMetrics } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
+import { stopAfterTests, Teardown } from '../support/teardown';
 import { connectConsole, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
 import { freePort } from '../support/real/network';
 import { expectError, fingerprintOf, insertTokenRow } from './helpers';
@@ -26,6 +27,7 @@ jest.setTimeout(30_000);
 
 const DATABASE_PORT = Number(new URL(TEST_SERVER_URL).port || 5432);
 
+const teardown = new Teardown();
 let dir: string;
 let routesFile: string;
 let deployment: TestDeployment;
@@ -130,31 +132,24 @@ async function hangUp(message: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'keyhole-routes-'));
+  dir = teardown.add(await mkdtemp(path.join(os.tmpdir(), 'keyhole-routes-')), (created) => rm(created, { recursive: true, force: true }));
   routesFile = path.join(dir, 'routes.yaml');
-  consoleA = await startTcpUpstream(echo);
-  consoleB = await startTcpUpstream(echo);
+  consoleA = teardown.add(await startTcpUpstream(echo));
+  consoleB = teardown.add(await startTcpUpstream(echo));
   await writeFile(routesFile, routesFor(consoleA));
-  deployment = await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } });
-  proxy = await startConsoleProxy(
-    testConfig(deployment.controlUrl, {
-      KEYHOLE_CELL_NAME: 'cell1',
-      KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
-      KEYHOLE_ROUTES_FILE: routesFile,
-    }),
+  deployment = teardown.add(await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } }), (started) => started.stop());
+  proxy = teardown.add(
+    await startConsoleProxy(
+      testConfig(deployment.controlUrl, {
+        KEYHOLE_CELL_NAME: 'cell1',
+        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
+        KEYHOLE_ROUTES_FILE: routesFile,
+      }),
+    ),
   );
 }, 60_000);
 
-afterEach(() => terminateAllClients());
-
-afterAll(async () => {
-  terminateAllClients();
-  await proxy?.close();
-  await deployment?.stop();
-  await consoleA?.close();
-  await consoleB?.close();
-  await rm(dir, { recursive: true, force: true });
-});
+stopAfterTests(teardown);
 
 describe('with a routes file', () => {
   it('logs the routes it loaded, in the API and the proxy', () => {

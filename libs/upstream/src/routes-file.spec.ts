@@ -263,6 +263,32 @@ describe('ssh routes in the routes file', () => {
     expect(broken.join('\n')).not.toContain(keyBody.slice(0, 20));
   });
 
+  it('reads an encrypted key with its passphrase, and says so when the passphrase is wrong', () => {
+    const encrypted = generateKeyPairSync('rsa', {
+      modulusLength: 2048,
+      privateKeyEncoding: { type: 'pkcs1', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'correct horse' },
+      publicKeyEncoding: { type: 'spki', format: 'pem' },
+    }).privateKey;
+    const withPassphrase = SSH.replace(
+      'key: env:KEYHOLE_SSH_KEY_TENANT7\n',
+      'key: env:KEYHOLE_SSH_KEY_TENANT7\n        passphrase: env:KEYHOLE_SSH_PASSPHRASE\n',
+    ).replace(
+      'key: env:KEYHOLE_SSH_KEY_TENANT7, hostKey',
+      'key: env:KEYHOLE_SSH_KEY_TENANT7, passphrase: env:KEYHOLE_SSH_PASSPHRASE, hostKey',
+    );
+    const routes = parseRoutesFile(withPassphrase, 'routes.yaml', {
+      env: { KEYHOLE_SSH_KEY_TENANT7: encrypted, KEYHOLE_SSH_PASSPHRASE: 'correct horse' },
+      sshNodes: new SshNodePool(),
+    });
+    expect(routes.list[0].via.kind === 'ssh' && routes.list[0].via.node.key !== undefined).toBe(true);
+    const wrong = problemsOf(withPassphrase, { KEYHOLE_SSH_KEY_TENANT7: encrypted, KEYHOLE_SSH_PASSPHRASE: 'hunter2' });
+    expect(wrong).toEqual([
+      'routes.yaml:8: routes[0].via.ssh.key: environment variable KEYHOLE_SSH_KEY_TENANT7 is not an OpenSSH or PEM private key that can be used (or its passphrase is wrong or missing)',
+      'routes.yaml:15: routes[1].via.ssh.key: environment variable KEYHOLE_SSH_KEY_TENANT7 is not an OpenSSH or PEM private key that can be used (or its passphrase is wrong or missing)',
+    ]);
+    expect(wrong.join('\n')).not.toContain('hunter2');
+  });
+
   it('refuses bad fields at their line, and a through that is no ssh route or makes a cycle', () => {
     expect(problemsOf(SSH.replace(`hostKey: "${HOST_KEY}"\n        mode: nc`, 'hostKey: "MD5:aa"\n        mode: telnet'), env)).toEqual([
       'routes.yaml:9: routes[0].via.ssh.hostKey: must be a SHA256 host key fingerprint, as `ssh-keygen -lf` prints it (SHA256:...)',

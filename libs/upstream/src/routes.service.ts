@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown, OnModuleDestroy, OnModuleInit } from '@nestjs/common';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { KeyholeError } from '@keyhole/core';
 import { loadRoutesFile, RoutesFileError } from './routes-file';
@@ -21,7 +21,7 @@ import { SshNodePool } from './ssh-nodes';
  * shutdown closes them.
  */
 @Injectable()
-export class RoutesService implements OnModuleInit, OnModuleDestroy {
+export class RoutesService implements OnModuleInit, OnModuleDestroy, OnApplicationShutdown {
   private readonly logger = new Logger('Routes');
   private readonly file: string | undefined;
   private routes: Routes | undefined;
@@ -48,6 +48,13 @@ export class RoutesService implements OnModuleInit, OnModuleDestroy {
 
   onModuleDestroy(): void {
     process.off('SIGHUP', this.onHangup);
+  }
+
+  /**
+   * Closes the node connections last: the proxy drains its sessions in beforeApplicationShutdown,
+   * which Nest runs after onModuleDestroy, and sessions through a node live on its connection.
+   */
+  onApplicationShutdown(): void {
     this.sshNodes?.close();
   }
 

@@ -1,5 +1,6 @@
 // A TCP console stand-in to run inside a network namespace (`NetworkLab.start(ns, node, [this file,
-// HOST, PORT, MODE])`): `echo` sends every byte back; `source` sends the pattern i % 251 for ever,
+// HOST, PORT, MODE])`; for an echo server, tcp-echo.cjs): `silent` reads and never answers (a peer
+// that accepted and hangs); `source` sends the pattern i % 251 for ever,
 // honouring backpressure, and prints `written N` (its total) whenever that changed, every 200 ms, so a
 // test can see it blocked. Prints `listening` once it accepts.
 'use strict';
@@ -22,8 +23,8 @@ setInterval(() => {
 
 const server = net.createServer((socket) => {
   socket.on('error', () => socket.destroy());
-  if (mode === 'echo') {
-    socket.pipe(socket);
+  if (mode === 'silent') {
+    socket.resume();
     return;
   }
   let open = true;
