@@ -12,8 +12,12 @@ import { listenerPid, startOpenSshForwards } from './openssh';
 /** The consoles of the routes figure: the bench's TCP upstreams. */
 export type RouteConsole = 'source' | 'sink' | 'banner';
 
-/** The environment variable that carries the ssh route's private key to the proxy (never a file, never a log). */
-const SSH_KEY_VARIABLE = 'KEYHOLE_SSH_KEY_BENCH';
+/**
+ * The environment variable that carries the ssh route's private key to the proxy (never a file,
+ * never a log). Not KEYHOLE_SSH_KEY_BENCH: keyhole refuses to start with a KEYHOLE_* variable that
+ * is not one of its settings (a misspelt setting must not fall back to its default silently).
+ */
+const SSH_KEY_VARIABLE = 'BENCH_SSH_KEY';
 
 /**
  * The targets of the routes figure, each reaching the same consoles: a keyhole proxy per route
@@ -73,7 +77,8 @@ export async function startRouteTargets(input: RouteTargetsInput): Promise<Route
     const routes = path.join(workDir, file);
     writeFileSync(routes, content);
     try {
-      await keyhole.cli(['routes', 'check', routes], options.environment);
+      // Without the route's secrets: only the proxy is given them.
+      await keyhole.cli(['routes', 'check', routes]);
     } catch (error) {
       result.unavailable[system] = `not available in this build: keyhole routes check refuses it (${failureOf(error)})`;
       return;
