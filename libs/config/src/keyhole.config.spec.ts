@@ -18,6 +18,11 @@ describe('loadConfig', () => {
     expect(config.tokens.defaultTtlSeconds).toBe(600);
   });
 
+  it('leaves the ssh keys a routes file names to the routes file, and still names a misspelt setting', () => {
+    expect(() => loadConfig({ KEYHOLE_SSH_KEY_TENANT7: 'key', KEYHOLE_SSH_PASSPHRASE_TENANT7: 'secret' })).not.toThrow();
+    expect(() => loadConfig({ KEYHOLE_SSH_KEYS: 'key' })).toThrow('KEYHOLE_SSH_KEYS: not a keyhole setting (misspelt?)');
+  });
+
   it('names every bad variable at once, without echoing values', () => {
     let error: unknown;
     try {

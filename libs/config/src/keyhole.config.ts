@@ -85,6 +85,12 @@ export class ConfigurationError extends Error {
 }
 
 /**
+ * KEYHOLE_* names that are not settings: the tests' own, and the secrets a routes file names
+ * (`key: env:KEYHOLE_SSH_KEY_TENANT7`), which only the routes file's reader looks at.
+ */
+const NOT_SETTINGS = ['KEYHOLE_TEST_', 'KEYHOLE_SSH_KEY_', 'KEYHOLE_SSH_PASSPHRASE_'];
+
+/**
  * Reads and validates every KEYHOLE_* variable at once; throws one ConfigurationError naming every
  * bad variable. Empty strings count as unset, so `KEYHOLE_X=` falls back to the default.
  */
@@ -97,7 +103,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   }
   // A misspelt variable would silently fall back to its default: name it instead.
   const unknown = Object.keys(relevant)
-    .filter((name) => !(name in ENVIRONMENT_SCHEMA.shape) && !name.startsWith('KEYHOLE_TEST_'))
+    .filter((name) => !(name in ENVIRONMENT_SCHEMA.shape) && !NOT_SETTINGS.some((prefix) => name.startsWith(prefix)))
     .map((name) => `${name}: not a keyhole setting (misspelt?)`);
   const parsed = CONFIG_SCHEMA.safeParse(relevant);
   if (!parsed.success || unknown.length > 0) {
