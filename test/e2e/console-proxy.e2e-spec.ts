@@ -19,7 +19,7 @@ import {
   expectPolicyClose,
   expectUpgradeError,
 } from '../support/websocket-client';
-import { fingerprintOf, sha256 } from './helpers';
+import { endedSessionOf, fingerprintOf, sessionRowsOf, sha256 } from './helpers';
 
 /*
  * The console proxy of cell1, booted in-process exactly as production wires it, in front of real
@@ -104,23 +104,11 @@ function open(token: IssuedToken, options: ConsoleClientOptions & { via?: Runnin
   return connectConsole(consoleUrl(via, token.token), { protocols: ['binary'], ...rest });
 }
 
-async function sessionRows(tokenId: number): Promise<SessionRow[]> {
-  return queryDatabase<SessionRow>(deployment.cellUrls.cell1, 'SELECT * FROM console_sessions WHERE token_id = $1 ORDER BY started_at', [
-    tokenId,
-  ]);
-}
+const sessionRows = (tokenId: number): Promise<SessionRow[]> => sessionRowsOf(deployment.cellUrls.cell1, tokenId);
 
 /** The one session row of a token, once it has ended and its end (with byte counts) is recorded. */
-async function endedSession(tokenId: number, timeoutMs = 5_000): Promise<SessionRow> {
-  return waitUntil(
-    async () => {
-      const rows = await sessionRows(tokenId);
-      return rows.length === 1 && rows[0].ended_at !== null ? rows[0] : undefined;
-    },
-    timeoutMs,
-    `the session of token ${tokenId} to be recorded as ended`,
-  );
-}
+const endedSession = (tokenId: number, timeoutMs?: number): Promise<SessionRow> =>
+  endedSessionOf(deployment.cellUrls.cell1, tokenId, timeoutMs);
 
 /** Waits until the proxy's final write (close reason kept, byte counts updated) is visible. */
 async function endedSessionWithBytes(

@@ -1,6 +1,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { queryDatabase } from '../support/databases';
+import { queryDatabase, SessionRow } from '../support/databases';
 import { call } from '../support/token-api';
+import { waitUntil } from '../support/wait';
 
 /*
  * Small helpers shared by the token API end-to-end tests. They compute what a client computes
@@ -80,6 +81,23 @@ export async function insertTokenRow(cellUrl: string, row: { host: string; port:
     [sha256(token), row.host, row.port, randomUUID(), Math.floor(Date.now() / 1000) + 600, row.accessUrlBase],
   );
   return token;
+}
+
+/** The console_sessions rows of a token in a cell database, oldest first. */
+export function sessionRowsOf(cellUrl: string, tokenId: number): Promise<SessionRow[]> {
+  return queryDatabase<SessionRow>(cellUrl, 'SELECT * FROM console_sessions WHERE token_id = $1 ORDER BY started_at', [tokenId]);
+}
+
+/** The one session row of a token, once it has ended and its end is recorded. */
+export function endedSessionOf(cellUrl: string, tokenId: number, timeoutMs = 5_000): Promise<SessionRow> {
+  return waitUntil(
+    async () => {
+      const rows = await sessionRowsOf(cellUrl, tokenId);
+      return rows.length === 1 && rows[0].ended_at !== null ? rows[0] : undefined;
+    },
+    timeoutMs,
+    `the session of token ${tokenId} to be recorded as ended`,
+  );
 }
 
 /** How many console_auth_tokens rows a cell database holds. */

@@ -4,6 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CellsService } from '@keyhole/cells';
+import { SessionRow } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
@@ -14,13 +15,14 @@ import { QemuVm, startQemuVm } from '../support/real/qemu';
 import { Sshd, startSshd } from '../support/real/sshd';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
-import { ConsoleClient, connectConsole, terminateAllClients } from '../support/websocket-client';
+import { ConsoleClient, connectConsole, expectPolicyClose, expectRefusedUpgrade, terminateAllClients } from '../support/websocket-client';
+import { endedSessionOf, sessionRowsOf } from './helpers';
 
 /*
  * Consoles on a network the proxy has no route to, reached through SSH proxy nodes (Debian's sshd,
  * started here with its own keys), every party in a network namespace of its own:
  *
- *   root (proxy, API) --veth-- node (sshd forward :A, sshd without forwarding :B) --veth-- tenant (QEMU, echo, source)
+ *   root (proxy, API) --veth-- node (sshd forward :A, sshd without forwarding :B) --veth-- tenant (QEMU, echo, source, CONNECT proxy)
  *                                 \--veth-- node2 (sshd :C) --veth-- tenant
  *
  * The root namespace reaches the node only; the tenant and node2 are behind it. The compiled proxy
@@ -38,10 +40,14 @@ const NO_FORWARDING_PORT = 7003;
 const WRONG_HOST_KEY_PORT = 7004;
 const WRONG_KEY_PORT = 7005;
 const SILENT_NODE_PORT = 7006;
+/** An HTTP CONNECT proxy in the tenant in front of QEMU's VNC, for tokens with an internal_access_path. */
+const CONNECT_PROXY_PORT = 7007;
+const CONNECT_PATH = 'vm-through-node';
 /** A "node" in the node namespace that accepts TCP and never says a word of SSH. */
 const SILENT_SSH_PORT = 2200;
 const SERVICE_SCRIPT = join(__dirname, '../support/real/tcp-service.cjs');
 const ECHO_SCRIPT = join(__dirname, '../support/real/tcp-echo.cjs');
+const CONNECT_PROXY_SCRIPT = join(__dirname, '../support/real/connect-proxy.cjs');
 const KEY_VARIABLES = { forward: 'KEYHOLE_TEST_SSH_KEY_FORWARD', nc: 'KEYHOLE_TEST_SSH_KEY_NC', node2: 'KEYHOLE_TEST_SSH_KEY_NODE2' };
 
 let lab: NetworkLab;
@@ -56,6 +62,7 @@ let forwardNode: Sshd;
 let ncNode: Sshd;
 let node2: Sshd;
 let source: ManagedProcess;
+let connectProxy: ManagedProcess;
 let deployment: TestDeployment;
 let proxy: ProxyProcess;
 let browser: Browser | undefined;
@@ -81,7 +88,7 @@ function routesYaml({ ncNode: withNcNode = true }: { ncNode?: boolean } = {}): s
   return [
     'routes:',
     '  - name: tenant',
-    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${vm.vncPort},${ECHO_PORT},${SOURCE_PORT}" }`,
+    `    match: { cidr: ${nodeToTenant.cidr}, ports: "${vm.vncPort},${vm.serialPort},${ECHO_PORT},${SOURCE_PORT},${CONNECT_PROXY_PORT}" }`,
     sshVia(forwardNode, rootToNode.b, KEY_VARIABLES.forward),
     ...(withNcNode
       ? [
@@ -112,19 +119,31 @@ function routesYaml({ ncNode: withNcNode = true }: { ncNode?: boolean } = {}): s
   ].join('\n');
 }
 
-async function issue(host: string, port: number, consoleType: 'novnc' | 'serial' = 'novnc') {
+async function issue(
+  host: string,
+  port: number,
+  { consoleType = 'novnc', internalAccessPath }: { consoleType?: 'novnc' | 'serial'; internalAccessPath?: string } = {},
+) {
   const response = await call(deployment.api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
     key: deployment.agentKeys.cell1,
-    body: { instanceUuid: randomUUID(), consoleType, host, port },
+    body: { instanceUuid: randomUUID(), consoleType, host, port, internalAccessPath },
   });
   expect(response.status).toBe(201);
   return response.body as { id: number; token: string; accessUrl: string };
 }
 
-async function open(host: string, port: number, options: Parameters<typeof connectConsole>[1] = {}): Promise<ConsoleClient> {
-  const { token } = await issue(host, port);
-  return connectConsole(`${proxy.wsBase}/websockify?token=${encodeURIComponent(token)}`, { timeoutMs: 20_000, ...options });
+const websocketUrl = (token: string): string => `${proxy.wsBase}/websockify?token=${encodeURIComponent(token)}`;
+
+function connect(token: string, options: Parameters<typeof connectConsole>[1] = {}): Promise<ConsoleClient> {
+  return connectConsole(websocketUrl(token), { timeoutMs: 20_000, ...options });
 }
+
+async function open(host: string, port: number, options: Parameters<typeof connectConsole>[1] = {}): Promise<ConsoleClient> {
+  return connect((await issue(host, port)).token, options);
+}
+
+const sessionRows = (tokenId: number): Promise<SessionRow[]> => sessionRowsOf(deployment.cellUrls.cell1, tokenId);
+const endedSession = (tokenId: number): Promise<SessionRow> => endedSessionOf(deployment.cellUrls.cell1, tokenId, 20_000);
 
 async function proxyMetric(name: string, labels: Record<string, string>): Promise<number | undefined> {
   return metricValue(await scrapeMetrics(`http://127.0.0.1:${proxy.port}`), name, labels);
@@ -147,6 +166,25 @@ async function echoExactly(host: string, port: number, size: number): Promise<vo
   await client.close();
 }
 
+/**
+ * Resets the VM until SeaBIOS's banner arrives on `client`, a serial session through the node. QEMU
+ * attaches the next serial client only once it has seen the previous one go, and what the guest
+ * prints before that is lost: so a reset that came too early is tried again.
+ */
+async function expectBiosOnSerial(client: ConsoleClient): Promise<void> {
+  await vm.waitForSerialClient({ timeoutMs: 20_000 });
+  await waitUntil(
+    async () => {
+      const from = client.receivedBytes;
+      await vm.reset({ timeoutMs: 30_000 });
+      return waitUntil(() => (/SeaBIOS/.test(client.received().subarray(from).toString('latin1')) ? true : undefined), 5_000, 'the banner');
+    },
+    90_000,
+    "SeaBIOS's banner on the serial console through the node",
+    { retryErrors: true },
+  );
+}
+
 beforeAll(async () => {
   lab = await NetworkLab.create();
   node = await lab.namespace('node');
@@ -166,8 +204,16 @@ beforeAll(async () => {
   const echo = await lab.start(tenant, process.execPath, [ECHO_SCRIPT, '0.0.0.0', String(ECHO_PORT)]);
   const ncEcho = await lab.start(tenant, process.execPath, [ECHO_SCRIPT, '0.0.0.0', String(NC_ECHO_PORT)]);
   source = await lab.start(tenant, process.execPath, [SERVICE_SCRIPT, '0.0.0.0', String(SOURCE_PORT), 'source']);
+  connectProxy = await lab.start(tenant, process.execPath, [
+    CONNECT_PROXY_SCRIPT,
+    '0.0.0.0',
+    String(CONNECT_PROXY_PORT),
+    CONNECT_PATH,
+    vm.host,
+    String(vm.vncPort),
+  ]);
   const silent = await lab.start(node, process.execPath, [SERVICE_SCRIPT, rootToNode.b, String(SILENT_SSH_PORT), 'silent']);
-  await Promise.all([echo, ncEcho, source, silent].map((service) => waitForOutput(service, /listening/, 20_000)));
+  await Promise.all([echo, ncEcho, source, connectProxy, silent].map((service) => waitForOutput(service, /listening/, 20_000)));
 
   writeFileSync(routesFile, routesYaml());
   const keys = {
@@ -281,6 +327,72 @@ describe('consoles through SSH proxy nodes', () => {
     expect(await node2.establishedConnections()).toBe(1);
     expect(await forwardNode.establishedConnections()).toBe(1);
     await client.close();
+  });
+
+  it('ends a live session through the node when its token is revoked through the token API (1008)', async () => {
+    const issued = await issue(nodeToTenant.b, ECHO_PORT);
+    const client = await connect(issued.token);
+    expect((await client.roundTrip('before revocation', 20_000)).toString()).toBe('before revocation');
+    const revokedAt = Date.now();
+    const revoked = await call(deployment.api.baseUrl, 'DELETE', `/v1/cells/cell1/tokens/${issued.id}`, {
+      key: deployment.agentKeys.cell1,
+    });
+    expect(revoked.status).toBe(204);
+    expectPolicyClose(await client.waitForClose(10_000), 'token revoked', { since: revokedAt, withinMs: 3_000 });
+    expect((await endedSession(issued.id)).close_reason).toBe('token revoked');
+  });
+
+  it("keeps QEMU's serial port exclusive through the node: a second session is refused with 409 while the first is open, and works after", async () => {
+    const first = await issue(vm.host, vm.serialPort, { consoleType: 'serial' });
+    const second = await issue(vm.host, vm.serialPort, { consoleType: 'serial' });
+    const firstClient = await connect(first.token);
+    await expectBiosOnSerial(firstClient);
+
+    const refused = await expectRefusedUpgrade(websocketUrl(second.token), { timeoutMs: 20_000 });
+    expect(refused.status).toBe(409);
+    expect(refused.body).toMatch(/console busy/);
+    // The refusal did not disturb the session that holds the port.
+    expect(firstClient.isOpen).toBe(true);
+    expect((await sessionRows(second.id)).filter((row) => row.ended_at === null)).toEqual([]);
+
+    await firstClient.close();
+    await endedSession(first.id);
+    const secondClient = await connect(second.token);
+    await expectBiosOnSerial(secondClient);
+    await secondClient.close();
+  }, 180_000);
+
+  it("speaks HTTP CONNECT for an internal_access_path through the node, and the console's bytes sent with the 200 arrive exactly", async () => {
+    const issued = await issue(nodeToTenant.b, CONNECT_PROXY_PORT, { internalAccessPath: CONNECT_PATH });
+    const client = await connect(issued.token);
+    // The CONNECT proxy sent "HTTP/1.1 200 ...\r\n\r\n" and QEMU's banner in one write: only the banner is the console's.
+    expect((await client.waitForBytes(12, 20_000)).toString('latin1')).toBe('RFB 003.008\n');
+    expect(connectProxy.output()).toContain(`request CONNECT ${CONNECT_PATH} HTTP/1.1`);
+    // The stream goes on both ways as the console's: QEMU answers the client's version with its
+    // security types (one: None), and nothing of the HTTP answer is in between.
+    await client.send('RFB 003.008\n');
+    await client.waitForBytes(14, 20_000);
+    expect(client.received()).toEqual(Buffer.concat([Buffer.from('RFB 003.008\n', 'latin1'), Buffer.from([1, 1])]));
+    await client.close();
+  });
+
+  it('names the route in the session record and counts the connect in the per-route metrics', async () => {
+    const connects = async () => (await proxyMetric('keyhole_proxy_route_connects_total', { route: 'tenant', result: 'ok' })) ?? 0;
+    const timed = async () => (await proxyMetric('keyhole_proxy_route_connect_seconds_count', { route: 'tenant' })) ?? 0;
+    const [connectsBefore, timedBefore] = [await connects(), await timed()];
+    const issued = await issue(nodeToTenant.b, ECHO_PORT);
+    const client = await connect(issued.token);
+    expect((await client.roundTrip('recorded', 20_000)).toString()).toBe('recorded');
+    await client.close();
+    expect(await endedSession(issued.id)).toMatchObject({
+      route: 'tenant',
+      host: nodeToTenant.b,
+      port: ECHO_PORT,
+      close_reason: 'client closed',
+    });
+    expect(await connects()).toBe(connectsBefore + 1);
+    // And timed under the same label.
+    expect(await timed()).toBe(timedBefore + 1);
   });
 
   it.each([
