@@ -1,8 +1,7 @@
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellsService } from '@keyhole/cells';
-import { testConfig } from '../support/config';
-import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
+import { RunningProxy, startCell1Proxy } from '../support/console-proxy';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { queryDatabase } from '../support/databases';
 import { artifactsDir, Browser, launchBrowser, waitForSerialStatus, waitForVncScreen } from '../support/real/browser';
@@ -28,9 +27,7 @@ describe('consoles in a real browser through the proxy', () => {
   beforeAll(async () => {
     mkdirSync(artifacts, { recursive: true });
     deployment = await startTestDeployment();
-    proxy = await startConsoleProxy(
-      testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1 }),
-    );
+    proxy = await startCell1Proxy(deployment);
     // The cell's access URLs must point at this proxy, as in a deployment.
     await deployment.api.app.get(CellsService).updateProxyUrl('cell1', proxy.httpBase);
     vm = await startQemuVm({ timeoutMs: 30_000 });

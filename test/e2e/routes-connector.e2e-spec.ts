@@ -6,8 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { CellsService } from '@keyhole/cells';
-import { testConfig } from '../support/config';
-import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
+import { RunningProxy, startCell1Proxy } from '../support/console-proxy';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { artifactsDir, Browser, launchBrowser, waitForSerialStatus, waitForVncScreen } from '../support/real/browser';
 import { Namespace, NetworkLab, ROOT } from '../support/real/netns';
@@ -107,15 +106,7 @@ beforeAll(async () => {
     ['routes:', '  - name: mgmt', `    match: { cidr: ${lab.block} }`, `    via: { connector: ${socketPath} }`, ''].join('\n'),
   );
   deployment = teardown.add(await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: proxyRoutes } }), (started) => started.stop());
-  proxy = teardown.add(
-    await startConsoleProxy(
-      testConfig(deployment.controlUrl, {
-        KEYHOLE_CELL_NAME: 'cell1',
-        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
-        KEYHOLE_ROUTES_FILE: proxyRoutes,
-      }),
-    ),
-  );
+  proxy = teardown.add(await startCell1Proxy(deployment, { KEYHOLE_ROUTES_FILE: proxyRoutes }));
   await deployment.api.app.get(CellsService).updateProxyUrl('cell1', proxy.httpBase);
   browser = teardown.add(await launchBrowser());
 }, 180_000);

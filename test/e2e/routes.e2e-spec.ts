@@ -2,8 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { testConfig } from '../support/config';
-import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
+import { RunningProxy, startCell1Proxy } from '../support/console-proxy';
 import { queryDatabase, TEST_SERVER_URL } from '../support/databases';
 import { startProxyProcess } from '../support/proxy-process';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
@@ -138,15 +137,7 @@ beforeAll(async () => {
   consoleB = teardown.add(await startTcpUpstream(echo));
   await writeFile(routesFile, routesFor(consoleA));
   deployment = teardown.add(await startTestDeployment({ environment: { KEYHOLE_ROUTES_FILE: routesFile } }), (started) => started.stop());
-  proxy = teardown.add(
-    await startConsoleProxy(
-      testConfig(deployment.controlUrl, {
-        KEYHOLE_CELL_NAME: 'cell1',
-        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
-        KEYHOLE_ROUTES_FILE: routesFile,
-      }),
-    ),
-  );
+  proxy = teardown.add(await startCell1Proxy(deployment, { KEYHOLE_ROUTES_FILE: routesFile }));
 }, 60_000);
 
 stopAfterTests(teardown);
@@ -279,13 +270,7 @@ describe('a route whose console does not answer', () => {
         '\n',
       ),
     );
-    const deadEnd = await startConsoleProxy(
-      testConfig(deployment.controlUrl, {
-        KEYHOLE_CELL_NAME: 'cell1',
-        KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1,
-        KEYHOLE_ROUTES_FILE: file,
-      }),
-    );
+    const deadEnd = await startCell1Proxy(deployment, { KEYHOLE_ROUTES_FILE: file });
     try {
       const token = await insertRow('127.0.0.1', deadPort);
       const client = await connectConsole(`${deadEnd.wsBase}/websockify?token=${encodeURIComponent(token)}`);
@@ -311,9 +296,7 @@ describe('a route whose console does not answer', () => {
 
 describe('without a routes file', () => {
   it('allows every destination as before, and the proxy warns at start that it does; sessions have no route (none in the metrics)', async () => {
-    const open = await startConsoleProxy(
-      testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1 }),
-    );
+    const open = await startCell1Proxy(deployment);
     try {
       expect(open.logs()).toContain('no routes file (KEYHOLE_ROUTES_FILE): every console destination is allowed');
       const token = await insertRow('127.0.0.1', consoleB.port);

@@ -3,6 +3,8 @@ import { Test } from '@nestjs/testing';
 import { KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
 import { configureConsoleProxyApp, proxyApplicationOptions, ProxyAppModule, ProxyRuntime } from '@keyhole/console-proxy';
+import { testConfig } from './config';
+import type { TestDeployment } from './deployment';
 import { captureLogs } from './log-capture';
 
 export interface RunningProxy {
@@ -37,4 +39,11 @@ export async function startConsoleProxy(config: KeyholeConfig, overrides: { cloc
     logs: capture.text,
     close: () => app.close(),
   };
+}
+
+/** The console proxy of a test deployment's cell1, with `environment` (KEYHOLE_*) on top of the cell's settings. */
+export function startCell1Proxy(deployment: TestDeployment, environment: Record<string, string> = {}): Promise<RunningProxy> {
+  return startConsoleProxy(
+    testConfig(deployment.controlUrl, { KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: deployment.cellUrls.cell1, ...environment }),
+  );
 }
