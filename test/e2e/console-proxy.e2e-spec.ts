@@ -964,8 +964,60 @@ describe('heartbeat', () => {
   });
 });
 
+describe('connection limits', () => {
+  /** Opens a raw TCP connection to a proxy and collects what it answers until it closes. */
+  async function rawClient(via: RunningProxy): Promise<{ socket: Socket; answer: Promise<{ text: string; closedAtMs: number }> }> {
+    const socket = connectTcp({ host: '127.0.0.1', port: via.port });
+    socket.on('error', () => undefined);
+    await once(socket, 'connect');
+    const answer = new Promise<{ text: string; closedAtMs: number }>((resolve) => {
+      let text = '';
+      socket.on('data', (data: Buffer) => (text += data.toString('latin1')));
+      socket.on('close', () => resolve({ text, closedAtMs: Date.now() }));
+    });
+    return { socket, answer };
+  }
+
+  it('closes a client that never finishes its upgrade headers within KEYHOLE_PROXY_HEADERS_TIMEOUT_MS (slowloris)', async () => {
+    const bounded = await startProxy({ KEYHOLE_PROXY_INSTANCE: 'proxy-headers-bound', KEYHOLE_PROXY_HEADERS_TIMEOUT_MS: '1000' });
+    const token = await issue();
+    // A session that was opened in time is not touched by the bound, however long it lasts.
+    const client = await open(token, { via: bounded });
+
+    const connectedAt = Date.now();
+    const slow = await rawClient(bounded);
+    const silent = await rawClient(bounded);
+    slow.socket.write(`GET /websockify?token=${token.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n`);
+    // One more header line every 200 ms, never the blank line that ends the head.
+    let line = 0;
+    const drip = setInterval(() => slow.socket.writable && slow.socket.write(`X-Drip-${(line += 1)}: x\r\n`), 200);
+    try {
+      for (const [name, { answer }] of [
+        ['dripping headers', slow],
+        ['silent', silent],
+      ] as const) {
+        const { text, closedAtMs } = await withDeadline(answer, 5_000, `the ${name} client to be closed`);
+        expect({ name, text: text.split('\r\n')[0] }).toEqual({ name, text: 'HTTP/1.1 408 Request Timeout' });
+        expect(closedAtMs - connectedAt).toBeGreaterThanOrEqual(900);
+        expect(closedAtMs - connectedAt).toBeLessThan(2_500);
+      }
+    } finally {
+      clearInterval(drip);
+    }
+    expect(line).toBeGreaterThanOrEqual(3);
+
+    expect(client.isOpen).toBe(true);
+    expect((await client.roundTrip('after the bound')).toString()).toBe('after the bound');
+    // A client that sends its head in time is served as always.
+    const second = await open(await issue(), { via: bounded });
+    expect((await second.roundTrip('in time')).toString()).toBe('in time');
+    await second.close();
+    await client.close();
+  });
+});
+
 describe('graceful shutdown', () => {
-  it('on SIGTERM refuses new connections, lets live sessions run for the grace period, then closes them with 1001', async () => {
+  it('on SIGTERM answers new upgrades 503 until the listener closes, lets live sessions run for the grace period, then closes them with 1001', async () => {
     const draining = await startProxy({ KEYHOLE_PROXY_INSTANCE: 'proxy-draining', KEYHOLE_PROXY_DRAIN_GRACE_MS: '1500' });
     const token = await issue();
     const client = await open(token, { via: draining });
@@ -981,10 +1033,11 @@ describe('graceful shutdown', () => {
     const shutdown = closeProxyOnSignal(draining, 'SIGTERM');
     await waitUntil(() => (draining.logs().includes('draining console sessions') ? true : undefined), 3_000, 'the drain to start');
 
-    // New connections are refused...
-    const refusal = await expectUpgradeError(consoleUrl(draining, (await issue()).token));
-    expect(refusal.code).toBe('ECONNREFUSED');
-    // ...and so is an upgrade on a connection opened before the signal.
+    // A new connection is still accepted, and its upgrade gets a clear 503 (not a refused connect)...
+    const refusal = await expectRefusedUpgrade(consoleUrl(draining, (await issue()).token));
+    expect(refusal.status).toBe(503);
+    expect(refusal.body).toContain('proxy is shutting down');
+    // ...and so does an upgrade on a connection opened before the signal.
     const answer = new Promise<string>((resolve) => {
       let text = '';
       pending.on('data', (data: Buffer) => (text += data.toString('latin1')));
@@ -1003,6 +1056,8 @@ describe('graceful shutdown', () => {
     expect(close).toMatchObject({ code: 1001, reason: 'proxy shutdown' });
     expect(close.atMs - signalledAt).toBeGreaterThanOrEqual(1_400);
     await withDeadline(shutdown, 10_000, 'the proxy to shut down');
+    // Once drained, the listener is closed.
+    expect((await expectUpgradeError(consoleUrl(draining, (await issue()).token))).code).toBe('ECONNREFUSED');
     expect((await endedSession(token.id)).close_reason).toBe('proxy shutdown');
     expect(await sessionRows(late.id)).toEqual([]);
   });

@@ -201,10 +201,15 @@ export const ENVIRONMENT_SCHEMA = z.object({
     booleanFromEnv.default(false),
     "End a session when its token expires (1008 `token expired`; Nova's `enforce_session_timeout`).",
   ),
+  KEYHOLE_PROXY_HEADERS_TIMEOUT_MS: setting(
+    'console-proxy',
+    integer(500, 120_000).default(5_000),
+    'How long a client has, from its TCP connect, to send a whole request head (the upgrade request and its headers); a slower one gets `408` and is closed (slowloris).',
+  ),
   KEYHOLE_PROXY_DRAIN_GRACE_MS: setting(
     'console-proxy',
     integer(0, 3_600_000).default(60_000),
-    'On SIGTERM/SIGINT: how long live sessions may go on before they are closed with 1001.',
+    'On SIGTERM/SIGINT: how long live sessions may go on before they are closed with 1001; meanwhile the port stays open and upgrades get `503`.',
   ),
   KEYHOLE_PROXY_SESSION_HEARTBEAT_MS: setting(
     'console-proxy',

@@ -10,6 +10,7 @@ import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/pro
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 import { RoutesService } from '@keyhole/upstream';
+import { boundRequestHeadTime } from './header-deadline';
 import { isProxyWorker, joinSupervisor, proxyInstanceName } from './workers';
 
 /**
@@ -70,6 +71,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     await this.cell.open();
     await this.proxy.start();
     this.server().on('upgrade', this.proxy.handleUpgrade);
+    boundRequestHeadTime(this.server(), this.config.proxy.headersTimeoutMs);
     this.logger.log(
       {
         cell: this.cellName,
@@ -89,11 +91,13 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   }
 
   async beforeApplicationShutdown(signal?: string): Promise<void> {
-    // Stop accepting connections; upgraded websockets are no longer the server's and live on.
-    this.server().close();
     const graceMs = signal ? this.config.proxy.drainGraceMs : 0;
     this.logger.log({ signal, liveSessions: this.proxy.liveSessions, graceMs }, 'draining console sessions');
+    // The listener stays open while live sessions drain, so that a browser that connects meanwhile
+    // gets a clear 503 (and readiness says not ready) instead of a refused TCP connect.
     await this.proxy.drain(graceMs);
+    // Then stop accepting; upgraded websockets are no longer the server's.
+    this.server().close();
   }
 
   async onApplicationShutdown(): Promise<void> {

@@ -24,9 +24,14 @@ export const CurrentPrincipal = createParamDecorator((_: unknown, context: Execu
 });
 
 /**
- * Authenticates every request with its `Authorization: Bearer <API key>` header, then checks the
- * handler's roles. A missing or bad key is 401 whatever the reason; a good key of the wrong role
- * is 403. Cell scope is checked by `assertCellAccess` once the cell is known.
+ * Authenticates every request with its `Authorization: Bearer <API key>` header, then checks cell
+ * scope, then the handler's roles. A missing or bad key is 401 whatever the reason; a good key
+ * scoped to another cell, or of the wrong role, is 403.
+ *
+ * Cell scope is enforced here, for every route, from the route's own `:cell` parameter: a handler
+ * cannot forget it, and a new `:cell` route is scoped the moment it exists. Only a cell that is not
+ * in the path (a request body, a stored credential) is checked by the handler that reads it, with
+ * `assertCellAccess`.
  */
 @Injectable()
 export class AuthGuard implements CanActivate {
@@ -43,6 +48,10 @@ export class AuthGuard implements CanActivate {
     const request = context.switchToHttp().getRequest<FastifyRequest>();
     const principal = await this.credentials.authenticate(bearerToken(request.headers.authorization));
     setPrincipal(request, principal);
+    const cell = cellParameterOf(request);
+    if (cell !== undefined) {
+      assertCellAccess(principal, cell);
+    }
     const roles = this.reflector.getAllAndOverride<CredentialRole[] | undefined>(ROLES, targets) ?? ['operator'];
     if (!roles.includes(principal.role)) {
       throw new KeyholeError('FORBIDDEN', `This operation needs the role ${roles.join(' or ')}`, {
@@ -67,6 +76,13 @@ export function assertUnscoped(principal: Principal): void {
   if (principal.cellName !== null) {
     throw new KeyholeError('FORBIDDEN', 'This operation needs an operator credential for every cell');
   }
+}
+
+/** The route's `:cell` parameter, as Fastify decoded it (the same value the handler receives). */
+function cellParameterOf(request: FastifyRequest): string | undefined {
+  const params = request.params as Record<string, unknown> | undefined;
+  const cell = params?.cell;
+  return typeof cell === 'string' ? cell : undefined;
 }
 
 function bearerToken(header: string | undefined): string | undefined {

@@ -2,7 +2,7 @@ import { Body, Controller, Delete, Get, Param, Post } from '@nestjs/common';
 import { z } from 'zod';
 import { CellsService } from '@keyhole/cells';
 import type { Principal } from '@keyhole/credentials';
-import { assertCellAccess, assertUnscoped, CurrentPrincipal } from '../http/auth.guard';
+import { assertUnscoped, CurrentPrincipal } from '../http/auth.guard';
 import { ZodValidationPipe } from '../http/zod-validation.pipe';
 import { cellNameSchema, registerCellBodySchema } from './schemas';
 
@@ -27,8 +27,7 @@ export class CellsController {
   }
 
   @Get(':cell')
-  get(@CurrentPrincipal() principal: Principal, @Param('cell', new ZodValidationPipe(cellNameSchema, 'path', 'cell')) cell: string) {
-    assertCellAccess(principal, cell);
+  get(@Param('cell', new ZodValidationPipe(cellNameSchema, 'path', 'cell')) cell: string) {
     return this.cells.get(cell);
   }
 

@@ -1,9 +1,8 @@
 import { Controller, Delete, Get, HttpCode, Param, Query } from '@nestjs/common';
 import { z } from 'zod';
-import type { Principal } from '@keyhole/credentials';
 import { CellsService } from '@keyhole/cells';
 import { SessionsService } from '@keyhole/tokens';
-import { assertCellAccess, CurrentPrincipal, Roles } from '../http/auth.guard';
+import { Roles } from '../http/auth.guard';
 import { ZodValidationPipe } from '../http/zod-validation.pipe';
 import { cellNameSchema, instanceUuidSchema, listSessionsQuerySchema, sessionIdSchema } from './schemas';
 
@@ -19,11 +18,9 @@ export class SessionsController {
 
   @Get('sessions')
   async list(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Query(new ZodValidationPipe(listSessionsQuerySchema, 'query')) query: z.output<typeof listSessionsQuerySchema>,
   ) {
-    assertCellAccess(principal, cell);
     const sessions = await this.sessions.list(cell, {
       liveOnly: query.live ?? true,
       instanceUuid: query.instanceUuid,
@@ -35,11 +32,9 @@ export class SessionsController {
   @Delete('sessions/:id')
   @HttpCode(204)
   async end(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Param('id', new ZodValidationPipe(sessionIdSchema, 'path', 'id')) id: string,
   ): Promise<void> {
-    assertCellAccess(principal, cell);
     await this.cells.get(cell);
     await this.sessions.end(cell, id);
   }
@@ -47,11 +42,9 @@ export class SessionsController {
   @Get('instances/:instanceUuid/serial-ports')
   @Roles('agent', 'operator')
   async serialPorts(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Param('instanceUuid', new ZodValidationPipe(instanceUuidSchema, 'path', 'instanceUuid')) instanceUuid: string,
   ) {
-    assertCellAccess(principal, cell);
     await this.cells.get(cell);
     return { ports: await this.sessions.serialPorts(cell, instanceUuid) };
   }

@@ -40,7 +40,6 @@ export class TokensController {
     @Body(new ZodValidationPipe(issueTokenBodySchema, 'body')) body: z.output<typeof issueTokenBodySchema>,
     @RequestedObjectVersion() version: ObjectVersion,
   ) {
-    assertCellAccess(principal, cell);
     // The routes are the allow-list: no token for a destination the proxies would refuse to dial.
     this.routes.assertRoutable(body.host, body.port);
     const issued = await this.tokens.authorize(cell, { ...body, issuedBy: principal.credentialId });
@@ -49,12 +48,10 @@ export class TokensController {
 
   @Get('cells/:cell/tokens')
   async list(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Query(new ZodValidationPipe(listTokensQuerySchema, 'query')) query: z.output<typeof listTokensQuerySchema>,
     @RequestedObjectVersion() version: ObjectVersion,
   ) {
-    assertCellAccess(principal, cell);
     const limit = query.limit ?? DEFAULT_LIST_LIMIT;
     const found = await this.tokens.list(cell, { instanceUuid: query.instanceUuid, afterId: query.after, limit });
     return {
@@ -65,12 +62,10 @@ export class TokensController {
 
   @Get('cells/:cell/tokens/:id')
   async get(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Param('id', new ZodValidationPipe(tokenIdSchema, 'path', 'id')) id: number,
     @RequestedObjectVersion() version: ObjectVersion,
   ) {
-    assertCellAccess(principal, cell);
     return (await this.tokens.get(cell, id)).toPrimitive(version);
   }
 
@@ -78,22 +73,18 @@ export class TokensController {
   @Roles('agent', 'operator')
   @HttpCode(204)
   async revoke(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Param('id', new ZodValidationPipe(tokenIdSchema, 'path', 'id')) id: number,
   ): Promise<void> {
-    assertCellAccess(principal, cell);
     await this.tokens.revokeById(cell, id);
   }
 
   @Delete('cells/:cell/instances/:instanceUuid/tokens')
   @Roles('agent', 'operator')
   async revokeInstance(
-    @CurrentPrincipal() principal: Principal,
     @Param('cell', cellParam) cell: string,
     @Param('instanceUuid', new ZodValidationPipe(instanceUuidSchema, 'path', 'instanceUuid')) instanceUuid: string,
   ) {
-    assertCellAccess(principal, cell);
     // An unknown cell must be 404 even though an instance without tokens is not an error.
     await this.cells.get(cell);
     const ids = await this.tokens.revokeByInstance(cell, instanceUuid);
@@ -108,7 +99,6 @@ export class TokensController {
     @Param('cell', cellParam) cell: string,
     @Body(new ZodValidationPipe(purgeBodySchema, 'body')) body: z.output<typeof purgeBodySchema>,
   ) {
-    assertCellAccess(principal, cell);
     if (principal.role === 'agent' && body.host === undefined) {
       throw new KeyholeError('FORBIDDEN', 'Agents purge the expired tokens of one host: name it in "host"');
     }
