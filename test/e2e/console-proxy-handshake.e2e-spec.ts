@@ -87,8 +87,11 @@ async function expectRefused(
   const refused = await expectRefusedUpgrade(target, { headers: options.headers, origin: options.origin });
   expect(refused.status).toBe(status);
   expect(refused.headers.upgrade).toBeUndefined();
-  expect(refused.headers['content-type']).toMatch(/^text\/plain/);
-  expect(refused.body.length).toBeGreaterThan(0);
+  // The proxy's fixed JSON error, never stored nor sniffed.
+  expect(refused.headers['content-type']).toMatch(/^application\/json/);
+  expect(refused.headers['cache-control']).toBe('no-store');
+  expect(refused.headers['x-content-type-options']).toBe('nosniff');
+  expect(JSON.parse(refused.body)).toEqual({ code: expect.stringMatching(/^[A-Z_]+$/), message: expect.any(String) });
   expect(echoUpstream.connections.length).toBe(connectionsBefore);
   expect(await sessionCount(options.databaseUrl)).toBe(sessionsBefore);
   return refused;

@@ -2,8 +2,10 @@ import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { KeyholeConfig } from '@keyhole/config';
+import type { NextFunction, Request, Response } from 'express';
 import { createWebClientsRouter } from '@keyhole/web-clients';
 import { ProxyAppModule } from './proxy-app.module';
+import { ProxyExceptionFilter } from './proxy-exception.filter';
 
 export function proxyApplicationOptions(logger: LoggerService) {
   return { bodyParser: false, logger, abortOnError: false } as const;
@@ -33,8 +35,18 @@ export function configureConsoleProxyApp(
   app.useLogger(logger);
   app.set('trust proxy', config.proxy.trustProxy);
   app.disable('x-powered-by');
+  // Nothing the proxy answers over plain HTTP is stored or sniffed: a console URL's query holds its
+  // token. The web clients relax Cache-Control for their scripts and styles only.
+  app.use(noStoreNoSniff);
+  app.useGlobalFilters(new ProxyExceptionFilter());
   // The browser clients (noVNC, serial terminal, SPICE) come from the proxy itself, so an access
   // URL opens a console with nothing else installed.
   app.use(createWebClientsRouter({ spiceHtml5Dir: config.proxy.spiceHtml5Dir, frameAncestors: config.proxy.frameAncestors }));
   return app;
+}
+
+function noStoreNoSniff(_request: Request, response: Response, next: NextFunction): void {
+  response.setHeader('Cache-Control', 'no-store');
+  response.setHeader('X-Content-Type-Options', 'nosniff');
+  next();
 }

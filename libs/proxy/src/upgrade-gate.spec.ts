@@ -350,18 +350,24 @@ describe('the refusal table', () => {
     expect(cases.map((entry) => entry.refusal.kind).sort()).toEqual((Object.keys(REFUSALS) as RefusalKind[]).sort());
   });
 
-  it.each(cases)('answers $refusal.kind with $status, its message and its metric label', ({ refusal, status, message, metric }) => {
-    const socket = { writable: true, end: strictFn('socket.end'), once: strictFn('socket.once'), destroy: strictFn('socket.destroy') };
-    socket.end.mockReturnValue(socket);
-    socket.once.mockReturnValue(socket);
-    expect(refuseUpgrade(socket as unknown as Duplex, refusal)).toBe(metric);
-    const [response] = socket.end.mock.calls[0] as [string];
-    const [head, body] = response.split('\r\n\r\n');
-    expect(head.split('\r\n')[0]).toMatch(new RegExp(`^HTTP/1\\.1 ${status} \\S`));
-    expect(head).toContain(`Content-Length: ${Buffer.byteLength(body)}`);
-    expect(body).toBe(`${message}\n`);
-    expect(socket.once).toHaveBeenCalledWith('finish', expect.any(Function));
-  });
+  it.each(cases)(
+    'answers $refusal.kind with $status, its JSON code and message, and its metric label',
+    ({ refusal, status, message, metric }) => {
+      const socket = { writable: true, end: strictFn('socket.end'), once: strictFn('socket.once'), destroy: strictFn('socket.destroy') };
+      socket.end.mockReturnValue(socket);
+      socket.once.mockReturnValue(socket);
+      expect(refuseUpgrade(socket as unknown as Duplex, refusal)).toBe(metric);
+      const [response] = socket.end.mock.calls[0] as [string];
+      const [head, body] = response.split('\r\n\r\n');
+      expect(head.split('\r\n')[0]).toMatch(new RegExp(`^HTTP/1\\.1 ${status} \\S`));
+      expect(head).toContain(`Content-Length: ${Buffer.byteLength(body)}`);
+      expect(head).toContain('Content-Type: application/json; charset=utf-8');
+      expect(head).toContain('Cache-Control: no-store');
+      expect(head).toContain('X-Content-Type-Options: nosniff');
+      expect(JSON.parse(body)).toEqual({ code: refusal.kind.toUpperCase(), message });
+      expect(socket.once).toHaveBeenCalledWith('finish', expect.any(Function));
+    },
+  );
 
   it('destroys a socket it can no longer write to', () => {
     const socket = { writable: false, destroy: jest.fn() };

@@ -29,7 +29,7 @@ export type Refusal<K extends RefusalKind = RefusalKind> = { [P in K]: { readonl
 
 interface RefusalAnswer<K extends RefusalKind> {
   status: number;
-  /** The response body (one line). */
+  /** The `message` of the JSON body (`{"code": "<KIND>", "message"}`, the code being the kind in capitals). */
   message: (refusal: Refusal<K>) => string;
   /** The label of `keyhole_proxy_connects_total`. */
   metric: Exclude<ConnectResult, 'accepted' | 'upstream_failed'>;
@@ -70,10 +70,13 @@ export function refuseUpgrade<K extends RefusalKind>(socket: Duplex, refusal: Re
     socket.destroy();
     return answer.metric;
   }
-  const body = `${answer.message(refusal)}\n`;
+  // The proxy's one error shape (as its plain HTTP errors): a stable code and a message that never
+  // repeats the request (its query holds the token).
+  const body = JSON.stringify({ code: refusal.kind.toUpperCase(), message: answer.message(refusal) });
   socket.end(
     `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ''}\r\n` +
-      'Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n' +
+      'Connection: close\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n' +
+      'X-Content-Type-Options: nosniff\r\n' +
       `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );
   socket.once('finish', destroyAfterFinish);
