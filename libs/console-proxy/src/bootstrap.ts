@@ -1,7 +1,7 @@
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
-import { KeyholeConfig } from '@keyhole/config';
+import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
 import type { NextFunction, Request, Response } from 'express';
 import { createWebClientsRouter } from '@keyhole/web-clients';
 import { ProxyAppModule } from './proxy-app.module';
@@ -33,7 +33,9 @@ export function configureConsoleProxyApp(
   logger: LoggerService,
 ): NestExpressApplication {
   app.useLogger(logger);
-  app.set('trust proxy', config.proxy.trustProxy);
+  // Express believes forwarding headers from the configured proxies only (as the upgrade gate does).
+  const trustedProxies = new TrustedProxies(config.proxy.trustedProxies);
+  app.set('trust proxy', (address: string) => trustedProxies.trusts(address));
   app.disable('x-powered-by');
   // Nothing the proxy answers over plain HTTP is stored or sniffed: a console URL's query holds its
   // token. The web clients relax Cache-Control for their scripts and styles only.

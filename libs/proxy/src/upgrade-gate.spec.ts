@@ -62,7 +62,7 @@ function setUp(options: Partial<UpgradeGateOptions> = {}) {
     {
       cellName: 'cell1',
       instance: 'proxy-1',
-      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustProxy: false, sessionStaleMs: 30_000 },
+      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustedProxies: [], sessionStaleMs: 30_000 },
       legacy,
       routes: routing(undefined),
       ...options,
@@ -241,7 +241,10 @@ describe('UpgradeGate', () => {
   });
 
   it('serves a websockify token from the legacy store while the fallback is on', async () => {
-    const setup = setUp();
+    // Behind a TLS terminator the gate trusts (the request's peer).
+    const setup = setUp({
+      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustedProxies: ['198.51.100.0/24'], sessionStaleMs: 30_000 },
+    });
     storedRows(setup);
     await turnFallbackOn(setup);
     setup.cell.tokens.isRevokedHash.mockResolvedValue(false);
@@ -257,7 +260,8 @@ describe('UpgradeGate', () => {
     setup.legacy.lookup.mockResolvedValue(authorization);
     setup.legacyLookups.inc.mockReturnValue(undefined);
     setup.recorder.record.mockResolvedValue(undefined);
-    // websockify's values have no access URL: the page must have come over this very scheme.
+    // websockify's values have no access URL: the page must have come over this very scheme (the
+    // terminator's X-Forwarded-Proto).
     const grant = await setup.gate.check(withToken({ 'x-forwarded-proto': 'https' }));
     expect(grant).toMatchObject({
       kind: 'grant',
