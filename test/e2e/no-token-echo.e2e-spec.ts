@@ -1,4 +1,7 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { connect as connectTcp } from 'node:net';
 import { CellsService } from '@keyhole/cells';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
@@ -6,6 +9,7 @@ import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { Browser, isChromiumAvailable, launchBrowser } from '../support/real/browser';
 import { startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { call } from '../support/token-api';
+import { waitUntil, withDeadline } from '../support/wait';
 import { expectRefusedUpgrade } from '../support/websocket-client';
 import { expectError, issueBody } from './helpers';
 
@@ -17,6 +21,9 @@ import { expectError, issueBody } from './helpers';
  */
 
 jest.setTimeout(60_000);
+
+/** Debian's spice-html5 page, which the proxy serves when the package is installed. */
+const SPICE_AUTO_PAGE = '/usr/share/spice-html5/spice_auto.html';
 
 type Answer = Awaited<ReturnType<typeof call>>;
 
@@ -39,6 +46,21 @@ function expectNoEcho(answer: { status: number; body: unknown; headers: Headers 
 /** The proxy's one error shape: exactly `{code, message}`. */
 function expectProxyError(answer: Answer, status: number, code: string): void {
   expect({ status: answer.status, body: answer.body }).toEqual({ status, body: { code, message: expect.any(String) } });
+}
+
+/** Sends `request` verbatim on a TCP connection and resolves with everything answered until the server closes. */
+async function rawExchange(port: number, request: string): Promise<{ status: number; body: string; headers: Record<string, string> }> {
+  const socket = connectTcp(port, '127.0.0.1');
+  socket.end(request);
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  await withDeadline(once(socket, 'close'), 10_000, 'the server to close the connection');
+  const [head, body = ''] = Buffer.concat(chunks).toString('utf8').split('\r\n\r\n');
+  const [statusLine, ...lines] = head.split('\r\n');
+  const headers = Object.fromEntries(
+    lines.map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]),
+  );
+  return { status: Number(statusLine.split(' ')[1]), body, headers };
 }
 
 describe('nothing echoes a token', () => {
@@ -125,6 +147,23 @@ describe('nothing echoes a token', () => {
     });
   });
 
+  describe('requests the HTTP parser refuses', () => {
+    const malformed = (t: string) => `GET /websockify?token=${t} HTTP/1.1\r\nHost: 127.0.0.1\r\nNot a header ${t}\r\n\r\n`;
+    const oversized = (t: string) => `GET /websockify?token=${t} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: ${t.repeat(1_000)}\r\n\r\n`;
+
+    it.each([
+      ['the proxy', 'a malformed header', malformed, 400, 'INVALID_REQUEST'],
+      ['the proxy', 'headers too large', oversized, 431, 'HEADERS_TOO_LARGE'],
+      ['the API', 'a malformed header', malformed, 400, 'INVALID_INPUT'],
+      ['the API', 'headers too large', oversized, 400, 'INVALID_INPUT'],
+    ])('%s answers %s with a fixed JSON error', async (server, _name, request, status, code) => {
+      const port = server === 'the proxy' ? proxy.port : new URL(deployment.api.baseUrl).port;
+      const answer = await rawExchange(Number(port), request(token));
+      expect({ status: answer.status, code: (JSON.parse(answer.body) as { code: string }).code }).toEqual({ status, code });
+      expectNoEcho(answer, token);
+    });
+  });
+
   describe('the token API', () => {
     const requests: [string, string, (token: string) => string, 'none' | 'agent' | 'operator', number, string, Record<string, unknown>][] =
       [
@@ -203,7 +242,28 @@ describe('nothing echoes a token', () => {
       // The proxy dialled the console: the browser's websocket reached this proxy with the token.
       await connected;
       const host = new URL(proxy.httpBase).host;
+      // Chromium reports the websocket over CDP, possibly after the proxy has already dialled.
+      await waitUntil(() => (sockets.length > 0 ? true : undefined), 5_000, 'the page to report its websocket');
       expect(sockets).toEqual([`ws://${host}/websockify?token=${issued.body.token}`]);
+      await page.close();
+    });
+
+    // spice-html5's page is Debian's, not ours: it does read host and port from its link, so the
+    // CSP connect-src of its own origin is what keeps it home.
+    (existsSync(SPICE_AUTO_PAGE) ? it : it.skip)('the SPICE page cannot open a websocket to the host its link names', async () => {
+      const page = await browser.page();
+      const sockets: string[] = [];
+      const refusedByPolicy: string[] = [];
+      page.on('websocket', (socket) => sockets.push(socket.url()));
+      page.on('console', (message) => {
+        if (/Content Security Policy/.test(message.text())) {
+          refusedByPolicy.push(message.text());
+        }
+      });
+      await page.goto(`${proxy.httpBase}/spice_auto.html?host=evil.example&port=1&token=${token}`);
+      await waitUntil(() => (refusedByPolicy.length > 0 ? true : undefined), 10_000, 'the CSP to refuse the connection');
+      expect(refusedByPolicy.join('\n')).toContain('ws://evil.example:1');
+      expect(sockets.filter((url) => !url.startsWith(`${proxy.wsBase}/`))).toEqual([]);
       await page.close();
     });
   });

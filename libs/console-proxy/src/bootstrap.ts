@@ -1,9 +1,11 @@
+import type { Duplex } from 'node:stream';
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
 import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
 import type { NextFunction, Request, Response } from 'express';
-import { createWebClientsRouter } from '@keyhole/web-clients';
+import { clientErrorStatus, endWithJson } from '@keyhole/core';
+import { createWebClientsRouter, fixedErrorBody } from '@keyhole/web-clients';
 import { ProxyAppModule } from './proxy-app.module';
 import { ProxyExceptionFilter } from './proxy-exception.filter';
 
@@ -41,6 +43,9 @@ export function configureConsoleProxyApp(
   // token. The web clients relax Cache-Control for their scripts and styles only.
   app.use(noStoreNoSniff);
   app.useGlobalFilters(new ProxyExceptionFilter());
+  // A request Node's parser refuses (malformed, headers too large, too slow) gets the same fixed
+  // JSON error instead of Node's bare status line.
+  app.getHttpServer().on('clientError', answerClientError);
   // The browser clients (noVNC, serial terminal, SPICE) come from the proxy itself, so an access
   // URL opens a console with nothing else installed.
   app.use(createWebClientsRouter({ spiceHtml5Dir: config.proxy.spiceHtml5Dir, frameAncestors: config.proxy.frameAncestors }));
@@ -51,4 +56,13 @@ function noStoreNoSniff(_request: Request, response: Response, next: NextFunctio
   response.setHeader('Cache-Control', 'no-store');
   response.setHeader('X-Content-Type-Options', 'nosniff');
   next();
+}
+
+function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  const status = clientErrorStatus(error);
+  if (status === null) {
+    socket.destroy();
+    return;
+  }
+  endWithJson(socket, status, fixedErrorBody(status));
 }

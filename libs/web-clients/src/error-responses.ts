@@ -16,8 +16,10 @@ const FIXED_ERRORS: Readonly<Record<number, ProxyErrorBody>> = {
   400: { code: 'INVALID_REQUEST', message: 'The request is not valid' },
   404: { code: 'NOT_FOUND', message: 'No such resource' },
   405: { code: 'METHOD_NOT_ALLOWED', message: 'This method is not allowed here' },
+  408: { code: 'REQUEST_TIMEOUT', message: 'The request took too long' },
   413: { code: 'PAYLOAD_TOO_LARGE', message: 'The request body is too large' },
   415: { code: 'UNSUPPORTED_MEDIA_TYPE', message: 'The request body encoding is not supported' },
+  431: { code: 'HEADERS_TOO_LARGE', message: 'The request headers are too large' },
   500: { code: 'INTERNAL', message: 'Internal error' },
   503: { code: 'UNAVAILABLE', message: 'The service is unavailable' },
 };
