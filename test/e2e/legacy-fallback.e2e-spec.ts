@@ -429,7 +429,7 @@ describe('legacy fallback off (the default)', () => {
     const after = Number((await redisInfo('stats')).total_commands_processed);
 
     expect(refused.status).toBe(401);
-    expect(refused.body).toBe('invalid or expired token\n');
+    expect(JSON.parse(refused.body)).toEqual({ code: 'INVALID_TOKEN', message: 'invalid or expired token' });
     // Only this probe's own INFO: neither the refused nor the served connect reached Redis.
     expect(after - before).toBe(1);
     const hitsAfter = await redisInfo('stats');
@@ -573,7 +573,7 @@ describe('legacy tokens follow the rules of database tokens', () => {
     await expectEcho(first);
     const busy = await refusal(proxy, serial);
     expect(busy.status).toBe(409);
-    expect(busy.body).toMatch(/^console busy/);
+    expect(JSON.parse(busy.body)).toMatchObject({ code: 'CONSOLE_BUSY', message: expect.stringMatching(/^console busy/) });
     await first.close();
     await endedSessionsOf(serial, 1);
     await useConsole(proxy, serial);
@@ -878,7 +878,7 @@ describe('a legacy store that stops answering', () => {
       }
       const frozen = await refusal(outage, legacy);
       expect(frozen.status).toBe(503);
-      expect(frozen.body).toBe('console authorization is unavailable\n');
+      expect(JSON.parse(frozen.body)).toEqual({ code: 'UNAVAILABLE', message: 'console authorization is unavailable' });
       expect(frozen.elapsedMs).toBeLessThan(LEGACY_TIMEOUT_MS + 500);
     } finally {
       redis.resume();

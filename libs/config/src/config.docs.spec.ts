@@ -17,7 +17,7 @@ describe('configuration docs', () => {
     expect(defaults).toMatchObject({
       KEYHOLE_DATABASE_URL: '(none)',
       KEYHOLE_DB_POOL_SIZE: '`10`',
-      KEYHOLE_API_TRUST_PROXY: '`false`',
+      KEYHOLE_TRUSTED_PROXIES: '(empty)',
       KEYHOLE_PROXY_CONSOLE_TYPES: '`novnc,spice-html5,serial`',
       KEYHOLE_PROXY_ALLOWED_ORIGINS: '(empty)',
       KEYHOLE_LEGACY_KEY_PREFIX: '(empty)',

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseAddressRange } from './trusted-proxies';
 
 const booleanFromEnv = z
   .enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off'])
@@ -84,10 +85,16 @@ export const ENVIRONMENT_SCHEMA = z.object({
     integer(256, 1_048_576).default(16_384),
     'Largest accepted request body (256-1048576); larger is `413 PAYLOAD_TOO_LARGE`.',
   ),
-  KEYHOLE_API_TRUST_PROXY: setting(
+  KEYHOLE_TRUSTED_PROXIES: setting(
     'general',
-    booleanFromEnv.default(false),
-    "Take the client address from `X-Forwarded-For` (Fastify's `trustProxy`). Only when the API is reachable solely through a reverse proxy. Accepts `true/false/1/0/yes/no/on/off`.",
+    commaList
+      .pipe(
+        z.array(
+          z.string().refine((value) => parseAddressRange(value) !== null, 'each must be an address or a CIDR (10.0.0.0/8, 2001:db8::/32)'),
+        ),
+      )
+      .default([]),
+    "Comma-separated addresses or CIDRs of the front proxies (load balancer, ingress) whose `X-Forwarded-For` and `X-Forwarded-Proto` the token API and the console proxies believe. The client is the right-most `X-Forwarded-For` hop that is not one of them (logs, session records); the scheme (the proxy's origin check) is the one the proxy that faced the client set. From any other peer both headers are ignored. Unset = none: the peer is the client and the connection's scheme counts. Replaces `KEYHOLE_API_TRUST_PROXY` and `KEYHOLE_PROXY_TRUST_PROXY`.",
   ),
   KEYHOLE_TOKEN_TTL_SECONDS: setting(
     'general',
@@ -165,11 +172,6 @@ export const ENVIRONMENT_SCHEMA = z.object({
     'console-proxy',
     commaList.pipe(z.array(z.enum(['novnc', 'spice-html5', 'serial'])).min(1)).default(['novnc', 'spice-html5', 'serial']),
     'Console types served; a token of another type gets 404.',
-  ),
-  KEYHOLE_PROXY_TRUST_PROXY: setting(
-    'console-proxy',
-    booleanFromEnv.default(false),
-    'Take the client address from `X-Forwarded-For`. (`X-Forwarded-Proto` is always honoured for the origin check, as in Nova.)',
   ),
   KEYHOLE_PROXY_CONNECT_TIMEOUT_MS: setting(
     'console-proxy',

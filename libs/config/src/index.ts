@@ -1,2 +1,3 @@
 export * from './keyhole.config';
 export * from './config.module';
+export * from './trusted-proxies';

@@ -5,22 +5,37 @@ describe('loadConfig', () => {
   it('has documented defaults with nothing set', () => {
     const config = loadConfig({});
     expect(config.database.controlUrl).toBeUndefined();
-    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustProxy: false });
+    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [] });
     expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
     expect(config.credentials.argon2).toEqual({ memoryKib: 19456, timeCost: 2, parallelism: 1 });
     expect(config.purge).toEqual({ intervalMs: 300_000, sessionRetentionMs: 30 * 24 * 3600 * 1000, pauseMs: 0 });
   });
 
   it('reads the variables it knows and treats empty ones as unset', () => {
-    const config = loadConfig({ KEYHOLE_API_PORT: '9000', KEYHOLE_API_TRUST_PROXY: 'yes', KEYHOLE_TOKEN_TTL_SECONDS: '' });
+    const config = loadConfig({
+      KEYHOLE_API_PORT: '9000',
+      KEYHOLE_TRUSTED_PROXIES: '10.0.0.0/8, 2001:db8::/32,192.0.2.7',
+      KEYHOLE_TOKEN_TTL_SECONDS: '',
+    });
     expect(config.api.port).toBe(9000);
-    expect(config.api.trustProxy).toBe(true);
+    expect(config.api.trustedProxies).toEqual(['10.0.0.0/8', '2001:db8::/32', '192.0.2.7']);
+    expect(config.proxy.trustedProxies).toEqual(config.api.trustedProxies);
     expect(config.tokens.defaultTtlSeconds).toBe(600);
   });
 
   it('leaves the ssh keys a routes file names to the routes file, and still names a misspelt setting', () => {
     expect(() => loadConfig({ KEYHOLE_SSH_KEY_TENANT7: 'key', KEYHOLE_SSH_PASSPHRASE_TENANT7: 'secret' })).not.toThrow();
     expect(() => loadConfig({ KEYHOLE_SSH_KEYS: 'key' })).toThrow('KEYHOLE_SSH_KEYS: not a keyhole setting (misspelt?)');
+  });
+
+  it('refuses trusted proxies that are not addresses or CIDRs, and names the settings they replace', () => {
+    for (const bad of ['proxy.example.com', '10.0.0.0/33', '10.0.0.0/8/1', '::1/129', '10.0.0.0/x']) {
+      expect(() => loadConfig({ KEYHOLE_TRUSTED_PROXIES: bad })).toThrow(/KEYHOLE_TRUSTED_PROXIES/);
+    }
+    expect(() => loadConfig({ KEYHOLE_PROXY_TRUST_PROXY: 'true' })).toThrow(
+      /KEYHOLE_PROXY_TRUST_PROXY: replaced by KEYHOLE_TRUSTED_PROXIES/,
+    );
+    expect(() => loadConfig({ KEYHOLE_API_TRUST_PROXY: 'true' })).toThrow(/KEYHOLE_API_TRUST_PROXY: replaced by KEYHOLE_TRUSTED_PROXIES/);
   });
 
   it('names every bad variable at once, without echoing values', () => {

@@ -18,7 +18,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     host: env.KEYHOLE_API_HOST,
     port: env.KEYHOLE_API_PORT,
     bodyLimitBytes: env.KEYHOLE_API_BODY_LIMIT_BYTES,
-    trustProxy: env.KEYHOLE_API_TRUST_PROXY,
+    trustedProxies: env.KEYHOLE_TRUSTED_PROXIES,
   },
   tokens: {
     defaultTtlSeconds: env.KEYHOLE_TOKEN_TTL_SECONDS,
@@ -34,7 +34,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     workers: env.KEYHOLE_PROXY_WORKERS === 'auto' ? availableParallelism() : env.KEYHOLE_PROXY_WORKERS,
     allowedOrigins: env.KEYHOLE_PROXY_ALLOWED_ORIGINS.map((origin) => origin.toLowerCase()),
     consoleTypes: env.KEYHOLE_PROXY_CONSOLE_TYPES,
-    trustProxy: env.KEYHOLE_PROXY_TRUST_PROXY,
+    trustedProxies: env.KEYHOLE_TRUSTED_PROXIES,
     connectTimeoutMs: env.KEYHOLE_PROXY_CONNECT_TIMEOUT_MS,
     heartbeatIntervalMs: env.KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS,
     idleTimeoutMs: env.KEYHOLE_PROXY_IDLE_TIMEOUT_MS,
@@ -85,6 +85,12 @@ export class ConfigurationError extends Error {
   }
 }
 
+/** Settings that are gone, and what replaces them: named at start rather than silently ignored. */
+const RETIRED_SETTINGS: Readonly<Record<string, string>> = {
+  KEYHOLE_API_TRUST_PROXY: 'replaced by KEYHOLE_TRUSTED_PROXIES (the addresses or CIDRs of the proxies to believe)',
+  KEYHOLE_PROXY_TRUST_PROXY: 'replaced by KEYHOLE_TRUSTED_PROXIES (the addresses or CIDRs of the proxies to believe)',
+};
+
 /**
  * KEYHOLE_* names that are not settings: the tests' own, and the secrets a routes file names
  * (`key: env:KEYHOLE_SSH_KEY_TENANT7`), which only the routes file's reader looks at.
@@ -105,7 +111,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   // A misspelt variable would silently fall back to its default: name it instead.
   const unknown = Object.keys(relevant)
     .filter((name) => !(name in ENVIRONMENT_SCHEMA.shape) && !NOT_SETTINGS.some((prefix) => name.startsWith(prefix)))
-    .map((name) => `${name}: not a keyhole setting (misspelt?)`);
+    .map((name) => `${name}: ${RETIRED_SETTINGS[name] ?? 'not a keyhole setting (misspelt?)'}`);
   const parsed = CONFIG_SCHEMA.safeParse(relevant);
   if (!parsed.success || unknown.length > 0) {
     throw new ConfigurationError([...unknown, ...(parsed.success ? [] : describeIssues(parsed.error))]);

@@ -1,9 +1,13 @@
+import type { Duplex } from 'node:stream';
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { NestExpressApplication } from '@nestjs/platform-express';
-import { KeyholeConfig } from '@keyhole/config';
-import { createWebClientsRouter } from '@keyhole/web-clients';
+import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
+import type { NextFunction, Request, Response } from 'express';
+import { clientErrorStatus, endWithJson } from '@keyhole/core';
+import { createWebClientsRouter, fixedErrorBody } from '@keyhole/web-clients';
 import { ProxyAppModule } from './proxy-app.module';
+import { ProxyExceptionFilter } from './proxy-exception.filter';
 
 export function proxyApplicationOptions(logger: LoggerService) {
   return { bodyParser: false, logger, abortOnError: false } as const;
@@ -31,10 +35,34 @@ export function configureConsoleProxyApp(
   logger: LoggerService,
 ): NestExpressApplication {
   app.useLogger(logger);
-  app.set('trust proxy', config.proxy.trustProxy);
+  // Express believes forwarding headers from the configured proxies only (as the upgrade gate does).
+  const trustedProxies = new TrustedProxies(config.proxy.trustedProxies);
+  app.set('trust proxy', (address: string) => trustedProxies.trusts(address));
   app.disable('x-powered-by');
+  // Nothing the proxy answers over plain HTTP is stored or sniffed: a console URL's query holds its
+  // token. The web clients relax Cache-Control for their scripts and styles only.
+  app.use(noStoreNoSniff);
+  app.useGlobalFilters(new ProxyExceptionFilter());
+  // A request Node's parser refuses (malformed, headers too large, too slow) gets the same fixed
+  // JSON error instead of Node's bare status line.
+  app.getHttpServer().on('clientError', answerClientError);
   // The browser clients (noVNC, serial terminal, SPICE) come from the proxy itself, so an access
   // URL opens a console with nothing else installed.
   app.use(createWebClientsRouter({ spiceHtml5Dir: config.proxy.spiceHtml5Dir, frameAncestors: config.proxy.frameAncestors }));
   return app;
+}
+
+function noStoreNoSniff(_request: Request, response: Response, next: NextFunction): void {
+  response.setHeader('Cache-Control', 'no-store');
+  response.setHeader('X-Content-Type-Options', 'nosniff');
+  next();
+}
+
+function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  const status = clientErrorStatus(error);
+  if (status === null) {
+    socket.destroy();
+    return;
+  }
+  endWithJson(socket, status, fixedErrorBody(status));
 }

@@ -1,5 +1,6 @@
 import { Controller, Get, Header, HttpCode, Logger, Res } from '@nestjs/common';
 import type { Response } from 'express';
+import { sendFixedError } from '@keyhole/web-clients';
 import { ProxyRuntime } from './proxy-runtime';
 import { clusterMetricsText, isProxyWorker } from './workers';
 
@@ -39,7 +40,7 @@ export class OperationsController {
       text = isProxyWorker() ? await clusterMetricsText() : await this.runtime.metrics.registry.metrics();
     } catch (error) {
       this.logger.error({ err: error }, 'could not collect the metrics');
-      response.status(503).json({ error: { code: 'UNAVAILABLE', message: 'metrics are unavailable' } });
+      sendFixedError(response, 503);
       return;
     }
     response.setHeader('Content-Type', this.runtime.metrics.registry.contentType);

@@ -5,3 +5,4 @@ export * from './core.module';
 export * from './console-types';
 export * from './field-schemas';
 export * from './presented-token';
+export * from './raw-http-answer';

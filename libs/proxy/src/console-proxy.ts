@@ -5,7 +5,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { WebSocketServer } from 'ws';
 import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
-import type { Clock } from '@keyhole/core';
+import { type Clock, destroyAfterFinish } from '@keyhole/core';
 import type { ConsoleEvent } from '@keyhole/db';
 import { ConsoleEventsListener } from './console-events.listener';
 import { ProxyMetrics } from './proxy.metrics';
@@ -13,7 +13,7 @@ import { SessionLauncher } from './session-launcher';
 import { SessionRecorder } from './session-recorder';
 import { SessionRegistry } from './session-registry';
 import { UpgradeGate, UpgradeGateOptions } from './upgrade-gate';
-import { destroyAfterFinish, Refusal, refuseUpgrade } from './upgrade-refusals';
+import { Refusal, refuseUpgrade } from './upgrade-refusals';
 
 export interface ConsoleProxyOptions extends UpgradeGateOptions {
   cellDatabaseUrl: string;

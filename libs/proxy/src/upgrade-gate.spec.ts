@@ -62,7 +62,7 @@ function setUp(options: Partial<UpgradeGateOptions> = {}) {
     {
       cellName: 'cell1',
       instance: 'proxy-1',
-      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustProxy: false, sessionStaleMs: 30_000 },
+      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustedProxies: [], sessionStaleMs: 30_000 },
       legacy,
       routes: routing(undefined),
       ...options,
@@ -241,7 +241,10 @@ describe('UpgradeGate', () => {
   });
 
   it('serves a websockify token from the legacy store while the fallback is on', async () => {
-    const setup = setUp();
+    // Behind a TLS terminator the gate trusts (the request's peer).
+    const setup = setUp({
+      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustedProxies: ['198.51.100.0/24'], sessionStaleMs: 30_000 },
+    });
     storedRows(setup);
     await turnFallbackOn(setup);
     setup.cell.tokens.isRevokedHash.mockResolvedValue(false);
@@ -257,7 +260,8 @@ describe('UpgradeGate', () => {
     setup.legacy.lookup.mockResolvedValue(authorization);
     setup.legacyLookups.inc.mockReturnValue(undefined);
     setup.recorder.record.mockResolvedValue(undefined);
-    // websockify's values have no access URL: the page must have come over this very scheme.
+    // websockify's values have no access URL: the page must have come over this very scheme (the
+    // terminator's X-Forwarded-Proto).
     const grant = await setup.gate.check(withToken({ 'x-forwarded-proto': 'https' }));
     expect(grant).toMatchObject({
       kind: 'grant',
@@ -350,18 +354,24 @@ describe('the refusal table', () => {
     expect(cases.map((entry) => entry.refusal.kind).sort()).toEqual((Object.keys(REFUSALS) as RefusalKind[]).sort());
   });
 
-  it.each(cases)('answers $refusal.kind with $status, its message and its metric label', ({ refusal, status, message, metric }) => {
-    const socket = { writable: true, end: strictFn('socket.end'), once: strictFn('socket.once'), destroy: strictFn('socket.destroy') };
-    socket.end.mockReturnValue(socket);
-    socket.once.mockReturnValue(socket);
-    expect(refuseUpgrade(socket as unknown as Duplex, refusal)).toBe(metric);
-    const [response] = socket.end.mock.calls[0] as [string];
-    const [head, body] = response.split('\r\n\r\n');
-    expect(head.split('\r\n')[0]).toMatch(new RegExp(`^HTTP/1\\.1 ${status} \\S`));
-    expect(head).toContain(`Content-Length: ${Buffer.byteLength(body)}`);
-    expect(body).toBe(`${message}\n`);
-    expect(socket.once).toHaveBeenCalledWith('finish', expect.any(Function));
-  });
+  it.each(cases)(
+    'answers $refusal.kind with $status, its JSON code and message, and its metric label',
+    ({ refusal, status, message, metric }) => {
+      const socket = { writable: true, end: strictFn('socket.end'), once: strictFn('socket.once'), destroy: strictFn('socket.destroy') };
+      socket.end.mockReturnValue(socket);
+      socket.once.mockReturnValue(socket);
+      expect(refuseUpgrade(socket as unknown as Duplex, refusal)).toBe(metric);
+      const [response] = socket.end.mock.calls[0] as [string];
+      const [head, body] = response.split('\r\n\r\n');
+      expect(head.split('\r\n')[0]).toMatch(new RegExp(`^HTTP/1\\.1 ${status} \\S`));
+      expect(head).toContain(`Content-Length: ${Buffer.byteLength(body)}`);
+      expect(head).toContain('Content-Type: application/json; charset=utf-8');
+      expect(head).toContain('Cache-Control: no-store');
+      expect(head).toContain('X-Content-Type-Options: nosniff');
+      expect(JSON.parse(body)).toEqual({ code: refusal.kind.toUpperCase(), message });
+      expect(socket.once).toHaveBeenCalledWith('finish', expect.any(Function));
+    },
+  );
 
   it('destroys a socket it can no longer write to', () => {
     const socket = { writable: false, destroy: jest.fn() };

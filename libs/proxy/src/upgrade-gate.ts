@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import type { KeyholeConfig } from '@keyhole/config';
+import { type ForwardedRequest, type KeyholeConfig, TrustedProxies } from '@keyhole/config';
 import { Clock, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex } from '@keyhole/core';
 import { LEGACY_FALLBACK_SETTING } from '@keyhole/db';
 import type {
@@ -34,7 +34,7 @@ export interface UpgradeGateOptions {
   cellName: string;
   /** This replica's name in session records. */
   instance: string;
-  settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustProxy' | 'sessionStaleMs'>;
+  settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustedProxies' | 'sessionStaleMs'>;
   /** The routes table: a destination that matches no route is refused (403, `unroutable`). */
   routes: Pick<RoutesService, 'decide'>;
   /** The legacy token store, when one is configured; asked only while the fallback is on. */
@@ -105,6 +105,8 @@ export class UpgradeGate {
   // Its lines are the proxy's.
   private readonly logger = new Logger('ConsoleProxy');
   private readonly tokenLookup: BatchedTokenLookup;
+  /** Whose X-Forwarded-For and X-Forwarded-Proto are believed (KEYHOLE_TRUSTED_PROXIES). */
+  private readonly trustedProxies: TrustedProxies;
   /** The cell's legacy fallback flag as last read (forced configuration wins). */
   private fallbackFlag = false;
   /** Exclusive targets whose previous session's end is still being written (a reconnect waits for it). */
@@ -121,6 +123,7 @@ export class UpgradeGate {
     private readonly clock: Clock,
   ) {
     this.tokenLookup = new BatchedTokenLookup(cell.tokens, () => nowSeconds(clock));
+    this.trustedProxies = new TrustedProxies(options.settings.trustedProxies);
   }
 
   /** Starts the summary line of refused tokens. */
@@ -182,7 +185,7 @@ export class UpgradeGate {
     const origin = checkOrigin({
       origin: header(request, 'origin'),
       host: header(request, 'host'),
-      forwardedProto: header(request, 'x-forwarded-proto'),
+      forwardedProto: this.forwarded(request).protocol ?? undefined,
       allowedOrigins: this.options.settings.allowedOrigins,
       accessUrlBase: token.accessUrlBase,
     });
@@ -254,15 +257,22 @@ export class UpgradeGate {
     written.then(release, release);
   }
 
-  /** The client's address: the first X-Forwarded-For hop behind a trusted proxy, else the peer's. */
+  /**
+   * The client and scheme as the forwarding headers say, believed only from a trusted proxy (the
+   * right-most untrusted X-Forwarded-For hop is the client); from any other peer, the peer itself
+   * and no forwarded scheme.
+   */
+  private forwarded(request: IncomingMessage): ForwardedRequest {
+    return this.trustedProxies.resolve(
+      request.socket.remoteAddress,
+      header(request, 'x-forwarded-for'),
+      header(request, 'x-forwarded-proto'),
+    );
+  }
+
+  /** The client's address for session records and logs. */
   private clientAddress(request: IncomingMessage): string | null {
-    if (this.options.settings.trustProxy) {
-      const forwarded = header(request, 'x-forwarded-for')?.split(',')[0]?.trim();
-      if (forwarded) {
-        return forwarded.slice(0, 64);
-      }
-    }
-    return request.socket.remoteAddress ?? null;
+    return this.forwarded(request).clientAddress;
   }
 
   /**
@@ -297,9 +307,7 @@ export class UpgradeGate {
       port: legacy.port,
       internalAccessPath: legacy.internalAccessPath,
       // Without an access URL (websockify's format) the page must have come over this very scheme.
-      accessUrlBase:
-        legacy.accessUrlBase ??
-        `${(header(request, 'x-forwarded-proto') ?? 'http').split(',')[0].trim()}://${header(request, 'host') ?? 'localhost'}`,
+      accessUrlBase: legacy.accessUrlBase ?? `${this.forwarded(request).protocol ?? 'http'}://${header(request, 'host') ?? 'localhost'}`,
       expires: legacy.expiresAt ?? Number.MAX_SAFE_INTEGER,
     };
   }

@@ -1,5 +1,5 @@
-import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { endWithJson } from '@keyhole/core';
 import type { ConnectResult } from './proxy.metrics';
 
 /**
@@ -29,7 +29,7 @@ export type Refusal<K extends RefusalKind = RefusalKind> = { [P in K]: { readonl
 
 interface RefusalAnswer<K extends RefusalKind> {
   status: number;
-  /** The response body (one line). */
+  /** The `message` of the JSON body (`{"code": "<KIND>", "message"}`, the code being the kind in capitals). */
   message: (refusal: Refusal<K>) => string;
   /** The label of `keyhole_proxy_connects_total`. */
   metric: Exclude<ConnectResult, 'accepted' | 'upstream_failed'>;
@@ -66,21 +66,8 @@ export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
  */
 export function refuseUpgrade<K extends RefusalKind>(socket: Duplex, refusal: Refusal<K>): RefusalAnswer<K>['metric'] {
   const answer: RefusalAnswer<K> = REFUSALS[refusal.kind];
-  if (!socket.writable) {
-    socket.destroy();
-    return answer.metric;
-  }
-  const body = `${answer.message(refusal)}\n`;
-  socket.end(
-    `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? ''}\r\n` +
-      'Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n' +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
-  socket.once('finish', destroyAfterFinish);
+  // The proxy's one error shape (as its plain HTTP errors): a stable code and a message that never
+  // repeats the request (its query holds the token).
+  endWithJson(socket, answer.status, { code: refusal.kind.toUpperCase(), message: answer.message(refusal) });
   return answer.metric;
-}
-
-/** A 'finish' listener: once our last bytes are out, nothing more can come or go. */
-export function destroyAfterFinish(this: Duplex): void {
-  this.destroy();
 }

@@ -1,7 +1,10 @@
+import { randomUUID } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
-import { KeyholeConfig } from '@keyhole/config';
+import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
+import { clientErrorStatus, endWithJson } from '@keyhole/core';
 import { TokenApiModule } from './token-api.module';
 import { registerJsonBodyParser } from './http/json-body.parser';
 import { registerRequestContext } from './http/request-context.hooks';
@@ -19,8 +22,11 @@ export function nestApplicationOptions(logger: LoggerService) {
 export function createTokenApiAdapter(config: KeyholeConfig): FastifyAdapter {
   return new FastifyAdapter({
     bodyLimit: config.api.bodyLimitBytes,
-    trustProxy: config.api.trustProxy,
+    // X-Forwarded-For/-Proto from the configured proxies only; the client is the right-most
+    // untrusted hop (Fastify walks the chain as TrustedProxies does).
+    trustProxy: trustedProxiesFunction(config.api.trustedProxies),
     routerOptions: { caseSensitive: false, ignoreTrailingSlash: true, maxParamLength: 8_192 },
+    clientErrorHandler: answerClientError,
   });
 }
 
@@ -54,4 +60,25 @@ export function configureTokenApi(app: NestFastifyApplication, logger: LoggerSer
   registerRequestContext(fastify);
   registerJsonBodyParser(fastify);
   return app;
+}
+
+/** Fastify's `trustProxy` as a function of the peer (or hop) address; none trusted when the list is empty. */
+function trustedProxiesFunction(ranges: readonly string[]): boolean | ((address: string) => boolean) {
+  if (ranges.length === 0) {
+    return false;
+  }
+  const trustedProxies = new TrustedProxies(ranges);
+  return (address: string) => trustedProxies.trusts(address);
+}
+
+/**
+ * A request Fastify's parser refused (malformed, headers too large, too slow): the API's error body
+ * (INVALID_INPUT, a fresh request id), not Fastify's own shape; nothing of the request is repeated.
+ */
+function answerClientError(error: Error & { code?: string }, socket: Duplex): void {
+  if (clientErrorStatus(error) === null) {
+    socket.destroy();
+    return;
+  }
+  endWithJson(socket, 400, { code: 'INVALID_INPUT', message: 'The request is not valid HTTP', requestId: randomUUID() });
 }

@@ -1,18 +1,38 @@
 import { createHash } from 'node:crypto';
 import type { Response } from 'express';
 
+/** The `connect-src` of every policy here, which setSecurityHeaders narrows to the request's host. */
+const CONNECT_SELF = "connect-src 'self'";
+
+/** A Host header that may be written into a policy: a name or an IP literal, an optional port. */
+const HOST_HEADER_PATTERN = /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$/;
+
+/**
+ * `connect-src` naming only the page's own origin: `'self'`, and the same host as `ws://`/`wss://`
+ * because `'self'` does not cover websockets in every browser. A Host that is not a plain host
+ * name or address gets `'self'` alone (it never reaches the header verbatim).
+ */
+export function ownOriginConnectSource(host: string | undefined): string {
+  if (host === undefined || !HOST_HEADER_PATTERN.test(host)) {
+    return CONNECT_SELF;
+  }
+  return `${CONNECT_SELF} ws://${host} wss://${host}`;
+}
+
 /**
  * Content-Security-Policy of our own pages (noVNC, serial) and their assets. Scripts only from
  * files of this origin; styles also inline, because xterm.js and noVNC insert `<style>` elements
- * and style attributes at run time. `ws:`/`wss:` because `'self'` does not cover websockets in
- * every browser. Never framed: a console page must not be overlaid by another site (clickjacking).
+ * and style attributes at run time. Websockets only to this origin: setSecurityHeaders writes
+ * `connect-src` for the request's own host (ownOriginConnectSource), so a page cannot send its
+ * token anywhere else. Never framed: a console page must not be overlaid by another site
+ * (clickjacking).
  */
 export const PAGE_CSP = [
   "default-src 'self'",
   "script-src 'self'",
   "style-src 'self' 'unsafe-inline'",
   "img-src 'self' data:",
-  "connect-src 'self' ws: wss:",
+  CONNECT_SELF,
   "object-src 'none'",
   "base-uri 'none'",
   "form-action 'none'",
@@ -39,7 +59,12 @@ export function setSecurityHeaders(
   frameAncestors: readonly string[] = [],
 ): void {
   const framing = frameAncestors.length > 0 ? `frame-ancestors ${frameAncestors.join(' ')}` : "frame-ancestors 'none'";
-  response.setHeader('Content-Security-Policy', contentSecurityPolicy.replace("frame-ancestors 'none'", framing));
+  response.setHeader(
+    'Content-Security-Policy',
+    contentSecurityPolicy
+      .replace("frame-ancestors 'none'", framing)
+      .replace(CONNECT_SELF, ownOriginConnectSource(response.req.headers.host)),
+  );
   response.setHeader('X-Content-Type-Options', 'nosniff');
   // The page URL holds the token: never send it to anyone as a referrer.
   response.setHeader('Referrer-Policy', 'no-referrer');
@@ -59,7 +84,8 @@ export function setSecurityHeaders(
  * so an injected `<img onerror=...>` would run), each inline script and handler found in the file
  * is allowed by its SHA-256 hash; anything else inline is refused. Fails closed: what this does not
  * recognise does not run. Its video and audio use MediaSource (`blob:` URLs) and its cursors
- * `data:` images.
+ * `data:` images. Its `spice_auto.html` takes `host` and `port` from the query; the `connect-src`
+ * of this origin alone (see setSecurityHeaders) keeps a crafted link from sending the token elsewhere.
  */
 export function spicePageCsp(html: string): string {
   const scriptHashes = new Set<string>();
@@ -87,7 +113,7 @@ export function spicePageCsp(html: string): string {
     "style-src 'self' 'unsafe-inline'",
     "img-src 'self' data: blob:",
     "media-src 'self' blob:",
-    "connect-src 'self' ws: wss:",
+    CONNECT_SELF,
     "object-src 'none'",
     "base-uri 'none'",
     "form-action 'none'",

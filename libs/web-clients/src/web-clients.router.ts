@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, type Stats } from 'node:fs';
 import { extname, join } from 'node:path';
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { sendFixedError } from './error-responses';
 import { locateNovnc, locateXterm, locateXtermFitAddon, resolveSpiceDirectory, spiceVersion } from './client-packages';
 import { ASSET_CACHE_CONTROL, isSafeRequestPath, PAGE_CACHE_CONTROL, PAGE_CSP, setSecurityHeaders, spicePageCsp } from './security-headers';
 
@@ -80,7 +81,7 @@ export function createWebClientsRouter(options: WebClientsOptions = {}): Router 
     }
     // Answered here, before any file lookup or redirect; the path is not echoed.
     headers(response, PAGE_CSP, PAGE_CACHE_CONTROL);
-    response.status(404).type('text/plain').send('Not Found\n');
+    sendFixedError(response, 404);
   });
 
   for (const [path, page] of pages) {

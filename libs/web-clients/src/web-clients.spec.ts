@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import express from 'express';
 import ts from 'typescript';
 import { createWebClientsRouter, describeWebClients, type WebClientsOptions } from './web-clients.router';
-import { isSafeRequestPath, spicePageCsp } from './security-headers';
+import { isSafeRequestPath, ownOriginConnectSource, spicePageCsp } from './security-headers';
 
 const SERIAL_JS = readFileSync(join(__dirname, 'pages', 'serial.js'), 'utf8');
 const VNC_LITE_JS = readFileSync(join(__dirname, 'pages', 'vnc-lite.js'), 'utf8');
@@ -74,7 +74,8 @@ function expectSecurityHeaders(answer: Answer): void {
   const csp = String(answer.headers['content-security-policy']);
   expect(csp).toContain("default-src 'self'");
   expect(csp).toContain("frame-ancestors 'none'");
-  expect(csp).toContain("connect-src 'self' ws: wss:");
+  // Websockets to this origin only (the test client sends Host 127.0.0.1:PORT): never ws: or wss: at large.
+  expect(csp).toMatch(/connect-src 'self' ws:\/\/127\.0\.0\.1:\d+ wss:\/\/127\.0\.0\.1:\d+;/);
   expect(csp).not.toMatch(/script-src[^;]*'unsafe-inline'/);
   expect(answer.headers['x-content-type-options']).toBe('nosniff');
   expect(answer.headers['referrer-policy']).toBe('no-referrer');
@@ -226,6 +227,14 @@ describe('web clients router', () => {
   });
 
   describe('browser scripts', () => {
+    it('vnc-lite.js builds its websocket URL from its own location only, never from host, port or encrypt', () => {
+      for (const ignored of ['host', 'port', 'encrypt']) {
+        expect(VNC_LITE_JS).not.toContain(`readQueryVariable('${ignored}'`);
+        expect(VNC_LITE_JS).not.toContain(`readBoolean('${ignored}'`);
+      }
+      expect(VNC_LITE_JS).toContain("scheme + '//' + window.location.host + '/'");
+    });
+
     it.each([
       ['vnc-lite.js', VNC_LITE_JS],
       ['serial.js', SERIAL_JS],
@@ -390,6 +399,16 @@ describe('web clients router', () => {
       } else {
         expect(answer.status).toBe(404);
         expect(describeWebClients().spice).toBeNull();
+      }
+    });
+
+    it('names only a plain host in connect-src, never a Host header that could change the policy', () => {
+      expect(ownOriginConnectSource('console.example.com:6080')).toBe(
+        "connect-src 'self' ws://console.example.com:6080 wss://console.example.com:6080",
+      );
+      expect(ownOriginConnectSource('[2001:db8::1]:6080')).toBe("connect-src 'self' ws://[2001:db8::1]:6080 wss://[2001:db8::1]:6080");
+      for (const hostile of [undefined, '', 'a.example; script-src *', 'a.example *', 'a.example/x', 'ws://a.example', "a'b"]) {
+        expect(ownOriginConnectSource(hostile)).toBe("connect-src 'self'");
       }
     });
 

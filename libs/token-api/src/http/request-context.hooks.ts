@@ -33,9 +33,9 @@ export function principalOf(request: FastifyRequest): Principal | undefined {
 }
 
 /**
- * Gives each request an id (the caller's X-Request-Id when well-formed), refuses bodies that are
- * not JSON before they are read, and writes one access log line when the response is sent. The
- * line names the matched route template (`/v1/cells/:cell/tokens/:id`), never the path as sent: a
+ * Gives each request an id (the caller's X-Request-Id when well-formed) and `no-store`/`nosniff`
+ * headers, refuses bodies that are not JSON before they are read, and writes one access log line
+ * when the response is sent. The line names the matched route template (`/v1/cells/:cell/tokens/:id`), never the path as sent: a
  * client may put a token in it by mistake (Nova's API takes tokens in the path). No header is
  * logged.
  */
@@ -48,6 +48,10 @@ export function registerRequestContext(fastify: FastifyInstance): void {
     const requestId = typeof offered === 'string' && REQUEST_ID_PATTERN.test(offered) ? offered : randomUUID();
     (request as RequestWithContext)[CONTEXT] = { requestId, startedAt: process.hrtime.bigint() };
     reply.header('X-Request-Id', requestId);
+    // Every answer of the API is JSON data (never a page): not stored by a cache or a browser, never
+    // sniffed into something else. An error never repeats the path or query (a token may be in it).
+    reply.header('Cache-Control', 'no-store');
+    reply.header('X-Content-Type-Options', 'nosniff');
     if (hasBody(request) && !isJson(request.headers['content-type'])) {
       done(new KeyholeError('UNSUPPORTED_MEDIA_TYPE', 'Request bodies must be application/json'));
       return;

@@ -6,8 +6,9 @@
 // Query parameters, read as noVNC reads them (percent-decoded, `+` is not a space):
 //   path       websocket path, default `websockify`; may carry its own query (`websockify?token=T`)
 //   token      appended to `path` as `?token=` when `path` has none (Nova's old `vnc_auto.html?token=`)
-//   host/port  websocket host and port, default the page's
-//   encrypt    `wss` instead of `ws` (true/1/yes); default: whether the page came over https
+//   (not read: `host`, `port`, `encrypt`. noVNC's pages take them, so a crafted link could send
+//   the token to another host; this page always connects to its own origin, `wss` when it came
+//   over https, and its CSP `connect-src` allows nothing else.)
 //   password   VNC password; when absent and the server asks, the page prompts
 //   scale      scale the remote screen to the window; `resize=scale` is the same, `resize=remote`
 //              asks the server to resize instead
@@ -49,19 +50,16 @@ function readBoolean(name, defaultValue) {
   return /^(1|true|yes|on)$/i.test(value);
 }
 
+// The websocket URL from the page's own location only: same host and port, `wss` under https.
+// `path` is made relative to the origin (leading slashes dropped), so it cannot name another host.
 function websocketUrl() {
-  let host = readQueryVariable('host', window.location.hostname);
-  if (host.includes(':') && !host.startsWith('[')) {
-    host = '[' + host + ']';
-  }
-  const port = readQueryVariable('port', window.location.port);
-  const encrypt = readBoolean('encrypt', window.location.protocol === 'https:');
   let path = readQueryVariable('path', 'websockify');
   const token = readQueryVariable('token', null);
   if (token !== null && !/[?&]token=/.test(path)) {
     path += (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
   }
-  return (encrypt ? 'wss' : 'ws') + '://' + host + (port ? ':' + port : '') + '/' + path.replace(/^\/+/, '');
+  const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return scheme + '//' + window.location.host + '/' + path.replace(/^[/\\]+/, '');
 }
 
 function connect() {
