@@ -298,6 +298,9 @@ class SshNode {
       };
       client.once('ready', () => {
         settled = true;
+        // Our packets (channel opens, console input) go out at once, not after sshd's delayed ACK of
+        // the one before. A no-op when the connection is a channel through another node.
+        client.setNoDelay(true);
         this.counted('ok');
         this.logger.log({ node: this.name }, 'ssh proxy node connected');
         resolve(client);
@@ -371,6 +374,7 @@ function openChannel(client: Client, destination: { host: string; port: number }
             : new UpstreamError('ssh channel refused', `the proxy node refused the channel (${error.message})`, { cause: error }),
         );
       } else {
+        ackNow(client, channel);
         resolve(channel);
       }
     };
@@ -393,6 +397,26 @@ function openChannel(client: Client, destination: { host: string; port: number }
       }
     }
   });
+}
+
+/** The part of ssh2's connection that `ackNow` writes to (not in its public API). */
+interface SshWire {
+  _protocol?: { channelWindowAdjust?: (remoteChannel: number, bytes: number) => void };
+}
+
+/**
+ * Sends sshd, right away, a packet that changes nothing (a window adjust of 0 bytes), so that our
+ * ACK of what it just sent (the channel's confirmation, or nc's exec reply) leaves now instead of
+ * after Linux's 40 ms delayed ACK. OpenSSH's sshd turns Nagle off only for interactive sessions, so
+ * on a node connection it holds the console's first bytes (RFB's greeting) until its previous
+ * packet is acknowledged: without this every console connect waits ~40 ms for our delayed ACK.
+ */
+function ackNow(client: Client, channel: ClientChannel): void {
+  const protocol = (client as unknown as SshWire)._protocol;
+  const remote = (channel as unknown as { outgoing?: { id?: unknown } }).outgoing?.id;
+  if (typeof protocol?.channelWindowAdjust === 'function' && typeof remote === 'number') {
+    protocol.channelWindowAdjust(remote, 0);
+  }
 }
 
 /**
