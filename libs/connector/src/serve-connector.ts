@@ -25,6 +25,14 @@ export interface ServeConnectorOptions {
   maxConnections?: number;
 }
 
+/**
+ * The buffer bound of both sockets of a connection. Node reads a socket 64 KiB at a time, and a
+ * pipe() into a socket whose bound is the default 16 KiB pauses and resumes its source around
+ * nearly every read under load; 256 KiB lets a few reads be in flight. Still a bound: a slow
+ * reader holds at most this much (per direction) in the connector.
+ */
+const RELAY_HIGH_WATER_MARK = 256 * 1024;
+
 /** Refusals by status: their metric label. */
 const RESULT_OF: Record<Exclude<ConnectorStatusName, 'ok'>, ConnectionResult> = {
   notAllowed: 'not_allowed',
@@ -64,7 +72,7 @@ export class ServeConnector {
   async start(): Promise<void> {
     this.routes = await loadServeRoutes(this.options.routesFile);
     await removeStaleSocket(this.options.socketPath);
-    const server = createServer({ allowHalfOpen: true }, (socket) => void this.handle(socket));
+    const server = createServer({ allowHalfOpen: true, highWaterMark: RELAY_HIGH_WATER_MARK }, (socket) => void this.handle(socket));
     // Created 0660 (no window with a wider mode): only the owner and the group (the proxy's) may connect.
     const previousMask = process.umask(0o117);
     try {
@@ -143,7 +151,7 @@ export class ServeConnector {
     }
     let upstream: Socket;
     try {
-      upstream = (await dialTcp(destination, this.connectTimeoutMs)) as Socket;
+      upstream = (await dialTcp(destination, this.connectTimeoutMs, RELAY_HIGH_WATER_MARK)) as Socket;
     } catch (error) {
       const timeout = error instanceof UpstreamError && error.reason === 'connect timeout';
       this.refuse(socket, timeout ? 'timeout' : 'connectFailed', {

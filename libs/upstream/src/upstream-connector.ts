@@ -68,10 +68,18 @@ export async function connectUpstream(
   }
 }
 
-/** A TCP connect from this network namespace, with Nagle off (console traffic is small interactive writes). */
-export const dialTcp: Dialer = (destination, timeoutMs) =>
+/**
+ * A TCP connect from this network namespace, with Nagle off (console traffic is small interactive
+ * writes). `highWaterMark` overrides the socket's buffer bounds (a relay that pipes 64 KiB reads).
+ */
+export const dialTcp = (destination: { host: string; port: number }, timeoutMs: number, highWaterMark?: number): Promise<Duplex> =>
   new Promise((resolve, reject) => {
-    const socket = connect({ host: destination.host, port: destination.port, noDelay: true });
+    const socket = connect({
+      host: destination.host,
+      port: destination.port,
+      noDelay: true,
+      ...(highWaterMark === undefined ? {} : { highWaterMark }),
+    });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new UpstreamError('connect timeout', `no connection to the console within ${timeoutMs} ms`));
