@@ -6,7 +6,7 @@ import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { queryDatabase, SessionRow } from '../support/databases';
 import { freePort } from '../support/real/network';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
-import { metricValue } from '../support/metrics';
+import { metricValue, scrapeMetrics } from '../support/metrics';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
@@ -966,8 +966,11 @@ describe('heartbeat', () => {
 
 describe('connection limits', () => {
   /** Opens a raw TCP connection to a proxy and collects what it answers until it closes. */
-  async function rawClient(via: RunningProxy): Promise<{ socket: Socket; answer: Promise<{ text: string; closedAtMs: number }> }> {
-    const socket = connectTcp({ host: '127.0.0.1', port: via.port });
+  async function rawClient(
+    via: RunningProxy,
+    localAddress?: string,
+  ): Promise<{ socket: Socket; answer: Promise<{ text: string; closedAtMs: number }> }> {
+    const socket = connectTcp({ host: '127.0.0.1', port: via.port, localAddress });
     socket.on('error', () => undefined);
     await once(socket, 'connect');
     const answer = new Promise<{ text: string; closedAtMs: number }>((resolve) => {
@@ -1013,6 +1016,106 @@ describe('connection limits', () => {
     expect((await second.roundTrip('in time')).toString()).toBe('in time');
     await second.close();
     await client.close();
+  });
+
+  /** The head of a request that never ends (no blank line): the connection stays unauthenticated. */
+  const UNFINISHED_HEAD = 'GET /websockify HTTP/1.1\r\nHost: 127.0.0.1\r\n';
+
+  /** Splits a raw answer into its status line, its headers (lowercase names) and its JSON body. */
+  function parseAnswer(text: string): { status: string; headers: Record<string, string>; body: unknown } {
+    const [head, body] = text.split('\r\n\r\n');
+    const [status, ...lines] = head.split('\r\n');
+    const headers = Object.fromEntries(
+      lines.map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]),
+    );
+    return { status, headers, body: JSON.parse(body) as unknown };
+  }
+
+  /** A session can be opened again (the caps release as the server sees the idle sockets close). */
+  function openOnceReleased(via: RunningProxy): Promise<ConsoleClient> {
+    return waitUntil(async () => open(await issue(), { via }), 3_000, 'a new session to be accepted again', { retryErrors: true });
+  }
+
+  it('refuses a connection over KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS at once with 429, while granted sessions and other addresses go on', async () => {
+    const capped = await startProxy({
+      KEYHOLE_PROXY_INSTANCE: 'proxy-pending-per-address',
+      KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS: '3',
+      KEYHOLE_PROXY_HEADERS_TIMEOUT_MS: '20000',
+    });
+    // A granted session does not count against the cap.
+    const client = await open(await issue(), { via: capped });
+    const idle = [];
+    for (let index = 0; index < 3; index += 1) {
+      const raw = await rawClient(capped);
+      raw.socket.write(UNFINISHED_HEAD);
+      idle.push(raw);
+    }
+
+    const connectedAt = Date.now();
+    const over = await rawClient(capped);
+    over.socket.write(UNFINISHED_HEAD);
+    const { text, closedAtMs } = await withDeadline(over.answer, 2_000, 'the connection over the cap to be refused');
+    expect(closedAtMs - connectedAt).toBeLessThan(1_000);
+    const answer = parseAnswer(text);
+    expect(answer.status).toBe('HTTP/1.1 429 Too Many Requests');
+    expect(answer.headers['retry-after']).toBe('1');
+    expect(answer.headers['cache-control']).toBe('no-store');
+    expect(answer.body).toEqual({ code: 'TOO_MANY_CONNECTIONS', message: 'too many pending connections from this address' });
+
+    // Another peer address has a cap of its own.
+    const other = await rawClient(capped, '127.0.0.2');
+    other.socket.write('GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    const otherAnswer = await withDeadline(other.answer, 5_000, 'the other address to be answered');
+    expect(otherAnswer.text.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+
+    // The idle connections are still open, and the granted session still works.
+    for (const { socket } of idle) {
+      expect(socket.destroyed).toBe(false);
+    }
+    expect((await client.roundTrip('still here')).toString()).toBe('still here');
+
+    // Once the idle connections go, the address is served again.
+    for (const { socket } of idle) {
+      socket.destroy();
+    }
+    const second = await openOnceReleased(capped);
+    expect((await second.roundTrip('again')).toString()).toBe('again');
+    await second.close();
+    await client.close();
+    const metrics = await scrapeMetrics(capped.httpBase);
+    expect(metricValue(metrics, 'keyhole_proxy_connections_refused_total', { reason: 'per_address' })).toBe(1);
+  });
+
+  it('refuses a connection over KEYHOLE_PROXY_MAX_PENDING at once with 503', async () => {
+    const capped = await startProxy({
+      KEYHOLE_PROXY_INSTANCE: 'proxy-pending-total',
+      KEYHOLE_PROXY_MAX_PENDING: '2',
+      KEYHOLE_PROXY_HEADERS_TIMEOUT_MS: '20000',
+    });
+    const client = await open(await issue(), { via: capped });
+    const idle = [await rawClient(capped), await rawClient(capped, '127.0.0.2')];
+    for (const { socket } of idle) {
+      socket.write(UNFINISHED_HEAD);
+    }
+
+    const connectedAt = Date.now();
+    const over = await rawClient(capped, '127.0.0.3');
+    const { text, closedAtMs } = await withDeadline(over.answer, 2_000, 'the connection over the total cap to be refused');
+    expect(closedAtMs - connectedAt).toBeLessThan(1_000);
+    const answer = parseAnswer(text);
+    expect(answer.status).toBe('HTTP/1.1 503 Service Unavailable');
+    expect(answer.headers['retry-after']).toBe('1');
+    expect(answer.body).toEqual({ code: 'TOO_MANY_CONNECTIONS', message: 'too many pending connections' });
+    expect((await client.roundTrip('still here')).toString()).toBe('still here');
+
+    for (const { socket } of idle) {
+      socket.destroy();
+    }
+    const second = await openOnceReleased(capped);
+    await second.close();
+    await client.close();
+    const metrics = await scrapeMetrics(capped.httpBase);
+    expect(metricValue(metrics, 'keyhole_proxy_connections_refused_total', { reason: 'total' })).toBe(1);
   });
 });
 

@@ -208,6 +208,16 @@ export const ENVIRONMENT_SCHEMA = z.object({
     integer(500, 120_000).default(5_000),
     'How long a client has, from its TCP connect, to send a whole request head (the upgrade request and its headers); a slower one gets `408` and is closed (slowloris).',
   ),
+  KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS: setting(
+    'console-proxy',
+    integer(1, 65_536).default(32),
+    'Most connections from one TCP peer address that are not yet authenticated (from accept until the upgrade is granted or the plain request answered); one more gets `429` with `Retry-After` and is closed. Per process (each of `KEYHOLE_PROXY_WORKERS` counts its own).',
+  ),
+  KEYHOLE_PROXY_MAX_PENDING: setting(
+    'console-proxy',
+    integer(1, 1_048_576).default(1_024),
+    'Most connections in all that are not yet authenticated; one more gets `503` with `Retry-After` and is closed. Per process.',
+  ),
   KEYHOLE_PROXY_DRAIN_GRACE_MS: setting(
     'console-proxy',
     integer(0, 3_600_000).default(60_000),

@@ -43,6 +43,8 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     enforceTokenExpiry: env.KEYHOLE_PROXY_ENFORCE_TOKEN_EXPIRY,
     drainGraceMs: env.KEYHOLE_PROXY_DRAIN_GRACE_MS,
     headersTimeoutMs: env.KEYHOLE_PROXY_HEADERS_TIMEOUT_MS,
+    maxPendingPerAddress: env.KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS,
+    maxPending: env.KEYHOLE_PROXY_MAX_PENDING,
     sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
     sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
     spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,

@@ -2,6 +2,7 @@ import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationShu
 import { HttpAdapterHost } from '@nestjs/core';
 import { hostname } from 'node:os';
 import type { Server } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
@@ -10,6 +11,7 @@ import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/pro
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 import { RoutesService } from '@keyhole/upstream';
+import { capPendingConnections } from './connection-caps';
 import { boundRequestHeadTime } from './header-deadline';
 import { isProxyWorker, joinSupervisor, proxyInstanceName } from './workers';
 
@@ -25,6 +27,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   readonly cell: CellDatabase;
   readonly metrics: ProxyMetrics;
   readonly proxy: ConsoleProxy;
+  private releaseGranted: (socket: Duplex) => void = () => undefined;
 
   constructor(
     @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
@@ -60,6 +63,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         legacy: legacy ?? undefined,
         forcedFallback: config.legacy.forcedFallback,
         logEachRefusal: config.log.level === 'debug' || config.log.level === 'trace',
+        granted: (socket) => this.releaseGranted(socket),
       },
       this.cell,
       this.metrics,
@@ -70,6 +74,11 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   async onModuleInit(): Promise<void> {
     await this.cell.open();
     await this.proxy.start();
+    this.releaseGranted = capPendingConnections(
+      this.server(),
+      { perAddress: this.config.proxy.maxPendingPerAddress, total: this.config.proxy.maxPending },
+      (reason) => this.metrics.connectionsRefused.inc({ reason }),
+    );
     this.server().on('upgrade', this.proxy.handleUpgrade);
     boundRequestHeadTime(this.server(), this.config.proxy.headersTimeoutMs);
     this.logger.log(

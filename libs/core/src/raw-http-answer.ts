@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream';
  * destroyed once the bytes are out. A socket that can no longer be written is destroyed at once.
  * The body is the caller's fixed error: nothing of the request (its path and query hold tokens).
  */
-export function endWithJson(socket: Duplex, status: number, body: object): void {
+export function endWithJson(socket: Duplex, status: number, body: object, headers: Readonly<Record<string, string>> = {}): void {
   if (!socket.writable) {
     socket.destroy();
     return;
@@ -17,6 +17,9 @@ export function endWithJson(socket: Duplex, status: number, body: object): void 
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n` +
       'Connection: close\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n' +
       'X-Content-Type-Options: nosniff\r\n' +
+      Object.entries(headers)
+        .map(([name, value]) => `${name}: ${value}\r\n`)
+        .join('') +
       `Content-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`,
   );
   socket.once('finish', destroyAfterFinish);

@@ -18,6 +18,8 @@ import { Refusal, refuseUpgrade } from './upgrade-refusals';
 export interface ConsoleProxyOptions extends UpgradeGateOptions {
   cellDatabaseUrl: string;
   settings: KeyholeConfig['proxy'];
+  /** Told of each socket whose upgrade was granted (it no longer counts as unauthenticated). */
+  granted?: (socket: Duplex) => void;
 }
 
 /**
@@ -34,6 +36,7 @@ export class ConsoleProxy {
   private draining = false;
   private readonly gate: UpgradeGate;
   private readonly launcher: SessionLauncher;
+  private readonly granted: ((socket: Duplex) => void) | undefined;
 
   constructor(
     options: ConsoleProxyOptions,
@@ -42,6 +45,7 @@ export class ConsoleProxy {
     private readonly clock: Clock,
   ) {
     const settings = options.settings;
+    this.granted = options.granted;
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -123,6 +127,11 @@ export class ConsoleProxy {
   readonly handleUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
     // Errors on a socket we are about to refuse are not the proxy's problem, but must be handled.
     socket.on('error', ignore);
+    if (!socket.writable) {
+      // Already answered before its head was read (a connection cap): nothing to check.
+      socket.destroy();
+      return;
+    }
     this.upgrade(request, socket, head).catch((error: unknown) => {
       this.logger.error({ err: error }, 'websocket upgrade failed');
       this.refuse(socket, INTERNAL_ERROR);
@@ -157,6 +166,7 @@ export class ConsoleProxy {
     this.wss.handleUpgrade(request, socket, head, (ws) => {
       settled = true;
       socket.off('close', abandon);
+      this.granted?.(socket);
       // ws ends the socket once the close handshake is done (or the browser half-closed), then,
       // on the browser's FIN, ends the socket and its frame parser again, which builds two error
       // objects that nobody reads (2-3 % of the connect path's CPU). Nothing more can come or go

@@ -37,11 +37,18 @@ export class ProxyMetrics {
   readonly legacyLookups: Counter<'result'>;
   readonly routeConnects: Counter<'route' | 'result'>;
   readonly routeConnectSeconds: Histogram<'route'>;
+  readonly connectionsRefused: Counter<'reason'>;
 
   constructor(cellName: string) {
     this.registry.setDefaultLabels({ cell: cellName });
     collectDefaultMetrics({ register: this.registry, prefix: 'keyhole_proxy_process_' });
     this.sessionsLive = new Gauge({ name: 'keyhole_proxy_sessions_live', help: 'Console sessions open now', registers: [this.registry] });
+    this.connectionsRefused = new Counter({
+      name: 'keyhole_proxy_connections_refused_total',
+      help: 'Connections refused before their request head was read, by the cap they were over (per_address, total)',
+      labelNames: ['reason'],
+      registers: [this.registry],
+    });
     this.connects = new Counter({
       name: 'keyhole_proxy_connects_total',
       help: 'Websocket connect attempts by result',
