@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Client } from 'pg';
@@ -110,6 +110,12 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
   });
 
   const baseEnvironment: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, KEYHOLE_LOG_LEVEL: 'info' };
+  // The load generator is thousands of users behind one address (127.0.0.1), opening up to 50
+  // sessions at once: lift the proxy's cap on pending connections per address, in builds that have
+  // it (an older build refuses a setting it does not know).
+  const pendingCaps = productKnowsSetting(options.productDir, 'KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS')
+    ? { KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS: '65536', KEYHOLE_PROXY_MAX_PENDING: '1048576' }
+    : {};
   const cliWith = async (args: string[], environment: Record<string, string> = {}): Promise<string> => {
     const { stdout } = await execFileAsync(process.execPath, [cliMain, ...args], {
       env: { ...baseEnvironment, KEYHOLE_DATABASE_URL: controlUrl, ...environment },
@@ -166,6 +172,7 @@ export async function startKeyhole(options: KeyholeOptions): Promise<Keyhole> {
         KEYHOLE_PROXY_HOST: '127.0.0.1',
         KEYHOLE_PROXY_PORT: String(port),
         KEYHOLE_DB_POOL_SIZE: String(options.proxyPoolSize),
+        ...pendingCaps,
         ...options.proxyEnvironment,
         ...environment,
       },
@@ -233,4 +240,10 @@ export async function startWebsockify(targets: Record<string, string>, workDir: 
   const websockify = await startHarnessWebsockify(targets, { logFile: path.join(workDir, 'websockify.log') });
   onCleanup(() => websockify.stop());
   return websockify;
+}
+
+/** Whether the build in `productDir` has the setting `name` (its compiled configuration schema names it). */
+function productKnowsSetting(productDir: string, name: string): boolean {
+  const schema = path.join(productDir, 'dist/libs/config/src/config.schema.js');
+  return existsSync(schema) && readFileSync(schema, 'utf8').includes(name);
 }
