@@ -7,8 +7,9 @@ import { encodeHeader, STATUS_TEXT, statusName } from './connector-protocol';
  * A Dialer that reaches consoles through the connector listening on the UNIX socket `socketPath`
  * (a route's `via: { connector: PATH }`): it opens the socket, sends the request header, and
  * resolves once the connector answered ok, with the socket not read any further: console bytes that
- * came with the status are still in it. Everything is bounded by `timeoutMs`; every failure is an UpstreamError
- * whose reason says where it failed (`connector missing`, `connector refused: not allowed`, ...).
+ * came with the status are still in it. Everything is bounded by `timeoutMs`; every failure is an
+ * UpstreamError whose reason says where it failed (`connector missing`, `connector refused: not
+ * allowed`, ...).
  */
 export function connectorDialer(socketPath: string): Dialer {
   return (destination, timeoutMs) =>

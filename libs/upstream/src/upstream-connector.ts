@@ -22,12 +22,13 @@ export type Dialer = (destination: { host: string; port: number }, timeoutMs: nu
 const MAX_CONNECT_RESPONSE_BYTES = 4096;
 
 /**
- * Opens the console's stream with `dial` (default: a TCP connect from this network namespace), then, for an internal access path, `CONNECT <path> HTTP/1.1` and proceed
- * only on status 200. Exactly the response head is consumed: bytes the console sent after it
- * (an RFB banner in the same segment) are put back for the caller (Nova bug 1695844).
+ * Opens the console's stream with `dial` (default: a TCP connect from this network namespace),
+ * then, for an internal access path, `CONNECT <path> HTTP/1.1` and proceed only on status 200.
+ * Exactly the response head is consumed: bytes the console sent after it (an RFB banner in the
+ * same segment) are put back for the caller (Nova bug 1695844).
  *
  * With `turns`, connects to the same console take turns (see ConnectTurns); `timeoutMs` bounds
- * the wait for the turn and the TCP connect together. The console's bytes stay in the socket until
+ * the wait for the turn and the dial together. The console's bytes stay in the socket until
  * the caller reads them ('data' listener, resume()).
  */
 export async function connectUpstream(
