@@ -16,7 +16,15 @@ export interface SpliceStats {
  * reset or a destroy on either side destroys both.
  */
 export function splice(client: Socket, destination: Socket): Promise<SpliceStats> {
-  const stats: SpliceStats = { bytesForward: 0, bytesBack: 0 };
+  // The sockets count what they received, so no 'data' listener of ours sits on the byte path. What
+  // was received and consumed before this splice (a request header, a status byte) is not carried;
+  // what was received and is still buffered (bytes sent early, put back) is.
+  const clientReadBefore = client.bytesRead - client.readableLength;
+  const destinationReadBefore = destination.bytesRead - destination.readableLength;
+  const stats = (): SpliceStats => ({
+    bytesForward: client.bytesRead - clientReadBefore,
+    bytesBack: destination.bytesRead - destinationReadBefore,
+  });
   return new Promise((resolve) => {
     let open = 2;
     const destroyBoth = () => {
@@ -36,12 +44,10 @@ export function splice(client: Socket, destination: Socket): Promise<SpliceStats
         }
         open -= 1;
         if (open === 0) {
-          resolve(stats);
+          resolve(stats());
         }
       });
     }
-    client.on('data', (chunk: Buffer) => (stats.bytesForward += chunk.length));
-    destination.on('data', (chunk: Buffer) => (stats.bytesBack += chunk.length));
     client.pipe(destination);
     destination.pipe(client);
   });
