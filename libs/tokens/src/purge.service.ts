@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { Counter, Histogram, Registry } from 'prom-client';
-import { CellDatabases } from '@keyhole/cells';
+import { CellDatabase, CellDatabases } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, nowSeconds } from '@keyhole/core';
 
@@ -57,6 +57,7 @@ export class PurgeService {
     // The lock is a session lock, so it lives on one connection held for the whole run; the
     // batches themselves run on other pooled connections.
     const lockConnection = await database.pool.connect();
+    let failure: Error | undefined;
     try {
       const {
         rows: [{ locked }],
@@ -64,31 +65,38 @@ export class PurgeService {
       if (!locked) {
         return { cell: cellName, ran: false, tokens: 0, sessions: 0, durationMs: 0 };
       }
-      try {
-        const batchSize = this.config.tokens.purgeBatchSize;
-        const now = nowSeconds(this.clock);
-        const tokens = await this.inBatches(batchSize, () => database.tokens.deleteExpiredBatch(now, batchSize, options.host));
-        // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
-        if (options.host === undefined) {
-          await this.inBatches(batchSize, () => database.tokens.deleteExpiredTombstonesBatch(now, batchSize));
-        }
-        let sessions = 0;
-        if (options.host === undefined && this.config.purge.sessionRetentionMs > 0) {
-          const endedBefore = new Date(this.clock.nowMs() - this.config.purge.sessionRetentionMs);
-          sessions = await this.inBatches(batchSize, () => database.sessions.deleteEndedBatch(endedBefore, batchSize));
-        }
-        const durationMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
-        this.rows.inc({ cell: cellName, kind: 'tokens' }, tokens);
-        this.rows.inc({ cell: cellName, kind: 'sessions' }, sessions);
-        this.seconds.observe({ cell: cellName }, durationMs / 1000);
-        this.logger.log({ cell: cellName, host: options.host, tokens, sessions, durationMs: Math.round(durationMs) }, 'purge done');
-        return { cell: cellName, ran: true, tokens, sessions, durationMs };
-      } finally {
-        await lockConnection.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_KEY]);
-      }
+      const result = await this.purgeLocked(cellName, database, options.host, startedAt);
+      await lockConnection.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_KEY]);
+      return result;
+    } catch (error) {
+      // The lock connection is destroyed rather than unlocked: ending its session releases the lock,
+      // and a database that missed a deadline would make the unlock wait out another one.
+      failure = error instanceof Error ? error : new Error('purge failed');
+      throw error;
     } finally {
-      lockConnection.release();
+      lockConnection.release(failure);
     }
+  }
+
+  private async purgeLocked(cellName: string, database: CellDatabase, host: string | undefined, startedAt: bigint): Promise<PurgeResult> {
+    const batchSize = this.config.tokens.purgeBatchSize;
+    const now = nowSeconds(this.clock);
+    const tokens = await this.inBatches(batchSize, () => database.tokens.deleteExpiredBatch(now, batchSize, host));
+    // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
+    if (host === undefined) {
+      await this.inBatches(batchSize, () => database.tokens.deleteExpiredTombstonesBatch(now, batchSize));
+    }
+    let sessions = 0;
+    if (host === undefined && this.config.purge.sessionRetentionMs > 0) {
+      const endedBefore = new Date(this.clock.nowMs() - this.config.purge.sessionRetentionMs);
+      sessions = await this.inBatches(batchSize, () => database.sessions.deleteEndedBatch(endedBefore, batchSize));
+    }
+    const durationMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
+    this.rows.inc({ cell: cellName, kind: 'tokens' }, tokens);
+    this.rows.inc({ cell: cellName, kind: 'sessions' }, sessions);
+    this.seconds.observe({ cell: cellName }, durationMs / 1000);
+    this.logger.log({ cell: cellName, host, tokens, sessions, durationMs: Math.round(durationMs) }, 'purge done');
+    return { cell: cellName, ran: true, tokens, sessions, durationMs };
   }
 
   /**
