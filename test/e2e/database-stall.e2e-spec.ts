@@ -260,16 +260,22 @@ describe('a stalled or dead database never hangs a request', () => {
     );
   }, 60_000);
 
+  /** Request `index` of a burst: an issue (even) or an upgrade with one of `tokens` (odd); resolves with what it got and how fast. */
+  const burstRequest = (tokens: string[], index: number) =>
+    timed(async () => {
+      if (index % 2 === 0) {
+        return `issue ${(await issue()).status}`;
+      }
+      const outcome = await upgrade(tokens[index % tokens.length]);
+      return `upgrade ${outcome === true ? 101 : outcome.status}`;
+    });
+  const ANSWERS = ['issue 201', 'issue 503', 'upgrade 101', 'upgrade 503'];
+  const countAnswers = (answers: Timed<string>[]) =>
+    JSON.stringify(answers.reduce<Record<string, number>>((all, answer) => ({ ...all, [answer.value]: (all[answer.value] ?? 0) + 1 }), {}));
+
   it('under load while frozen then resumed: every request is answered (201 or 503, never 500, never a hang), and the pools work afterwards', async () => {
     const tokens = await Promise.all([workingToken(), workingToken()]);
-    const request = (index: number) =>
-      timed(async () => {
-        if (index % 2 === 0) {
-          return `issue ${(await issue()).status}`;
-        }
-        const outcome = await upgrade(tokens[index % tokens.length]);
-        return `upgrade ${outcome === true ? 101 : outcome.status}`;
-      });
+    const request = (index: number) => burstRequest(tokens, index);
     const wave = 20;
     database.pause();
     const frozen = Array.from({ length: wave }, (_, index) => request(index));
@@ -282,7 +288,7 @@ describe('a stalled or dead database never hangs a request', () => {
     const resumedAt = performance.now();
     const answers = [...(await Promise.all(frozen)), ...(await Promise.all(straddling))];
     for (const answer of answers) {
-      expect(['issue 201', 'issue 503', 'upgrade 101', 'upgrade 503']).toContain(answer.value);
+      expect(ANSWERS).toContain(answer.value);
       expect(answer.ms).toBeLessThan(ANSWER_WITHIN_MS);
     }
     expect(answers.slice(0, wave).every((answer) => answer.value.endsWith('503'))).toBe(true);
@@ -293,9 +299,32 @@ describe('a stalled or dead database never hangs a request', () => {
       ...Array(wave / 2).fill('issue 201'),
       ...Array(wave / 2).fill('upgrade 101'),
     ]);
-    const counts = answers.reduce<Record<string, number>>((all, answer) => ({ ...all, [answer.value]: (all[answer.value] ?? 0) + 1 }), {});
     figures.push(
-      `load: ${2 * wave} concurrent requests, frozen for ${resumeAfterMs} ms: ${JSON.stringify(counts)}, slowest ${Math.max(...answers.map((answer) => answer.ms))} ms; serving again ${recoveredInMs} ms after the resume`,
+      `load: ${2 * wave} concurrent requests, frozen for ${resumeAfterMs} ms: ${countAnswers(answers)}, slowest ${Math.max(...answers.map((answer) => answer.ms))} ms; serving again ${recoveredInMs} ms after the resume`,
+    );
+  }, 60_000);
+
+  it('under load while killed then restarted: every request is answered at once, and the pools work afterwards', async () => {
+    const tokens = await Promise.all([workingToken(), workingToken()]);
+    const wave = 20;
+    const killing = database.kill();
+    const during = Array.from({ length: wave }, (_, index) => burstRequest(tokens, index));
+    await killing;
+    const answers = await Promise.all(during);
+    for (const answer of answers) {
+      expect(ANSWERS).toContain(answer.value);
+      expect(answer.ms).toBeLessThan(ANSWER_WITHIN_MS);
+    }
+    const restartedAt = performance.now();
+    await database.restart();
+    const recoveredInMs = await recovery(restartedAt);
+    const after = await Promise.all(Array.from({ length: wave }, (_, index) => burstRequest(tokens, index)));
+    expect(after.map((answer) => answer.value).sort()).toEqual([
+      ...Array(wave / 2).fill('issue 201'),
+      ...Array(wave / 2).fill('upgrade 101'),
+    ]);
+    figures.push(
+      `load: ${wave} concurrent requests as the database is killed: ${countAnswers(answers)}, slowest ${Math.max(...answers.map((answer) => answer.ms))} ms; serving again ${recoveredInMs} ms after the restart began`,
     );
   }, 60_000);
 });
