@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Pool, PoolClient, QueryResultRow, types } from 'pg';
 import type { KeyholeConfig } from '@keyhole/config';
-import { DeadlineStage, deadlineStage, isDatabaseUnavailable } from './postgres-errors';
+import { DeadlineStage, deadlineStage, isConnectionBroken } from './postgres-errors';
 
 // Nova's created_at/updated_at are `timestamp without time zone` holding UTC. pg would read them
 // in the process's local zone; read them as UTC whatever TZ the process runs in.
@@ -160,8 +160,8 @@ export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) =>
     await client.query('COMMIT');
     return result;
   } catch (error) {
-    if (isDatabaseUnavailable(error)) {
-      broken = error instanceof Error ? error : new Error('database unavailable');
+    if (isConnectionBroken(error)) {
+      broken = error instanceof Error ? error : new Error('connection broken');
     } else {
       await client.query('ROLLBACK').catch((rollbackError: unknown) => {
         broken = rollbackError instanceof Error ? rollbackError : new Error('rollback failed');

@@ -1,4 +1,4 @@
-import { deadlineStage, isDatabaseUnavailable, isRowDataError } from './postgres-errors';
+import { deadlineStage, isConnectionBroken, isDatabaseUnavailable, isRowDataError } from './postgres-errors';
 
 /** An error as pg reports a server's answer: a message and a SQLSTATE `code`. */
 function serverError(code: string): Error {
@@ -37,6 +37,14 @@ describe('isDatabaseUnavailable', () => {
     ]) {
       expect(isDatabaseUnavailable(error)).toBe(true);
     }
+  });
+
+  it('tells a broken connection (destroy it) from a server that answered it could not serve (keep it)', () => {
+    expect(isConnectionBroken(new Error('Query read timeout'))).toBe(true);
+    expect(isConnectionBroken(serverError('57P01'))).toBe(true);
+    expect(isConnectionBroken(new Error('Connection terminated unexpectedly'))).toBe(true);
+    expect(isConnectionBroken(serverError('57014'))).toBe(false);
+    expect(isConnectionBroken(serverError('23505'))).toBe(false);
   });
 
   it("looks through TypeORM's driverError and a cause chain", () => {

@@ -45,35 +45,53 @@ export function deadlineStage(error: unknown): DeadlineStage | undefined {
 /** Connection-level failures of the driver, by errno. */
 const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EPIPE']);
 
-/**
- * SQLSTATEs that mean the database could not answer, not that the request was wrong: class 08
- * (connection exception), 57014 (statement_timeout or a cancel), 57P01-57P03 (shutting down,
- * crashed, starting), 53300 (too many connections).
- */
-function isUnavailableState(code: string): boolean {
-  return code.startsWith('08') || ['57014', '57P01', '57P02', '57P03', '53300'].includes(code);
+/** SQLSTATEs after which the connection is gone: class 08 (connection exception), 57P01-57P02 (shut down, crashed). */
+function isLostConnectionState(code: string): boolean {
+  return code.startsWith('08') || code === '57P01' || code === '57P02';
 }
 
 /**
- * Whether `error` (or what it wraps: TypeORM's driverError, a `cause`) says the database could not
- * be asked or did not answer in time: the service is unavailable (503), not broken (500).
+ * SQLSTATEs of a server that answered but could not serve, the connection being fine: 57014
+ * (statement_timeout or a cancel), 57P03 (starting up), 53300 (too many connections).
  */
-export function isDatabaseUnavailable(error: unknown): boolean {
+function isBusyState(code: string): boolean {
+  return ['57014', '57P03', '53300'].includes(code);
+}
+
+/** Walks `error` and what it wraps (TypeORM's driverError, a `cause`) until `test` holds for one. */
+function somewhereIn(error: unknown, test: (candidate: { code?: unknown; message?: unknown }) => boolean): boolean {
   const seen = new Set<unknown>();
   let current: unknown = error;
   while (typeof current === 'object' && current !== null && !seen.has(current)) {
     seen.add(current);
-    if (deadlineStage(current) !== undefined) {
-      return true;
-    }
     const candidate = current as { code?: unknown; message?: unknown; driverError?: unknown; cause?: unknown };
-    if (typeof candidate.code === 'string' && (UNAVAILABLE_ERRNOS.has(candidate.code) || isUnavailableState(candidate.code))) {
-      return true;
-    }
-    if (typeof candidate.message === 'string' && /^Connection terminated|not queryable/.test(candidate.message)) {
+    if (test(candidate)) {
       return true;
     }
     current = candidate.driverError ?? candidate.cause;
   }
   return false;
+}
+
+/**
+ * Whether the connection that failed with `error` can no longer be used: a missed client-side
+ * deadline (its statement is still outstanding), or a lost connection. Such a connection is
+ * destroyed, never asked to roll back.
+ */
+export function isConnectionBroken(error: unknown): boolean {
+  return somewhereIn(
+    error,
+    (candidate) =>
+      deadlineStage(candidate) !== undefined ||
+      (typeof candidate.code === 'string' && (UNAVAILABLE_ERRNOS.has(candidate.code) || isLostConnectionState(candidate.code))) ||
+      (typeof candidate.message === 'string' && /^Connection terminated|not queryable/.test(candidate.message)),
+  );
+}
+
+/**
+ * Whether `error` (or what it wraps) says the database could not be asked or did not answer in
+ * time: the service is unavailable (503), not broken (500).
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  return isConnectionBroken(error) || somewhereIn(error, (candidate) => typeof candidate.code === 'string' && isBusyState(candidate.code));
 }

@@ -71,7 +71,8 @@ export class PurgeService {
     } catch (error) {
       // The lock connection is destroyed rather than unlocked: ending its session releases the lock,
       // and a database that missed a deadline would make the unlock wait out another one.
-      failure = error instanceof Error ? error : new Error('purge failed');
+      // (An error of its own: a deadline the batches missed is counted where it happened.)
+      failure = new Error('purge failed: its lock connection is discarded', { cause: error });
       throw error;
     } finally {
       lockConnection.release(failure);
