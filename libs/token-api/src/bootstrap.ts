@@ -3,7 +3,9 @@ import type { Duplex } from 'node:stream';
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import { createServer, RequestListener } from 'node:http';
 import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
+import { CertificateStore, TlsHttpServer } from '@keyhole/tls';
 import { clientErrorStatus, endWithJson } from '@keyhole/core';
 import { TokenApiModule } from './token-api.module';
 import { registerJsonBodyParser } from './http/json-body.parser';
@@ -20,7 +22,15 @@ export function nestApplicationOptions(logger: LoggerService) {
  * a trailing slash ignored, path parameters of any length (validation answers a bad one with 400).
  */
 export function createTokenApiAdapter(config: KeyholeConfig): FastifyAdapter {
+  // With KEYHOLE_API_TLS_CERT_FILE the server serves TLS (and plain HTTP unless
+  // KEYHOLE_API_TLS_ONLY) on its port; the files are checked now, before anything else starts.
+  const tls = config.api.tls;
+  const certificates = tls ? CertificateStore.load(tls) : null;
   return new FastifyAdapter({
+    serverFactory: (handler: RequestListener) =>
+      certificates && tls
+        ? new TlsHttpServer(certificates, { only: tls.only, handshakeTimeoutMs: TLS_HANDSHAKE_TIMEOUT_MS }, handler)
+        : createServer(handler),
     bodyLimit: config.api.bodyLimitBytes,
     // X-Forwarded-For/-Proto from the configured proxies only; the client is the right-most
     // untrusted hop (Fastify walks the chain as TrustedProxies does).
@@ -29,6 +39,9 @@ export function createTokenApiAdapter(config: KeyholeConfig): FastifyAdapter {
     clientErrorHandler: answerClientError,
   });
 }
+
+/** Longest wait from a connection's accept to its first byte, and for its TLS handshake. */
+const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /** Builds the token API as production runs it. The caller listens. */
 export async function createTokenApi(
