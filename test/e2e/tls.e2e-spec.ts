@@ -11,7 +11,7 @@ import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
 import { connectConsole, expectRefusedUpgrade } from '../support/websocket-client';
-import { keyParts } from './helpers';
+import { insertTokenRow, keyParts } from './helpers';
 
 /*
  * TLS without a front proxy (README's TLS): the console proxy and the token API, as real
@@ -108,6 +108,24 @@ describe('console proxy over TLS', () => {
     const secure = await connectConsole(consoleUrl('wss', proxy.port, token), { ca: authority.ca.certificatePem });
     expect((await secure.roundTrip('still served')).toString()).toBe('still served');
     await secure.close();
+
+    // A browser's page came over https from the proxy itself: its Origin's scheme matches an https access URL.
+    const httpsToken = await insertTokenRow(deployment.cellUrls.cell1, {
+      host: '127.0.0.1',
+      port: upstream.port,
+      accessUrlBase: `https://127.0.0.1:${proxy.port}/vnc_lite.html`,
+    });
+    const browser = await connectConsole(consoleUrl('wss', proxy.port, httpsToken), {
+      ca: authority.ca.certificatePem,
+      origin: `https://127.0.0.1:${proxy.port}`,
+    });
+    expect((await browser.roundTrip('from the page')).toString()).toBe('from the page');
+    await browser.close();
+    const downgraded = await expectRefusedUpgrade(consoleUrl('wss', proxy.port, httpsToken), {
+      ca: authority.ca.certificatePem,
+      origin: `http://127.0.0.1:${proxy.port}`,
+    });
+    expect(downgraded.status).toBe(403);
 
     const metrics = await requestOverTls(`https://127.0.0.1:${proxy.port}/metrics`, { ca: authority.ca.certificatePem });
     expect(metrics.status).toBe(200);
