@@ -1,5 +1,6 @@
 import { randomUUID, X509Certificate } from 'node:crypto';
 import { copyFile, writeFile } from 'node:fs/promises';
+import { connect as connectTcp, Socket } from 'node:net';
 import path from 'node:path';
 import { CredentialsService } from '@keyhole/credentials';
 import { CertificateFiles, requestOverTls, serverFingerprintAt, TestCertificateAuthority } from '../support/certificates';
@@ -68,6 +69,14 @@ async function issue(): Promise<string> {
 }
 
 const consoleUrl = (scheme: 'ws' | 'wss', port: number, token: string) => `${scheme}://127.0.0.1:${port}/websockify?token=${token}`;
+
+/** A TCP connection that sends nothing: it waits for its first byte until the proxy closes it. */
+function openSilentConnection(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connectTcp(port, '127.0.0.1', () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
 
 /** The output's JSON lines whose message is `message`. */
 function linesWith(output: string, message: string): string[] {
@@ -177,6 +186,30 @@ describe('console proxy over TLS', () => {
     metrics = await scrapeMetrics(`http://127.0.0.1:${proxy.port}`);
     expect(metricValue(metrics, 'keyhole_tls_reloads_total', { listener: 'proxy', result: 'failed' })).toBe(2);
     await session.close();
+  });
+
+  it('caps connections still before their first byte or in their handshake per address, as it caps unauthenticated ones', async () => {
+    const proxy = await startProxy(proxyEnvironment(server, { KEYHOLE_PROXY_MAX_PENDING_PER_ADDRESS: '2' }));
+    const ca = authority.ca.certificatePem;
+    const silent = [await openSilentConnection(proxy.port), await openSilentConnection(proxy.port)];
+    // A third from the same address is closed at accept, TLS or plain.
+    await expect(serverFingerprintAt(proxy.port, ca)).rejects.toThrow(/ECONNRESET|socket disconnected|closed/);
+    await expect(fetch(`http://127.0.0.1:${proxy.port}/healthz`)).rejects.toThrow();
+    for (const socket of silent) {
+      socket.destroy();
+    }
+    const after = await waitUntil(
+      async () => (await serverFingerprintAt(proxy.port, ca).catch(() => undefined)) ?? undefined,
+      5_000,
+      'a TLS connection to be served once the silent ones are gone',
+    );
+    expect(after).toBe(server.fingerprint256);
+    const counted = metricValue(await scrapeMetrics(`http://127.0.0.1:${proxy.port}`), 'keyhole_tls_connections_capped_total', {
+      listener: 'proxy',
+      reason: 'per_address',
+    });
+    // Two, or more if a try of waitUntil came before the proxy saw the silent ones close.
+    expect(counted).toBeGreaterThanOrEqual(2);
   });
 
   it('does not start with files it cannot serve, naming the setting and showing no key material', async () => {

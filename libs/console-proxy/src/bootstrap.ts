@@ -43,7 +43,12 @@ export function createProxyAdapter(config: KeyholeConfig): ExpressAdapter {
   if (!tls) {
     return new ExpressAdapter();
   }
-  return new TlsExpressAdapter(CertificateStore.load(tls), { only: tls.only, handshakeTimeoutMs: config.proxy.headersTimeoutMs });
+  return new TlsExpressAdapter(CertificateStore.load(tls), {
+    only: tls.only,
+    handshakeTimeoutMs: config.proxy.headersTimeoutMs,
+    // Until the hand-over to HTTP, where the caps on unauthenticated connections take over.
+    handshakeCaps: { perAddress: config.proxy.maxPendingPerAddress, total: config.proxy.maxPending },
+  });
 }
 
 class TlsExpressAdapter extends ExpressAdapter {

@@ -26,7 +26,11 @@ export function watchCertificates(server: unknown, registry: Registry): (() => v
   const clientCertificateRefused = (): void => {
     metrics.clientCertificatesRefused.inc(labels);
   };
+  const handshakeCapped = (reason: string): void => {
+    metrics.handshakesCapped.inc({ ...labels, reason });
+  };
   server.on('plainRefused', plainRefused);
+  server.on('handshakeCapped', handshakeCapped);
   server.on('clientCertificateRefused', clientCertificateRefused);
   logger.log(
     {
@@ -52,6 +56,7 @@ export function watchCertificates(server: unknown, registry: Registry): (() => v
   return () => {
     process.off('SIGHUP', onHangup);
     server.off('plainRefused', plainRefused);
+    server.off('handshakeCapped', handshakeCapped);
     server.off('clientCertificateRefused', clientCertificateRefused);
   };
 }

@@ -21,13 +21,24 @@ export interface TlsHttpServerOptions {
    * handshake; past it the connection is closed.
    */
   handshakeTimeoutMs: number;
+  /**
+   * Most connections not yet handed to HTTP (waiting for their first byte, or in their TLS
+   * handshake) from one peer address and in all; one more is closed at once. The proxy's caps on
+   * unauthenticated connections count from the hand-over; these bound the time before it. Unset =
+   * no cap.
+   */
+  handshakeCaps?: { perAddress: number; total: number };
 }
 
+/** Why a connection was closed before its first byte was read (a metric label). */
+export type HandshakeCapReason = 'per_address' | 'total';
+
 /**
- * Events besides http.Server's: `'plainRefused'` (plain HTTP on a TLS-only port) and
- * `'clientCertificateRefused'` (a client certificate the CA did not sign), for metrics.
+ * Events besides http.Server's, for metrics: `'plainRefused'` (plain HTTP on a TLS-only port),
+ * `'clientCertificateRefused'` (a client certificate the CA did not sign) and
+ * `'handshakeCapped'` (with its HandshakeCapReason: over `handshakeCaps`).
  */
-export type TlsHttpServerEvent = 'plainRefused' | 'clientCertificateRefused';
+export type TlsHttpServerEvent = 'plainRefused' | 'clientCertificateRefused' | 'handshakeCapped';
 
 /**
  * An HTTP server that serves TLS and, unless `only`, plain HTTP on one port, told apart by the
@@ -43,6 +54,9 @@ export type TlsHttpServerEvent = 'plainRefused' | 'clientCertificateRefused';
 export class TlsHttpServer extends Server {
   /** Never listens: it only runs the TLS handshake of connections this server hands it. */
   private readonly tlsServer: TlsServer;
+  /** Connections before HTTP: their peer address by `address|port` (a TLS socket and the TCP one under it share it). */
+  private readonly beforeHttp = new Map<string, string>();
+  private readonly beforeHttpByAddress = new Map<string, number>();
 
   constructor(
     readonly certificates: CertificateStore,
@@ -57,8 +71,12 @@ export class TlsHttpServer extends Server {
       rejectUnauthorized: false,
       handshakeTimeout: tlsOptions.handshakeTimeoutMs,
     });
-    // A failed or timed-out handshake: the TLS server has closed the socket, nothing to answer.
-    this.tlsServer.on('tlsClientError', () => undefined);
+    // A handshake that failed or timed out: nothing to answer. With a listener here, closing the
+    // socket is ours to do (a timed-out one would stay open).
+    this.tlsServer.on('tlsClientError', (_error: Error, secure: TLSSocket) => {
+      this.leave(secure);
+      secure.destroy();
+    });
     this.tlsServer.on('secureConnection', (secure: TLSSocket) => this.admit(secure));
   }
 
@@ -90,9 +108,18 @@ export class TlsHttpServer extends Server {
       socket.destroy();
     };
     socket.on('error', failed);
-    const deadline = setTimeout(failed, this.tlsOptions.handshakeTimeoutMs);
+    const release = this.enter(socket);
+    if (!release) {
+      failed();
+      return;
+    }
+    const timeoutMs = this.tlsOptions.handshakeTimeoutMs;
+    const deadline = setTimeout(failed, timeoutMs);
     deadline.unref();
-    socket.once('close', () => clearTimeout(deadline));
+    socket.once('close', () => {
+      clearTimeout(deadline);
+      release();
+    });
     socket.once('readable', () => {
       const first = socket.read(1) as Buffer | null;
       if (first === null) {
@@ -104,9 +131,13 @@ export class TlsHttpServer extends Server {
       // The first byte came in time; a TLS handshake has its own deadline.
       clearTimeout(deadline);
       if (first[0] === TLS_HANDSHAKE_RECORD) {
+        // The TLS socket takes this one over (its 'close' may never come): counted until the
+        // handshake ends, or at most until its deadline has passed, whichever is first.
+        setTimeout(release, timeoutMs + 1_000).unref();
         this.tlsServer.emit('connection', socket);
         return;
       }
+      release();
       if (this.tlsOptions.only) {
         super.emit('plainRefused');
         endWithJson(socket, TLS_REQUIRED_ANSWER.status, TLS_REQUIRED_ANSWER.body);
@@ -119,7 +150,51 @@ export class TlsHttpServer extends Server {
     });
   }
 
+  /**
+   * Counts a connection until it is handed to HTTP; returns the (idempotent) release, or null
+   * when it is over a cap (the refusal is counted).
+   */
+  private enter(socket: Socket): (() => void) | null {
+    const caps = this.tlsOptions.handshakeCaps;
+    const address = socket.remoteAddress ?? '';
+    const key = connectionKey(socket);
+    // A stale entry of the same address and port: its connection is over.
+    this.leaveByKey(key);
+    const fromAddress = this.beforeHttpByAddress.get(address) ?? 0;
+    if (caps) {
+      const reason: HandshakeCapReason | null =
+        fromAddress >= caps.perAddress ? 'per_address' : this.beforeHttp.size >= caps.total ? 'total' : null;
+      if (reason !== null) {
+        super.emit('handshakeCapped', reason);
+        return null;
+      }
+    }
+    this.beforeHttp.set(key, address);
+    this.beforeHttpByAddress.set(address, fromAddress + 1);
+    return () => this.leaveByKey(key);
+  }
+
+  /** Stops counting a TLS connection (its TCP socket and it share address and port). */
+  private leave(secure: TLSSocket): void {
+    this.leaveByKey(connectionKey(secure));
+  }
+
+  private leaveByKey(key: string): void {
+    const address = this.beforeHttp.get(key);
+    if (address === undefined) {
+      return;
+    }
+    this.beforeHttp.delete(key);
+    const left = (this.beforeHttpByAddress.get(address) ?? 1) - 1;
+    if (left > 0) {
+      this.beforeHttpByAddress.set(address, left);
+    } else {
+      this.beforeHttpByAddress.delete(address);
+    }
+  }
+
   private admit(secure: TLSSocket): void {
+    this.leave(secure);
     if (this.certificates.requestsClientCertificates && !secure.authorized && Object.keys(secure.getPeerCertificate()).length > 0) {
       super.emit('clientCertificateRefused');
       secure.destroy();
@@ -127,4 +202,8 @@ export class TlsHttpServer extends Server {
     }
     super.emit('connection', secure);
   }
+}
+
+function connectionKey(socket: Socket | TLSSocket): string {
+  return `${socket.remoteAddress ?? ''}|${socket.remotePort ?? ''}`;
 }

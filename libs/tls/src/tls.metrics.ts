@@ -9,6 +9,7 @@ export class TlsMetrics {
   readonly reloads: Counter<'listener' | 'result'>;
   readonly plainRefused: Counter<'listener'>;
   readonly clientCertificatesRefused: Counter<'listener'>;
+  readonly handshakesCapped: Counter<'listener' | 'reason'>;
 
   constructor(registry: Registry) {
     this.certificateExpiry = new Gauge({
@@ -34,6 +35,12 @@ export class TlsMetrics {
       name: 'keyhole_tls_client_certificates_refused_total',
       help: 'TLS connections closed because their client certificate does not verify against the client CA',
       labelNames: ['listener'],
+      registers: [registry],
+    });
+    this.handshakesCapped = new Counter({
+      name: 'keyhole_tls_connections_capped_total',
+      help: 'Connections closed at accept: too many still before HTTP (first byte or TLS handshake), from one address or in all',
+      labelNames: ['listener', 'reason'],
       registers: [registry],
     });
   }
