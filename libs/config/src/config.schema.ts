@@ -126,7 +126,7 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_AUTH_FAILURES_PER_KEY: setting(
     'general',
     integer(1, 1_000_000).default(10),
-    'Failed authentications (unknown, revoked or wrong key) one API key id may have per `KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS`; past it, requests for that id get `429 TOO_MANY_REQUESTS` with `Retry-After`, before any argon2 work, unless the key is one the API already verified (its cache). See Authentication throttling.',
+    'Failed authentications (unknown, revoked or wrong key) one API key id may have per `KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS`; past it, requests for that id get `429 TOO_MANY_REQUESTS` with `Retry-After`, before any argon2 work, unless the key is one the API already verified (its cache). See [Authentication throttling](#authentication-throttling).',
   ),
   KEYHOLE_AUTH_FAILURES_PER_ADDRESS: setting(
     'general',
