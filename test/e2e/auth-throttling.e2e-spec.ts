@@ -117,6 +117,14 @@ describe('API key authentication throttling', () => {
       expect(metricValue(metrics, 'keyhole_api_auth_refusals_total', { reason: 'rate_limited_address' })).toBe(2);
     });
 
+    it('admits a new key presented by 40 requests at once (a client opening its connections), with one verification', async () => {
+      const key = await newKey();
+      const verificationsBefore = metricValue(await scrapeMetrics(api.baseUrl), 'keyhole_api_argon2_verifications_total') ?? 0;
+      const answers = await Promise.all(Array.from({ length: 40 }, () => listCells(api, key, '127.0.2.50')));
+      expect(answers.map((answer) => answer.status)).toEqual(Array.from({ length: 40 }, () => 200));
+      expect(metricValue(await scrapeMetrics(api.baseUrl), 'keyhole_api_argon2_verifications_total')).toBe(verificationsBefore + 1);
+    });
+
     it('answers 503 AUTHENTICATION_BUSY at once when more verifications wait than the queue holds', async () => {
       // 12 at once from 12 addresses (each within its limits): 1 runs, 2 wait, the others are refused at once.
       const answers = await Promise.all(Array.from({ length: 12 }, (_, index) => listCells(api, unknownKey(), `127.0.3.${index + 1}`)));

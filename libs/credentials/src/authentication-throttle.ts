@@ -25,6 +25,7 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
   private readonly redis: Redis | undefined;
   private readonly refusals: Counter<'reason'>;
   private readonly fallbacks: Counter;
+  private readonly verifications: Counter;
 
   constructor(@Inject(KEYHOLE_CONFIG) config: KeyholeConfig, control: ControlDatabase, registry: Registry) {
     const settings = config.credentials.throttle;
@@ -68,6 +69,11 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
       help: 'Failed-authentication counts kept in process memory because the shared store (Redis, PostgreSQL) failed or was too slow',
       registers: [registry],
     });
+    this.verifications = new Counter({
+      name: 'keyhole_api_argon2_verifications_total',
+      help: 'argon2 verifications run (API keys not in the cache, unknown and revoked ids included)',
+      registers: [registry],
+    });
     new Gauge({
       name: 'keyhole_api_argon2_in_flight',
       help: 'argon2 verifications running now',
@@ -106,7 +112,10 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
    * throws AUTHENTICATION_BUSY (Retry-After: 1) at once when the queue is full.
    */
   verify(addressKey: string, verification: () => Promise<boolean>): Promise<boolean> {
-    const running = this.gate.tryRun(addressKey, verification);
+    const running = this.gate.tryRun(addressKey, () => {
+      this.verifications.inc();
+      return verification();
+    });
     if (running === null) {
       this.refused('argon2_busy');
       throw new KeyholeError('AUTHENTICATION_BUSY', 'Too many API keys are being verified; try again in a moment', {

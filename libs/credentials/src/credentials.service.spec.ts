@@ -185,4 +185,18 @@ describe('CredentialsService.authenticate', () => {
     }
     expect(await refusals('malformed')).toBe(FAILURES_PER_ADDRESS + 1);
   });
+
+  it('verifies a key presented by many requests at once only once, and counts it once', async () => {
+    const { row, key } = await storedCredential();
+    findById.mockResolvedValue(row);
+    const principals = await Promise.all(Array.from({ length: 4 * FAILURES_PER_ADDRESS }, () => service.authenticate(key, '192.0.2.1')));
+    expect(principals.every((principal) => principal.credentialId === row.id)).toBe(true);
+    expect(verify).toHaveBeenCalledTimes(1);
+    const wrong = `khk_${row.id}_${generateApiKey().secret}`;
+    const refused = await Promise.all(
+      Array.from({ length: 4 * FAILURES_PER_KEY }, () => failure(service.authenticate(wrong, '192.0.2.1'))),
+    );
+    expect(new Set(refused.map((error) => error.code))).toEqual(new Set(['UNAUTHENTICATED']));
+    expect(verify).toHaveBeenCalledTimes(2);
+  });
 });

@@ -56,6 +56,8 @@ export class CredentialsService {
   private readonly logger = new Logger(CredentialsService.name);
   private readonly verified = new Map<string, VerifiedEntry>();
   private readonly lastUsedWrittenAtMs = new Map<string, number>();
+  /** Verifications under way, by key id and secret digest; an entry lives as long as its verification. */
+  private readonly verifying = new Map<string, Promise<ApiCredentialEntity | null>>();
 
   constructor(
     @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
@@ -113,27 +115,22 @@ export class CredentialsService {
       this.throttle.refused('bad_key');
       throw unauthenticated();
     }
-    const address = clientAddressKey(clientAddress);
-    const grant = await this.throttle.reserve(parsed.id, address);
-    let matches: boolean;
-    try {
-      const row = await this.control.credentials.findById(parsed.id);
-      const live = row !== null && row.revokedAt === null ? row : null;
-      matches = await this.throttle.verify(address, () =>
-        live ? this.secretMatches(live, parsed.secret) : this.hasher.verifyNothing(parsed.secret),
+    // Requests that present the same key at the same time (a client opening many connections at
+    // once) share one verification and one failure point: the first one's.
+    const attempt = `${parsed.id}:${digest}`;
+    let verification = this.verifying.get(attempt);
+    if (!verification) {
+      verification = this.verify(parsed.id, parsed.secret, digest, clientAddressKey(clientAddress)).finally(() =>
+        this.verifying.delete(attempt),
       );
-      if (live && matches) {
-        await grant.release();
-        this.remember(live.id, digest);
-        return this.admit(live);
-      }
-    } catch (error) {
-      // Not a failure of the key (database down, verifications busy): its point is given back.
-      await grant.release();
-      throw error;
+      this.verifying.set(attempt, verification);
     }
-    this.throttle.refused('bad_key');
-    throw unauthenticated();
+    const live = await verification;
+    if (!live) {
+      this.throttle.refused('bad_key');
+      throw unauthenticated();
+    }
+    return this.admit(live);
   }
 
   async list(options: { includeRevoked: boolean; cellName?: string | null }): Promise<CredentialView[]> {
@@ -159,6 +156,31 @@ export class CredentialsService {
       throw credentialNotFound(id);
     }
     this.logger.log({ credentialId: id }, 'API credential revoked');
+  }
+
+  /**
+   * Reserves a failure, reads the row and runs argon2 (against the stand-in hash when the id has
+   * no live credential); the live row when the secret is right, else null.
+   */
+  private async verify(id: string, secret: string, digest: string, address: string): Promise<ApiCredentialEntity | null> {
+    const grant = await this.throttle.reserve(id, address);
+    try {
+      const row = await this.control.credentials.findById(id);
+      const live = row !== null && row.revokedAt === null ? row : null;
+      const matches = await this.throttle.verify(address, () =>
+        live ? this.secretMatches(live, secret) : this.hasher.verifyNothing(secret),
+      );
+      if (!live || !matches) {
+        return null;
+      }
+      await grant.release();
+      this.remember(id, digest);
+      return live;
+    } catch (error) {
+      // Not a failure of the key (database down, verifications busy): its point is given back.
+      await grant.release();
+      throw error;
+    }
   }
 
   /** Whether this exact secret of `id` was verified by argon2 within the cache's lifetime. */
