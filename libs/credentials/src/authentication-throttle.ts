@@ -5,7 +5,7 @@ import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { KeyholeError } from '@keyhole/core';
 import { ControlDatabase } from '@keyhole/db';
 import { Argon2Gate } from './argon2-gate';
-import { FailureLimiter, SharedFailureStore, ThrottleGrant, ThrottleReason, ThrottleRefusal } from './failure-limiter';
+import { FailureLimiter, SharedFailureStore, ThrottleGrant, ThrottleReason, ThrottleRefusal, withDeadline } from './failure-limiter';
 
 /** Why an authentication was refused; the only label values of `keyhole_api_auth_refusals_total`. */
 export type RefusalReason = 'malformed' | 'bad_key' | ThrottleReason | 'argon2_busy';
@@ -23,12 +23,15 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
   private readonly limiter: FailureLimiter;
   private readonly gate: Argon2Gate;
   private readonly redis: Redis | undefined;
+  private redisConnected: Promise<void> | undefined;
+  private readonly storeTimeoutMs: number;
   private readonly refusals: Counter<'reason'>;
   private readonly fallbacks: Counter;
   private readonly verifications: Counter;
 
   constructor(@Inject(KEYHOLE_CONFIG) config: KeyholeConfig, control: ControlDatabase, registry: Registry) {
     const settings = config.credentials.throttle;
+    this.storeTimeoutMs = settings.storeTimeoutMs;
     let shared: SharedFailureStore | undefined;
     if (settings.store === 'redis') {
       this.redis = connectRedis(settings.redisUrl as string, settings.storeTimeoutMs);
@@ -97,6 +100,7 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
    * TOO_MANY_REQUESTS (with Retry-After) when either count is spent.
    */
   async reserve(keyId: string, addressKey: string): Promise<ThrottleGrant> {
+    await this.connectRedis();
     const result = await this.limiter.reserve(keyId, addressKey);
     if (isRefusal(result)) {
       this.refused(result.reason);
@@ -126,6 +130,20 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
     return running;
   }
 
+  /**
+   * Connects to Redis at the first authentication rather than at start: CLI commands build this
+   * service too and never authenticate. Waits at most the store's timeout; a Redis that is not there
+   * yet is the limiter's fallback case, and ioredis keeps reconnecting by itself.
+   */
+  private connectRedis(): Promise<void> {
+    if (!this.redis) {
+      return Promise.resolve();
+    }
+    const redis = this.redis;
+    this.redisConnected ??= withDeadline(redis.connect(), this.storeTimeoutMs).catch(() => undefined);
+    return this.redisConnected;
+  }
+
   refused(reason: RefusalReason): void {
     this.refusals.inc({ reason });
   }
@@ -141,6 +159,7 @@ function isRefusal(result: ThrottleGrant | ThrottleRefusal): result is ThrottleR
 
 function connectRedis(url: string, timeoutMs: number): Redis {
   const options: RedisOptions = {
+    lazyConnect: true,
     // Not connected: the limiter counts in memory at once instead of queueing the command.
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,

@@ -177,7 +177,7 @@ function refused(result: RateLimiterRes): Reservation {
 }
 
 /** `promise`, or a rejection after `timeoutMs` (the operation itself is left to finish). */
-function withDeadline<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
+export function withDeadline<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
