@@ -145,6 +145,30 @@ describe('API key authentication throttling', () => {
     });
   });
 
+  describe('client addresses behind a trusted front proxy (3 failures per address)', () => {
+    let api: TokenApiProcess;
+
+    beforeAll(async () => {
+      api = await startApi({ KEYHOLE_AUTH_FAILURES_PER_ADDRESS: '3', KEYHOLE_TRUSTED_PROXIES: '127.0.0.1' });
+    });
+
+    const fromBehindProxy = (client: string, from: string) =>
+      call(api.baseUrl, 'GET', '/v1/cells', { key: unknownKey(), from, headers: { 'x-forwarded-for': client } });
+
+    it('counts each client the trusted proxy forwards for, and ignores X-Forwarded-For from anyone else', async () => {
+      for (let attempt = 0; attempt < 3; attempt += 1) {
+        expectError(await fromBehindProxy('198.51.100.1', '127.0.0.1'), 401, 'UNAUTHENTICATED');
+      }
+      expectThrottled(await fromBehindProxy('198.51.100.1', '127.0.0.1'), 60);
+      expectError(await fromBehindProxy('198.51.100.2', '127.0.0.1'), 401, 'UNAUTHENTICATED');
+      // An untrusted peer cannot escape its limit by naming a new client in each request.
+      for (let attempt = 0; attempt < 3; attempt += 1) {
+        expectError(await fromBehindProxy(`203.0.113.${attempt + 1}`, '127.0.8.1'), 401, 'UNAUTHENTICATED');
+      }
+      expectThrottled(await fromBehindProxy('203.0.113.99', '127.0.8.1'), 60);
+    });
+  });
+
   describe('cost of a refusal and fairness under a flood (no failure limits, one argon2 at a time)', () => {
     let api: TokenApiProcess;
     let wrongSecretMedianMs: number;
