@@ -2,9 +2,9 @@ import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/commo
 import { Redis, RedisOptions } from 'ioredis';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
-import { KeyholeError } from '@keyhole/core';
 import { ControlDatabase } from '@keyhole/db';
 import { Argon2Gate } from './argon2-gate';
+import { authenticationBusy, tooManyFailures } from './credentials.errors';
 import { FailureLimiter, SharedFailureStore, ThrottleGrant, ThrottleReason, ThrottleRefusal, withDeadline } from './failure-limiter';
 
 /** Why an authentication was refused; the only label values of `keyhole_api_auth_refusals_total`. */
@@ -34,7 +34,7 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
     this.storeTimeoutMs = settings.storeTimeoutMs;
     let shared: SharedFailureStore | undefined;
     if (settings.store === 'redis') {
-      this.redis = connectRedis(settings.redisUrl as string, settings.storeTimeoutMs);
+      this.redis = redisClient(settings.redisUrl as string, settings.storeTimeoutMs);
       // ioredis reports every failed reconnect here; the limiter logs the outage once.
       this.redis.on('error', () => undefined);
       shared = { kind: 'redis', client: this.redis };
@@ -104,9 +104,7 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
     const result = await this.limiter.reserve(keyId, addressKey);
     if (isRefusal(result)) {
       this.refused(result.reason);
-      throw new KeyholeError('TOO_MANY_REQUESTS', 'Too many failed authentications; try again later', {
-        retryAfterSeconds: result.retryAfterSeconds,
-      });
+      throw tooManyFailures(result.retryAfterSeconds);
     }
     return result;
   }
@@ -122,10 +120,7 @@ export class AuthenticationThrottle implements OnApplicationShutdown {
     });
     if (running === null) {
       this.refused('argon2_busy');
-      throw new KeyholeError('AUTHENTICATION_BUSY', 'Too many API keys are being verified; try again in a moment', {
-        retryAfterSeconds: 1,
-        logLevel: 'warn',
-      });
+      throw authenticationBusy();
     }
     return running;
   }
@@ -157,7 +152,8 @@ function isRefusal(result: ThrottleGrant | ThrottleRefusal): result is ThrottleR
   return 'reason' in result;
 }
 
-function connectRedis(url: string, timeoutMs: number): Redis {
+/** A client that connects when first asked to, fails fast while disconnected, and reconnects by itself. */
+function redisClient(url: string, timeoutMs: number): Redis {
   const options: RedisOptions = {
     lazyConnect: true,
     // Not connected: the limiter counts in memory at once instead of queueing the command.
