@@ -159,7 +159,7 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_ARGON2_CONCURRENCY: setting(
     'general',
     integer(1, 256).optional(),
-    'argon2 verifications run at once per API process; more wait in a queue served fairly by client address (round robin), so a flood from one address does not delay others.',
+    "argon2 verifications run at once per API process (1-256); more wait in a queue served fairly by client address (round robin), so a flood from one address does not delay others. Each running one holds `KEYHOLE_ARGON2_MEMORY_KIB` of memory. The default does not see a container's CPU quota: under a quota give a number.",
     'the number of CPUs',
   ),
   KEYHOLE_ARGON2_QUEUE: setting(
