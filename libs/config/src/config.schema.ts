@@ -123,6 +123,50 @@ export const ENVIRONMENT_SCHEMA = z.object({
   ),
   KEYHOLE_ARGON2_TIME_COST: setting('general', integer(1, 100).default(2), 'argon2id iterations for new API keys (1-100).'),
   KEYHOLE_ARGON2_PARALLELISM: setting('general', integer(1, 64).default(1), 'argon2id lanes for new API keys (1-64).'),
+  KEYHOLE_AUTH_FAILURES_PER_KEY: setting(
+    'general',
+    integer(1, 1_000_000).default(10),
+    'Failed authentications (unknown, revoked or wrong key) one API key id may have per `KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS`; past it, requests for that id get `429 TOO_MANY_REQUESTS` with `Retry-After`, before any argon2 work, unless the key is one the API already verified (its cache). See [Authentication throttling](#authentication-throttling).',
+  ),
+  KEYHOLE_AUTH_FAILURES_PER_ADDRESS: setting(
+    'general',
+    integer(1, 1_000_000).default(30),
+    'Failed authentications one client address (IPv6: its /64) may have per window, across all key ids; past it, its requests get `429` as above. The address is the one logs show (`KEYHOLE_TRUSTED_PROXIES`).',
+  ),
+  KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS: setting(
+    'general',
+    integer(1, 86_400).default(60),
+    'The window both failure limits count in (1-86400); a refused client may try again when the window that counted its failures ends.',
+  ),
+  KEYHOLE_AUTH_LIMITER: setting(
+    'general',
+    z.enum(['memory', 'redis', 'postgres']).default('memory'),
+    "Where the failure counts live: `memory` (each API process counts its own), `redis` (`KEYHOLE_AUTH_LIMITER_REDIS_URL`, shared by every replica) or `postgres` (the control database's `auth_failures` table, shared). While the shared store fails, each process counts in memory, logs a warning and counts `keyhole_api_auth_limiter_fallbacks_total`.",
+  ),
+  KEYHOLE_AUTH_LIMITER_REDIS_URL: setting(
+    'general',
+    z
+      .string()
+      .refine((value) => /^rediss?:\/\//.test(value), 'must be a redis:// or rediss:// URL')
+      .optional(),
+    "Redis of `KEYHOLE_AUTH_LIMITER=redis`: `redis://[:password@]host:port[/db]` or `rediss://`. May be the legacy store's server; keys start with `keyhole:auth:`.",
+  ),
+  KEYHOLE_AUTH_LIMITER_TIMEOUT_MS: setting(
+    'general',
+    integer(10, 10_000).default(250),
+    'Longest wait for the shared failure store per request; past it, that request is counted in memory instead.',
+  ),
+  KEYHOLE_ARGON2_CONCURRENCY: setting(
+    'general',
+    integer(1, 256).optional(),
+    "argon2 verifications run at once per API process (1-256); more wait in a queue served fairly by client address (round robin), so a flood from one address does not delay others. Each running one holds `KEYHOLE_ARGON2_MEMORY_KIB` of memory. The default does not see a container's CPU quota: under a quota give a number.",
+    'the number of CPUs',
+  ),
+  KEYHOLE_ARGON2_QUEUE: setting(
+    'general',
+    integer(0, 100_000).default(64),
+    'Verifications that may wait for a free slot; one more is answered at once with `503 AUTHENTICATION_BUSY` and `Retry-After: 1` rather than queued.',
+  ),
   KEYHOLE_ROUTES_FILE: setting(
     'general',
     z.string().min(1).optional(),

@@ -26,7 +26,8 @@ export const CurrentPrincipal = createParamDecorator((_: unknown, context: Execu
 /**
  * Authenticates every request with its `Authorization: Bearer <API key>` header, then checks cell
  * scope, then the handler's roles. A missing or bad key is 401 whatever the reason; a good key
- * scoped to another cell, or of the wrong role, is 403.
+ * scoped to another cell, or of the wrong role, is 403. Too many failures for a key id or from a
+ * client address are 429 (CredentialsService.authenticate).
  *
  * Cell scope is enforced here, for every route, from the route's own `:cell` parameter: a handler
  * cannot forget it, and a new `:cell` route is scoped the moment it exists. Only a cell that is not
@@ -46,7 +47,8 @@ export class AuthGuard implements CanActivate {
       return true;
     }
     const request = context.switchToHttp().getRequest<FastifyRequest>();
-    const principal = await this.credentials.authenticate(bearerToken(request.headers.authorization));
+    // request.ip is the client after KEYHOLE_TRUSTED_PROXIES (Fastify's trustProxy): failures are limited per client.
+    const principal = await this.credentials.authenticate(bearerToken(request.headers.authorization), request.ip ?? null);
     setPrincipal(request, principal);
     const cell = cellParameterOf(request);
     if (cell !== undefined) {
