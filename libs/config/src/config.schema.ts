@@ -231,7 +231,12 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_SESSION_STALE_MS: setting(
     'console-proxy',
     integer(1_000, 3_600_000).default(30_000),
-    'A live session not seen for this long is taken as dead (its proxy crashed) and stops holding its serial port. At least twice the heartbeat.',
+    "A live session not seen for this long is taken as dead (its proxy crashed or lost the database): it stops holding its serial port, and the token API's reaper ends it with `proxy lost`. Set it the same on the API and the proxies; at least twice the heartbeat.",
+  ),
+  KEYHOLE_PROXY_SESSION_WRITE_QUEUE: setting(
+    'console-proxy',
+    integer(100, 1_000_000).default(10_000),
+    'Most session records and ends a proxy keeps while the database does not take them (retried with backoff until they land); past it the newest are dropped, counted and logged, the oldest kept.',
   ),
   KEYHOLE_PROXY_SPICE_HTML5_DIR: setting(
     'console-proxy',
@@ -249,6 +254,11 @@ export const ENVIRONMENT_SCHEMA = z.object({
     'purge-and-legacy',
     integer(0, 86_400_000).default(300_000),
     "How often the token API purges every cell (Nova's 300 s); 0 = never (then use the CLI or API).",
+  ),
+  KEYHOLE_SESSION_REAP_INTERVAL_MS: setting(
+    'purge-and-legacy',
+    integer(0, 3_600_000).default(10_000),
+    "How often the token API ends, in every cell, the live sessions not seen for `KEYHOLE_PROXY_SESSION_STALE_MS` (reason `proxy lost`; one replica per cell); 0 = never. A killed proxy's sessions end within the stale time plus this.",
   ),
   KEYHOLE_PURGE_PAUSE_MS: setting(
     'purge-and-legacy',

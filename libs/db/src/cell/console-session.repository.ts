@@ -40,6 +40,11 @@ export interface SessionListFilter {
   limit: number;
 }
 
+/** Close reason of a live session ended because its proxy stopped reporting (reaper, exclusive claim). */
+export const LOST_PROXY_REASON = 'proxy lost';
+/** Close reason of a live session ended by its own proxy's next start (the earlier run was killed). */
+export const RESTARTED_PROXY_REASON = 'proxy restarted';
+
 /** `console_sessions` of one cell: one row per proxied connection. */
 export class ConsoleSessionRepository {
   constructor(
@@ -49,7 +54,8 @@ export class ConsoleSessionRepository {
 
   /**
    * Records sessions in one statement. A session that already ended before it could be recorded
-   * (a batch is written while the next connects go on) is inserted with its end.
+   * (a batch is written while the next connects go on) is inserted with its end. Idempotent: a
+   * batch written again after a failure whose commit did land keeps the rows it wrote.
    */
   async insertBatch(rows: SessionRecord[]): Promise<void> {
     if (rows.length === 0) {
@@ -66,7 +72,8 @@ export class ConsoleSessionRepository {
          FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::int[],
                      $9::varchar[], $10::varchar[], $11::varchar[], $12::bigint[], $13::bigint[], $14::varchar[])
            AS v(id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
-                proxy_instance, client_address, close_reason, to_client, to_upstream, route)`,
+                proxy_instance, client_address, close_reason, to_client, to_upstream, route)
+       ON CONFLICT (id) DO NOTHING`,
       [
         rows.map((row) => row.id),
         rows.map((row) => row.tokenId),
@@ -104,7 +111,7 @@ export class ConsoleSessionRepository {
         // init plan that runs the UPDATE to completion first, and a row this statement updated no
         // longer conflicts.
         `WITH stale AS (
-           UPDATE console_sessions SET ended_at = now(), close_reason = 'proxy lost'
+           UPDATE console_sessions SET ended_at = now(), close_reason = '${LOST_PROXY_REASON}'
             WHERE host = $7 AND port = $8 AND console_type = $6 AND ended_at IS NULL
               AND last_seen_at < now() - make_interval(secs => $11::float8 / 1000)
            RETURNING 1)
@@ -177,6 +184,39 @@ export class ConsoleSessionRepository {
         ends.map((end) => end.bytesToClient),
         ends.map((end) => end.bytesToUpstream),
       ],
+    );
+  }
+
+  /**
+   * Ends at most `batchSize` live sessions whose proxy has not reported for `staleAfterMs` (it
+   * died, or lost the database for that long), with reason `proxy lost`; returns how many. Rows
+   * a concurrent writer holds are skipped, not waited for: the next run takes them.
+   */
+  async endLostBatch(staleAfterMs: number, batchSize: number): Promise<number> {
+    return runCounted(
+      this.pool,
+      `UPDATE console_sessions SET ended_at = now(), close_reason = '${LOST_PROXY_REASON}'
+        WHERE id IN (
+          SELECT id FROM console_sessions
+           WHERE ended_at IS NULL AND last_seen_at < now() - make_interval(secs => $1::float8 / 1000)
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED)
+          AND ended_at IS NULL`,
+      [staleAfterMs, batchSize],
+    );
+  }
+
+  /**
+   * Ends the live sessions recorded under this proxy name by an earlier run of the same proxy
+   * (it was killed before it could write their ends), with reason `proxy restarted`; returns how
+   * many. The caller must be sure no other running process records sessions under that name.
+   */
+  async endEarlierOfProxy(proxyInstance: string): Promise<number> {
+    return runCounted(
+      this.pool,
+      `UPDATE console_sessions SET ended_at = now(), close_reason = '${RESTARTED_PROXY_REASON}'
+        WHERE proxy_instance = $1 AND ended_at IS NULL`,
+      [proxyInstance],
     );
   }
 
