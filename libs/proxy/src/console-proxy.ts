@@ -70,7 +70,7 @@ export class ConsoleProxy {
       cell.sessions,
       () => clock.nowMs(),
     );
-    const recorder = new SessionRecorder(cell.sessions);
+    const recorder = new SessionRecorder(cell.sessions, { maxPending: settings.sessionWriteQueue, metrics: metrics.sessionWrites() });
     this.gate = new UpgradeGate(options, cell, recorder, metrics, clock);
     this.launcher = new SessionLauncher(settings.connectTimeoutMs, this.registry, recorder, this.gate, metrics, clock, () => this.draining);
     this.events = new ConsoleEventsListener(
