@@ -333,7 +333,10 @@ export class SessionRecorder {
     if (count === 0) {
       return;
     }
-    this.logger.error({ records: inserts.length, ends: ends.length }, 'gave up session writes at shutdown: the database did not take them in time');
+    this.logger.error(
+      { records: inserts.length, ends: ends.length },
+      'gave up session writes at shutdown: the database did not take them in time',
+    );
     this.metrics?.dropped('shutdown', count);
     for (const entry of inserts) {
       entry.written.resolve();

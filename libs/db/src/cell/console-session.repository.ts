@@ -148,23 +148,35 @@ export class ConsoleSessionRepository {
     throw new Error('could not claim an exclusive console: its holder kept changing');
   }
 
-  /** Marks these live sessions as seen now, with their byte counts so far (one statement). */
-  async heartbeat(sessions: SessionCounters[]): Promise<void> {
+  /**
+   * Marks these live sessions as seen now, with their byte counts so far (one statement). Returns
+   * the ids among them whose row was already ended by someone else (the reaper, while this proxy
+   * could not reach the database for longer than the stale time; an operator): the proxy is to
+   * close them, so that a row said ended is a session really gone. A session whose row is not
+   * written yet is neither updated nor returned.
+   */
+  async heartbeat(sessions: SessionCounters[]): Promise<string[]> {
     if (sessions.length === 0) {
-      return;
+      return [];
     }
-    await this.pool.query(
-      `UPDATE console_sessions s
-          SET last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
-         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, to_client, to_upstream)
-        WHERE s.id = v.id AND s.ended_at IS NULL`,
+    // The SELECT sees the rows as they were before the UPDATE: those ended then are the others' ends.
+    const { rows } = await this.pool.query<{ id: string }>(
+      `WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, to_client, to_upstream)),
+            seen AS (
+              UPDATE console_sessions s
+                 SET last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
+                FROM v
+               WHERE s.id = v.id AND s.ended_at IS NULL)
+       SELECT s.id FROM console_sessions s JOIN v ON s.id = v.id WHERE s.ended_at IS NOT NULL`,
       [sessions.map((s) => s.id), sessions.map((s) => s.bytesToClient), sessions.map((s) => s.bytesToUpstream)],
     );
+    return rows.map((row) => row.id);
   }
 
   /**
-   * Records the end of sessions in one statement; a reason already set (by an operator) is kept.
-   * Each session's row must have been written before.
+   * Records the end of sessions in one statement; a reason already set (by an operator) is kept,
+   * except `proxy lost`: the reaper's guess gives way to the proxy's own account, written late
+   * because the database did not take it earlier. Each session's row must have been written before.
    */
   async endBatch(ends: SessionEnd[]): Promise<void> {
     if (ends.length === 0) {
@@ -174,7 +186,8 @@ export class ConsoleSessionRepository {
       this.pool,
       'keyhole_end_sessions',
       `UPDATE console_sessions s
-          SET ended_at = COALESCE(ended_at, now()), close_reason = COALESCE(close_reason, v.reason),
+          SET ended_at = COALESCE(ended_at, now()),
+              close_reason = CASE WHEN close_reason IS NULL OR close_reason = '${LOST_PROXY_REASON}' THEN v.reason ELSE close_reason END,
               last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
          FROM unnest($1::uuid[], $2::varchar[], $3::bigint[], $4::bigint[]) AS v(id, reason, to_client, to_upstream)
         WHERE s.id = v.id`,
