@@ -203,18 +203,18 @@ export class ConsoleSessionRepository {
   /**
    * Ends at most `batchSize` live sessions whose proxy has not reported for `staleAfterMs` (it
    * died, or lost the database for that long), with reason `proxy lost`; returns how many. Rows
-   * a concurrent writer holds are skipped, not waited for: the next run takes them.
+   * a concurrent writer holds are skipped, not waited for: the next run takes them. The pick is
+   * an ARRAY(...) so that it runs once: as `IN (...)` the planner may run its LIMIT more than once.
    */
   async endLostBatch(staleAfterMs: number, batchSize: number): Promise<number> {
     return runCounted(
       this.pool,
       `UPDATE console_sessions SET ended_at = now(), close_reason = '${LOST_PROXY_REASON}'
-        WHERE id IN (
+        WHERE id = ANY(ARRAY(
           SELECT id FROM console_sessions
            WHERE ended_at IS NULL AND last_seen_at < now() - make_interval(secs => $1::float8 / 1000)
            LIMIT $2
-           FOR UPDATE SKIP LOCKED)
-          AND ended_at IS NULL`,
+           FOR UPDATE SKIP LOCKED))`,
       [staleAfterMs, batchSize],
     );
   }
