@@ -155,13 +155,13 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_INSTANCE: setting(
     'console-proxy',
     z.string().min(1).max(255).optional(),
-    "This replica's name in session records.",
-    '`<hostname>:<pid>`',
+    "This replica's name in session records; unique among the cell's running proxies and the same across restarts (a restart ends the sessions its killed run left live under it).",
+    '`<hostname>:<port>`',
   ),
   KEYHOLE_PROXY_WORKERS: setting(
     'console-proxy',
     z.union([z.literal('auto'), integer(1, 256)]).default(1),
-    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`KEYHOLE_PROXY_INSTANCE/<n>` or `<hostname>:<pid>`). `npm start`'s one-machine mode always runs one.",
+    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`<name>/<n>`). `npm start`'s one-machine mode always runs one.",
   ),
   KEYHOLE_PROXY_ALLOWED_ORIGINS: setting(
     'console-proxy',

@@ -8,7 +8,12 @@ describe('loadConfig', () => {
     expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [] });
     expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
     expect(config.credentials.argon2).toEqual({ memoryKib: 19456, timeCost: 2, parallelism: 1 });
-    expect(config.purge).toEqual({ intervalMs: 300_000, sessionRetentionMs: 30 * 24 * 3600 * 1000, pauseMs: 0 });
+    expect(config.purge).toEqual({
+      intervalMs: 300_000,
+      sessionRetentionMs: 30 * 24 * 3600 * 1000,
+      pauseMs: 0,
+      sessionReapIntervalMs: 10_000,
+    });
   });
 
   it('reads the variables it knows and treats empty ones as unset', () => {
