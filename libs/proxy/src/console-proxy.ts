@@ -101,7 +101,16 @@ export class ConsoleProxy {
     if (!this.events.holdsProxyName) {
       return;
     }
-    const ended = await this.cell.sessions.endEarlierOfProxy(this.instance);
+    let ended: number;
+    try {
+      ended = await this.cell.sessions.endEarlierOfProxy(this.instance);
+    } catch (error) {
+      this.logger.warn(
+        { err: error, proxyInstance: this.instance },
+        'could not end the sessions an earlier run left live; the reaper will',
+      );
+      return;
+    }
     if (ended > 0) {
       this.logger.warn({ proxyInstance: this.instance, sessions: ended }, 'ended the sessions an earlier run of this proxy left live');
     }
