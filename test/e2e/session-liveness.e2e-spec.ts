@@ -162,7 +162,33 @@ describe('session liveness: a proxy killed with kill -9', () => {
 
     const metrics = await scrapeMetrics(context.deployment.api.baseUrl);
     expect(metricValue(metrics, 'keyhole_sessions_reaped_total', { cell: 'cell1' })).toBe(2);
+    expect(survivor.output()).not.toContain('closed sessions whose records were ended meanwhile');
     process.stdout.write(`kill -9 -> rows ended (proxy lost): ${endedAfterMs} ms; serial port claimed again: ${claimAfterMs} ms\n`);
+  });
+
+  it("closes, once it runs again, the sessions of a proxy that was frozen past the stale time and reaped (1011 'proxy lost')", async () => {
+    const paused = await proxy('liveness-paused');
+    const session = await open(paused, 'novnc');
+    await waitUntil(async () => ((await rows([session.tokenId])).length === 1 ? true : undefined));
+    paused.child.kill('SIGSTOP');
+    try {
+      await waitUntil(
+        async () => ((await rows([session.tokenId]))[0].close_reason === 'proxy lost' ? true : undefined),
+        STALE_MS + REAP_INTERVAL_MS + 3_000,
+        "the frozen proxy's row to be reaped",
+        { intervalMs: 50 },
+      );
+    } finally {
+      paused.child.kill('SIGCONT');
+    }
+    const resumedAt = Date.now();
+    // Its next heartbeat learns that the row was ended: the session goes too, the database was right.
+    const closed = await session.client.waitForClose(HEARTBEAT_MS + 3_000);
+    expect({ code: closed.code, reason: closed.reason }).toEqual({ code: 1011, reason: 'proxy lost' });
+    expect(closed.atMs - resumedAt).toBeLessThan(HEARTBEAT_MS + 1_500);
+    const metrics = await scrapeMetrics(`http://127.0.0.1:${paused.port}`);
+    expect(metricValue(metrics, 'keyhole_proxy_sessions_live')).toBe(0);
+    expect((await liveList()).filter((entry) => entry.proxyInstance === 'liveness-paused')).toEqual([]);
   });
 
   it('purges the reaped rows like any other ended session', async () => {
