@@ -9,10 +9,9 @@ export interface ConsoleEventsHandler {
 }
 
 const RECONNECT_MIN_MS = 250;
+const RECONNECT_MAX_MS = 10_000;
 /** First key of the advisory lock a proxy holds on its name (the second is the name's hash). */
 const PROXY_NAME_LOCK_CLASS = 0x6b68_7078; // "khpx"
-
-const RECONNECT_MAX_MS = 10_000;
 
 /**
  * One dedicated connection per proxy that LISTENs on the cell's console events channel, so a
