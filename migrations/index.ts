@@ -2,6 +2,7 @@ import { CreateCellSchema1795316000000 } from './cell/1795316000000-CreateCellSc
 import { AddRevokedTokenHashes1795330000000 } from './cell/1795330000000-AddRevokedTokenHashes';
 import { AddExclusiveConsoleIndex1796025000000 } from './cell/1796025000000-AddExclusiveConsoleIndex';
 import { AddSessionRoute1796305000000 } from './cell/1796305000000-AddSessionRoute';
+import { AddLiveSessionProxyIndex1796410000000 } from './cell/1796410000000-AddLiveSessionProxyIndex';
 import { CreateControlSchema1795316000000 } from './control/1795316000000-CreateControlSchema';
 import { CreateAuthFailures1796400000000 } from './control/1796400000000-CreateAuthFailures';
 
@@ -16,4 +17,5 @@ export const CELL_MIGRATIONS = [
   AddRevokedTokenHashes1795330000000,
   AddExclusiveConsoleIndex1796025000000,
   AddSessionRoute1796305000000,
+  AddLiveSessionProxyIndex1796410000000,
 ];

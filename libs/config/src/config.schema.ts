@@ -199,13 +199,13 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_INSTANCE: setting(
     'console-proxy',
     z.string().min(1).max(255).optional(),
-    "This replica's name in session records.",
-    '`<hostname>:<pid>`',
+    "This replica's name in session records; unique among the cell's running proxies and the same across restarts (a restart ends the sessions its killed run left live under it).",
+    '`<hostname>:<port>`',
   ),
   KEYHOLE_PROXY_WORKERS: setting(
     'console-proxy',
     z.union([z.literal('auto'), integer(1, 256)]).default(1),
-    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`KEYHOLE_PROXY_INSTANCE/<n>` or `<hostname>:<pid>`). `npm start`'s one-machine mode always runs one.",
+    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`<name>/<n>`). `npm start`'s one-machine mode always runs one.",
   ),
   KEYHOLE_PROXY_ALLOWED_ORIGINS: setting(
     'console-proxy',
@@ -275,7 +275,12 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_SESSION_STALE_MS: setting(
     'console-proxy',
     integer(1_000, 3_600_000).default(30_000),
-    'A live session not seen for this long is taken as dead (its proxy crashed) and stops holding its serial port. At least twice the heartbeat.',
+    "A live session not seen for this long is taken as dead (its proxy crashed or lost the database): it stops holding its serial port, and the token API's reaper ends it with `proxy lost`. Set it the same on the API and the proxies; at least twice the heartbeat.",
+  ),
+  KEYHOLE_PROXY_SESSION_WRITE_QUEUE: setting(
+    'console-proxy',
+    integer(100, 1_000_000).default(10_000),
+    'Most session records and ends a proxy keeps while the database does not take them (retried with backoff until they land); past it the newest are dropped, counted and logged, the oldest kept.',
   ),
   KEYHOLE_PROXY_SPICE_HTML5_DIR: setting(
     'console-proxy',
@@ -293,6 +298,11 @@ export const ENVIRONMENT_SCHEMA = z.object({
     'purge-and-legacy',
     integer(0, 86_400_000).default(300_000),
     "How often the token API purges every cell (Nova's 300 s); 0 = never (then use the CLI or API).",
+  ),
+  KEYHOLE_SESSION_REAP_INTERVAL_MS: setting(
+    'purge-and-legacy',
+    integer(0, 3_600_000).default(10_000),
+    "How often the token API ends, in every cell, the live sessions not seen for `KEYHOLE_PROXY_SESSION_STALE_MS` (reason `proxy lost`; one replica per cell); 0 = never. A killed proxy's sessions end within the stale time plus this.",
   ),
   KEYHOLE_PURGE_PAUSE_MS: setting(
     'purge-and-legacy',

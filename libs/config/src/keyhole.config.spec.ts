@@ -22,7 +22,12 @@ describe('loadConfig', () => {
       redisUrl: undefined,
       storeTimeoutMs: 250,
     });
-    expect(config.purge).toEqual({ intervalMs: 300_000, sessionRetentionMs: 30 * 24 * 3600 * 1000, pauseMs: 0 });
+    expect(config.purge).toEqual({
+      intervalMs: 300_000,
+      sessionRetentionMs: 30 * 24 * 3600 * 1000,
+      pauseMs: 0,
+      sessionReapIntervalMs: 10_000,
+    });
   });
 
   it('reads the variables it knows and treats empty ones as unset', () => {

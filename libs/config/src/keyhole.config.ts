@@ -47,6 +47,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     maxPending: env.KEYHOLE_PROXY_MAX_PENDING,
     sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
     sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
+    sessionWriteQueue: env.KEYHOLE_PROXY_SESSION_WRITE_QUEUE,
     spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
     frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
   },
@@ -64,6 +65,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     intervalMs: env.KEYHOLE_PURGE_INTERVAL_MS,
     pauseMs: env.KEYHOLE_PURGE_PAUSE_MS,
     sessionRetentionMs: env.KEYHOLE_SESSION_RETENTION_MS,
+    sessionReapIntervalMs: env.KEYHOLE_SESSION_REAP_INTERVAL_MS,
   },
   credentials: {
     cacheTtlMs: env.KEYHOLE_CREDENTIAL_CACHE_TTL_MS,

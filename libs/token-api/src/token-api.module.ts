@@ -10,7 +10,7 @@ import { DbModule } from '@keyhole/db';
 import { TokensModule } from '@keyhole/tokens';
 import { UpstreamModule } from '@keyhole/upstream';
 import { ApiExceptionFilter } from './http/api-exception.filter';
-import { PurgeTask } from './purge.task';
+import { CellMaintenanceTask } from './cell-maintenance.task';
 import { AuthGuard } from './http/auth.guard';
 import { CellsController } from './v1/cells.controller';
 import { CredentialsController } from './v1/credentials.controller';
@@ -46,7 +46,7 @@ export class TokenApiModule {
         HealthController,
         OpenApiController,
       ],
-      providers: [PurgeTask, { provide: APP_GUARD, useClass: AuthGuard }, { provide: APP_FILTER, useClass: ApiExceptionFilter }],
+      providers: [CellMaintenanceTask, { provide: APP_GUARD, useClass: AuthGuard }, { provide: APP_FILTER, useClass: ApiExceptionFilter }],
     };
   }
 }
