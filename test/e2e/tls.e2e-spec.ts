@@ -6,7 +6,8 @@ import { CredentialsService } from '@keyhole/credentials';
 import { CertificateFiles, requestOverTls, serverFingerprintAt, TestCertificateAuthority } from '../support/certificates';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
-import { ProxyProcess, startProxyProcess, startTokenApiProcess, TokenApiProcess } from '../support/proxy-process';
+import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
+import { startTokenApiProcess, TokenApiProcess } from '../support/token-api-process';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
@@ -223,6 +224,8 @@ describe('console proxy over TLS', () => {
 
 describe('token API over TLS', () => {
   let api: TokenApiProcess;
+  /** `https://127.0.0.1:PORT` of the API process (its baseUrl says http: it serves both schemes on one port). */
+  let apiBase: string;
   let agentKey: string;
   let agentCertificate: CertificateFiles;
   let strangerCertificate: CertificateFiles;
@@ -246,14 +249,13 @@ describe('token API over TLS', () => {
         KEYHOLE_API_TLS_CLIENT_CA_FILE: authority.ca.certFile,
         KEYHOLE_API_TLS_ONLY: 'true',
       }),
-      async (started) => {
-        await started.stop();
-      },
+      (started) => started.close(),
     );
+    apiBase = api.baseUrl.replace(/^http:/, 'https:');
   });
 
   const issueOverTls = (credentials: { apiKey?: string; certificate?: CertificateFiles }, cell = 'cell1') =>
-    requestOverTls(`https://127.0.0.1:${api.port}/v1/cells/${cell}/tokens`, {
+    requestOverTls(`${apiBase}/v1/cells/${cell}/tokens`, {
       method: 'POST',
       ca: authority.ca.certificatePem,
       apiKey: credentials.apiKey,
@@ -266,7 +268,7 @@ describe('token API over TLS', () => {
     const issued = await issueOverTls({ apiKey: agentKey });
     expect(issued.status).toBe(201);
     expect(issued.serverFingerprint).toBe(server.fingerprint256);
-    expect(linesWith(api.output(), 'token API listening')[0]).toContain('"tls":"only"');
+    expect(linesWith(api.process.output(), 'token API listening')[0]).toContain('"tls":"only"');
     expect((await issueOverTls({})).status).toBe(401);
   });
 
@@ -279,7 +281,7 @@ describe('token API over TLS', () => {
 
   it('closes the connection of a client certificate its CA did not sign, before any request', async () => {
     await expect(issueOverTls({ certificate: strangerCertificate })).rejects.toThrow(/socket hang up|ECONNRESET|closed/);
-    const metrics = await requestOverTls(`https://127.0.0.1:${api.port}/metrics`, { ca: authority.ca.certificatePem });
+    const metrics = await requestOverTls(`${apiBase}/metrics`, { ca: authority.ca.certificatePem });
     expect(metricValue(metrics.body as string, 'keyhole_tls_client_certificates_refused_total', { listener: 'api' })).toBe(1);
   });
 
@@ -295,7 +297,7 @@ describe('token API over TLS', () => {
   });
 
   it('refuses plain HTTP with 400 TLS_REQUIRED when TLS-only', async () => {
-    const plain = await fetch(`http://127.0.0.1:${api.port}/healthz`);
+    const plain = await fetch(`${api.baseUrl}/healthz`);
     expect(plain.status).toBe(400);
     expect(await plain.json()).toEqual({ code: 'TLS_REQUIRED', message: expect.any(String) });
   });

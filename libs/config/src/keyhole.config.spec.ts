@@ -8,8 +8,27 @@ describe('loadConfig', () => {
     expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [], tls: null });
     expect(config.proxy.tls).toBeNull();
     expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
-    expect(config.credentials.argon2).toEqual({ memoryKib: 19456, timeCost: 2, parallelism: 1 });
-    expect(config.purge).toEqual({ intervalMs: 300_000, sessionRetentionMs: 30 * 24 * 3600 * 1000, pauseMs: 0 });
+    expect(config.credentials.argon2).toEqual({
+      memoryKib: 19456,
+      timeCost: 2,
+      parallelism: 1,
+      concurrency: availableParallelism(),
+      queueLimit: 64,
+    });
+    expect(config.credentials.throttle).toEqual({
+      failuresPerKey: 10,
+      failuresPerAddress: 30,
+      windowSeconds: 60,
+      store: 'memory',
+      redisUrl: undefined,
+      storeTimeoutMs: 250,
+    });
+    expect(config.purge).toEqual({
+      intervalMs: 300_000,
+      sessionRetentionMs: 30 * 24 * 3600 * 1000,
+      pauseMs: 0,
+      sessionReapIntervalMs: 10_000,
+    });
   });
 
   it('reads the variables it knows and treats empty ones as unset', () => {
@@ -112,5 +131,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ KEYHOLE_TOKEN_TTL_SECONDS: '100', KEYHOLE_TOKEN_MAX_TTL_SECONDS: '50' })).toThrow(
       /KEYHOLE_TOKEN_TTL_SECONDS/,
     );
+  });
+
+  it('needs a Redis URL for the redis failure store, and bounds the argon2 cap', () => {
+    expect(() => loadConfig({ KEYHOLE_AUTH_LIMITER: 'redis' })).toThrow(/KEYHOLE_AUTH_LIMITER: redis needs KEYHOLE_AUTH_LIMITER_REDIS_URL/);
+    expect(
+      loadConfig({ KEYHOLE_AUTH_LIMITER: 'redis', KEYHOLE_AUTH_LIMITER_REDIS_URL: 'redis://127.0.0.1:6379' }).credentials.throttle.store,
+    ).toBe('redis');
+    expect(loadConfig({ KEYHOLE_ARGON2_CONCURRENCY: '3' }).credentials.argon2.concurrency).toBe(3);
+    expect(() => loadConfig({ KEYHOLE_ARGON2_CONCURRENCY: '0' })).toThrow(/KEYHOLE_ARGON2_CONCURRENCY/);
+    expect(() => loadConfig({ KEYHOLE_AUTH_LIMITER: 'etcd' })).toThrow(/KEYHOLE_AUTH_LIMITER/);
   });
 });

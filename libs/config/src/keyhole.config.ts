@@ -53,6 +53,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     maxPending: env.KEYHOLE_PROXY_MAX_PENDING,
     sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
     sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
+    sessionWriteQueue: env.KEYHOLE_PROXY_SESSION_WRITE_QUEUE,
     spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
     frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
     tls: tlsSettings('proxy', {
@@ -76,6 +77,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     intervalMs: env.KEYHOLE_PURGE_INTERVAL_MS,
     pauseMs: env.KEYHOLE_PURGE_PAUSE_MS,
     sessionRetentionMs: env.KEYHOLE_SESSION_RETENTION_MS,
+    sessionReapIntervalMs: env.KEYHOLE_SESSION_REAP_INTERVAL_MS,
   },
   credentials: {
     cacheTtlMs: env.KEYHOLE_CREDENTIAL_CACHE_TTL_MS,
@@ -83,6 +85,16 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
       memoryKib: env.KEYHOLE_ARGON2_MEMORY_KIB,
       timeCost: env.KEYHOLE_ARGON2_TIME_COST,
       parallelism: env.KEYHOLE_ARGON2_PARALLELISM,
+      concurrency: env.KEYHOLE_ARGON2_CONCURRENCY ?? availableParallelism(),
+      queueLimit: env.KEYHOLE_ARGON2_QUEUE,
+    },
+    throttle: {
+      failuresPerKey: env.KEYHOLE_AUTH_FAILURES_PER_KEY,
+      failuresPerAddress: env.KEYHOLE_AUTH_FAILURES_PER_ADDRESS,
+      windowSeconds: env.KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS,
+      store: env.KEYHOLE_AUTH_LIMITER,
+      redisUrl: env.KEYHOLE_AUTH_LIMITER_REDIS_URL,
+      storeTimeoutMs: env.KEYHOLE_AUTH_LIMITER_TIMEOUT_MS,
     },
   },
 }));
@@ -175,6 +187,9 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   }
   if (config.legacy.forcedFallback === true && !config.legacy.redisUrl) {
     problems.push('KEYHOLE_LEGACY_FALLBACK: on needs KEYHOLE_LEGACY_REDIS_URL');
+  }
+  if (config.credentials.throttle.store === 'redis' && !config.credentials.throttle.redisUrl) {
+    problems.push('KEYHOLE_AUTH_LIMITER: redis needs KEYHOLE_AUTH_LIMITER_REDIS_URL');
   }
   if (config.tokens.defaultTtlSeconds > config.tokens.maxTtlSeconds) {
     problems.push('KEYHOLE_TOKEN_TTL_SECONDS: must not exceed KEYHOLE_TOKEN_MAX_TTL_SECONDS');

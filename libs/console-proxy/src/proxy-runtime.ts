@@ -59,7 +59,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       {
         cellName,
         cellDatabaseUrl,
-        instance: proxyInstanceName(config.proxy.instance, hostname()),
+        instance: proxyInstanceName(config.proxy.instance, hostname(), config.proxy.port),
         settings: config.proxy,
         routes,
         legacy: legacy ?? undefined,

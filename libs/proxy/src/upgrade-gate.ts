@@ -34,7 +34,7 @@ export interface UpgradeGateOptions {
   cellName: string;
   /** This replica's name in session records. */
   instance: string;
-  settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustedProxies' | 'sessionStaleMs'>;
+  settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustedProxies' | 'sessionStaleMs' | 'connectTimeoutMs'>;
   /** The routes table: a destination that matches no route is refused (403, `unroutable`). */
   routes: Pick<RoutesService, 'decide'>;
   /** The legacy token store, when one is configured; asked only while the fallback is on. */
@@ -223,8 +223,15 @@ export class UpgradeGate {
       void this.recorder.record(grant);
       return grant;
     }
-    // A browser that reconnects at once must not be refused by its own session's pending end.
-    await this.endingTargets.get(targetKey(grant.host, grant.port));
+    // A browser that reconnects at once must not be refused by its own session's pending end; an
+    // end the database does not take now (retried until it lands) holds it back no longer than a
+    // console connect may take.
+    const ending = this.endingTargets.get(targetKey(grant.host, grant.port));
+    if (ending) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([ending, new Promise((resolve) => (timer = setTimeout(resolve, this.options.settings.connectTimeoutMs)))]);
+      clearTimeout(timer);
+    }
     let holder: string | null;
     try {
       holder = await this.cell.sessions.insertExclusive(grant, this.options.settings.sessionStaleMs);

@@ -10,7 +10,7 @@ import { DbModule } from '@keyhole/db';
 import { TokensModule } from '@keyhole/tokens';
 import { UpstreamModule } from '@keyhole/upstream';
 import { ApiExceptionFilter } from './http/api-exception.filter';
-import { PurgeTask } from './purge.task';
+import { CellMaintenanceTask } from './cell-maintenance.task';
 import { AuthGuard } from './http/auth.guard';
 import { TlsCertificatesHook } from './http/tls-certificates.hook';
 import { CellsController } from './v1/cells.controller';
@@ -48,7 +48,7 @@ export class TokenApiModule {
         OpenApiController,
       ],
       providers: [
-        PurgeTask,
+        CellMaintenanceTask,
         TlsCertificatesHook,
         { provide: APP_GUARD, useClass: AuthGuard },
         { provide: APP_FILTER, useClass: ApiExceptionFilter },

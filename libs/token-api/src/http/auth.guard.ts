@@ -28,7 +28,8 @@ export const CurrentPrincipal = createParamDecorator((_: unknown, context: Execu
  * Authenticates every request with its `Authorization: Bearer <API key>` header (or, without one,
  * a verified client certificate), then checks cell
  * scope, then the handler's roles. A missing or bad key is 401 whatever the reason; a good key
- * scoped to another cell, or of the wrong role, is 403.
+ * scoped to another cell, or of the wrong role, is 403. Too many failures for a key id or from a
+ * client address are 429 (CredentialsService.authenticate).
  *
  * Cell scope is enforced here, for every route, from the route's own `:cell` parameter: a handler
  * cannot forget it, and a new `:cell` route is scoped the moment it exists. Only a cell that is not
@@ -50,7 +51,11 @@ export class AuthGuard implements CanActivate {
   private authenticate(request: FastifyRequest): Promise<Principal> {
     const key = bearerToken(request.headers.authorization);
     const certificateId = request.headers.authorization === undefined ? verifiedClientCommonName(request.raw.socket) : null;
-    return certificateId === null ? this.credentials.authenticate(key) : this.credentials.authenticateCertificate(certificateId);
+    if (certificateId !== null) {
+      return this.credentials.authenticateCertificate(certificateId);
+    }
+    // request.ip is the client after KEYHOLE_TRUSTED_PROXIES (Fastify's trustProxy): failures are limited per client.
+    return this.credentials.authenticate(key, request.ip ?? null);
   }
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
