@@ -85,6 +85,29 @@ export const ENVIRONMENT_SCHEMA = z.object({
     integer(256, 1_048_576).default(16_384),
     'Largest accepted request body (256-1048576); larger is `413 PAYLOAD_TOO_LARGE`.',
   ),
+  KEYHOLE_API_TLS_CERT_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    "PEM certificate (chain) the token API serves HTTPS with, on its one port; needs `KEYHOLE_API_TLS_KEY_FILE`. Read at start (a file that cannot be used stops the start, naming the setting) and again on SIGHUP. Unset = plain HTTP (put a TLS-terminating proxy in front). README's TLS.",
+    '(unset)',
+  ),
+  KEYHOLE_API_TLS_KEY_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    'PEM private key of `KEYHOLE_API_TLS_CERT_FILE` (unencrypted; it must match the certificate). Read again on SIGHUP.',
+    '(unset)',
+  ),
+  KEYHOLE_API_TLS_CLIENT_CA_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    'PEM CA certificate(s) for client certificates: a client may then authenticate with a certificate this CA signed whose subject CN is the id of an API credential (instead of a key). A certificate this CA did not sign is refused. Unset = no client certificates. Read again on SIGHUP.',
+    '(unset)',
+  ),
+  KEYHOLE_API_TLS_ONLY: setting(
+    'general',
+    booleanFromEnv.default(false),
+    'With `KEYHOLE_API_TLS_CERT_FILE`: refuse plain HTTP on the port (`400 TLS_REQUIRED`). Off: the port serves HTTPS and plain HTTP (told apart by the first byte).',
+  ),
   KEYHOLE_TRUSTED_PROXIES: setting(
     'general',
     commaList
@@ -195,6 +218,23 @@ export const ENVIRONMENT_SCHEMA = z.object({
     'console-proxy',
     integer(0, 65_535).default(6080),
     "Listen port (Nova's noVNC proxy port); 0 picks a free one.",
+  ),
+  KEYHOLE_PROXY_TLS_CERT_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM certificate (chain) the proxy serves HTTPS and `wss://` with, on its one port (Nova's `cert`); needs `KEYHOLE_PROXY_TLS_KEY_FILE`. Read at start (a file that cannot be used stops the start, naming the setting) and again on SIGHUP, without ending live sessions. Unset = plain (a TLS-terminating proxy in front).",
+    '(unset)',
+  ),
+  KEYHOLE_PROXY_TLS_KEY_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM private key of `KEYHOLE_PROXY_TLS_CERT_FILE` (Nova's `key`; unencrypted, it must match the certificate).",
+    '(unset)',
+  ),
+  KEYHOLE_PROXY_TLS_ONLY: setting(
+    'console-proxy',
+    booleanFromEnv.default(false),
+    "With `KEYHOLE_PROXY_TLS_CERT_FILE`: refuse plain HTTP and `ws://` upgrades (`400 TLS_REQUIRED`; Nova's `ssl_only`). Off: the port serves both, told apart by the first byte, as websockify does.",
   ),
   KEYHOLE_PROXY_INSTANCE: setting(
     'console-proxy',

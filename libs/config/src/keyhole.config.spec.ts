@@ -5,7 +5,8 @@ describe('loadConfig', () => {
   it('has documented defaults with nothing set', () => {
     const config = loadConfig({});
     expect(config.database.controlUrl).toBeUndefined();
-    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [] });
+    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [], tls: null });
+    expect(config.proxy.tls).toBeNull();
     expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
     expect(config.credentials.argon2).toEqual({
       memoryKib: 19456,
@@ -45,6 +46,41 @@ describe('loadConfig', () => {
   it('leaves the ssh keys a routes file names to the routes file, and still names a misspelt setting', () => {
     expect(() => loadConfig({ KEYHOLE_SSH_KEY_TENANT7: 'key', KEYHOLE_SSH_PASSPHRASE_TENANT7: 'secret' })).not.toThrow();
     expect(() => loadConfig({ KEYHOLE_SSH_KEYS: 'key' })).toThrow('KEYHOLE_SSH_KEYS: not a keyhole setting (misspelt?)');
+  });
+
+  it('serves TLS when a certificate and its key are set, and names a half-configured TLS setting', () => {
+    const config = loadConfig({
+      KEYHOLE_API_TLS_CERT_FILE: '/etc/keyhole/api.pem',
+      KEYHOLE_API_TLS_KEY_FILE: '/etc/keyhole/api-key.pem',
+      KEYHOLE_API_TLS_CLIENT_CA_FILE: '/etc/keyhole/agents-ca.pem',
+      KEYHOLE_PROXY_TLS_CERT_FILE: '/etc/keyhole/proxy.pem',
+      KEYHOLE_PROXY_TLS_KEY_FILE: '/etc/keyhole/proxy-key.pem',
+      KEYHOLE_PROXY_TLS_ONLY: 'true',
+    });
+    expect(config.api.tls).toEqual({
+      listener: 'api',
+      certFile: '/etc/keyhole/api.pem',
+      keyFile: '/etc/keyhole/api-key.pem',
+      clientCaFile: '/etc/keyhole/agents-ca.pem',
+      only: false,
+    });
+    expect(config.proxy.tls).toEqual({
+      listener: 'proxy',
+      certFile: '/etc/keyhole/proxy.pem',
+      keyFile: '/etc/keyhole/proxy-key.pem',
+      clientCaFile: undefined,
+      only: true,
+    });
+    expect(() => loadConfig({ KEYHOLE_PROXY_TLS_CERT_FILE: '/c.pem' })).toThrow(
+      'KEYHOLE_PROXY_TLS_KEY_FILE: required with KEYHOLE_PROXY_TLS_CERT_FILE',
+    );
+    expect(() => loadConfig({ KEYHOLE_API_TLS_KEY_FILE: '/k.pem' })).toThrow(
+      'KEYHOLE_API_TLS_CERT_FILE: required with KEYHOLE_API_TLS_KEY_FILE',
+    );
+    expect(() => loadConfig({ KEYHOLE_API_TLS_ONLY: 'on' })).toThrow('KEYHOLE_API_TLS_ONLY: needs KEYHOLE_API_TLS_CERT_FILE');
+    expect(() => loadConfig({ KEYHOLE_API_TLS_CLIENT_CA_FILE: '/ca.pem' })).toThrow('KEYHOLE_API_TLS_CLIENT_CA_FILE: needs');
+    expect(() => loadConfig({ KEYHOLE_PROXY_TLS_ONLY: 'false' })).not.toThrow();
+    expect(() => loadConfig({ KEYHOLE_PROXY_TLS_CLIENT_CA_FILE: '/ca.pem' })).toThrow('not a keyhole setting');
   });
 
   it('refuses trusted proxies that are not addresses or CIDRs, and names the settings they replace', () => {

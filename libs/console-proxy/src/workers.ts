@@ -156,9 +156,9 @@ export function superviseWorkers(options: SupervisorOptions): void {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => stop(signal, 0));
   }
-  // Each worker holds its own routes table: a reload is theirs to do.
+  // Each worker holds its own routes table and TLS certificate: a reload is theirs to do.
   process.on('SIGHUP', () => {
-    logger.info({ workers: running.size }, 'SIGHUP: the workers reload their routes');
+    logger.info({ workers: running.size }, 'SIGHUP: the workers reload their routes and TLS certificate');
     for (const worker of running) {
       worker.process.kill('SIGHUP');
     }

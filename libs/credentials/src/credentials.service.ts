@@ -3,7 +3,7 @@ import { CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, constantTimeEqual, sha256Hex } from '@keyhole/core';
 import { ApiCredentialEntity, ControlDatabase, CredentialRole } from '@keyhole/db';
-import { generateApiKey, parseApiKey } from './api-key';
+import { generateApiKey, isCredentialId, parseApiKey } from './api-key';
 import { AuthenticationThrottle } from './authentication-throttle';
 import { clientAddressKey } from './client-address-key';
 import { SecretHasher } from './secret-hasher';
@@ -131,6 +131,24 @@ export class CredentialsService {
       throw unauthenticated();
     }
     return this.admit(live);
+  }
+
+  /**
+   * The principal of a verified client certificate whose subject CN is `credentialId` (the TLS
+   * layer checked it against KEYHOLE_API_TLS_CLIENT_CA_FILE). The row is read on every request,
+   * as for a key, so a revoked credential's certificate stops working at once. UNAUTHENTICATED
+   * for an unknown or revoked id, like a bad key.
+   */
+  async authenticateCertificate(credentialId: string): Promise<Principal> {
+    if (!isCredentialId(credentialId)) {
+      throw unauthenticated();
+    }
+    // No secret to guess (the CA vouched for the holder), so no argon2 and no failure limit.
+    const row = await this.control.credentials.findById(credentialId);
+    if (!row || row.revokedAt !== null) {
+      throw unauthenticated();
+    }
+    return this.admit(row);
   }
 
   async list(options: { includeRevoked: boolean; cellName?: string | null }): Promise<CredentialView[]> {

@@ -314,7 +314,9 @@ export class UpgradeGate {
       port: legacy.port,
       internalAccessPath: legacy.internalAccessPath,
       // Without an access URL (websockify's format) the page must have come over this very scheme.
-      accessUrlBase: legacy.accessUrlBase ?? `${this.forwarded(request).protocol ?? 'http'}://${header(request, 'host') ?? 'localhost'}`,
+      accessUrlBase:
+        legacy.accessUrlBase ??
+        `${this.forwarded(request).protocol ?? connectionScheme(request)}://${header(request, 'host') ?? 'localhost'}`,
       expires: legacy.expiresAt ?? Number.MAX_SAFE_INTEGER,
     };
   }
@@ -368,4 +370,9 @@ function targetKey(host: string, port: number): string {
 function header(request: IncomingMessage, name: string): string | undefined {
   const value = request.headers[name];
   return Array.isArray(value) ? value[0] : value;
+}
+
+/** The scheme of the connection itself: https when the proxy serves TLS on it (KEYHOLE_PROXY_TLS_*). */
+function connectionScheme(request: IncomingMessage): 'http' | 'https' {
+  return (request.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
 }
