@@ -14,6 +14,7 @@ export * from './migration-runner';
 export * from './postgres-errors';
 export * from './database-pool';
 export * from './database.metrics';
+export * from './leader-lock';
 export * from './row-mapper';
 export * from './control-database';
 export * from './db.module';
