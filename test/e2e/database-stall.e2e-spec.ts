@@ -92,8 +92,16 @@ describe('a stalled or dead database never hangs a request', () => {
     } finally {
       await app.close();
     }
-    api = teardown.add(await startTokenApiProcess({ KEYHOLE_DATABASE_URL: database.controlUrl, ...DEADLINES }), (running) =>
-      running.close(),
+    api = teardown.add(
+      await startTokenApiProcess({
+        KEYHOLE_DATABASE_URL: database.controlUrl,
+        KEYHOLE_DB_POOL_SIZE: '4',
+        KEYHOLE_ARGON2_MEMORY_KIB: '64',
+        KEYHOLE_ARGON2_TIME_COST: '1',
+        KEYHOLE_ARGON2_PARALLELISM: '1',
+        ...DEADLINES,
+      }),
+      (running) => running.close(),
     );
     proxy = teardown.add(
       await startProxyProcess({ KEYHOLE_CELL_NAME: 'cell1', KEYHOLE_CELL_DATABASE_URL: database.cellUrl, ...DEADLINES }),
