@@ -420,6 +420,22 @@ describe('token API: errors and access rules', () => {
       expectError(long, 400, 'INVALID_INPUT');
       expect(invalidFields(long)).toEqual(['cell']);
     });
+
+    // Found by token-api-fuzz.e2e-spec.ts: Fastify's router answered these itself (414 and 400 in
+    // its own shape), repeating the path.
+    it('answers a path parameter over the router limit or a malformed percent-encoding with 400, repeating nothing', async () => {
+      const secret = randomSecret();
+      for (const path of [
+        `/v1/cells/${secret}${'a'.repeat(9_000)}/tokens`,
+        `/v1/cells/${secret}%E0%A4%A/tokens`,
+        `/v1/cells/%zz${secret}`,
+      ]) {
+        const answer = await call(base, 'GET', path, { key: deployment.operatorKey });
+        expectError(answer, 400, 'INVALID_INPUT');
+        expect(answer.headers.get('cache-control')).toBe('no-store');
+        expect(JSON.stringify(answer.body)).not.toContain(secret);
+      }
+    });
   });
 
   describe('409', () => {
