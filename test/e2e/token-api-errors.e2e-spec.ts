@@ -436,6 +436,14 @@ describe('token API: errors and access rules', () => {
         expect(JSON.stringify(answer.body)).not.toContain(secret);
       }
     });
+
+    it('refuses a cell-scoped caller a path cell that is no cell name with 400, not a 403 that repeats it', async () => {
+      const secret = randomSecret();
+      const answer = await call(base, 'DELETE', `/v1/cells/${secret}/tokens/1`, { key: deployment.agentKeys.cell1 });
+      expectError(answer, 400, 'INVALID_INPUT');
+      expect(invalidFields(answer)).toEqual(['cell']);
+      expect(JSON.stringify(answer.body)).not.toContain(secret);
+    });
   });
 
   describe('409', () => {
