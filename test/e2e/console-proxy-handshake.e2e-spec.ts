@@ -383,6 +383,10 @@ describe('malformed or abandoned upgrades', () => {
       'Sec-WebSocket-Key: not-a-valid-key',
     ]);
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    // The proxy's fixed JSON refusal, not ws's own text/html answer (found by console-proxy-fuzz).
+    expect(answer).toMatch(/\r\nContent-Type: application\/json/i);
+    expect(answer).toMatch(/\r\nCache-Control: no-store/i);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'INVALID_HANDSHAKE', message: expect.any(String) });
     await waitUntil(() => (openConnections() === 0 ? true : undefined), 3_000, 'no open console connection');
     // The serial port is free for the next client.
     const client = await expectAccepted(url(proxy, (await issue({ consoleType: 'serial', port: upstream.port })).token));
