@@ -393,6 +393,21 @@ describe('malformed or abandoned upgrades', () => {
     await client.close();
   });
 
+  it('answers an HTTP/1.1 request without Host with the fixed JSON 400 (found by console-proxy-fuzz: Node answered a bare 400)', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket: Socket = connectTcp({ host: '127.0.0.1', port: proxy.port });
+      let text = '';
+      socket.on('data', (data: Buffer) => (text += data.toString('latin1')));
+      socket.on('error', () => undefined);
+      socket.on('close', () => resolve(text));
+      socket.once('connect', () => socket.write('GET /vnc_lite.html HTTP/1.1\r\nConnection: close\r\n\r\n'));
+      setTimeout(() => reject(new Error('no answer')), 5_000).unref();
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer).toMatch(/\r\nCache-Control: no-store/i);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'INVALID_REQUEST', message: expect.any(String) });
+  });
+
   it('leaves no console connection and no busy serial port behind when the client goes away during the checks', async () => {
     const { upstream, openConnections } = await serialConsole();
     const token = await issue({ consoleType: 'serial', port: upstream.port });
