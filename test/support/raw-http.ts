@@ -26,9 +26,14 @@ export interface RawExchange {
 /**
  * Connects to 127.0.0.1:`port`, writes `request` (in `chunks` pieces when given, to split a head
  * across reads), and waits for one answer: up to its head for a 101, up to the end of its body
- * otherwise (Content-Length, chunked, or the close). The socket is destroyed afterwards.
+ * otherwise (Content-Length, chunked, or the close; `bodyless`: the head only, as for a HEAD
+ * request). The socket is destroyed afterwards.
  */
-export function exchangeRaw(port: number, request: Buffer | string, options: { timeoutMs: number; chunks?: number }): Promise<RawExchange> {
+export function exchangeRaw(
+  port: number,
+  request: Buffer | string,
+  options: { timeoutMs: number; chunks?: number; bodyless?: boolean },
+): Promise<RawExchange> {
   const started = Date.now();
   const bytes = typeof request === 'string' ? Buffer.from(request, 'latin1') : request;
   return new Promise((resolve) => {
@@ -45,19 +50,19 @@ export function exchangeRaw(port: number, request: Buffer | string, options: { t
       resolve({ ...result, elapsedMs: Date.now() - started });
     };
     const timer = setTimeout(
-      () => finish({ answer: parseAnswer(received, true), closedWithoutAnswer: false, timedOut: true }),
+      () => finish({ answer: parseAnswer(received, true, options.bodyless), closedWithoutAnswer: false, timedOut: true }),
       options.timeoutMs,
     );
     socket.on('error', () => undefined);
     socket.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
-      const answer = parseAnswer(received, false);
+      const answer = parseAnswer(received, false, options.bodyless);
       if (answer) {
         finish({ answer, closedWithoutAnswer: false, timedOut: false });
       }
     });
     socket.on('close', () => {
-      const answer = parseAnswer(received, true);
+      const answer = parseAnswer(received, true, options.bodyless);
       finish({ answer, closedWithoutAnswer: answer === undefined, timedOut: false });
     });
     socket.once('connect', () => {
@@ -71,7 +76,7 @@ export function exchangeRaw(port: number, request: Buffer | string, options: { t
 }
 
 /** The whole answer in `bytes`, or undefined while it is incomplete (`closed`: no more bytes will come). */
-function parseAnswer(bytes: Buffer, closed: boolean): RawAnswer | undefined {
+function parseAnswer(bytes: Buffer, closed: boolean, bodyless = false): RawAnswer | undefined {
   const headEnd = bytes.indexOf('\r\n\r\n');
   if (headEnd < 0) {
     return undefined;
@@ -91,10 +96,10 @@ function parseAnswer(bytes: Buffer, closed: boolean): RawAnswer | undefined {
   const rest = bytes.subarray(headEnd + 4);
   // An interim answer (100 Continue) comes before the real one.
   if (/^1\d\d$/.test(status[1]) && status[1] !== '101') {
-    return parseAnswer(rest, closed);
+    return parseAnswer(rest, closed, bodyless);
   }
   // No body: a switch of protocols, or an answer that never has one.
-  if (['101', '204', '304'].includes(status[1])) {
+  if (bodyless || ['101', '204', '304'].includes(status[1])) {
     return { status: Number(status[1]), headers, body: '' };
   }
   const length = headers['content-length'];
