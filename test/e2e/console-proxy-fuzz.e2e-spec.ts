@@ -144,14 +144,10 @@ function wellFormed(text: string): string {
   return Buffer.from(text, 'utf8').toString('utf8');
 }
 
-function marker(random: Random, index: number): string {
-  return `Fz_${index.toString(36)}_${random.stringOf('ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789', 20)}`;
-}
-
 function buildCase(random: Random, index: number): HandshakeCase {
   const markers: string[] = [];
   const newMarker = (): string => {
-    const value = marker(random, index);
+    const value = random.marker(index);
     markers.push(value);
     return value;
   };

@@ -185,11 +185,6 @@ describe('token API fuzzing', () => {
 // ---------------------------------------------------------------------------------------------
 // Building requests
 
-function marker(random: Random, index: number): string {
-  // Upper case and an underscore: never a valid cell name, id or UUID, so no rule may repeat it as one.
-  return `Fz_${index.toString(36)}_${random.stringOf('ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789', 20)}`;
-}
-
 /** Percent-encodes the UTF-8 of `text` (lone surrogates become U+FFFD, as any client sends them). */
 function encode(text: string): string {
   return [...Buffer.from(text, 'utf8')]
@@ -209,7 +204,7 @@ function uuid(random: Random): string {
 function buildRequest(random: Random, index: number): FuzzRequest {
   const markers: string[] = [];
   const newMarker = (): string => {
-    const value = marker(random, index);
+    const value = random.marker(index);
     markers.push(value);
     return value;
   };

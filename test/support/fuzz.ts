@@ -90,6 +90,14 @@ export class Random {
     return text;
   }
 
+  /**
+   * A string to plant in a request and look for in answers and logs: unique to case `index`, with
+   * upper case and an underscore so that no rule can take it for a cell name, an id or a UUID.
+   */
+  marker(index: number): string {
+    return `Fz_${index.toString(36)}_${this.stringOf('ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789', 20)}`;
+  }
+
   /** Bytes, for raw protocol input. */
   bytes(length: number): Buffer {
     const bytes = Buffer.alloc(length);
