@@ -303,7 +303,11 @@ function buildCase(random: Random, index: number): HandshakeCase {
     // A value that starts with a colon is still HTTP; bare line feeds and a NUL are not (Node refuses them).
     head = random.pick([
       () => invalidate(head.replace(/\r\n/g, '\n')),
-      () => head.replace(': ', ':: '),
+      () => {
+        // Host gets a value that starts with a colon: a page origin no longer matches it.
+        originAllowed &&= !/\r\nOrigin:/.test(head);
+        return head.replace('\r\nHost: ', '\r\nHost:: ');
+      },
       () => invalidate(`${head.slice(0, 10)}\u0000${head.slice(10)}`),
     ])();
   }
