@@ -246,7 +246,7 @@ it('keeps database tokens unaffected and legacy tokens failing closed, never han
         phase,
         slower: false,
       });
-      expect({ phase, slowest: Math.max(...attempts.map((attempt) => attempt.connectMs)) < 1_500 }).toEqual({ phase, slowest: true });
+      expect({ phase, slowest: Math.max(...attempts.map((attempt) => attempt.connectMs)) < 2_000 }).toEqual({ phase, slowest: true });
     }
     // Legacy tokens: served while Redis is well; refused 503 (fail closed) within about the timeout while it is not.
     expect(tally(load.of('healthy', 'legacy'))).toEqual({ ok: load.of('healthy', 'legacy').length });
@@ -254,7 +254,8 @@ it('keeps database tokens unaffected and legacy tokens failing closed, never han
       const attempts = load.of(phase, 'legacy');
       expect(attempts.length).toBeGreaterThan(0);
       expect({ phase, outcomes: tally(attempts) }).toEqual({ phase, outcomes: { 503: attempts.length } });
-      expect({ phase, slowest: Math.max(...attempts.map((attempt) => attempt.connectMs)) < LEGACY_TIMEOUT_MS + 750 }).toEqual({
+      // The timeout, plus room for a loaded machine: far from the hang of a client without one.
+      expect({ phase, slowest: Math.max(...attempts.map((attempt) => attempt.connectMs)) < LEGACY_TIMEOUT_MS + 1_500 }).toEqual({
         phase,
         slowest: true,
       });

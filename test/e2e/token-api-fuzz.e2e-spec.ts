@@ -99,7 +99,9 @@ const statusCounts = new Map<number, number>();
 
 beforeAll(async () => {
   deployment = teardown.add(await startTestDeployment(), (started) => started.stop());
-  api = teardown.add(await startTokenApiProcess({ KEYHOLE_DATABASE_URL: deployment.controlUrl, KEYHOLE_LOG_LEVEL: 'warn' }));
+  api = teardown.add(
+    await startTokenApiProcess({ KEYHOLE_DATABASE_URL: deployment.controlUrl, KEYHOLE_LOG_LEVEL: 'warn', KEYHOLE_DB_POOL_SIZE: '8' }),
+  );
   const document = await call(api.baseUrl, 'GET', '/v1/openapi.json');
   expect(document.status).toBe(200);
   components = document.body.components.schemas;

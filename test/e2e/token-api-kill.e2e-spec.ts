@@ -41,7 +41,7 @@ afterAll(async () => {
 });
 
 it('keeps every token it answered 201 for across a kill -9 during an issuing burst, and no half-written row', async () => {
-  const environment = { KEYHOLE_DATABASE_URL: deployment.controlUrl, KEYHOLE_LOG_LEVEL: 'warn' };
+  const environment = { KEYHOLE_DATABASE_URL: deployment.controlUrl, KEYHOLE_LOG_LEVEL: 'warn', KEYHOLE_DB_POOL_SIZE: '8' };
   const first: TokenApiProcess = teardown.add(await startTokenApiProcess(environment));
   const attempts: Attempt[] = [];
   let answered = 0;
@@ -82,8 +82,10 @@ it('keeps every token it answered 201 for across a kill -9 during an issuing bur
   // The kill came mid-burst: answers before it, requests that died with it.
   expect(issued.length).toBeGreaterThanOrEqual(KILL_AFTER_ANSWERS - CONCURRENCY);
   expect(lost.length).toBeGreaterThan(0);
-  // Every answer before the kill was a 201; nothing else happened to them.
-  expect(attempts.filter((attempt) => !attempt.lost && attempt.status !== 201)).toEqual([]);
+  // Every answer before the kill was a 201, or the documented 503 of a database that did not answer
+  // in time on a loaded machine (then no token exists for it, checked below).
+  expect(attempts.filter((attempt) => !attempt.lost && attempt.status !== 201 && attempt.status !== 503)).toEqual([]);
+  const unavailable = new Set(attempts.filter((attempt) => attempt.status === 503).map((attempt) => attempt.instanceUuid));
 
   // The same databases, a new process: every token a client holds is valid.
   const second = teardown.add(await startTokenApiProcess(environment));
@@ -112,6 +114,7 @@ it('keeps every token it answered 201 for across a kill -9 during an issuing bur
        FROM console_auth_tokens`,
   );
   expect(rows.filter((row) => !row.complete)).toEqual([]);
+  expect(rows.filter((row) => unavailable.has(row.instance_uuid))).toEqual([]);
   const sent = new Set(attempts.map((attempt) => attempt.instanceUuid));
   expect(rows.filter((row) => !sent.has(row.instance_uuid))).toEqual([]);
   const rowsPerInstance = new Map<string, number>();
