@@ -17,10 +17,11 @@ describe('token API: errors and access rules', () => {
   /** Tokens the successful issue calls of this file created, per cell. */
   const issuedPerCell: Record<string, number> = { cell1: 0, cell2: 0 };
 
+  // Databases cloned, migrations checked, the API booted: more than jest's default 5 s on a loaded machine.
   beforeAll(async () => {
     deployment = await startTestDeployment();
     base = deployment.api.baseUrl;
-  });
+  }, 30_000);
 
   afterAll(async () => {
     await deployment?.stop();
