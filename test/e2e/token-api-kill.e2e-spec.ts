@@ -3,7 +3,7 @@ import { queryDatabase } from '../support/databases';
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
-import { startTokenApiProcess, TokenApiProcess } from '../support/token-api-process';
+import { QUIET_API_ENVIRONMENT, startTokenApiProcess, TokenApiProcess } from '../support/token-api-process';
 import { waitUntil } from '../support/wait';
 import { sha256 } from './helpers';
 
@@ -41,7 +41,7 @@ afterAll(async () => {
 });
 
 it('keeps every token it answered 201 for across a kill -9 during an issuing burst, and no half-written row', async () => {
-  const environment = { KEYHOLE_DATABASE_URL: deployment.controlUrl, KEYHOLE_LOG_LEVEL: 'warn', KEYHOLE_DB_POOL_SIZE: '8' };
+  const environment = { ...QUIET_API_ENVIRONMENT, KEYHOLE_DATABASE_URL: deployment.controlUrl, KEYHOLE_DB_POOL_SIZE: '8' };
   const first: TokenApiProcess = teardown.add(await startTokenApiProcess(environment));
   const attempts: Attempt[] = [];
   let answered = 0;

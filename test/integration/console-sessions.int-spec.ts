@@ -152,6 +152,71 @@ describe('console sessions on a real cell database', () => {
     expect((await replicas[2].findById(unrouted.id))?.route).toBeNull();
   });
 
+  const reasonOf = async (id: string) =>
+    (await queryDatabase<{ close_reason: string | null }>(cell.url, 'SELECT close_reason FROM console_sessions WHERE id = $1', [id]))[0]
+      ?.close_reason;
+
+  it("reaps the live rows not seen for the stale time ('proxy lost'), only those, in batches", async () => {
+    const lost = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' }), session()];
+    const seen = session({ consoleType: 'novnc' });
+    const ended = session({ consoleType: 'novnc' });
+    await replicas[0].insertBatch([...lost, seen, ended]);
+    await replicas[0].endBatch([{ id: ended.id, reason: 'client closed', bytesToClient: 0, bytesToUpstream: 0 }]);
+    await queryDatabase(cell.url, `UPDATE console_sessions SET last_seen_at = now() - interval '1 hour' WHERE id = ANY($1::uuid[])`, [
+      [...lost, ended].map((row) => row.id),
+    ]);
+    // Other test cases' rows are fresh: with a one-hour-minus-a-minute threshold only these qualify.
+    expect(await replicas[1].endLostBatch(3_540_000, 2)).toBe(2);
+    expect(await replicas[1].endLostBatch(3_540_000, 2)).toBe(1);
+    expect(await replicas[1].endLostBatch(3_540_000, 2)).toBe(0);
+    for (const row of lost) {
+      expect(await reasonOf(row.id)).toBe('proxy lost');
+    }
+    expect(await reasonOf(ended.id)).toBe('client closed');
+    expect(await reasonOf(seen.id)).toBeNull();
+    // The proxy's own end, written late, says what really happened; an operator's is kept.
+    await replicas[0].endBatch([{ id: lost[0].id, reason: 'client closed', bytesToClient: 5, bytesToUpstream: 6 }]);
+    expect(await reasonOf(lost[0].id)).toBe('client closed');
+  });
+
+  it('tells a heartbeat which of its sessions were ended by someone else, and leaves those ended', async () => {
+    const [live, reaped, unwritten] = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' }), session()];
+    await replicas[0].insertBatch([live, reaped]);
+    await queryDatabase(cell.url, `UPDATE console_sessions SET last_seen_at = now() - interval '1 hour' WHERE id = $1`, [reaped.id]);
+    expect(await replicas[2].endLostBatch(3_540_000, 1_000)).toBe(1);
+    const counters = (id: string) => ({ id, bytesToClient: 10, bytesToUpstream: 20 });
+    expect(await replicas[0].heartbeat([live, reaped, unwritten].map((row) => counters(row.id)))).toEqual([reaped.id]);
+    const [row] = await queryDatabase<{ ended_at: Date | null; bytes_to_client: string }>(
+      cell.url,
+      'SELECT ended_at, bytes_to_client FROM console_sessions WHERE id = $1',
+      [live.id],
+    );
+    expect(row).toEqual({ ended_at: null, bytes_to_client: '10' });
+    expect(await reasonOf(reaped.id)).toBe('proxy lost');
+  });
+
+  it("ends a proxy's own earlier live rows on its restart, never another proxy's", async () => {
+    const mine = [session({ proxyInstance: 'restarting' }), session({ consoleType: 'novnc', proxyInstance: 'restarting' })];
+    const theirs = session({ consoleType: 'novnc', proxyInstance: 'restarting-not' });
+    await replicas[0].insertExclusive(mine[0], STALE_AFTER_MS);
+    await replicas[0].insertBatch([mine[1], theirs]);
+    expect(await replicas[0].endEarlierOfProxy('restarting')).toBe(2);
+    expect(await reasonOf(mine[0].id)).toBe('proxy restarted');
+    expect(await reasonOf(mine[1].id)).toBe('proxy restarted');
+    expect(await reasonOf(theirs.id)).toBeNull();
+    // Its serial port is free again.
+    expect(await replicas[1].insertExclusive(session({ port: mine[0].port }), STALE_AFTER_MS)).toBeNull();
+  });
+
+  it('writes a batch of rows twice without failing (a retry after a commit whose answer was lost)', async () => {
+    const rows = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' })];
+    await replicas[0].insertBatch(rows);
+    await expect(replicas[0].insertBatch(rows)).resolves.toBeUndefined();
+    expect(
+      await queryDatabase(cell.url, 'SELECT id FROM console_sessions WHERE id = ANY($1::uuid[])', [rows.map((row) => row.id)]),
+    ).toHaveLength(2);
+  });
+
   it('checks many token hashes in one query: valid ones only, expired and unknown ones left out', async () => {
     const tokens = new ConsoleAuthTokenRepository('cell1', pools[0]);
     const hash = (n: number) => n.toString(16).padStart(64, '0');

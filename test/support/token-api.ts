@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http';
 import { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
 import { KeyholeConfig } from '@keyhole/config';
@@ -58,12 +59,15 @@ export async function startTokenApi(
   };
 }
 
-/** A JSON request with an optional API key; returns status, headers and the parsed body. */
+/**
+ * A JSON request with an optional API key; returns status, headers and the parsed body. `from`
+ * sends it from that local address (any of 127.0.0.0/8), as a distinct client would.
+ */
 export async function call(
   baseUrl: string,
   method: string,
   path: string,
-  options: { key?: string; body?: unknown; rawBody?: string; headers?: Record<string, string> } = {},
+  options: { key?: string; body?: unknown; rawBody?: string; headers?: Record<string, string>; from?: string } = {},
 ): Promise<{ status: number; body: any; headers: Headers }> {
   const headers: Record<string, string> = { ...options.headers };
   if (options.key) {
@@ -76,7 +80,10 @@ export async function call(
     body = JSON.stringify(options.body);
     headers['content-type'] ??= 'application/json';
   }
-  const response = await fetch(`${baseUrl}${path}`, { method, headers, body });
+  const response =
+    options.from === undefined
+      ? await fetch(`${baseUrl}${path}`, { method, headers, body })
+      : await requestFrom(options.from, `${baseUrl}${path}`, { method, headers, body });
   const text = await response.text();
   let parsed: unknown = undefined;
   if (text) {
@@ -87,4 +94,31 @@ export async function call(
     }
   }
   return { status: response.status, body: parsed, headers: response.headers };
+}
+
+/** What `call` reads of a response, for a request sent with node:http from a chosen local address. */
+function requestFrom(
+  localAddress: string,
+  url: string,
+  init: { method: string; headers: Record<string, string>; body: string | undefined },
+): Promise<{ status: number; headers: Headers; text: () => Promise<string> }> {
+  return new Promise((resolve, reject) => {
+    const outgoing = httpRequest(url, { method: init.method, headers: init.headers, localAddress, agent: false }, (incoming) => {
+      const chunks: Buffer[] = [];
+      incoming.on('data', (chunk: Buffer) => chunks.push(chunk));
+      incoming.on('error', reject);
+      incoming.on('end', () => {
+        const headers = new Headers();
+        for (const [name, value] of Object.entries(incoming.headers)) {
+          for (const item of [value ?? []].flat()) {
+            headers.append(name, item);
+          }
+        }
+        const text = Buffer.concat(chunks).toString('utf8');
+        resolve({ status: incoming.statusCode ?? 0, headers, text: async () => text });
+      });
+    });
+    outgoing.on('error', reject);
+    outgoing.end(init.body);
+  });
 }

@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { ConfigurationError, loadConfig, requireProxyCell } from '@keyhole/config';
+import { ConfigurationError, KeyholeConfig, loadConfig, requireProxyCell } from '@keyhole/config';
+import { CertificateStore } from '@keyhole/tls';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 import { createConsoleProxyApp, isProxyWorker, superviseWorkers, workerId } from '@keyhole/console-proxy';
 
@@ -15,6 +16,11 @@ async function main(): Promise<void> {
     flushIntervalMs: supervisor ? undefined : 200,
   });
   if (supervisor) {
+    // The workers read the certificate files themselves; files that cannot be used stop the start
+    // here, once, rather than in every worker.
+    if (config.proxy.tls) {
+      CertificateStore.load(config.proxy.tls);
+    }
     superviseWorkers({ workers: config.proxy.workers, cellName, host: config.proxy.host, logger });
     return;
   }
@@ -27,7 +33,12 @@ async function main(): Promise<void> {
     logger.info({ cell: cellName, port, worker: workerId() }, 'console proxy worker listening');
     return;
   }
-  logger.info({ cell: cellName, host: config.proxy.host, port }, 'console proxy listening');
+  logger.info({ cell: cellName, host: config.proxy.host, tls: describeTls(config), port }, 'console proxy listening');
+}
+
+/** `off`, `on` (TLS and plain on one port) or `only`. */
+function describeTls(config: KeyholeConfig): 'off' | 'on' | 'only' {
+  return config.proxy.tls ? (config.proxy.tls.only ? 'only' : 'on') : 'off';
 }
 
 main().catch((error: unknown) => {

@@ -12,7 +12,8 @@ async function main(): Promise<void> {
   await app.listen(config.api.port, config.api.host);
   const address = app.getHttpServer().address();
   const port = typeof address === 'object' && address ? address.port : config.api.port;
-  logger.info({ host: config.api.host, port }, 'token API listening');
+  const tls = config.api.tls ? (config.api.tls.only ? 'only' : 'on') : 'off';
+  logger.info({ host: config.api.host, tls, clientCertificates: config.api.tls?.clientCaFile !== undefined, port }, 'token API listening');
 }
 
 main().catch((error: unknown) => {

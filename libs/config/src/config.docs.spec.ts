@@ -21,7 +21,7 @@ describe('configuration docs', () => {
       KEYHOLE_PROXY_CONSOLE_TYPES: '`novnc,spice-html5,serial`',
       KEYHOLE_PROXY_ALLOWED_ORIGINS: '(empty)',
       KEYHOLE_LEGACY_KEY_PREFIX: '(empty)',
-      KEYHOLE_PROXY_INSTANCE: '`<hostname>:<pid>`',
+      KEYHOLE_PROXY_INSTANCE: '`<hostname>:<port>`',
     });
   });
 

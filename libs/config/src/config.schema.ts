@@ -85,6 +85,29 @@ export const ENVIRONMENT_SCHEMA = z.object({
     integer(256, 1_048_576).default(16_384),
     'Largest accepted request body (256-1048576); larger is `413 PAYLOAD_TOO_LARGE`.',
   ),
+  KEYHOLE_API_TLS_CERT_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    "PEM certificate (chain) the token API serves HTTPS with, on its one port; needs `KEYHOLE_API_TLS_KEY_FILE`. Read at start (a file that cannot be used stops the start, naming the setting) and again on SIGHUP. Unset = plain HTTP (put a TLS-terminating proxy in front). README's TLS.",
+    '(unset)',
+  ),
+  KEYHOLE_API_TLS_KEY_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    'PEM private key of `KEYHOLE_API_TLS_CERT_FILE` (unencrypted; it must match the certificate). Read again on SIGHUP.',
+    '(unset)',
+  ),
+  KEYHOLE_API_TLS_CLIENT_CA_FILE: setting(
+    'general',
+    z.string().min(1).optional(),
+    'PEM CA certificate(s) for client certificates: a client may then authenticate with a certificate this CA signed whose subject CN is the id of an API credential (instead of a key). A certificate this CA did not sign is refused. Unset = no client certificates. Read again on SIGHUP.',
+    '(unset)',
+  ),
+  KEYHOLE_API_TLS_ONLY: setting(
+    'general',
+    booleanFromEnv.default(false),
+    'With `KEYHOLE_API_TLS_CERT_FILE`: refuse plain HTTP on the port (`400 TLS_REQUIRED`). Off: the port serves HTTPS and plain HTTP (told apart by the first byte).',
+  ),
   KEYHOLE_TRUSTED_PROXIES: setting(
     'general',
     commaList
@@ -123,6 +146,50 @@ export const ENVIRONMENT_SCHEMA = z.object({
   ),
   KEYHOLE_ARGON2_TIME_COST: setting('general', integer(1, 100).default(2), 'argon2id iterations for new API keys (1-100).'),
   KEYHOLE_ARGON2_PARALLELISM: setting('general', integer(1, 64).default(1), 'argon2id lanes for new API keys (1-64).'),
+  KEYHOLE_AUTH_FAILURES_PER_KEY: setting(
+    'general',
+    integer(1, 1_000_000).default(10),
+    'Failed authentications (unknown, revoked or wrong key) one API key id may have per `KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS`; past it, requests for that id get `429 TOO_MANY_REQUESTS` with `Retry-After`, before any argon2 work, unless the key is one the API already verified (its cache). See [Authentication throttling](#authentication-throttling).',
+  ),
+  KEYHOLE_AUTH_FAILURES_PER_ADDRESS: setting(
+    'general',
+    integer(1, 1_000_000).default(30),
+    'Failed authentications one client address (IPv6: its /64) may have per window, across all key ids; past it, its requests get `429` as above. The address is the one logs show (`KEYHOLE_TRUSTED_PROXIES`).',
+  ),
+  KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS: setting(
+    'general',
+    integer(1, 86_400).default(60),
+    'The window both failure limits count in (1-86400); a refused client may try again when the window that counted its failures ends.',
+  ),
+  KEYHOLE_AUTH_LIMITER: setting(
+    'general',
+    z.enum(['memory', 'redis', 'postgres']).default('memory'),
+    "Where the failure counts live: `memory` (each API process counts its own), `redis` (`KEYHOLE_AUTH_LIMITER_REDIS_URL`, shared by every replica) or `postgres` (the control database's `auth_failures` table, shared). While the shared store fails, each process counts in memory, logs a warning and counts `keyhole_api_auth_limiter_fallbacks_total`.",
+  ),
+  KEYHOLE_AUTH_LIMITER_REDIS_URL: setting(
+    'general',
+    z
+      .string()
+      .refine((value) => /^rediss?:\/\//.test(value), 'must be a redis:// or rediss:// URL')
+      .optional(),
+    "Redis of `KEYHOLE_AUTH_LIMITER=redis`: `redis://[:password@]host:port[/db]` or `rediss://`. May be the legacy store's server; keys start with `keyhole:auth:`.",
+  ),
+  KEYHOLE_AUTH_LIMITER_TIMEOUT_MS: setting(
+    'general',
+    integer(10, 10_000).default(250),
+    'Longest wait for the shared failure store per request; past it, that request is counted in memory instead.',
+  ),
+  KEYHOLE_ARGON2_CONCURRENCY: setting(
+    'general',
+    integer(1, 256).optional(),
+    "argon2 verifications run at once per API process (1-256); more wait in a queue served fairly by client address (round robin), so a flood from one address does not delay others. Each running one holds `KEYHOLE_ARGON2_MEMORY_KIB` of memory. The default does not see a container's CPU quota: under a quota give a number.",
+    'the number of CPUs',
+  ),
+  KEYHOLE_ARGON2_QUEUE: setting(
+    'general',
+    integer(0, 100_000).default(64),
+    'Verifications that may wait for a free slot; one more is answered at once with `503 AUTHENTICATION_BUSY` and `Retry-After: 1` rather than queued.',
+  ),
   KEYHOLE_ROUTES_FILE: setting(
     'general',
     z.string().min(1).optional(),
@@ -152,16 +219,33 @@ export const ENVIRONMENT_SCHEMA = z.object({
     integer(0, 65_535).default(6080),
     "Listen port (Nova's noVNC proxy port); 0 picks a free one.",
   ),
+  KEYHOLE_PROXY_TLS_CERT_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM certificate (chain) the proxy serves HTTPS and `wss://` with, on its one port (Nova's `cert`); needs `KEYHOLE_PROXY_TLS_KEY_FILE`. Read at start (a file that cannot be used stops the start, naming the setting) and again on SIGHUP, without ending live sessions. Unset = plain (a TLS-terminating proxy in front).",
+    '(unset)',
+  ),
+  KEYHOLE_PROXY_TLS_KEY_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM private key of `KEYHOLE_PROXY_TLS_CERT_FILE` (Nova's `key`; unencrypted, it must match the certificate).",
+    '(unset)',
+  ),
+  KEYHOLE_PROXY_TLS_ONLY: setting(
+    'console-proxy',
+    booleanFromEnv.default(false),
+    "With `KEYHOLE_PROXY_TLS_CERT_FILE`: refuse plain HTTP and `ws://` upgrades (`400 TLS_REQUIRED`; Nova's `ssl_only`). Off: the port serves both, told apart by the first byte, as websockify does.",
+  ),
   KEYHOLE_PROXY_INSTANCE: setting(
     'console-proxy',
     z.string().min(1).max(255).optional(),
-    "This replica's name in session records.",
-    '`<hostname>:<pid>`',
+    "This replica's name in session records; unique among the cell's running proxies and the same across restarts (a restart ends the sessions its killed run left live under it).",
+    '`<hostname>:<port>`',
   ),
   KEYHOLE_PROXY_WORKERS: setting(
     'console-proxy',
     z.union([z.literal('auto'), integer(1, 256)]).default(1),
-    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`KEYHOLE_PROXY_INSTANCE/<n>` or `<hostname>:<pid>`). `npm start`'s one-machine mode always runs one.",
+    "Processes serving the proxy's port together, or `auto` (one per CPU the process may run on; it does not see a container's CPU quota, so under a quota give a number). With more than one, a supervisor starts them, replaces one that dies and sums their `/metrics`; each worker is a replica of its own (`<name>/<n>`). `npm start`'s one-machine mode always runs one.",
   ),
   KEYHOLE_PROXY_ALLOWED_ORIGINS: setting(
     'console-proxy',
@@ -231,7 +315,12 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_SESSION_STALE_MS: setting(
     'console-proxy',
     integer(1_000, 3_600_000).default(30_000),
-    'A live session not seen for this long is taken as dead (its proxy crashed) and stops holding its serial port. At least twice the heartbeat.',
+    "A live session not seen for this long is taken as dead (its proxy crashed or lost the database): it stops holding its serial port, and the token API's reaper ends it with `proxy lost`. Set it the same on the API and the proxies; at least twice the heartbeat.",
+  ),
+  KEYHOLE_PROXY_SESSION_WRITE_QUEUE: setting(
+    'console-proxy',
+    integer(100, 1_000_000).default(10_000),
+    'Most session records and ends a proxy keeps while the database does not take them (retried with backoff until they land); past it the newest are dropped, counted and logged, the oldest kept.',
   ),
   KEYHOLE_PROXY_SPICE_HTML5_DIR: setting(
     'console-proxy',
@@ -249,6 +338,11 @@ export const ENVIRONMENT_SCHEMA = z.object({
     'purge-and-legacy',
     integer(0, 86_400_000).default(300_000),
     "How often the token API purges every cell (Nova's 300 s); 0 = never (then use the CLI or API).",
+  ),
+  KEYHOLE_SESSION_REAP_INTERVAL_MS: setting(
+    'purge-and-legacy',
+    integer(0, 3_600_000).default(10_000),
+    "How often the token API ends, in every cell, the live sessions not seen for `KEYHOLE_PROXY_SESSION_STALE_MS` (reason `proxy lost`; one replica per cell); 0 = never. A killed proxy's sessions end within the stale time plus this.",
   ),
   KEYHOLE_PURGE_PAUSE_MS: setting(
     'purge-and-legacy',

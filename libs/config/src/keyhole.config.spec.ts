@@ -5,10 +5,30 @@ describe('loadConfig', () => {
   it('has documented defaults with nothing set', () => {
     const config = loadConfig({});
     expect(config.database.controlUrl).toBeUndefined();
-    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [] });
+    expect(config.api).toEqual({ host: '127.0.0.1', port: 7880, bodyLimitBytes: 16384, trustedProxies: [], tls: null });
+    expect(config.proxy.tls).toBeNull();
     expect(config.tokens).toEqual({ defaultTtlSeconds: 600, maxTtlSeconds: 86400, purgeBatchSize: 5000 });
-    expect(config.credentials.argon2).toEqual({ memoryKib: 19456, timeCost: 2, parallelism: 1 });
-    expect(config.purge).toEqual({ intervalMs: 300_000, sessionRetentionMs: 30 * 24 * 3600 * 1000, pauseMs: 0 });
+    expect(config.credentials.argon2).toEqual({
+      memoryKib: 19456,
+      timeCost: 2,
+      parallelism: 1,
+      concurrency: availableParallelism(),
+      queueLimit: 64,
+    });
+    expect(config.credentials.throttle).toEqual({
+      failuresPerKey: 10,
+      failuresPerAddress: 30,
+      windowSeconds: 60,
+      store: 'memory',
+      redisUrl: undefined,
+      storeTimeoutMs: 250,
+    });
+    expect(config.purge).toEqual({
+      intervalMs: 300_000,
+      sessionRetentionMs: 30 * 24 * 3600 * 1000,
+      pauseMs: 0,
+      sessionReapIntervalMs: 10_000,
+    });
   });
 
   it('reads the variables it knows and treats empty ones as unset', () => {
@@ -26,6 +46,41 @@ describe('loadConfig', () => {
   it('leaves the ssh keys a routes file names to the routes file, and still names a misspelt setting', () => {
     expect(() => loadConfig({ KEYHOLE_SSH_KEY_TENANT7: 'key', KEYHOLE_SSH_PASSPHRASE_TENANT7: 'secret' })).not.toThrow();
     expect(() => loadConfig({ KEYHOLE_SSH_KEYS: 'key' })).toThrow('KEYHOLE_SSH_KEYS: not a keyhole setting (misspelt?)');
+  });
+
+  it('serves TLS when a certificate and its key are set, and names a half-configured TLS setting', () => {
+    const config = loadConfig({
+      KEYHOLE_API_TLS_CERT_FILE: '/etc/keyhole/api.pem',
+      KEYHOLE_API_TLS_KEY_FILE: '/etc/keyhole/api-key.pem',
+      KEYHOLE_API_TLS_CLIENT_CA_FILE: '/etc/keyhole/agents-ca.pem',
+      KEYHOLE_PROXY_TLS_CERT_FILE: '/etc/keyhole/proxy.pem',
+      KEYHOLE_PROXY_TLS_KEY_FILE: '/etc/keyhole/proxy-key.pem',
+      KEYHOLE_PROXY_TLS_ONLY: 'true',
+    });
+    expect(config.api.tls).toEqual({
+      listener: 'api',
+      certFile: '/etc/keyhole/api.pem',
+      keyFile: '/etc/keyhole/api-key.pem',
+      clientCaFile: '/etc/keyhole/agents-ca.pem',
+      only: false,
+    });
+    expect(config.proxy.tls).toEqual({
+      listener: 'proxy',
+      certFile: '/etc/keyhole/proxy.pem',
+      keyFile: '/etc/keyhole/proxy-key.pem',
+      clientCaFile: undefined,
+      only: true,
+    });
+    expect(() => loadConfig({ KEYHOLE_PROXY_TLS_CERT_FILE: '/c.pem' })).toThrow(
+      'KEYHOLE_PROXY_TLS_KEY_FILE: required with KEYHOLE_PROXY_TLS_CERT_FILE',
+    );
+    expect(() => loadConfig({ KEYHOLE_API_TLS_KEY_FILE: '/k.pem' })).toThrow(
+      'KEYHOLE_API_TLS_CERT_FILE: required with KEYHOLE_API_TLS_KEY_FILE',
+    );
+    expect(() => loadConfig({ KEYHOLE_API_TLS_ONLY: 'on' })).toThrow('KEYHOLE_API_TLS_ONLY: needs KEYHOLE_API_TLS_CERT_FILE');
+    expect(() => loadConfig({ KEYHOLE_API_TLS_CLIENT_CA_FILE: '/ca.pem' })).toThrow('KEYHOLE_API_TLS_CLIENT_CA_FILE: needs');
+    expect(() => loadConfig({ KEYHOLE_PROXY_TLS_ONLY: 'false' })).not.toThrow();
+    expect(() => loadConfig({ KEYHOLE_PROXY_TLS_CLIENT_CA_FILE: '/ca.pem' })).toThrow('not a keyhole setting');
   });
 
   it('refuses trusted proxies that are not addresses or CIDRs, and names the settings they replace', () => {
@@ -76,5 +131,15 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ KEYHOLE_TOKEN_TTL_SECONDS: '100', KEYHOLE_TOKEN_MAX_TTL_SECONDS: '50' })).toThrow(
       /KEYHOLE_TOKEN_TTL_SECONDS/,
     );
+  });
+
+  it('needs a Redis URL for the redis failure store, and bounds the argon2 cap', () => {
+    expect(() => loadConfig({ KEYHOLE_AUTH_LIMITER: 'redis' })).toThrow(/KEYHOLE_AUTH_LIMITER: redis needs KEYHOLE_AUTH_LIMITER_REDIS_URL/);
+    expect(
+      loadConfig({ KEYHOLE_AUTH_LIMITER: 'redis', KEYHOLE_AUTH_LIMITER_REDIS_URL: 'redis://127.0.0.1:6379' }).credentials.throttle.store,
+    ).toBe('redis');
+    expect(loadConfig({ KEYHOLE_ARGON2_CONCURRENCY: '3' }).credentials.argon2.concurrency).toBe(3);
+    expect(() => loadConfig({ KEYHOLE_ARGON2_CONCURRENCY: '0' })).toThrow(/KEYHOLE_ARGON2_CONCURRENCY/);
+    expect(() => loadConfig({ KEYHOLE_AUTH_LIMITER: 'etcd' })).toThrow(/KEYHOLE_AUTH_LIMITER/);
   });
 });

@@ -19,6 +19,12 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     port: env.KEYHOLE_API_PORT,
     bodyLimitBytes: env.KEYHOLE_API_BODY_LIMIT_BYTES,
     trustedProxies: env.KEYHOLE_TRUSTED_PROXIES,
+    tls: tlsSettings('api', {
+      certFile: env.KEYHOLE_API_TLS_CERT_FILE,
+      keyFile: env.KEYHOLE_API_TLS_KEY_FILE,
+      clientCaFile: env.KEYHOLE_API_TLS_CLIENT_CA_FILE,
+      only: env.KEYHOLE_API_TLS_ONLY,
+    }),
   },
   tokens: {
     defaultTtlSeconds: env.KEYHOLE_TOKEN_TTL_SECONDS,
@@ -47,8 +53,15 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     maxPending: env.KEYHOLE_PROXY_MAX_PENDING,
     sessionHeartbeatMs: env.KEYHOLE_PROXY_SESSION_HEARTBEAT_MS,
     sessionStaleMs: env.KEYHOLE_PROXY_SESSION_STALE_MS,
+    sessionWriteQueue: env.KEYHOLE_PROXY_SESSION_WRITE_QUEUE,
     spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
     frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
+    tls: tlsSettings('proxy', {
+      certFile: env.KEYHOLE_PROXY_TLS_CERT_FILE,
+      keyFile: env.KEYHOLE_PROXY_TLS_KEY_FILE,
+      clientCaFile: undefined,
+      only: env.KEYHOLE_PROXY_TLS_ONLY,
+    }),
   },
   routes: { file: env.KEYHOLE_ROUTES_FILE },
   connector: { runDir: env.KEYHOLE_RUN_DIR },
@@ -64,6 +77,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     intervalMs: env.KEYHOLE_PURGE_INTERVAL_MS,
     pauseMs: env.KEYHOLE_PURGE_PAUSE_MS,
     sessionRetentionMs: env.KEYHOLE_SESSION_RETENTION_MS,
+    sessionReapIntervalMs: env.KEYHOLE_SESSION_REAP_INTERVAL_MS,
   },
   credentials: {
     cacheTtlMs: env.KEYHOLE_CREDENTIAL_CACHE_TTL_MS,
@@ -71,9 +85,54 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
       memoryKib: env.KEYHOLE_ARGON2_MEMORY_KIB,
       timeCost: env.KEYHOLE_ARGON2_TIME_COST,
       parallelism: env.KEYHOLE_ARGON2_PARALLELISM,
+      concurrency: env.KEYHOLE_ARGON2_CONCURRENCY ?? availableParallelism(),
+      queueLimit: env.KEYHOLE_ARGON2_QUEUE,
+    },
+    throttle: {
+      failuresPerKey: env.KEYHOLE_AUTH_FAILURES_PER_KEY,
+      failuresPerAddress: env.KEYHOLE_AUTH_FAILURES_PER_ADDRESS,
+      windowSeconds: env.KEYHOLE_AUTH_FAILURE_WINDOW_SECONDS,
+      store: env.KEYHOLE_AUTH_LIMITER,
+      redisUrl: env.KEYHOLE_AUTH_LIMITER_REDIS_URL,
+      storeTimeoutMs: env.KEYHOLE_AUTH_LIMITER_TIMEOUT_MS,
     },
   },
 }));
+
+/** Which server a TLS setting belongs to: its variables are `KEYHOLE_<API|PROXY>_TLS_*`. */
+export type TlsListenerName = 'api' | 'proxy';
+
+/** A server's own TLS (README's TLS): its files are read and checked at start, and again on SIGHUP. */
+export interface TlsSettings {
+  listener: TlsListenerName;
+  certFile: string;
+  keyFile: string;
+  /** CA whose client certificates authenticate a caller (the token API only). */
+  clientCaFile: string | undefined;
+  /** Refuse plain HTTP on the port instead of serving both. */
+  only: boolean;
+}
+
+interface TlsVariables {
+  certFile: string | undefined;
+  keyFile: string | undefined;
+  clientCaFile: string | undefined;
+  only: boolean;
+}
+
+/** The settings when a certificate is configured; null (plain HTTP) otherwise. Completeness is checked by `loadConfig`. */
+function tlsSettings(listener: TlsListenerName, variables: TlsVariables): TlsSettings | null {
+  if (variables.certFile === undefined || variables.keyFile === undefined) {
+    return null;
+  }
+  return { listener, certFile: variables.certFile, keyFile: variables.keyFile, clientCaFile: variables.clientCaFile, only: variables.only };
+}
+
+/** The names of a server's TLS variables, for messages that name the setting to fix. */
+export function tlsVariableNames(listener: TlsListenerName): { cert: string; key: string; clientCa: string; only: string } {
+  const prefix = `KEYHOLE_${listener.toUpperCase()}_TLS`;
+  return { cert: `${prefix}_CERT_FILE`, key: `${prefix}_KEY_FILE`, clientCa: `${prefix}_CLIENT_CA_FILE`, only: `${prefix}_ONLY` };
+}
 
 /** Validated configuration of a keyhole process; built once at start by `loadConfig`. */
 export type KeyholeConfig = z.output<typeof CONFIG_SCHEMA>;
@@ -129,13 +188,41 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   if (config.legacy.forcedFallback === true && !config.legacy.redisUrl) {
     problems.push('KEYHOLE_LEGACY_FALLBACK: on needs KEYHOLE_LEGACY_REDIS_URL');
   }
+  if (config.credentials.throttle.store === 'redis' && !config.credentials.throttle.redisUrl) {
+    problems.push('KEYHOLE_AUTH_LIMITER: redis needs KEYHOLE_AUTH_LIMITER_REDIS_URL');
+  }
   if (config.tokens.defaultTtlSeconds > config.tokens.maxTtlSeconds) {
     problems.push('KEYHOLE_TOKEN_TTL_SECONDS: must not exceed KEYHOLE_TOKEN_MAX_TTL_SECONDS');
   }
+  problems.push(...tlsProblems('api', relevant), ...tlsProblems('proxy', relevant));
   if (problems.length > 0) {
     throw new ConfigurationError(problems);
   }
   return config;
+}
+
+/** A certificate without its key (or the reverse), or a TLS option without a certificate. */
+function tlsProblems(listener: TlsListenerName, relevant: Record<string, string>): string[] {
+  const names = tlsVariableNames(listener);
+  const has = (name: string) => relevant[name] !== undefined;
+  const problems: string[] = [];
+  if (has(names.cert) && !has(names.key)) {
+    problems.push(`${names.key}: required with ${names.cert}`);
+  }
+  if (has(names.key) && !has(names.cert)) {
+    problems.push(`${names.cert}: required with ${names.key}`);
+  }
+  // Validated as a boolean already: only an "on" value needs a certificate.
+  const onlyTls = ['true', '1', 'yes', 'on'].includes(relevant[names.only] ?? '');
+  for (const [option, set] of [
+    [names.clientCa, has(names.clientCa)],
+    [names.only, onlyTls],
+  ] as const) {
+    if (set && !has(names.cert)) {
+      problems.push(`${option}: needs ${names.cert} and ${names.key}`);
+    }
+  }
+  return problems;
 }
 
 /** The proxy's cell and its database, or a clear error naming what is missing. */

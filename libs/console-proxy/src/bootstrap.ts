@@ -1,8 +1,9 @@
 import type { Duplex } from 'node:stream';
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { NestExpressApplication } from '@nestjs/platform-express';
+import { ExpressAdapter, NestExpressApplication } from '@nestjs/platform-express';
 import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
+import { CertificateStore, TlsHttpServer } from '@keyhole/tls';
 import type { NextFunction, Request, Response } from 'express';
 import { clientErrorStatus, endWithJson } from '@keyhole/core';
 import { createWebClientsRouter, fixedErrorBody, sendFixedError } from '@keyhole/web-clients';
@@ -19,13 +20,48 @@ export async function createConsoleProxyApp(
   logger: LoggerService,
   options: { handleSignals: boolean } = { handleSignals: true },
 ): Promise<NestExpressApplication> {
-  const app = await NestFactory.create<NestExpressApplication>(ProxyAppModule.forRoot(config), proxyApplicationOptions(logger));
+  const app = await NestFactory.create<NestExpressApplication>(
+    ProxyAppModule.forRoot(config),
+    createProxyAdapter(config),
+    proxyApplicationOptions(logger),
+  );
   configureConsoleProxyApp(app, config, logger);
   // A process that hosts several apps (the local deployment) handles signals itself.
   if (options.handleSignals) {
     app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
   }
   return app;
+}
+
+/**
+ * Express on a plain HTTP server, or, with KEYHOLE_PROXY_TLS_CERT_FILE, on one that serves TLS
+ * (and plain HTTP unless KEYHOLE_PROXY_TLS_ONLY) on the same port. The certificate files are
+ * checked here, before anything else starts: a file that cannot be used stops the start.
+ */
+export function createProxyAdapter(config: KeyholeConfig): ExpressAdapter {
+  const tls = config.proxy.tls;
+  if (!tls) {
+    return new ExpressAdapter();
+  }
+  return new TlsExpressAdapter(CertificateStore.load(tls), {
+    only: tls.only,
+    handshakeTimeoutMs: config.proxy.headersTimeoutMs,
+    // Until the hand-over to HTTP, where the caps on unauthenticated connections take over.
+    handshakeCaps: { perAddress: config.proxy.maxPendingPerAddress, total: config.proxy.maxPending },
+  });
+}
+
+class TlsExpressAdapter extends ExpressAdapter {
+  constructor(
+    private readonly certificates: CertificateStore,
+    private readonly tlsOptions: ConstructorParameters<typeof TlsHttpServer>[1],
+  ) {
+    super();
+  }
+
+  override initHttpServer(): void {
+    this.httpServer = new TlsHttpServer(this.certificates, this.tlsOptions, this.getInstance());
+  }
 }
 
 /** HTTP configuration shared by production and tests that build the app from a testing module. */

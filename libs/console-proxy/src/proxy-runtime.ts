@@ -11,6 +11,7 @@ import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/pro
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 import { RoutesService } from '@keyhole/upstream';
+import { watchCertificates } from '@keyhole/tls';
 import { capPendingConnections } from './connection-caps';
 import { boundRequestHeadTime } from './header-deadline';
 import { isProxyWorker, joinSupervisor, proxyInstanceName } from './workers';
@@ -28,6 +29,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   readonly metrics: ProxyMetrics;
   readonly proxy: ConsoleProxy;
   private releaseGranted: (socket: Duplex) => void = () => undefined;
+  private stopWatchingCertificates: (() => void) | null = null;
 
   constructor(
     @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
@@ -57,7 +59,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       {
         cellName,
         cellDatabaseUrl,
-        instance: proxyInstanceName(config.proxy.instance, hostname()),
+        instance: proxyInstanceName(config.proxy.instance, hostname(), config.proxy.port),
         settings: config.proxy,
         routes,
         legacy: legacy ?? undefined,
@@ -81,6 +83,8 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     );
     this.server().on('upgrade', this.proxy.handleUpgrade);
     boundRequestHeadTime(this.server(), this.config.proxy.headersTimeoutMs);
+    // SIGHUP reloads the certificate too (each worker its own: the supervisor passes SIGHUP on).
+    this.stopWatchingCertificates = watchCertificates(this.server(), this.metrics.registry);
     this.logger.log(
       {
         cell: this.cellName,
@@ -110,6 +114,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   }
 
   async onApplicationShutdown(): Promise<void> {
+    this.stopWatchingCertificates?.();
     await this.proxy.stop();
     await this.cell.close();
   }

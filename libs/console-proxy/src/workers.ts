@@ -51,15 +51,15 @@ export function workerId(): number | undefined {
 }
 
 /**
- * The replica name in session records: the configured one, or `<hostname>:<pid>`. Workers share
- * the configured name, so each adds its number to it.
+ * The replica name in session records: the configured one, or `<hostname>:<port>` (the listen
+ * port; `<hostname>:<pid>` when the port is picked at start). It stays the same across restarts,
+ * so that a restarted proxy can end the sessions its killed run left live, and no two running
+ * proxies share it (one port per host). Workers share the port, so each adds its number.
  */
-export function proxyInstanceName(configured: string | undefined, host: string): string {
-  if (configured === undefined) {
-    return `${host}:${process.pid}`;
-  }
+export function proxyInstanceName(configured: string | undefined, host: string, port: number): string {
+  const name = configured ?? (port === 0 ? `${host}:${process.pid}` : `${host}:${port}`);
   const id = workerId();
-  return id === undefined ? configured : `${configured}/${id}`;
+  return id === undefined ? name : `${name}/${id}`;
 }
 
 /** Runs the supervisor: starts the workers and stays until they have all exited. */
@@ -156,9 +156,9 @@ export function superviseWorkers(options: SupervisorOptions): void {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => stop(signal, 0));
   }
-  // Each worker holds its own routes table: a reload is theirs to do.
+  // Each worker holds its own routes table and TLS certificate: a reload is theirs to do.
   process.on('SIGHUP', () => {
-    logger.info({ workers: running.size }, 'SIGHUP: the workers reload their routes');
+    logger.info({ workers: running.size }, 'SIGHUP: the workers reload their routes and TLS certificate');
     for (const worker of running) {
       worker.process.kill('SIGHUP');
     }

@@ -21,6 +21,8 @@ export const ERROR_CODES = [
   'FALLBACK_FORCED',
   'PAYLOAD_TOO_LARGE',
   'UNSUPPORTED_MEDIA_TYPE',
+  'TOO_MANY_REQUESTS',
+  'AUTHENTICATION_BUSY',
   'SERVICE_UNAVAILABLE',
   'INTERNAL',
 ] as const;
@@ -40,13 +42,20 @@ export class KeyholeError extends Error {
   readonly code: ErrorCode;
   readonly details: SafeDetails | undefined;
   readonly logLevel: LogLevel;
+  /** When the client may try again (a transport sends it as `Retry-After`); unset = not said. */
+  readonly retryAfterSeconds: number | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { details?: SafeDetails; logLevel?: LogLevel; cause?: unknown } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { details?: SafeDetails; logLevel?: LogLevel; cause?: unknown; retryAfterSeconds?: number } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'KeyholeError';
     this.code = code;
     this.details = options.details;
     this.logLevel = options.logLevel ?? 'info';
+    this.retryAfterSeconds = options.retryAfterSeconds;
   }
 }
 

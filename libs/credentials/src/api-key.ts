@@ -18,6 +18,11 @@ export function generateApiKey(): { id: string; secret: string; key: string } {
   return { id, secret, key: `khk_${id}_${secret}` };
 }
 
+/** Whether `value` has the form of a credential id (the public part of a key: 16 lowercase hex). */
+export function isCredentialId(value: string): boolean {
+  return /^[0-9a-f]{16}$/.test(value);
+}
+
 /** Null for anything that is not an API key of this format (the caller answers 401). */
 export function parseApiKey(presented: string): ParsedApiKey | null {
   if (presented.length > 100) {

@@ -8,3 +8,16 @@ export function unauthenticated(): KeyholeError {
 export function credentialNotFound(id: string): KeyholeError {
   return new KeyholeError('CREDENTIAL_NOT_FOUND', `No live credential with id '${id}'`, { details: { id } });
 }
+
+/** Too many failed authentications for the key's id or from the client's address (429). */
+export function tooManyFailures(retryAfterSeconds: number): KeyholeError {
+  return new KeyholeError('TOO_MANY_REQUESTS', 'Too many failed authentications; try again later', { retryAfterSeconds });
+}
+
+/** More key verifications waiting than the queue holds (503); the client should retry shortly. */
+export function authenticationBusy(): KeyholeError {
+  return new KeyholeError('AUTHENTICATION_BUSY', 'Too many API keys are being verified; try again in a moment', {
+    retryAfterSeconds: 1,
+    logLevel: 'warn',
+  });
+}

@@ -15,6 +15,7 @@ export type CloseReason =
   | 'token expired'
   | 'token revoked'
   | 'ended by operator'
+  | 'proxy lost'
   | 'proxy shutdown';
 
 /** Close code sent to the browser for a reason the proxy (not the browser) decided. */
@@ -31,6 +32,8 @@ export const CLOSE_CODES: Record<CloseReason, number> = {
   'token expired': 1008,
   'token revoked': 1008,
   'ended by operator': 1008,
+  // The cell database ended it (this proxy could not report for longer than the stale time).
+  'proxy lost': 1011,
   'proxy shutdown': 1001,
 };
 

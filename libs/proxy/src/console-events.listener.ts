@@ -10,6 +10,8 @@ export interface ConsoleEventsHandler {
 
 const RECONNECT_MIN_MS = 250;
 const RECONNECT_MAX_MS = 10_000;
+/** First key of the advisory lock a proxy holds on its name (the second is the name's hash). */
+const PROXY_NAME_LOCK_CLASS = 0x6b68_7078; // "khpx"
 
 /**
  * One dedicated connection per proxy that LISTENs on the cell's console events channel, so a
@@ -24,11 +26,21 @@ export class ConsoleEventsListener {
   private retryTimer: NodeJS.Timeout | undefined;
   private delayMs = RECONNECT_MIN_MS;
   listening = false;
+  /**
+   * Whether this connection holds the lock on the proxy's name: no other running process records
+   * sessions under it (a process that dies loses the lock with its connection).
+   */
+  holdsProxyName = false;
 
+  /**
+   * @param proxyName when set, the connection also takes a session advisory lock on it, for as
+   *   long as it lives, so that the proxy can tell whether another process runs under its name.
+   */
   constructor(
     private readonly databaseUrl: string,
     private readonly applicationName: string,
     private readonly handler: ConsoleEventsHandler,
+    private readonly proxyName?: string,
   ) {}
 
   /** Connects and starts listening; resolves once listening (or rejects on the first failure). */
@@ -52,6 +64,21 @@ export class ConsoleEventsListener {
     client.on('end', () => this.onLost(client));
     await client.connect();
     await client.query(`LISTEN ${CONSOLE_EVENTS_CHANNEL}`);
+    if (this.proxyName !== undefined) {
+      const {
+        rows: [{ held }],
+      } = await client.query<{ held: boolean }>('SELECT pg_try_advisory_lock($1, hashtext($2)) AS held', [
+        PROXY_NAME_LOCK_CLASS,
+        this.proxyName,
+      ]);
+      this.holdsProxyName = held;
+      if (!held) {
+        this.logger.warn(
+          { proxyInstance: this.proxyName },
+          'another process holds this proxy name (a second proxy configured with the same name, or the connection of a killed one not yet gone)',
+        );
+      }
+    }
     if (this.stopped) {
       await client.end();
       return;
@@ -80,6 +107,7 @@ export class ConsoleEventsListener {
     }
     this.client = undefined;
     this.listening = false;
+    this.holdsProxyName = false;
     this.logger.warn({ err: error }, 'console events connection lost; reconnecting');
     client.end().catch(() => undefined);
     this.scheduleReconnect();

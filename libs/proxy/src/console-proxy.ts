@@ -37,6 +37,8 @@ export class ConsoleProxy {
   private readonly gate: UpgradeGate;
   private readonly launcher: SessionLauncher;
   private readonly granted: ((socket: Duplex) => void) | undefined;
+  /** This proxy's name in session records, stable across restarts unless it names the process. */
+  private readonly instance: string;
 
   constructor(
     options: ConsoleProxyOptions,
@@ -46,6 +48,7 @@ export class ConsoleProxy {
   ) {
     const settings = options.settings;
     this.granted = options.granted;
+    this.instance = options.instance;
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -70,19 +73,50 @@ export class ConsoleProxy {
       cell.sessions,
       () => clock.nowMs(),
     );
-    const recorder = new SessionRecorder(cell.sessions);
+    const recorder = new SessionRecorder(cell.sessions, { maxPending: settings.sessionWriteQueue, metrics: metrics.sessionWrites() });
     this.gate = new UpgradeGate(options, cell, recorder, metrics, clock);
     this.launcher = new SessionLauncher(settings.connectTimeoutMs, this.registry, recorder, this.gate, metrics, clock, () => this.draining);
-    this.events = new ConsoleEventsListener(options.cellDatabaseUrl, `keyhole-proxy:${options.cellName}:events`, {
-      onEvent: (event) => this.onConsoleEvent(event),
-      reconcile: () => this.reconcile(),
-    });
+    this.events = new ConsoleEventsListener(
+      options.cellDatabaseUrl,
+      `keyhole-proxy:${options.cellName}:events`,
+      {
+        onEvent: (event) => this.onConsoleEvent(event),
+        reconcile: () => this.reconcile(),
+      },
+      options.instance,
+    );
   }
 
   async start(): Promise<void> {
     this.registry.start();
     this.gate.start();
     await this.events.start();
+    await this.endEarlierSessions();
+  }
+
+  /**
+   * A proxy killed before it could write its sessions' ends left their rows live: its next start
+   * under the same name ends them (`proxy restarted`), before it serves. Only while it holds the
+   * lock on its name, so that it never ends the rows of another running process; otherwise the
+   * reaper ends them once they are stale.
+   */
+  private async endEarlierSessions(): Promise<void> {
+    if (!this.events.holdsProxyName) {
+      return;
+    }
+    let ended: number;
+    try {
+      ended = await this.cell.sessions.endEarlierOfProxy(this.instance);
+    } catch (error) {
+      this.logger.warn(
+        { err: error, proxyInstance: this.instance },
+        'could not end the sessions an earlier run left live; the reaper will',
+      );
+      return;
+    }
+    if (ended > 0) {
+      this.logger.warn({ proxyInstance: this.instance, sessions: ended }, 'ended the sessions an earlier run of this proxy left live');
+    }
   }
 
   /** Whether a token missing from the cell database is looked up in the legacy store now. */

@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { SessionWriteMetrics } from './session-recorder';
 
 /** Results of a websocket connect attempt; the only label values of the connects counter. */
 export type ConnectResult =
@@ -39,6 +40,9 @@ export class ProxyMetrics {
   readonly routeConnects: Counter<'route' | 'result'>;
   readonly routeConnectSeconds: Histogram<'route'>;
   readonly connectionsRefused: Counter<'reason'>;
+  readonly sessionWritesPending: Gauge;
+  readonly sessionWritesRetried: Counter;
+  readonly sessionWritesDropped: Counter<'reason'>;
 
   constructor(cellName: string) {
     this.registry.setDefaultLabels({ cell: cellName });
@@ -47,6 +51,22 @@ export class ProxyMetrics {
     this.connectionsRefused = new Counter({
       name: 'keyhole_proxy_connections_refused_total',
       help: 'Connections refused before their request head was read, by the cap they were over (per_address, total)',
+      labelNames: ['reason'],
+      registers: [this.registry],
+    });
+    this.sessionWritesPending = new Gauge({
+      name: 'keyhole_proxy_session_writes_pending',
+      help: 'Session records and ends not yet written to the cell database (queued, being written or waiting to be retried)',
+      registers: [this.registry],
+    });
+    this.sessionWritesRetried = new Counter({
+      name: 'keyhole_proxy_session_writes_retried_total',
+      help: 'Session records and ends written again after the database did not take them',
+      registers: [this.registry],
+    });
+    this.sessionWritesDropped = new Counter({
+      name: 'keyhole_proxy_session_writes_dropped_total',
+      help: 'Session records and ends given up, by reason (queue_full, refused by the database, shutdown past its deadline)',
       labelNames: ['reason'],
       registers: [this.registry],
     });
@@ -93,5 +113,14 @@ export class ProxyMetrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [this.registry],
     });
+  }
+
+  /** The session recorder's view of these metrics. */
+  sessionWrites(): SessionWriteMetrics {
+    return {
+      setPending: (count) => this.sessionWritesPending.set(count),
+      retried: (count) => this.sessionWritesRetried.inc(count),
+      dropped: (reason, count) => this.sessionWritesDropped.inc({ reason }, count),
+    };
   }
 }

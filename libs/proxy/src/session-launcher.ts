@@ -180,13 +180,9 @@ export class SessionLauncher {
     while ((this.registry.size > 0 || this.pendingWrites.size > 0) && Date.now() < deadlineMs) {
       await Promise.race([Promise.allSettled([...this.pendingWrites]), delay(25)]);
     }
-    // Rows of sessions that never got as far as an end are still queued: write them too.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      this.recorder.flush(),
-      new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, deadlineMs - Date.now())))),
-    ]);
-    clearTimeout(timer);
+    // Rows of sessions that never got as far as an end are still queued: write them too, retrying
+    // until the deadline; what is left then is ended by this proxy's next start or by the reaper.
+    await this.recorder.flush(deadlineMs);
   }
 
   private recordEnd(session: Omit<LiveSession, 'bridge'>, reason: CloseReason, stats: BridgeStats): void {

@@ -166,6 +166,14 @@ export class SessionRegistry {
     this.heartbeatInFlight = true;
     this.store
       .heartbeat(counters)
+      .then((endedElsewhere) => {
+        // Their rows were ended (reaped while this proxy could not report, or by an operator):
+        // the sessions go too, so that the database's live list and this proxy agree.
+        if (endedElsewhere.length > 0) {
+          this.logger.warn({ sessions: endedElsewhere.length }, 'closed sessions whose records were ended meanwhile');
+          this.closeBySessionIds(endedElsewhere, 'proxy lost');
+        }
+      })
       .catch((error: unknown) => this.logger.warn({ err: error, sessions: counters.length }, 'could not record session heartbeats'))
       .finally(() => {
         this.heartbeatInFlight = false;

@@ -62,7 +62,13 @@ function setUp(options: Partial<UpgradeGateOptions> = {}) {
     {
       cellName: 'cell1',
       instance: 'proxy-1',
-      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustedProxies: [], sessionStaleMs: 30_000 },
+      settings: {
+        consoleTypes: ['novnc', 'serial'],
+        allowedOrigins: [],
+        trustedProxies: [],
+        sessionStaleMs: 30_000,
+        connectTimeoutMs: 5_000,
+      },
       legacy,
       routes: routing(undefined),
       ...options,
@@ -243,7 +249,13 @@ describe('UpgradeGate', () => {
   it('serves a websockify token from the legacy store while the fallback is on', async () => {
     // Behind a TLS terminator the gate trusts (the request's peer).
     const setup = setUp({
-      settings: { consoleTypes: ['novnc', 'serial'], allowedOrigins: [], trustedProxies: ['198.51.100.0/24'], sessionStaleMs: 30_000 },
+      settings: {
+        consoleTypes: ['novnc', 'serial'],
+        allowedOrigins: [],
+        trustedProxies: ['198.51.100.0/24'],
+        sessionStaleMs: 30_000,
+        connectTimeoutMs: 5_000,
+      },
     });
     storedRows(setup);
     await turnFallbackOn(setup);

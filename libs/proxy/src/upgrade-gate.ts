@@ -34,7 +34,7 @@ export interface UpgradeGateOptions {
   cellName: string;
   /** This replica's name in session records. */
   instance: string;
-  settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustedProxies' | 'sessionStaleMs'>;
+  settings: Pick<KeyholeConfig['proxy'], 'consoleTypes' | 'allowedOrigins' | 'trustedProxies' | 'sessionStaleMs' | 'connectTimeoutMs'>;
   /** The routes table: a destination that matches no route is refused (403, `unroutable`). */
   routes: Pick<RoutesService, 'decide'>;
   /** The legacy token store, when one is configured; asked only while the fallback is on. */
@@ -223,8 +223,15 @@ export class UpgradeGate {
       void this.recorder.record(grant);
       return grant;
     }
-    // A browser that reconnects at once must not be refused by its own session's pending end.
-    await this.endingTargets.get(targetKey(grant.host, grant.port));
+    // A browser that reconnects at once must not be refused by its own session's pending end; an
+    // end the database does not take now (retried until it lands) holds it back no longer than a
+    // console connect may take.
+    const ending = this.endingTargets.get(targetKey(grant.host, grant.port));
+    if (ending) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([ending, new Promise((resolve) => (timer = setTimeout(resolve, this.options.settings.connectTimeoutMs)))]);
+      clearTimeout(timer);
+    }
     let holder: string | null;
     try {
       holder = await this.cell.sessions.insertExclusive(grant, this.options.settings.sessionStaleMs);
@@ -307,7 +314,9 @@ export class UpgradeGate {
       port: legacy.port,
       internalAccessPath: legacy.internalAccessPath,
       // Without an access URL (websockify's format) the page must have come over this very scheme.
-      accessUrlBase: legacy.accessUrlBase ?? `${this.forwarded(request).protocol ?? 'http'}://${header(request, 'host') ?? 'localhost'}`,
+      accessUrlBase:
+        legacy.accessUrlBase ??
+        `${this.forwarded(request).protocol ?? connectionScheme(request)}://${header(request, 'host') ?? 'localhost'}`,
       expires: legacy.expiresAt ?? Number.MAX_SAFE_INTEGER,
     };
   }
@@ -361,4 +370,9 @@ function targetKey(host: string, port: number): string {
 function header(request: IncomingMessage, name: string): string | undefined {
   const value = request.headers[name];
   return Array.isArray(value) ? value[0] : value;
+}
+
+/** The scheme of the connection itself: https when the proxy serves TLS on it (KEYHOLE_PROXY_TLS_*). */
+function connectionScheme(request: IncomingMessage): 'http' | 'https' {
+  return (request.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
 }

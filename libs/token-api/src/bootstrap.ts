@@ -4,7 +4,9 @@ import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { RequestListener, Server } from 'node:http';
 import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
+import { CertificateStore, TlsHttpServer } from '@keyhole/tls';
 import { clientErrorStatus, endWithJson } from '@keyhole/core';
 import { TokenApiModule } from './token-api.module';
 import { registerJsonBodyParser } from './http/json-body.parser';
@@ -21,7 +23,14 @@ export function nestApplicationOptions(logger: LoggerService) {
  * a trailing slash ignored, path parameters of any length (validation answers a bad one with 400).
  */
 export function createTokenApiAdapter(config: KeyholeConfig): FastifyAdapter {
+  // With KEYHOLE_API_TLS_CERT_FILE the server serves TLS (and plain HTTP unless
+  // KEYHOLE_API_TLS_ONLY) on its port; the files are checked now, before anything else starts.
+  const tls = config.api.tls;
+  const certificates = tls ? CertificateStore.load(tls) : null;
   return new FastifyAdapter({
+    ...(certificates && tls
+      ? { serverFactory: (handler: RequestListener, options: ServerTimeouts) => tlsServer(handler, options, certificates, tls.only) }
+      : {}),
     bodyLimit: config.api.bodyLimitBytes,
     // X-Forwarded-For/-Proto from the configured proxies only; the client is the right-most
     // untrusted hop (Fastify walks the chain as TrustedProxies does).
@@ -30,6 +39,33 @@ export function createTokenApiAdapter(config: KeyholeConfig): FastifyAdapter {
     clientErrorHandler: answerClientError,
     frameworkErrors: answerUnroutableUrl,
   });
+}
+
+/** Longest wait from a connection's accept to its first byte, and for its TLS handshake. */
+const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** Fastify's timeouts, which it sets on the servers it creates itself but not on a factory's. */
+interface ServerTimeouts {
+  keepAliveTimeout?: number;
+  requestTimeout?: number;
+  connectionTimeout?: number;
+  maxRequestsPerSocket?: number;
+}
+
+function tlsServer(handler: RequestListener, options: ServerTimeouts, certificates: CertificateStore, only: boolean): Server {
+  const server = new TlsHttpServer(certificates, { only, handshakeTimeoutMs: TLS_HANDSHAKE_TIMEOUT_MS }, handler);
+  // As Fastify does for its own servers (lib/server.js getServerInstance).
+  if (options.keepAliveTimeout !== undefined) {
+    server.keepAliveTimeout = options.keepAliveTimeout;
+  }
+  if (options.requestTimeout !== undefined) {
+    server.requestTimeout = options.requestTimeout;
+  }
+  server.setTimeout(options.connectionTimeout ?? 0);
+  if (options.maxRequestsPerSocket !== undefined && options.maxRequestsPerSocket > 0) {
+    server.maxRequestsPerSocket = options.maxRequestsPerSocket;
+  }
+  return server;
 }
 
 /** Builds the token API as production runs it. The caller listens. */

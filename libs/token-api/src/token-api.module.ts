@@ -10,8 +10,9 @@ import { DbModule } from '@keyhole/db';
 import { TokensModule } from '@keyhole/tokens';
 import { UpstreamModule } from '@keyhole/upstream';
 import { ApiExceptionFilter } from './http/api-exception.filter';
-import { PurgeTask } from './purge.task';
+import { CellMaintenanceTask } from './cell-maintenance.task';
 import { AuthGuard } from './http/auth.guard';
+import { TlsCertificatesHook } from './http/tls-certificates.hook';
 import { CellsController } from './v1/cells.controller';
 import { CredentialsController } from './v1/credentials.controller';
 import { HealthController } from './v1/health.controller';
@@ -46,7 +47,12 @@ export class TokenApiModule {
         HealthController,
         OpenApiController,
       ],
-      providers: [PurgeTask, { provide: APP_GUARD, useClass: AuthGuard }, { provide: APP_FILTER, useClass: ApiExceptionFilter }],
+      providers: [
+        CellMaintenanceTask,
+        TlsCertificatesHook,
+        { provide: APP_GUARD, useClass: AuthGuard },
+        { provide: APP_FILTER, useClass: ApiExceptionFilter },
+      ],
     };
   }
 }

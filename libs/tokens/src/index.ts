@@ -5,5 +5,6 @@ export * from './tokens.service';
 export * from './tokens.module';
 export * from './sessions.service';
 export * from './purge.service';
+export * from './session-reaper.service';
 export * from './fallback.service';
 export * from './legacy-import.service';

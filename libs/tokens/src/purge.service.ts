@@ -4,6 +4,7 @@ import { Counter, Histogram, Registry } from 'prom-client';
 import { CellDatabases } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, nowSeconds } from '@keyhole/core';
+import { runAsLeader } from '@keyhole/db';
 
 // A fixed key per cell database (each cell has its own database, so one key suffices).
 const PURGE_LOCK_KEY = 0x6b68_7075_7267; // "khpurg"
@@ -21,7 +22,7 @@ export interface PurgeResult {
  * Keeps every cell database small: deletes expired tokens (`expires <= now`, Nova's boundary),
  * then sessions that ended longer ago than the retention, in bounded batches through their
  * indexes, so token checks and issuing never wait on it. One replica per cell runs it at a time:
- * the run holds a PostgreSQL advisory lock on the cell database for its duration.
+ * the run holds a PostgreSQL advisory lock on the cell database for its duration (`runAsLeader`).
  */
 @Injectable()
 export class PurgeService {
@@ -54,41 +55,31 @@ export class PurgeService {
   async purgeCell(cellName: string, options: { host?: string } = {}): Promise<PurgeResult> {
     const database = await this.databases.get(cellName);
     const startedAt = process.hrtime.bigint();
-    // The lock is a session lock, so it lives on one connection held for the whole run; the
-    // batches themselves run on other pooled connections.
-    const lockConnection = await database.pool.connect();
-    try {
-      const {
-        rows: [{ locked }],
-      } = await lockConnection.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [PURGE_LOCK_KEY]);
-      if (!locked) {
-        return { cell: cellName, ran: false, tokens: 0, sessions: 0, durationMs: 0 };
+    const run = await runAsLeader(database.pool, PURGE_LOCK_KEY, async () => {
+      const batchSize = this.config.tokens.purgeBatchSize;
+      const now = nowSeconds(this.clock);
+      const tokens = await this.inBatches(batchSize, () => database.tokens.deleteExpiredBatch(now, batchSize, options.host));
+      // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
+      if (options.host === undefined) {
+        await this.inBatches(batchSize, () => database.tokens.deleteExpiredTombstonesBatch(now, batchSize));
       }
-      try {
-        const batchSize = this.config.tokens.purgeBatchSize;
-        const now = nowSeconds(this.clock);
-        const tokens = await this.inBatches(batchSize, () => database.tokens.deleteExpiredBatch(now, batchSize, options.host));
-        // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
-        if (options.host === undefined) {
-          await this.inBatches(batchSize, () => database.tokens.deleteExpiredTombstonesBatch(now, batchSize));
-        }
-        let sessions = 0;
-        if (options.host === undefined && this.config.purge.sessionRetentionMs > 0) {
-          const endedBefore = new Date(this.clock.nowMs() - this.config.purge.sessionRetentionMs);
-          sessions = await this.inBatches(batchSize, () => database.sessions.deleteEndedBatch(endedBefore, batchSize));
-        }
-        const durationMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
-        this.rows.inc({ cell: cellName, kind: 'tokens' }, tokens);
-        this.rows.inc({ cell: cellName, kind: 'sessions' }, sessions);
-        this.seconds.observe({ cell: cellName }, durationMs / 1000);
-        this.logger.log({ cell: cellName, host: options.host, tokens, sessions, durationMs: Math.round(durationMs) }, 'purge done');
-        return { cell: cellName, ran: true, tokens, sessions, durationMs };
-      } finally {
-        await lockConnection.query('SELECT pg_advisory_unlock($1)', [PURGE_LOCK_KEY]);
+      let sessions = 0;
+      if (options.host === undefined && this.config.purge.sessionRetentionMs > 0) {
+        const endedBefore = new Date(this.clock.nowMs() - this.config.purge.sessionRetentionMs);
+        sessions = await this.inBatches(batchSize, () => database.sessions.deleteEndedBatch(endedBefore, batchSize));
       }
-    } finally {
-      lockConnection.release();
+      return { tokens, sessions };
+    });
+    if (!run.ran) {
+      return { cell: cellName, ran: false, tokens: 0, sessions: 0, durationMs: 0 };
     }
+    const { tokens, sessions } = run.result;
+    const durationMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
+    this.rows.inc({ cell: cellName, kind: 'tokens' }, tokens);
+    this.rows.inc({ cell: cellName, kind: 'sessions' }, sessions);
+    this.seconds.observe({ cell: cellName }, durationMs / 1000);
+    this.logger.log({ cell: cellName, host: options.host, tokens, sessions, durationMs: Math.round(durationMs) }, 'purge done');
+    return { cell: cellName, ran: true, tokens, sessions, durationMs };
   }
 
   /**

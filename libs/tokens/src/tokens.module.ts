@@ -5,6 +5,7 @@ import { randomTokenGenerator, TOKEN_GENERATOR } from './token-generator';
 import { TokensService } from './tokens.service';
 import { SessionsService } from './sessions.service';
 import { PurgeService } from './purge.service';
+import { SessionReaperService } from './session-reaper.service';
 import { FallbackService } from './fallback.service';
 import { LegacyImportService } from './legacy-import.service';
 
@@ -15,10 +16,11 @@ import { LegacyImportService } from './legacy-import.service';
     TokensService,
     SessionsService,
     PurgeService,
+    SessionReaperService,
     FallbackService,
     LegacyImportService,
     { provide: TOKEN_GENERATOR, useValue: randomTokenGenerator },
   ],
-  exports: [TokensService, SessionsService, PurgeService, FallbackService, LegacyImportService],
+  exports: [TokensService, SessionsService, PurgeService, SessionReaperService, FallbackService, LegacyImportService],
 })
 export class TokensModule {}

@@ -58,6 +58,20 @@ export interface LocalDeployment {
  * keys are revoked); the token API on 127.0.0.1. The API and the proxies allow only loopback
  * console ports, never the deployment's own (routes file in the data directory).
  */
+/**
+ * The one-machine deployment serves plain HTTP on 127.0.0.1 whatever the environment says about
+ * TLS: its URLs are http:// and ws:// (README's TLS is for the processes run one by one).
+ */
+const PLAIN_LOOPBACK = {
+  KEYHOLE_API_TLS_CERT_FILE: undefined,
+  KEYHOLE_API_TLS_KEY_FILE: undefined,
+  KEYHOLE_API_TLS_CLIENT_CA_FILE: undefined,
+  KEYHOLE_API_TLS_ONLY: undefined,
+  KEYHOLE_PROXY_TLS_CERT_FILE: undefined,
+  KEYHOLE_PROXY_TLS_KEY_FILE: undefined,
+  KEYHOLE_PROXY_TLS_ONLY: undefined,
+};
+
 export async function startLocalDeployment(options: LocalDeploymentOptions): Promise<LocalDeployment> {
   await mkdir(options.dataDir, { recursive: true });
   let postgres: EmbeddedPostgresHandle | undefined;
@@ -103,7 +117,7 @@ export async function startLocalDeployment(options: LocalDeploymentOptions): Pro
       routesFile = path.join(options.dataDir, 'routes.yaml');
       await writeFile(routesFile, localRoutesFile([apiPort, ...proxyPorts, databasePort]));
     }
-    const environment = { ...options.environment, KEYHOLE_ROUTES_FILE: routesFile };
+    const environment = { ...options.environment, ...PLAIN_LOOPBACK, KEYHOLE_ROUTES_FILE: routesFile };
     const config = loadConfig({
       ...environment,
       KEYHOLE_DATABASE_URL: controlUrl,

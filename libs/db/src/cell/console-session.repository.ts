@@ -40,6 +40,11 @@ export interface SessionListFilter {
   limit: number;
 }
 
+/** Close reason of a live session ended because its proxy stopped reporting (reaper, exclusive claim). */
+export const LOST_PROXY_REASON = 'proxy lost';
+/** Close reason of a live session ended by its own proxy's next start (the earlier run was killed). */
+export const RESTARTED_PROXY_REASON = 'proxy restarted';
+
 /** `console_sessions` of one cell: one row per proxied connection. */
 export class ConsoleSessionRepository {
   constructor(
@@ -49,7 +54,8 @@ export class ConsoleSessionRepository {
 
   /**
    * Records sessions in one statement. A session that already ended before it could be recorded
-   * (a batch is written while the next connects go on) is inserted with its end.
+   * (a batch is written while the next connects go on) is inserted with its end. Idempotent: a
+   * batch written again after a failure whose commit did land keeps the rows it wrote.
    */
   async insertBatch(rows: SessionRecord[]): Promise<void> {
     if (rows.length === 0) {
@@ -66,7 +72,8 @@ export class ConsoleSessionRepository {
          FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::int[],
                      $9::varchar[], $10::varchar[], $11::varchar[], $12::bigint[], $13::bigint[], $14::varchar[])
            AS v(id, token_id, token_source, token_fingerprint, instance_uuid, console_type, host, port,
-                proxy_instance, client_address, close_reason, to_client, to_upstream, route)`,
+                proxy_instance, client_address, close_reason, to_client, to_upstream, route)
+       ON CONFLICT (id) DO NOTHING`,
       [
         rows.map((row) => row.id),
         rows.map((row) => row.tokenId),
@@ -104,7 +111,7 @@ export class ConsoleSessionRepository {
         // init plan that runs the UPDATE to completion first, and a row this statement updated no
         // longer conflicts.
         `WITH stale AS (
-           UPDATE console_sessions SET ended_at = now(), close_reason = 'proxy lost'
+           UPDATE console_sessions SET ended_at = now(), close_reason = '${LOST_PROXY_REASON}'
             WHERE host = $7 AND port = $8 AND console_type = $6 AND ended_at IS NULL
               AND last_seen_at < now() - make_interval(secs => $11::float8 / 1000)
            RETURNING 1)
@@ -141,23 +148,35 @@ export class ConsoleSessionRepository {
     throw new Error('could not claim an exclusive console: its holder kept changing');
   }
 
-  /** Marks these live sessions as seen now, with their byte counts so far (one statement). */
-  async heartbeat(sessions: SessionCounters[]): Promise<void> {
+  /**
+   * Marks these live sessions as seen now, with their byte counts so far (one statement). Returns
+   * the ids among them whose row was already ended by someone else (the reaper, while this proxy
+   * could not reach the database for longer than the stale time; an operator): the proxy is to
+   * close them, so that a row said ended is a session really gone. A session whose row is not
+   * written yet is neither updated nor returned.
+   */
+  async heartbeat(sessions: SessionCounters[]): Promise<string[]> {
     if (sessions.length === 0) {
-      return;
+      return [];
     }
-    await this.pool.query(
-      `UPDATE console_sessions s
-          SET last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
-         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, to_client, to_upstream)
-        WHERE s.id = v.id AND s.ended_at IS NULL`,
+    // The SELECT sees the rows as they were before the UPDATE: those ended then are the others' ends.
+    const { rows } = await this.pool.query<{ id: string }>(
+      `WITH v AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, to_client, to_upstream)),
+            seen AS (
+              UPDATE console_sessions s
+                 SET last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
+                FROM v
+               WHERE s.id = v.id AND s.ended_at IS NULL)
+       SELECT s.id FROM console_sessions s JOIN v ON s.id = v.id WHERE s.ended_at IS NOT NULL`,
       [sessions.map((s) => s.id), sessions.map((s) => s.bytesToClient), sessions.map((s) => s.bytesToUpstream)],
     );
+    return rows.map((row) => row.id);
   }
 
   /**
-   * Records the end of sessions in one statement; a reason already set (by an operator) is kept.
-   * Each session's row must have been written before.
+   * Records the end of sessions in one statement; a reason already set (by an operator) is kept,
+   * except `proxy lost`: the reaper's guess gives way to the proxy's own account, written late
+   * because the database did not take it earlier. Each session's row must have been written before.
    */
   async endBatch(ends: SessionEnd[]): Promise<void> {
     if (ends.length === 0) {
@@ -167,7 +186,8 @@ export class ConsoleSessionRepository {
       this.pool,
       'keyhole_end_sessions',
       `UPDATE console_sessions s
-          SET ended_at = COALESCE(ended_at, now()), close_reason = COALESCE(close_reason, v.reason),
+          SET ended_at = COALESCE(ended_at, now()),
+              close_reason = CASE WHEN close_reason IS NULL OR close_reason = '${LOST_PROXY_REASON}' THEN v.reason ELSE close_reason END,
               last_seen_at = now(), bytes_to_client = v.to_client, bytes_to_upstream = v.to_upstream
          FROM unnest($1::uuid[], $2::varchar[], $3::bigint[], $4::bigint[]) AS v(id, reason, to_client, to_upstream)
         WHERE s.id = v.id`,
@@ -177,6 +197,39 @@ export class ConsoleSessionRepository {
         ends.map((end) => end.bytesToClient),
         ends.map((end) => end.bytesToUpstream),
       ],
+    );
+  }
+
+  /**
+   * Ends at most `batchSize` live sessions whose proxy has not reported for `staleAfterMs` (it
+   * died, or lost the database for that long), with reason `proxy lost`; returns how many. Rows
+   * a concurrent writer holds are skipped, not waited for: the next run takes them. The pick is
+   * an ARRAY(...) so that it runs once: as `IN (...)` the planner may run its LIMIT more than once.
+   */
+  async endLostBatch(staleAfterMs: number, batchSize: number): Promise<number> {
+    return runCounted(
+      this.pool,
+      `UPDATE console_sessions SET ended_at = now(), close_reason = '${LOST_PROXY_REASON}'
+        WHERE id = ANY(ARRAY(
+          SELECT id FROM console_sessions
+           WHERE ended_at IS NULL AND last_seen_at < now() - make_interval(secs => $1::float8 / 1000)
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED))`,
+      [staleAfterMs, batchSize],
+    );
+  }
+
+  /**
+   * Ends the live sessions recorded under this proxy name by an earlier run of the same proxy
+   * (it was killed before it could write their ends), with reason `proxy restarted`; returns how
+   * many. The caller must be sure no other running process records sessions under that name.
+   */
+  async endEarlierOfProxy(proxyInstance: string): Promise<number> {
+    return runCounted(
+      this.pool,
+      `UPDATE console_sessions SET ended_at = now(), close_reason = '${RESTARTED_PROXY_REASON}'
+        WHERE proxy_instance = $1 AND ended_at IS NULL`,
+      [proxyInstance],
     );
   }
 

@@ -21,9 +21,11 @@ export const STATUS_OF_CODE: Record<ErrorCode, number> = {
   FALLBACK_FORCED: 409,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
+  TOO_MANY_REQUESTS: 429,
   INTERNAL: 500,
   CELL_DATABASE_UNREACHABLE: 503,
   SERVICE_UNAVAILABLE: 503,
+  AUTHENTICATION_BUSY: 503,
 };
 
 /** Body of every error answer. */
@@ -66,6 +68,9 @@ function sendError(exception: unknown, request: FastifyRequest, reply: FastifyRe
   }
   if (reply.sent) {
     return;
+  }
+  if (error.retryAfterSeconds !== undefined) {
+    void reply.header('Retry-After', String(error.retryAfterSeconds));
   }
   void reply.status(STATUS_OF_CODE[error.code]).send(body);
 }

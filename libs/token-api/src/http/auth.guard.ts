@@ -4,6 +4,7 @@ import type { FastifyRequest } from 'fastify';
 import { cellNameSchema, KeyholeError } from '@keyhole/core';
 import { CredentialsService, Principal } from '@keyhole/credentials';
 import type { CredentialRole } from '@keyhole/db';
+import { verifiedClientCommonName } from '@keyhole/tls';
 import { principalOf, setPrincipal } from './request-context.hooks';
 import { ZodValidationPipe } from './zod-validation.pipe';
 
@@ -27,9 +28,11 @@ export const CurrentPrincipal = createParamDecorator((_: unknown, context: Execu
 });
 
 /**
- * Authenticates every request with its `Authorization: Bearer <API key>` header, then checks cell
+ * Authenticates every request with its `Authorization: Bearer <API key>` header (or, without one,
+ * a verified client certificate), then checks cell
  * scope, then the handler's roles. A missing or bad key is 401 whatever the reason; a good key
- * scoped to another cell, or of the wrong role, is 403.
+ * scoped to another cell, or of the wrong role, is 403. Too many failures for a key id or from a
+ * client address are 429 (CredentialsService.authenticate).
  *
  * Cell scope is enforced here, for every route, from the route's own `:cell` parameter: a handler
  * cannot forget it, and a new `:cell` route is scoped the moment it exists. Only a cell that is not
@@ -43,13 +46,28 @@ export class AuthGuard implements CanActivate {
     private readonly credentials: CredentialsService,
   ) {}
 
+  /**
+   * The API key of the Authorization header; without one, a verified client certificate whose
+   * subject CN is a credential id (KEYHOLE_API_TLS_CLIENT_CA_FILE). A request with both is
+   * authenticated by its key.
+   */
+  private authenticate(request: FastifyRequest): Promise<Principal> {
+    const key = bearerToken(request.headers.authorization);
+    const certificateId = request.headers.authorization === undefined ? verifiedClientCommonName(request.raw.socket) : null;
+    if (certificateId !== null) {
+      return this.credentials.authenticateCertificate(certificateId);
+    }
+    // request.ip is the client after KEYHOLE_TRUSTED_PROXIES (Fastify's trustProxy): failures are limited per client.
+    return this.credentials.authenticate(key, request.ip ?? null);
+  }
+
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const targets = [context.getHandler(), context.getClass()];
     if (this.reflector.getAllAndOverride<boolean>(PUBLIC, targets)) {
       return true;
     }
     const request = context.switchToHttp().getRequest<FastifyRequest>();
-    const principal = await this.credentials.authenticate(bearerToken(request.headers.authorization));
+    const principal = await this.authenticate(request);
     setPrincipal(request, principal);
     const cell = cellParameterOf(request);
     if (cell !== undefined) {

@@ -43,9 +43,12 @@ const errors = (...statuses: number[]): Record<number, ResponseConfig> => {
     409: 'CELL_EXISTS, TOKEN_IN_USE, PURGE_IN_PROGRESS or FALLBACK_FORCED',
     413: 'PAYLOAD_TOO_LARGE',
     415: 'UNSUPPORTED_MEDIA_TYPE: bodies must be application/json',
-    503: 'CELL_DATABASE_UNREACHABLE or SERVICE_UNAVAILABLE',
+    429: 'TOO_MANY_REQUESTS: too many failed authentications for this key id or from this address; retry after `Retry-After` seconds',
+    503: 'CELL_DATABASE_UNREACHABLE, SERVICE_UNAVAILABLE, or AUTHENTICATION_BUSY (too many key verifications waiting; `Retry-After: 1`)',
   };
-  return Object.fromEntries(statuses.map((status) => [status, json(errorSchema, text[status])]));
+  // Whatever authenticates may also be throttled.
+  const answered = statuses.includes(401) ? [...statuses, 429] : statuses;
+  return Object.fromEntries(answered.map((status) => [status, json(errorSchema, text[status])]));
 };
 
 const versionHeader = z.object({
