@@ -383,10 +383,29 @@ describe('malformed or abandoned upgrades', () => {
       'Sec-WebSocket-Key: not-a-valid-key',
     ]);
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    // The proxy's fixed JSON refusal, not ws's own text/html answer (found by console-proxy-fuzz).
+    expect(answer).toMatch(/\r\nContent-Type: application\/json/i);
+    expect(answer).toMatch(/\r\nCache-Control: no-store/i);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'INVALID_HANDSHAKE', message: expect.any(String) });
     await waitUntil(() => (openConnections() === 0 ? true : undefined), 3_000, 'no open console connection');
     // The serial port is free for the next client.
     const client = await expectAccepted(url(proxy, (await issue({ consoleType: 'serial', port: upstream.port })).token));
     await client.close();
+  });
+
+  it('answers an HTTP/1.1 request without Host with the fixed JSON 400 (found by console-proxy-fuzz: Node answered a bare 400)', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket: Socket = connectTcp({ host: '127.0.0.1', port: proxy.port });
+      let text = '';
+      socket.on('data', (data: Buffer) => (text += data.toString('latin1')));
+      socket.on('error', () => undefined);
+      socket.on('close', () => resolve(text));
+      socket.once('connect', () => socket.write('GET /vnc_lite.html HTTP/1.1\r\nConnection: close\r\n\r\n'));
+      setTimeout(() => reject(new Error('no answer')), 5_000).unref();
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer).toMatch(/\r\nCache-Control: no-store/i);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'INVALID_REQUEST', message: expect.any(String) });
   });
 
   it('leaves no console connection and no busy serial port behind when the client goes away during the checks', async () => {

@@ -1001,6 +1001,10 @@ describe('connection limits', () => {
       ] as const) {
         const { text, closedAtMs } = await withDeadline(answer, 5_000, `the ${name} client to be closed`);
         expect({ name, text: text.split('\r\n')[0] }).toEqual({ name, text: 'HTTP/1.1 408 Request Timeout' });
+        // The fixed JSON error of every plain-HTTP answer (found by console-proxy-fuzz: it had no body).
+        expect(text).toMatch(/\r\nContent-Type: application\/json/i);
+        expect(text).toMatch(/\r\nX-Content-Type-Options: nosniff/i);
+        expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'REQUEST_TIMEOUT', message: expect.any(String) });
         expect(closedAtMs - connectedAt).toBeGreaterThanOrEqual(900);
         expect(closedAtMs - connectedAt).toBeLessThan(2_500);
       }

@@ -23,10 +23,11 @@ describe('token API logs', () => {
   let deployment: TestDeployment;
   let base: string;
 
+  // Databases cloned, migrations checked, the API booted: more than jest's default 5 s on a loaded machine.
   beforeAll(async () => {
     deployment = await startTestDeployment();
     base = deployment.api.baseUrl;
-  });
+  }, 30_000);
 
   afterAll(async () => {
     await deployment?.stop();

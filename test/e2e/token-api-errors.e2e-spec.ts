@@ -17,10 +17,11 @@ describe('token API: errors and access rules', () => {
   /** Tokens the successful issue calls of this file created, per cell. */
   const issuedPerCell: Record<string, number> = { cell1: 0, cell2: 0 };
 
+  // Databases cloned, migrations checked, the API booted: more than jest's default 5 s on a loaded machine.
   beforeAll(async () => {
     deployment = await startTestDeployment();
     base = deployment.api.baseUrl;
-  });
+  }, 30_000);
 
   afterAll(async () => {
     await deployment?.stop();
@@ -419,6 +420,30 @@ describe('token API: errors and access rules', () => {
       const long = await call(base, 'GET', `/v1/cells/${'a'.repeat(300)}/tokens`, { key });
       expectError(long, 400, 'INVALID_INPUT');
       expect(invalidFields(long)).toEqual(['cell']);
+    });
+
+    // Found by token-api-fuzz.e2e-spec.ts: Fastify's router answered these itself (414 and 400 in
+    // its own shape), repeating the path.
+    it('answers a path parameter over the router limit or a malformed percent-encoding with 400, repeating nothing', async () => {
+      const secret = randomSecret();
+      for (const path of [
+        `/v1/cells/${secret}${'a'.repeat(9_000)}/tokens`,
+        `/v1/cells/${secret}%E0%A4%A/tokens`,
+        `/v1/cells/%zz${secret}`,
+      ]) {
+        const answer = await call(base, 'GET', path, { key: deployment.operatorKey });
+        expectError(answer, 400, 'INVALID_INPUT');
+        expect(answer.headers.get('cache-control')).toBe('no-store');
+        expect(JSON.stringify(answer.body)).not.toContain(secret);
+      }
+    });
+
+    it('refuses a cell-scoped caller a path cell that is no cell name with 400, not a 403 that repeats it', async () => {
+      const secret = randomSecret();
+      const answer = await call(base, 'DELETE', `/v1/cells/${secret}/tokens/1`, { key: deployment.agentKeys.cell1 });
+      expectError(answer, 400, 'INVALID_INPUT');
+      expect(invalidFields(answer)).toEqual(['cell']);
+      expect(JSON.stringify(answer.body)).not.toContain(secret);
     });
   });
 

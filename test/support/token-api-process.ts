@@ -4,6 +4,17 @@ import { ManagedProcess, startProcess, waitForOutput } from './real/processes';
 
 const MAIN = path.resolve(__dirname, '../../dist/apps/token-api/src/main.js');
 
+/**
+ * Settings for an API process whose hashing and schedule are not under test: tiny argon2
+ * parameters for the credentials it creates, no purge schedule. Spread before a test's own.
+ */
+export const QUIET_API_ENVIRONMENT: Readonly<Record<string, string>> = {
+  KEYHOLE_ARGON2_MEMORY_KIB: '64',
+  KEYHOLE_ARGON2_TIME_COST: '1',
+  KEYHOLE_ARGON2_PARALLELISM: '1',
+  KEYHOLE_PURGE_INTERVAL_MS: '0',
+};
+
 export interface TokenApiProcess {
   process: ManagedProcess;
   baseUrl: string;

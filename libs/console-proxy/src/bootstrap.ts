@@ -6,7 +6,7 @@ import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
 import { CertificateStore, TlsHttpServer } from '@keyhole/tls';
 import type { NextFunction, Request, Response } from 'express';
 import { clientErrorStatus, endWithJson } from '@keyhole/core';
-import { createWebClientsRouter, fixedErrorBody } from '@keyhole/web-clients';
+import { createWebClientsRouter, fixedErrorBody, sendFixedError } from '@keyhole/web-clients';
 import { ProxyAppModule } from './proxy-app.module';
 import { ProxyExceptionFilter } from './proxy-exception.filter';
 
@@ -78,6 +78,10 @@ export function configureConsoleProxyApp(
   // Nothing the proxy answers over plain HTTP is stored or sniffed: a console URL's query holds its
   // token. The web clients relax Cache-Control for their scripts and styles only.
   app.use(noStoreNoSniff);
+  // An HTTP/1.1 request without Host must get 400 (RFC 9112 3.2): Node's own is a bare status line,
+  // this one the fixed JSON error. (Upgrades never reach Node's check; the gate reads Host itself.)
+  Object.assign(app.getHttpServer(), { requireHostHeader: false });
+  app.use(requireHost);
   app.useGlobalFilters(new ProxyExceptionFilter());
   // A request Node's parser refuses (malformed, headers too large, too slow) gets the same fixed
   // JSON error instead of Node's bare status line.
@@ -91,6 +95,14 @@ export function configureConsoleProxyApp(
 function noStoreNoSniff(_request: Request, response: Response, next: NextFunction): void {
   response.setHeader('Cache-Control', 'no-store');
   response.setHeader('X-Content-Type-Options', 'nosniff');
+  next();
+}
+
+function requireHost(request: Request, response: Response, next: NextFunction): void {
+  if (request.httpVersion === '1.1' && request.headers.host === undefined) {
+    sendFixedError(response, 400);
+    return;
+  }
   next();
 }
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-
-const REQUEST_TIMEOUT = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nCache-Control: no-store\r\nContent-Length: 0\r\n\r\n';
+import { endWithJson } from '@keyhole/core';
+import { fixedErrorBody } from '@keyhole/web-clients';
 
 /**
  * Gives every new connection `timeoutMs` to deliver a whole request head (the upgrade request and
@@ -20,7 +20,8 @@ export function boundRequestHeadTime(server: Server, timeoutMs: number): void {
   server.on('connection', (socket: Duplex) => {
     const deadline = setTimeout(() => {
       deadlines.delete(socket);
-      socket.end(REQUEST_TIMEOUT);
+      // The proxy's fixed JSON error, as for every other answer over plain HTTP.
+      endWithJson(socket, 408, fixedErrorBody(408));
       // A client that does not read our answer must not hold the socket either.
       setTimeout(() => socket.destroy(), 1_000).unref();
     }, timeoutMs);

@@ -61,6 +61,9 @@ export class ConsoleProxy {
       // noVNC and websockify clients offer `binary`; answer it when offered, accept none too.
       handleProtocols: (protocols) => (protocols.has('binary') ? 'binary' : false),
     });
+    // A handshake ws cannot complete (bad key, version, subprotocol list or method) would get ws's
+    // own text/html 400 that repeats what was wrong: answer it as every refusal is answered.
+    this.wss.on('wsClientError', (_error: Error, socket: Duplex) => this.refuse(socket, INVALID_HANDSHAKE));
     this.registry = new SessionRegistry(
       {
         heartbeatIntervalMs: settings.heartbeatIntervalMs,
@@ -258,5 +261,6 @@ export class ConsoleProxy {
 
 const DRAINING: Refusal = { kind: 'draining' };
 const INTERNAL_ERROR: Refusal = { kind: 'internal_error' };
+const INVALID_HANDSHAKE: Refusal = { kind: 'invalid_handshake' };
 
 function ignore(): void {}

@@ -12,6 +12,7 @@ export type ConnectResult =
   | 'unroutable'
   | 'unavailable'
   | 'draining'
+  | 'invalid_handshake'
   | 'upstream_failed';
 
 /**

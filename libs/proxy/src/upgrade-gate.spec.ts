@@ -359,6 +359,12 @@ describe('the refusal table', () => {
       metric: 'unroutable',
     },
     { refusal: { kind: 'unavailable' }, status: 503, message: 'console authorization is unavailable', metric: 'unavailable' },
+    {
+      refusal: { kind: 'invalid_handshake' },
+      status: 400,
+      message: 'not a valid websocket handshake (GET, Upgrade: websocket, a Sec-WebSocket-Key, Sec-WebSocket-Version: 13)',
+      metric: 'invalid_handshake',
+    },
     { refusal: { kind: 'internal_error' }, status: 500, message: 'internal error', metric: 'unavailable' },
   ];
 

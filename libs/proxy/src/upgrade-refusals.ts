@@ -18,6 +18,8 @@ interface RefusalDetails {
   unroutable: object;
   /** The cell database (or the legacy store) could not be asked: fail closed. */
   unavailable: object;
+  /** The checks passed but the websocket handshake itself is not valid (key, version, subprotocols, method). */
+  invalid_handshake: object;
   /** A bug: the upgrade threw. */
   internal_error: object;
 }
@@ -38,7 +40,7 @@ interface RefusalAnswer<K extends RefusalKind> {
 /**
  * Every refusal's answer, in one table: a kind without an entry does not compile. Statuses are the
  * design's (token 401, console type 404, origin 403, busy exclusive console 409, cannot check 503);
- * a destination no route allows is 403 too.
+ * a destination no route allows is 403 too, a websocket handshake that is not valid 400.
  */
 export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
   draining: { status: 503, message: () => 'proxy is shutting down', metric: 'draining' },
@@ -57,6 +59,11 @@ export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
   },
   unroutable: { status: 403, message: () => 'console destination is not routable from this proxy', metric: 'unroutable' },
   unavailable: { status: 503, message: () => 'console authorization is unavailable', metric: 'unavailable' },
+  invalid_handshake: {
+    status: 400,
+    message: () => 'not a valid websocket handshake (GET, Upgrade: websocket, a Sec-WebSocket-Key, Sec-WebSocket-Version: 13)',
+    metric: 'invalid_handshake',
+  },
   internal_error: { status: 500, message: () => 'internal error', metric: 'unavailable' },
 };
 

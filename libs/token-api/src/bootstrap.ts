@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, NestFastifyApplication } from '@nestjs/platform-fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { RequestListener, Server } from 'node:http';
 import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
 import { CertificateStore, TlsHttpServer } from '@keyhole/tls';
@@ -36,6 +37,7 @@ export function createTokenApiAdapter(config: KeyholeConfig): FastifyAdapter {
     trustProxy: trustedProxiesFunction(config.api.trustedProxies),
     routerOptions: { caseSensitive: false, ignoreTrailingSlash: true, maxParamLength: 8_192 },
     clientErrorHandler: answerClientError,
+    frameworkErrors: answerUnroutableUrl,
   });
 }
 
@@ -105,6 +107,22 @@ function trustedProxiesFunction(ranges: readonly string[]): boolean | ((address:
   }
   const trustedProxies = new TrustedProxies(ranges);
   return (address: string) => trustedProxies.trusts(address);
+}
+
+/**
+ * A URL the router refuses before any hook or filter runs: malformed percent-encoding
+ * (FST_ERR_BAD_URL) or a path parameter over `maxParamLength` (FST_ERR_MAX_PARAM_LENGTH). Fastify's
+ * own answers (400, 414) repeat the path, where a token may be: answer as any other invalid request
+ * (400 INVALID_INPUT, the API's error body and headers, a fresh request id), repeating nothing.
+ */
+function answerUnroutableUrl(_error: Error, _request: FastifyRequest, reply: FastifyReply): void {
+  const requestId = randomUUID();
+  void reply
+    .status(400)
+    .header('X-Request-Id', requestId)
+    .header('Cache-Control', 'no-store')
+    .header('X-Content-Type-Options', 'nosniff')
+    .send({ code: 'INVALID_INPUT', message: 'The request path is not valid', requestId });
 }
 
 /**

@@ -1,13 +1,16 @@
 import { CanActivate, ExecutionContext, Injectable, SetMetadata, createParamDecorator } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import type { FastifyRequest } from 'fastify';
-import { KeyholeError } from '@keyhole/core';
+import { cellNameSchema, KeyholeError } from '@keyhole/core';
 import { CredentialsService, Principal } from '@keyhole/credentials';
 import type { CredentialRole } from '@keyhole/db';
 import { verifiedClientCommonName } from '@keyhole/tls';
 import { principalOf, setPrincipal } from './request-context.hooks';
+import { ZodValidationPipe } from './zod-validation.pipe';
 
 const ROLES = 'keyhole:roles';
+/** The validation every handler applies to its `:cell`; the guard applies it first. */
+const CELL_PARAMETER = new ZodValidationPipe(cellNameSchema, 'path', 'cell');
 const PUBLIC = 'keyhole:public';
 
 /** Roles allowed to call a handler (default: operators only). */
@@ -68,7 +71,9 @@ export class AuthGuard implements CanActivate {
     setPrincipal(request, principal);
     const cell = cellParameterOf(request);
     if (cell !== undefined) {
-      assertCellAccess(principal, cell);
+      // A path value that is no cell name is refused as the handler's validation would refuse it
+      // (400 naming `cell`), before the scope check, whose 403 names the cell: never the raw path.
+      assertCellAccess(principal, CELL_PARAMETER.transform(cell));
     }
     const roles = this.reflector.getAllAndOverride<CredentialRole[] | undefined>(ROLES, targets) ?? ['operator'];
     if (!roles.includes(principal.role)) {
