@@ -25,6 +25,7 @@ describe('console sessions on a real cell database', () => {
           url: cell.url,
           poolSize: 5,
           connectTimeoutMs: 5_000,
+          queryTimeoutMs: 5_000,
           statementTimeoutMs: 5_000,
           applicationName: `keyhole-test-${index}`,
         }),

@@ -35,6 +35,7 @@ export async function migrateTestDatabase(kind: DatabaseKind, url: string): Prom
     url,
     poolSize: 1,
     connectTimeoutMs: 5_000,
+    queryTimeoutMs: 65_000,
     statementTimeoutMs: 60_000,
     applicationName: 'keyhole-test',
   });

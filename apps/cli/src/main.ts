@@ -2,6 +2,7 @@ import 'reflect-metadata';
 import { INestApplicationContext } from '@nestjs/common';
 import { ConfigurationError, loadConfig } from '@keyhole/config';
 import { isKeyholeError } from '@keyhole/core';
+import { isDatabaseUnavailable } from '@keyhole/db';
 import { Command, UsageError } from './commands/command';
 import { COMMANDS } from './commands';
 import { openServices } from './services';
@@ -52,6 +53,12 @@ function reportFailure(error: unknown, command: Command): number {
   }
   if (isKeyholeError(error)) {
     process.stderr.write(`error: ${error.code}: ${error.message}\n`);
+    return 1;
+  }
+  if (isDatabaseUnavailable(error)) {
+    // Within KEYHOLE_DB_CONNECT_TIMEOUT_MS / KEYHOLE_DB_QUERY_TIMEOUT_MS, never a hang.
+    const detail = error instanceof Error ? ` (${error.message})` : '';
+    process.stderr.write(`error: SERVICE_UNAVAILABLE: the database did not answer in time or cannot be reached${detail}\n`);
     return 1;
   }
   process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);

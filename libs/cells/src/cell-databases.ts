@@ -5,8 +5,10 @@ import {
   ControlDatabase,
   createDataSource,
   createPool,
-  DatabaseSettings,
+  DatabaseMetrics,
+  databaseSettings,
   migrateDatabase,
+  migrationSettings,
   redactDatabaseUrl,
 } from '@keyhole/db';
 import { CellDatabase } from './cell-database';
@@ -26,6 +28,7 @@ export class CellDatabases implements OnApplicationShutdown {
     @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
     @Inject(APPLICATION_NAME) private readonly applicationName: string,
     private readonly control: ControlDatabase,
+    private readonly metrics: DatabaseMetrics,
   ) {}
 
   get(cellName: string): Promise<CellDatabase> {
@@ -41,7 +44,13 @@ export class CellDatabases implements OnApplicationShutdown {
 
   /** Opens a cell's pool at this URL and checks that the database answers (CELL_DATABASE_UNREACHABLE if not). */
   async connectUrl(cellName: string, url: string): Promise<CellDatabase> {
-    const database = new CellDatabase(cellName, createPool(this.settings(cellName, url, this.config.database.poolSize)));
+    const database = new CellDatabase(
+      cellName,
+      createPool({
+        ...databaseSettings(this.config, url, this.applicationNameOf(cellName)),
+        onDeadlineExceeded: this.metrics.deadlineCounter(cellName),
+      }),
+    );
     try {
       await database.open();
     } catch (error) {
@@ -57,7 +66,7 @@ export class CellDatabases implements OnApplicationShutdown {
    * migration lock's), open for the run only; returns the migrations that ran.
    */
   async migrate(cellName: string, url: string): Promise<string[]> {
-    const dataSource = createDataSource('cell', this.settings(cellName, url, 1));
+    const dataSource = createDataSource('cell', migrationSettings(this.config, url, this.applicationNameOf(cellName)));
     try {
       await dataSource.initialize();
     } catch (error) {
@@ -93,13 +102,7 @@ export class CellDatabases implements OnApplicationShutdown {
     return this.connectUrl(cellName, cell.databaseUrl);
   }
 
-  private settings(cellName: string, url: string, poolSize: number): DatabaseSettings {
-    return {
-      url,
-      poolSize,
-      connectTimeoutMs: this.config.database.connectTimeoutMs,
-      statementTimeoutMs: this.config.database.statementTimeoutMs,
-      applicationName: `${this.applicationName}:${cellName}`,
-    };
+  private applicationNameOf(cellName: string): string {
+    return `${this.applicationName}:${cellName}`;
   }
 }

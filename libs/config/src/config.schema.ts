@@ -58,12 +58,22 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_DB_CONNECT_TIMEOUT_MS: setting(
     'general',
     integer(100, 120_000).default(5_000),
-    'Connect timeout, and longest wait for a pooled connection (100-120000).',
+    'Client-side deadline for opening a database connection, and the longest wait for a pooled one (100-120000). Past it the request fails with 503.',
+  ),
+  KEYHOLE_DB_QUERY_TIMEOUT_MS: setting(
+    'general',
+    integer(100, 600_000).default(5_000),
+    "Client-side deadline for each statement's answer (100-600000): past it the caller gets 503 (the proxy refuses the upgrade with 503), the connection is thrown away, and the pool opens a new one once the database answers again. Bounds a database that stops answering without closing its connections (frozen, partitioned, disk full).",
   ),
   KEYHOLE_DB_STATEMENT_TIMEOUT_MS: setting(
     'general',
-    integer(100, 3_600_000).default(30_000),
-    'Server-side `statement_timeout` on every keyhole connection (100-3600000).',
+    integer(100, 600_000).default(4_000),
+    "Server-side `statement_timeout` on every keyhole connection (100-600000); at most KEYHOLE_DB_QUERY_TIMEOUT_MS, so that a database that is merely slow cancels the statement itself, keeping the connection, before the client's deadline gives up on it.",
+  ),
+  KEYHOLE_DB_MIGRATION_TIMEOUT_MS: setting(
+    'general',
+    integer(1_000, 86_400_000).default(600_000),
+    'Deadline of each migration statement, and of the wait for the migration lock, server- and client-side (1000-86400000): `keyhole migrate` may build indexes on large tables.',
   ),
   KEYHOLE_LOG_LEVEL: setting(
     'general',

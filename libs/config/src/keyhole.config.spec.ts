@@ -133,6 +133,22 @@ describe('loadConfig', () => {
     );
   });
 
+  it('has client-side database deadlines by default, and keeps the server statement timeout within the query deadline', () => {
+    expect(loadConfig({}).database).toMatchObject({
+      connectTimeoutMs: 5_000,
+      queryTimeoutMs: 5_000,
+      statementTimeoutMs: 4_000,
+      migrationTimeoutMs: 600_000,
+    });
+    expect(loadConfig({ KEYHOLE_DB_QUERY_TIMEOUT_MS: '1000', KEYHOLE_DB_STATEMENT_TIMEOUT_MS: '1000' }).database.queryTimeoutMs).toBe(
+      1_000,
+    );
+    expect(() => loadConfig({ KEYHOLE_DB_QUERY_TIMEOUT_MS: '1000' })).toThrow(
+      /KEYHOLE_DB_STATEMENT_TIMEOUT_MS: must not exceed KEYHOLE_DB_QUERY_TIMEOUT_MS/,
+    );
+    expect(() => loadConfig({ KEYHOLE_DB_QUERY_TIMEOUT_MS: '50' })).toThrow(/KEYHOLE_DB_QUERY_TIMEOUT_MS/);
+  });
+
   it('needs a Redis URL for the redis failure store, and bounds the argon2 cap', () => {
     expect(() => loadConfig({ KEYHOLE_AUTH_LIMITER: 'redis' })).toThrow(/KEYHOLE_AUTH_LIMITER: redis needs KEYHOLE_AUTH_LIMITER_REDIS_URL/);
     expect(

@@ -11,7 +11,9 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     controlUrl: env.KEYHOLE_DATABASE_URL,
     poolSize: env.KEYHOLE_DB_POOL_SIZE,
     connectTimeoutMs: env.KEYHOLE_DB_CONNECT_TIMEOUT_MS,
+    queryTimeoutMs: env.KEYHOLE_DB_QUERY_TIMEOUT_MS,
     statementTimeoutMs: env.KEYHOLE_DB_STATEMENT_TIMEOUT_MS,
+    migrationTimeoutMs: env.KEYHOLE_DB_MIGRATION_TIMEOUT_MS,
   },
   log: { level: env.KEYHOLE_LOG_LEVEL },
   api: {
@@ -179,6 +181,11 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   }
   const config = parsed.data;
   const problems: string[] = [];
+  if (config.database.statementTimeoutMs > config.database.queryTimeoutMs) {
+    problems.push(
+      'KEYHOLE_DB_STATEMENT_TIMEOUT_MS: must not exceed KEYHOLE_DB_QUERY_TIMEOUT_MS (the server cancels a slow statement before the client gives up on it)',
+    );
+  }
   if (config.proxy.sessionStaleMs < 2 * config.proxy.sessionHeartbeatMs) {
     problems.push('KEYHOLE_PROXY_SESSION_STALE_MS: must be at least twice KEYHOLE_PROXY_SESSION_HEARTBEAT_MS');
   }

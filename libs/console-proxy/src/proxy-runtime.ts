@@ -6,7 +6,7 @@ import type { Duplex } from 'node:stream';
 import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
-import { createPool, redactDatabaseUrl } from '@keyhole/db';
+import { createPool, DatabaseMetrics, databaseSettings, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
@@ -40,17 +40,14 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   ) {
     const { cellName, cellDatabaseUrl } = requireProxyCell(config);
     this.cellName = cellName;
+    this.metrics = new ProxyMetrics(cellName);
     this.cell = new CellDatabase(
       cellName,
       createPool({
-        url: cellDatabaseUrl,
-        poolSize: config.database.poolSize,
-        connectTimeoutMs: config.database.connectTimeoutMs,
-        statementTimeoutMs: config.database.statementTimeoutMs,
-        applicationName: `keyhole-proxy:${cellName}`,
+        ...databaseSettings(config, cellDatabaseUrl, `keyhole-proxy:${cellName}`),
+        onDeadlineExceeded: new DatabaseMetrics(this.metrics.registry).deadlineCounter(cellName),
       }),
     );
-    this.metrics = new ProxyMetrics(cellName);
     routes.dialSshNodes(this.metrics.registry);
     if (isProxyWorker()) {
       joinSupervisor(this.metrics.registry);
@@ -59,6 +56,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       {
         cellName,
         cellDatabaseUrl,
+        databaseDeadlines: config.database,
         instance: proxyInstanceName(config.proxy.instance, hostname(), config.proxy.port),
         settings: config.proxy,
         routes,

@@ -5,7 +5,8 @@ import { KEYHOLE_CONFIG, KeyholeConfig, requireControlUrl } from '@keyhole/confi
 import { ApiCredentialRepository } from './control/api-credential.repository';
 import { CellRepository } from './control/cell.repository';
 import { createDataSource } from './data-source.factory';
-import { createPool, DatabaseSettings } from './database-pool';
+import { createPool, databaseSettings, migrationSettings } from './database-pool';
+import { DatabaseMetrics } from './database.metrics';
 
 export const APPLICATION_NAME = Symbol('keyhole.applicationName');
 
@@ -23,16 +24,13 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
   readonly cells: CellRepository;
   readonly credentials: ApiCredentialRepository;
 
-  constructor(@Inject(KEYHOLE_CONFIG) config: KeyholeConfig, @Inject(APPLICATION_NAME) applicationName: string) {
-    const settings: DatabaseSettings = {
-      url: requireControlUrl(config),
-      poolSize: config.database.poolSize,
-      connectTimeoutMs: config.database.connectTimeoutMs,
-      statementTimeoutMs: config.database.statementTimeoutMs,
-      applicationName,
-    };
-    this.pool = createPool(settings);
-    this.dataSource = createDataSource('control', { ...settings, poolSize: 1 });
+  constructor(@Inject(KEYHOLE_CONFIG) config: KeyholeConfig, @Inject(APPLICATION_NAME) applicationName: string, metrics: DatabaseMetrics) {
+    const url = requireControlUrl(config);
+    this.pool = createPool({
+      ...databaseSettings(config, url, applicationName),
+      onDeadlineExceeded: metrics.deadlineCounter('control'),
+    });
+    this.dataSource = createDataSource('control', migrationSettings(config, url, applicationName));
     this.cells = new CellRepository(this.pool);
     this.credentials = new ApiCredentialRepository(this.pool);
   }
@@ -43,7 +41,10 @@ export class ControlDatabase implements OnModuleInit, OnApplicationShutdown {
     this.logger.log('control database connected');
   }
 
-  /** Whether the database answers a trivial query; for readiness probes. */
+  /**
+   * Whether the database answers a trivial query; for readiness probes. False within the pool's
+   * deadlines (KEYHOLE_DB_CONNECT_TIMEOUT_MS, KEYHOLE_DB_QUERY_TIMEOUT_MS) when it does not answer.
+   */
   async isReachable(): Promise<boolean> {
     try {
       await this.pool.query('SELECT 1');

@@ -29,9 +29,11 @@ export function createDataSource(kind: DatabaseKind, settings: DatabaseSettings)
     applicationName: settings.applicationName,
     connectTimeoutMS: settings.connectTimeoutMs,
     poolSize: settings.poolSize,
+    // Client-side deadlines as createPool's: a database that stops answering ends the run with an
+    // error instead of hanging it.
     extra: {
       statement_timeout: settings.statementTimeoutMs,
-      // A dead server must not leave a request waiting forever for a pooled connection.
+      query_timeout: settings.queryTimeoutMs,
       connectionTimeoutMillis: settings.connectTimeoutMs,
     },
   };

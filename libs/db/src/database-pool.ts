@@ -1,5 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Pool, PoolClient, QueryResultRow, types } from 'pg';
+import type { KeyholeConfig } from '@keyhole/config';
+import { DeadlineStage, deadlineStage, isConnectionBroken } from './postgres-errors';
 
 // Nova's created_at/updated_at are `timestamp without time zone` holding UTC. pg would read them
 // in the process's local zone; read them as UTC whatever TZ the process runs in.
@@ -9,10 +11,46 @@ export interface DatabaseSettings {
   url: string;
   /** Connections in this pool. */
   poolSize: number;
+  /** Client-side deadline for opening a connection and for waiting for a pooled one, ms. */
   connectTimeoutMs: number;
+  /**
+   * Client-side deadline for each statement's answer, ms: the only bound when the server stops
+   * answering without closing the connection (frozen, partitioned), since statement_timeout is
+   * enforced by the party that is stuck. The connection of a statement past it is destroyed.
+   */
+  queryTimeoutMs: number;
+  /** Server-side `statement_timeout`, ms; at most `queryTimeoutMs`. */
   statementTimeoutMs: number;
   /** Shown in pg_stat_activity, e.g. `keyhole-api` or `keyhole-proxy:cell1`. */
   applicationName: string;
+  /** Called when an operation of this pool missed a client-side deadline (for a metric). */
+  onDeadlineExceeded?: (stage: DeadlineStage) => void;
+}
+
+/** The settings of an app's pool on the database at `url`, from the configuration. */
+export function databaseSettings(config: KeyholeConfig, url: string, applicationName: string): DatabaseSettings {
+  return {
+    url,
+    poolSize: config.database.poolSize,
+    connectTimeoutMs: config.database.connectTimeoutMs,
+    queryTimeoutMs: config.database.queryTimeoutMs,
+    statementTimeoutMs: config.database.statementTimeoutMs,
+    applicationName,
+  };
+}
+
+/**
+ * The settings of a migration run on the database at `url`: one connection, and deadlines long
+ * enough for DDL on large tables (KEYHOLE_DB_MIGRATION_TIMEOUT_MS). The client's deadline leaves
+ * the server's statement_timeout the time to answer first.
+ */
+export function migrationSettings(config: KeyholeConfig, url: string, applicationName: string): DatabaseSettings {
+  return {
+    ...databaseSettings(config, url, applicationName),
+    poolSize: 1,
+    statementTimeoutMs: config.database.migrationTimeoutMs,
+    queryTimeoutMs: config.database.migrationTimeoutMs + config.database.queryTimeoutMs,
+  };
 }
 
 const logger = new Logger('DatabasePool');
@@ -22,20 +60,67 @@ const logger = new Logger('DatabasePool');
  * than borrowing TypeORM's) so that the hot path can run named prepared statements without
  * reaching into a library's private fields; TypeORM only runs the migrations. Not connected
  * until its first query; `end()` it on shutdown.
+ *
+ * Every operation has a client-side deadline. Waiting for a connection (pooled or new) ends after
+ * `connectTimeoutMs` with "timeout exceeded when trying to connect" or "Connection terminated due
+ * to connection timeout" (pg-pool destroys a connection that did not open in time). A statement
+ * ends after `queryTimeoutMs` with "Query read timeout" (pg's query_timeout): pg leaves that
+ * connection with its statement outstanding, and the pool destroys it when it comes back with the
+ * error (pg-pool removes a client released with an error; pg's end() destroys the socket of a
+ * client whose query is still active), so a stuck connection never serves again. Code that holds a
+ * client itself (`pool.connect()`) must release it with the error the same way: see `inTransaction`.
  */
 export function createPool(settings: DatabaseSettings): Pool {
   const pool = new Pool({
     connectionString: settings.url,
     max: settings.poolSize,
-    // A dead server must not leave a request waiting forever for a pooled connection.
     connectionTimeoutMillis: settings.connectTimeoutMs,
+    query_timeout: settings.queryTimeoutMs,
     statement_timeout: settings.statementTimeoutMs,
     application_name: settings.applicationName,
+    // An idle connection to a frozen server is half-closed by end() and would keep a CLI process
+    // from exiting until the server answers: idle connections do not hold the process open.
+    allowExitOnIdle: true,
   });
   // An idle connection that the server drops emits `error` on the pool: without a listener that
   // would end the process. The pool replaces the connection by itself.
-  pool.on('error', (error) => logger.warn({ err: error, application: settings.applicationName }, 'an idle database connection failed'));
+  // pg-pool attaches the whole client to that error: log what happened, not the client.
+  pool.on('error', (error: Error & { code?: string }) =>
+    logger.warn({ error: error.message, code: error.code, application: settings.applicationName }, 'an idle database connection failed'),
+  );
+  const { onDeadlineExceeded } = settings;
+  if (onDeadlineExceeded) {
+    observeDeadlines(pool, onDeadlineExceeded);
+  }
   return pool;
+}
+
+/**
+ * Reports each missed deadline of `pool`: a statement's (its connection comes back to the pool
+ * with the error) and a connection's (`connect`, which `pool.query` also goes through, fails).
+ */
+function observeDeadlines(pool: Pool, report: (stage: DeadlineStage) => void): void {
+  pool.on('release', (error: Error | undefined) => {
+    if (deadlineStage(error) === 'query') {
+      report('query');
+    }
+  });
+  type ConnectCallback = (error: Error | undefined, client: PoolClient | undefined, done: (release?: unknown) => void) => void;
+  const connect = pool.connect.bind(pool) as (callback: ConnectCallback) => void;
+  const observed = (callback?: ConnectCallback): Promise<PoolClient> | void => {
+    const checked = (resolve: ConnectCallback): void =>
+      connect((error, client, done) => {
+        if (deadlineStage(error) === 'connect') {
+          report('connect');
+        }
+        resolve(error, client, done);
+      });
+    if (callback) {
+      return checked(callback);
+    }
+    return new Promise<PoolClient>((resolve, reject) => checked((error, client) => (error ? reject(error) : resolve(client!))));
+  };
+  pool.connect = observed as Pool['connect'];
 }
 
 /**
@@ -61,8 +146,10 @@ export async function runCounted(database: Pool | PoolClient, text: string, valu
 
 /**
  * Runs `work` in one transaction on one pooled connection: committed when it resolves, rolled
- * back when it throws. A connection whose rollback failed is discarded, not returned to the pool
- * in an unknown state.
+ * back when it throws. A connection that failed (a missed deadline, a lost server) is not asked
+ * to roll back, which would wait out a second deadline: it is destroyed, and the server rolls back
+ * the transaction of a connection that closes. A connection whose rollback failed is discarded
+ * too, never returned to the pool in an unknown state.
  */
 export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
@@ -73,9 +160,13 @@ export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) =>
     await client.query('COMMIT');
     return result;
   } catch (error) {
-    await client.query('ROLLBACK').catch((rollbackError: unknown) => {
-      broken = rollbackError instanceof Error ? rollbackError : new Error('rollback failed');
-    });
+    if (isConnectionBroken(error)) {
+      broken = error instanceof Error ? error : new Error('connection broken');
+    } else {
+      await client.query('ROLLBACK').catch((rollbackError: unknown) => {
+        broken = rollbackError instanceof Error ? rollbackError : new Error('rollback failed');
+      });
+    }
     throw error;
   } finally {
     client.release(broken);

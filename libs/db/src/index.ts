@@ -13,6 +13,7 @@ export * from './data-source.factory';
 export * from './migration-runner';
 export * from './postgres-errors';
 export * from './database-pool';
+export * from './database.metrics';
 export * from './leader-lock';
 export * from './row-mapper';
 export * from './control-database';

@@ -12,6 +12,7 @@ export type LeaderRun<T> = { ran: false } | { ran: true; result: T };
  */
 export async function runAsLeader<T>(pool: Pool, lockKey: number, task: () => Promise<T>): Promise<LeaderRun<T>> {
   const lockConnection = await pool.connect();
+  let failure: Error | undefined;
   try {
     const {
       rows: [{ locked }],
@@ -19,12 +20,16 @@ export async function runAsLeader<T>(pool: Pool, lockKey: number, task: () => Pr
     if (!locked) {
       return { ran: false };
     }
-    try {
-      return { ran: true, result: await task() };
-    } finally {
-      await lockConnection.query('SELECT pg_advisory_unlock($1)', [lockKey]);
-    }
+    const result = await task();
+    await lockConnection.query('SELECT pg_advisory_unlock($1)', [lockKey]);
+    return { ran: true, result };
+  } catch (error) {
+    // A failed run discards the lock connection instead of unlocking: ending its session releases
+    // the lock, and on a database that missed a deadline the unlock would wait out another one.
+    // (An error of its own: a deadline the task missed is counted where it happened.)
+    failure = new Error('leader task failed: its lock connection is discarded', { cause: error });
+    throw error;
   } finally {
-    lockConnection.release();
+    lockConnection.release(failure);
   }
 }

@@ -16,8 +16,14 @@ export async function migrateDatabase(dataSource: DataSource): Promise<string[]>
   if (openedHere) {
     await dataSource.initialize();
   }
-  // The lock lives on its own connection so that a pool of one can still run the migrations.
-  const lock = new Client({ connectionString: (dataSource.options as { url: string }).url });
+  // The lock lives on its own connection so that a pool of one can still run the migrations. It has
+  // the run's deadlines: waiting for another run's lock is bounded like a statement.
+  const extra = dataSource.options.extra as { query_timeout?: number; connectionTimeoutMillis?: number } | undefined;
+  const lock = new Client({
+    connectionString: (dataSource.options as { url: string }).url,
+    connectionTimeoutMillis: extra?.connectionTimeoutMillis,
+    query_timeout: extra?.query_timeout,
+  });
   try {
     await lock.connect();
     await lock.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
@@ -44,7 +50,7 @@ export async function createDatabaseIfMissing(url: string, template?: string): P
   }
   const admin = new URL(url);
   admin.pathname = '/postgres';
-  const client = new Client({ connectionString: admin.toString() });
+  const client = adminClient(admin);
   await client.connect();
   try {
     const existing = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
@@ -65,11 +71,24 @@ export async function dropDatabase(url: string): Promise<void> {
   const name = decodeURIComponent(target.pathname.replace(/^\//, ''));
   const admin = new URL(url);
   admin.pathname = '/postgres';
-  const client = new Client({ connectionString: admin.toString() });
+  const client = adminClient(admin);
   await client.connect();
   try {
     await client.query(`DROP DATABASE IF EXISTS "${name.replace(/"/g, '')}" WITH (FORCE)`);
   } finally {
     await client.end();
   }
+}
+
+// CREATE DATABASE copies a template: seconds on a busy server, never minutes.
+const ADMIN_CONNECT_TIMEOUT_MS = 10_000;
+const ADMIN_QUERY_TIMEOUT_MS = 120_000;
+
+/** A client on the server's `postgres` database, with deadlines: a server that does not answer fails the call. */
+function adminClient(admin: URL): Client {
+  return new Client({
+    connectionString: admin.toString(),
+    connectionTimeoutMillis: ADMIN_CONNECT_TIMEOUT_MS,
+    query_timeout: ADMIN_QUERY_TIMEOUT_MS,
+  });
 }

@@ -9,21 +9,30 @@ export interface ConsoleEventsHandler {
 }
 
 const RECONNECT_MIN_MS = 250;
-const RECONNECT_MAX_MS = 10_000;
+const RECONNECT_MAX_MS = 2_000;
 /** First key of the advisory lock a proxy holds on its name (the second is the name's hash). */
 const PROXY_NAME_LOCK_CLASS = 0x6b68_7078; // "khpx"
+
+/** Client-side deadlines of the events connection (KEYHOLE_DB_CONNECT_TIMEOUT_MS, KEYHOLE_DB_QUERY_TIMEOUT_MS). */
+export interface EventsConnectionDeadlines {
+  connectTimeoutMs: number;
+  queryTimeoutMs: number;
+}
 
 /**
  * One dedicated connection per proxy that LISTENs on the cell's console events channel, so a
  * revocation or an operator's kick reaches every replica at once (no polling per session). When
  * the connection drops it reconnects with backoff and reconciles, since notifications sent
- * meanwhile are lost.
+ * meanwhile are lost. A connection that carries nothing cannot tell a database that stopped
+ * answering (frozen, partitioned) from a quiet one: a `SELECT 1` with the query deadline every
+ * `queryTimeoutMs` does, and a missed one counts as a lost connection.
  */
 export class ConsoleEventsListener {
   private readonly logger = new Logger(ConsoleEventsListener.name);
   private client: Client | undefined;
   private stopped = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
   private delayMs = RECONNECT_MIN_MS;
   listening = false;
   /**
@@ -39,6 +48,7 @@ export class ConsoleEventsListener {
   constructor(
     private readonly databaseUrl: string,
     private readonly applicationName: string,
+    private readonly deadlines: EventsConnectionDeadlines,
     private readonly handler: ConsoleEventsHandler,
     private readonly proxyName?: string,
   ) {}
@@ -51,6 +61,7 @@ export class ConsoleEventsListener {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.heartbeatTimer);
     const client = this.client;
     this.client = undefined;
     this.listening = false;
@@ -58,26 +69,38 @@ export class ConsoleEventsListener {
   }
 
   private async connect(): Promise<void> {
-    const client = new Client({ connectionString: this.databaseUrl, application_name: this.applicationName, keepAlive: true });
+    const client = new Client({
+      connectionString: this.databaseUrl,
+      application_name: this.applicationName,
+      keepAlive: true,
+      connectionTimeoutMillis: this.deadlines.connectTimeoutMs,
+      query_timeout: this.deadlines.queryTimeoutMs,
+    });
     client.on('notification', (message: Notification) => this.onNotification(message));
     client.on('error', (error) => this.onLost(client, error));
     client.on('end', () => this.onLost(client));
-    await client.connect();
-    await client.query(`LISTEN ${CONSOLE_EVENTS_CHANNEL}`);
-    if (this.proxyName !== undefined) {
-      const {
-        rows: [{ held }],
-      } = await client.query<{ held: boolean }>('SELECT pg_try_advisory_lock($1, hashtext($2)) AS held', [
-        PROXY_NAME_LOCK_CLASS,
-        this.proxyName,
-      ]);
-      this.holdsProxyName = held;
-      if (!held) {
-        this.logger.warn(
-          { proxyInstance: this.proxyName },
-          'another process holds this proxy name (a second proxy configured with the same name, or the connection of a killed one not yet gone)',
-        );
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${CONSOLE_EVENTS_CHANNEL}`);
+      if (this.proxyName !== undefined) {
+        const {
+          rows: [{ held }],
+        } = await client.query<{ held: boolean }>('SELECT pg_try_advisory_lock($1, hashtext($2)) AS held', [
+          PROXY_NAME_LOCK_CLASS,
+          this.proxyName,
+        ]);
+        this.holdsProxyName = held;
+        if (!held) {
+          this.logger.warn(
+            { proxyInstance: this.proxyName },
+            'another process holds this proxy name (a second proxy configured with the same name, or the connection of a killed one not yet gone)',
+          );
+        }
       }
+    } catch (error) {
+      // A connection that missed a deadline still holds its socket: end() destroys it.
+      await client.end().catch(() => undefined);
+      throw error;
     }
     if (this.stopped) {
       await client.end();
@@ -85,6 +108,7 @@ export class ConsoleEventsListener {
     }
     this.client = client;
     this.listening = true;
+    this.startHeartbeat(client);
     this.delayMs = RECONNECT_MIN_MS;
     await this.handler.reconcile().catch((error: unknown) => this.logger.warn({ err: error }, 'could not reconcile live sessions'));
   }
@@ -107,10 +131,19 @@ export class ConsoleEventsListener {
     }
     this.client = undefined;
     this.listening = false;
+    clearInterval(this.heartbeatTimer);
     this.holdsProxyName = false;
     this.logger.warn({ err: error }, 'console events connection lost; reconnecting');
     client.end().catch(() => undefined);
     this.scheduleReconnect();
+  }
+
+  private startHeartbeat(client: Client): void {
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = setInterval(() => {
+      client.query('SELECT 1').catch((error: unknown) => this.onLost(client, error instanceof Error ? error : undefined));
+    }, this.deadlines.queryTimeoutMs);
+    this.heartbeatTimer.unref();
   }
 
   private scheduleReconnect(): void {

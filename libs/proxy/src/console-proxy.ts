@@ -7,7 +7,7 @@ import type { CellDatabase } from '@keyhole/cells';
 import type { KeyholeConfig } from '@keyhole/config';
 import { type Clock, destroyAfterFinish } from '@keyhole/core';
 import type { ConsoleEvent } from '@keyhole/db';
-import { ConsoleEventsListener } from './console-events.listener';
+import { ConsoleEventsListener, EventsConnectionDeadlines } from './console-events.listener';
 import { ProxyMetrics } from './proxy.metrics';
 import { SessionLauncher } from './session-launcher';
 import { SessionRecorder } from './session-recorder';
@@ -17,6 +17,8 @@ import { Refusal, refuseUpgrade } from './upgrade-refusals';
 
 export interface ConsoleProxyOptions extends UpgradeGateOptions {
   cellDatabaseUrl: string;
+  /** Deadlines of the revocation channel's own connection to the cell database. */
+  databaseDeadlines: EventsConnectionDeadlines;
   settings: KeyholeConfig['proxy'];
   /** Told of each socket whose upgrade was granted (it no longer counts as unauthenticated). */
   granted?: (socket: Duplex) => void;
@@ -79,6 +81,7 @@ export class ConsoleProxy {
     this.events = new ConsoleEventsListener(
       options.cellDatabaseUrl,
       `keyhole-proxy:${options.cellName}:events`,
+      options.databaseDeadlines,
       {
         onEvent: (event) => this.onConsoleEvent(event),
         reconcile: () => this.reconcile(),

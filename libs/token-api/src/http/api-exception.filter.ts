@@ -1,6 +1,7 @@
 import { ArgumentsHost, Catch, ExceptionFilter, HttpException, Logger } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { ErrorCode, KeyholeError } from '@keyhole/core';
+import { isDatabaseUnavailable } from '@keyhole/db';
 import { requestIdOf } from './request-context.hooks';
 
 /** HTTP status of every error code; a new code fails the type check until it is mapped here. */
@@ -84,9 +85,6 @@ const FASTIFY_ERRORS: Record<string, () => KeyholeError> = {
   FST_ERR_CTP_INVALID_JSON_BODY: () => new KeyholeError('INVALID_INPUT', 'The request body is not valid JSON'),
 };
 
-/** Connection-level failures of the database driver: the service is unavailable, not broken. */
-const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE']);
-
 function toKeyholeError(exception: unknown): KeyholeError {
   if (exception instanceof KeyholeError) {
     return exception;
@@ -111,8 +109,8 @@ function toKeyholeError(exception: unknown): KeyholeError {
       return new KeyholeError('INVALID_INPUT', 'The request is not valid');
     }
   }
-  if (isUnavailable(exception)) {
-    return new KeyholeError('SERVICE_UNAVAILABLE', 'A database needed for this request cannot be reached', {
+  if (isDatabaseUnavailable(exception)) {
+    return new KeyholeError('SERVICE_UNAVAILABLE', 'A database needed for this request did not answer in time or cannot be reached', {
       logLevel: 'error',
       cause: exception,
     });
@@ -121,24 +119,4 @@ function toKeyholeError(exception: unknown): KeyholeError {
     logLevel: 'error',
     cause: exception,
   });
-}
-
-function isUnavailable(exception: unknown): boolean {
-  const seen = new Set<unknown>();
-  let current: unknown = exception;
-  while (typeof current === 'object' && current !== null && !seen.has(current)) {
-    seen.add(current);
-    const candidate = current as { code?: unknown; message?: unknown; driverError?: unknown; cause?: unknown };
-    if (
-      typeof candidate.code === 'string' &&
-      (UNAVAILABLE_ERRNOS.has(candidate.code) || candidate.code.startsWith('08') || candidate.code === '57P01')
-    ) {
-      return true;
-    }
-    if (typeof candidate.message === 'string' && /Connection terminated|timeout exceeded when trying to connect/i.test(candidate.message)) {
-      return true;
-    }
-    current = candidate.driverError ?? candidate.cause;
-  }
-  return false;
 }
