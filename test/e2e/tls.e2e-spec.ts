@@ -7,7 +7,7 @@ import { CertificateFiles, requestOverTls, serverFingerprintAt, TestCertificateA
 import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
 import { ProxyProcess, startProxyProcess } from '../support/proxy-process';
-import { startTokenApiProcess, TokenApiProcess } from '../support/token-api-process';
+import { QUIET_API_ENVIRONMENT, startTokenApiProcess, TokenApiProcess } from '../support/token-api-process';
 import { echo, startTcpUpstream, TcpUpstream } from '../support/tcp-upstreams';
 import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
@@ -240,10 +240,7 @@ describe('token API over TLS', () => {
     api = teardown.add(
       await startTokenApiProcess({
         KEYHOLE_DATABASE_URL: deployment.controlUrl,
-        KEYHOLE_ARGON2_MEMORY_KIB: '64',
-        KEYHOLE_ARGON2_TIME_COST: '1',
-        KEYHOLE_ARGON2_PARALLELISM: '1',
-        KEYHOLE_PURGE_INTERVAL_MS: '0',
+        ...QUIET_API_ENVIRONMENT,
         KEYHOLE_API_TLS_CERT_FILE: server.certFile,
         KEYHOLE_API_TLS_KEY_FILE: server.keyFile,
         KEYHOLE_API_TLS_CLIENT_CA_FILE: authority.ca.certFile,
