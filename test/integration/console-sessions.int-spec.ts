@@ -180,6 +180,25 @@ describe('console sessions on a real cell database', () => {
     expect(await reasonOf(lost[0].id)).toBe('client closed');
   });
 
+  it('purges the rows that ended before the cutoff, in batches of at most the batch size, and no live row', async () => {
+    const old = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' }), session()];
+    const live = session({ consoleType: 'novnc' });
+    await replicas[0].insertBatch([...old, live]);
+    await replicas[0].endBatch(old.map((row) => ({ id: row.id, reason: 'client closed', bytesToClient: 0, bytesToUpstream: 0 })));
+    await queryDatabase(cell.url, `UPDATE console_sessions SET ended_at = now() - interval '2 days' WHERE id = ANY($1::uuid[])`, [
+      old.map((row) => row.id),
+    ]);
+    // Other test cases' rows ended just now (or are live): with a cutoff a day ago only these go.
+    const cutoff = new Date(Date.now() - 24 * 3600 * 1000);
+    expect(await replicas[1].deleteEndedBatch(cutoff, 2)).toBe(2);
+    expect(await replicas[1].deleteEndedBatch(cutoff, 2)).toBe(1);
+    expect(await replicas[1].deleteEndedBatch(cutoff, 2)).toBe(0);
+    for (const row of old) {
+      expect(await replicas[2].findById(row.id)).toBeNull();
+    }
+    expect(await replicas[2].findById(live.id)).not.toBeNull();
+  });
+
   it('tells a heartbeat which of its sessions were ended by someone else, and leaves those ended', async () => {
     const [live, reaped, unwritten] = [session({ consoleType: 'novnc' }), session({ consoleType: 'novnc' }), session()];
     await replicas[0].insertBatch([live, reaped]);

@@ -313,12 +313,16 @@ export class ConsoleSessionRepository {
     return count;
   }
 
-  /** Deletes at most `batchSize` sessions that ended before `endedBefore`; returns how many. */
+  /**
+   * Deletes at most `batchSize` sessions that ended before `endedBefore`; returns how many. The
+   * pick is an ARRAY(...), run once, as in `endLostBatch`: as `IN (...)` the planner may run its
+   * LIMIT more than once and delete more than a batch in one statement.
+   */
   async deleteEndedBatch(endedBefore: Date, batchSize: number): Promise<number> {
     return runCounted(
       this.pool,
-      `DELETE FROM console_sessions WHERE id IN (
-         SELECT id FROM console_sessions WHERE ended_at < $1 ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+      `DELETE FROM console_sessions WHERE id = ANY(ARRAY(
+         SELECT id FROM console_sessions WHERE ended_at < $1 ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED))`,
       [endedBefore, batchSize],
     );
   }
