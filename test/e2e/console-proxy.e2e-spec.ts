@@ -888,13 +888,18 @@ describe('session limits', () => {
   });
 
   it('closes a busy session at the maximum session length with 1008 "session time limit"', async () => {
+    const KEYSTROKES = Buffer.alloc(4_096, 'k');
     const token = await issue();
     const client = await open(token, { via: lengthProxy });
     const openedAt = Date.now();
-    // Busy: a round trip every 100 ms until the proxy ends the session.
+    // Busy: a round trip every 100 ms, and keystrokes in between that are still on their way
+    // when the proxy closes (their console is gone by then: the close must not wait for them).
     while (client.isOpen && Date.now() - openedAt < 5_000) {
       await client.roundTrip('tick').catch(() => undefined);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      for (let keystroke = 0; keystroke < 100 && client.isOpen; keystroke += 1) {
+        void client.send(KEYSTROKES).catch(() => undefined);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
     }
     expectPolicyClose(await client.waitForClose(1_000), 'session time limit', { since: openedAt, atLeastMs: 1_400, withinMs: 3_500 });
     expect((await endedSession(token.id)).close_reason).toBe('session time limit');

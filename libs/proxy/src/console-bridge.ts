@@ -114,6 +114,9 @@ export class ConsoleBridge {
       this.ws.terminate();
     } else {
       this.ws.close(CLOSE_CODES[reason], reason);
+      // A browser held back by backpressure must be read again, or its close reply is never seen
+      // and the close waits for ws's 30 s timeout, with the session's end unrecorded till then.
+      this.ws.resume();
     }
     this.upstream.destroy();
   }
@@ -133,6 +136,11 @@ export class ConsoleBridge {
   }
 
   private readonly onClientMessage = (data: RawData): void => {
+    if (this.reason !== undefined) {
+      // Closing: the console is gone. A write to it would fail and pause the browser's side, whose
+      // close reply would then never be read (a busy browser sends until it sees the close).
+      return;
+    }
     // binaryType is 'nodebuffer', so a message is one Buffer (fragments already joined by ws).
     const bytes = data as Buffer;
     this.bytesToUpstream += bytes.length;
