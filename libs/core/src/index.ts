@@ -6,3 +6,4 @@ export * from './console-types';
 export * from './field-schemas';
 export * from './presented-token';
 export * from './raw-http-answer';
+export * from './wait-at-most';

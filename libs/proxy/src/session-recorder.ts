@@ -1,4 +1,6 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { Logger } from '@nestjs/common';
+import { waitAtMost } from '@keyhole/core';
 import { isRowDataError } from '@keyhole/db';
 import type { ConsoleSessionRepository, NewConsoleSessionRow, SessionEnd, SessionRecord } from '@keyhole/db';
 
@@ -138,7 +140,7 @@ export class SessionRecorder {
       if (this.writing) {
         await waitAtMost(this.writing, deadlineMs - Date.now());
       } else if (this.failures > 0) {
-        await waitAtMost(new Promise<void>(() => undefined), Math.min(this.backoffMs(), deadlineMs - Date.now()));
+        await delay(Math.max(0, Math.min(this.backoffMs(), deadlineMs - Date.now())));
         if (!this.writing) {
           this.write();
         }
@@ -358,16 +360,6 @@ function deferred(): Deferred {
   let resolve!: () => void;
   const promise = new Promise<void>((done) => (resolve = done));
   return { promise, resolve };
-}
-
-/** Waits for `promise`, `ms` at most (no limit when infinite). */
-async function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
-  if (!Number.isFinite(ms)) {
-    return promise;
-  }
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, ms))))]);
-  clearTimeout(timer);
 }
 
 /** Removes and returns up to `limit` values of a map, oldest first. */

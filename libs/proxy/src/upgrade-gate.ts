@@ -2,7 +2,7 @@ import { Logger } from '@nestjs/common';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { type ForwardedRequest, type KeyholeConfig, TrustedProxies } from '@keyhole/config';
-import { Clock, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex } from '@keyhole/core';
+import { Clock, fingerprintOfHash, isPlausibleToken, nowSeconds, sha256Hex, waitAtMost } from '@keyhole/core';
 import { LEGACY_FALLBACK_SETTING } from '@keyhole/db';
 import type {
   CellSettingRepository,
@@ -228,9 +228,7 @@ export class UpgradeGate {
     // console connect may take.
     const ending = this.endingTargets.get(targetKey(grant.host, grant.port));
     if (ending) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([ending, new Promise((resolve) => (timer = setTimeout(resolve, this.options.settings.connectTimeoutMs)))]);
-      clearTimeout(timer);
+      await waitAtMost(ending, this.options.settings.connectTimeoutMs);
     }
     let holder: string | null;
     try {
