@@ -261,7 +261,9 @@ function buildCase(random: Random, index: number): HandshakeCase {
   ])();
   random.weighted<() => void>([
     [4, () => undefined],
-    [4, () => add('Sec-WebSocket-Protocol', random.pick(['binary', 'base64, binary', 'binary, base64', 'chat']))],
+    [4, () => add('Sec-WebSocket-Protocol', random.pick(['binary', 'base64, binary', 'binary, base64', 'chat, binary']))],
+    // No `binary` on offer (only websockify's old base64, or others): refused, as websockify does.
+    [1, () => add('Sec-WebSocket-Protocol', invalidate(random.pick(['base64', 'chat', 'base64, chat'])))],
     [1, () => add('Sec-WebSocket-Protocol', invalidate(random.pick([',,', 'a b', 'binary,', `${'p,'.repeat(500)}p`, '"binary"'])))],
   ])();
   // No Origin (not a browser), or the page of the token's access URL (http://cell1.console.test) on its Host.

@@ -346,6 +346,20 @@ describe('subprotocols', () => {
     expect((await client.roundTrip(bytes)).equals(bytes)).toBe(true);
     await client.close();
   });
+
+  it('answers "binary" to a client that offers base64 and binary', async () => {
+    const client = await expectAccepted(url(proxy, (await issue()).token), { protocols: ['base64', 'binary'] });
+    expect(client.ws.protocol).toBe('binary');
+    await client.close();
+  });
+
+  it('refuses with 400 a client that offers only base64 (websockify refuses it too; keyhole speaks binary only)', async () => {
+    const refused = await expectRefused(url(proxy, (await issue()).token), 400, { headers: { 'Sec-WebSocket-Protocol': 'base64' } });
+    expect(JSON.parse(refused.body)).toEqual({
+      code: 'UNSUPPORTED_SUBPROTOCOL',
+      message: expect.stringContaining('"binary"'),
+    });
+  });
 });
 
 describe('malformed or abandoned upgrades', () => {

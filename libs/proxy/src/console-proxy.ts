@@ -8,6 +8,7 @@ import type { KeyholeConfig } from '@keyhole/config';
 import { type Clock, destroyAfterFinish } from '@keyhole/core';
 import type { ConsoleEvent } from '@keyhole/db';
 import { ConsoleEventsListener, EventsConnectionDeadlines } from './console-events.listener';
+import { offersBinarySubprotocol } from './handshake-rules';
 import { ProxyMetrics } from './proxy.metrics';
 import { SessionLauncher } from './session-launcher';
 import { SessionRecorder } from './session-recorder';
@@ -183,6 +184,10 @@ export class ConsoleProxy {
     if (this.draining) {
       return this.refuse(socket, DRAINING);
     }
+    // Before the token check: a client that cannot read binary frames costs no database work.
+    if (!offersBinarySubprotocol(request.headers['sec-websocket-protocol'])) {
+      return this.refuse(socket, UNSUPPORTED_SUBPROTOCOL);
+    }
     const grant = await this.gate.check(request);
     if (grant.kind !== 'grant') {
       return this.refuse(socket, grant);
@@ -262,5 +267,6 @@ export class ConsoleProxy {
 const DRAINING: Refusal = { kind: 'draining' };
 const INTERNAL_ERROR: Refusal = { kind: 'internal_error' };
 const INVALID_HANDSHAKE: Refusal = { kind: 'invalid_handshake' };
+const UNSUPPORTED_SUBPROTOCOL: Refusal = { kind: 'unsupported_subprotocol' };
 
 function ignore(): void {}

@@ -1,4 +1,4 @@
-import { checkOrigin, extractToken, hostWithoutPort, OriginCheck } from './handshake-rules';
+import { checkOrigin, extractToken, hostWithoutPort, OriginCheck, offersBinarySubprotocol } from './handshake-rules';
 
 /*
  * Nova's websocketproxy unit tests (nova/tests/unit/console/test_websocketproxy.py), translated:
@@ -199,5 +199,23 @@ describe('hostWithoutPort', () => {
     ['  example.net:6080 ', 'example.net'],
   ])('%s -> %s', (host, expected) => {
     expect(hostWithoutPort(host)).toBe(expected);
+  });
+});
+
+describe('offersBinarySubprotocol (websockify: binary, or nothing)', () => {
+  it('accepts a client that offers no subprotocol', () => {
+    expect(offersBinarySubprotocol(undefined)).toBe(true);
+  });
+
+  it('accepts a client that offers binary, alone or among others, spaces or not', () => {
+    expect(offersBinarySubprotocol('binary')).toBe(true);
+    expect(offersBinarySubprotocol('base64, binary')).toBe(true);
+    expect(offersBinarySubprotocol('binary,base64')).toBe(true);
+  });
+
+  it('refuses a client that offers only base64, or only other subprotocols', () => {
+    expect(offersBinarySubprotocol('base64')).toBe(false);
+    expect(offersBinarySubprotocol('chat, base64')).toBe(false);
+    expect(offersBinarySubprotocol('Binary')).toBe(false);
   });
 });

@@ -45,6 +45,20 @@ export function extractToken(requestTarget: string, cookieHeader: string | undef
   return found;
 }
 
+/**
+ * Whether a client may be upgraded by a proxy that speaks the `binary` subprotocol only: yes when
+ * it offers no subprotocol (a plain client) or offers `binary` among others (noVNC, websockify's
+ * clients). A client that offers only others (`base64`, websockify's old text encoding) would get
+ * bytes it cannot read: refused, as websockify refuses it. A malformed list is left to ws, which
+ * refuses it as an invalid handshake.
+ */
+export function offersBinarySubprotocol(header: string | undefined): boolean {
+  if (header === undefined) {
+    return true;
+  }
+  return header.split(',').some((offered) => offered.trim() === 'binary');
+}
+
 export type OriginVerdict = { allowed: true } | { allowed: false; reason: string };
 
 export interface OriginCheck {

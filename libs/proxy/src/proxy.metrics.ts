@@ -13,6 +13,7 @@ export type ConnectResult =
   | 'unavailable'
   | 'draining'
   | 'invalid_handshake'
+  | 'unsupported_subprotocol'
   | 'upstream_failed';
 
 /**

@@ -365,6 +365,12 @@ describe('the refusal table', () => {
       message: 'not a valid websocket handshake (GET, Upgrade: websocket, a Sec-WebSocket-Key, Sec-WebSocket-Version: 13)',
       metric: 'invalid_handshake',
     },
+    {
+      refusal: { kind: 'unsupported_subprotocol' },
+      status: 400,
+      message: 'this proxy speaks only the "binary" websocket subprotocol: offer "binary", or no subprotocol ("base64" is not supported)',
+      metric: 'unsupported_subprotocol',
+    },
     { refusal: { kind: 'internal_error' }, status: 500, message: 'internal error', metric: 'unavailable' },
   ];
 

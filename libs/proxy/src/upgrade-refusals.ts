@@ -20,6 +20,8 @@ interface RefusalDetails {
   unavailable: object;
   /** The checks passed but the websocket handshake itself is not valid (key, version, subprotocols, method). */
   invalid_handshake: object;
+  /** The client offers subprotocols but not `binary` (e.g. only websockify's old `base64`). */
+  unsupported_subprotocol: object;
   /** A bug: the upgrade threw. */
   internal_error: object;
 }
@@ -63,6 +65,12 @@ export const REFUSALS: { readonly [K in RefusalKind]: RefusalAnswer<K> } = {
     status: 400,
     message: () => 'not a valid websocket handshake (GET, Upgrade: websocket, a Sec-WebSocket-Key, Sec-WebSocket-Version: 13)',
     metric: 'invalid_handshake',
+  },
+  unsupported_subprotocol: {
+    status: 400,
+    message: () =>
+      'this proxy speaks only the "binary" websocket subprotocol: offer "binary", or no subprotocol ("base64" is not supported)',
+    metric: 'unsupported_subprotocol',
   },
   internal_error: { status: 500, message: () => 'internal error', metric: 'unavailable' },
 };
