@@ -55,7 +55,7 @@ export type LegacyScanEntry =
 /** consoleauth's `[consoleauth] token_ttl` default, which it also made its cache regions' expiration time. */
 export const DEFAULT_OSLO_CACHE_EXPIRATION_SECONDS = 600;
 /** How often `write` re-reads an instance's oslo.cache list that changed under it before giving up. */
-const LIST_WRITE_ATTEMPTS = 5;
+const LIST_WRITE_ATTEMPTS = 10;
 /** Keys of keyhole's own (the auth limiter's) that may share the legacy store's Redis: never legacy tokens. */
 const KEYHOLE_OWN_KEY_PREFIX = 'keyhole:';
 
@@ -119,6 +119,8 @@ export class LegacyTokenStore {
   private readonly osloCacheExpirationSeconds: number;
   private readonly clock: Clock;
   private lastSucceeded = false;
+  /** oslo-cache-redis list writes in flight, per list key: one at a time per process (the CAS covers other processes). */
+  private readonly listWrites = new Map<string, Promise<void>>();
   /** Set while an outage has been logged, so a reconnect loop logs once, not every second. */
   private outageLogged = false;
 
@@ -476,11 +478,39 @@ export class LegacyTokenStore {
     const instanceUuid = this.instanceUuid(authorization.instanceUuid);
     const nowMs = this.clock.nowMs();
     const expiresAtMs = nowMs + ttlSeconds * 1000;
-    const createdAtFor = (expiryMs: number): number => expiryMs / 1000 - this.osloCacheExpirationSeconds;
-    const tokenValue = osloCacheValue(novaTokenJsonForPython(token, { ...authorization, instanceUuid }, nowMs), createdAtFor(expiresAtMs));
+    const tokenValue = osloCacheValue(
+      novaTokenJsonForPython(token, { ...authorization, instanceUuid }, nowMs),
+      this.osloCacheCreatedAtFor(expiresAtMs),
+    );
     await this.run(() => this.redis.set(this.keyOf(token), tokenValue, 'PX', ttlSeconds * 1000));
 
     const listKey = this.keyPrefix + osloCacheKey(instanceUuid);
+    const previous = this.listWrites.get(listKey) ?? Promise.resolve();
+    const current = previous.then(() => this.appendToOsloCacheList(listKey, instanceUuid, token, nowMs, expiresAtMs));
+    const settled = current.catch(() => undefined);
+    this.listWrites.set(listKey, settled);
+    try {
+      await current;
+    } finally {
+      if (this.listWrites.get(listKey) === settled) {
+        this.listWrites.delete(listKey);
+      }
+    }
+  }
+
+  /** The dogpile `ct` that makes ct + the expiration time land on `expiresAtMs` (epoch seconds, may lie ahead). */
+  private osloCacheCreatedAtFor(expiresAtMs: number): number {
+    return expiresAtMs / 1000 - this.osloCacheExpirationSeconds;
+  }
+
+  /** The list part of writeOsloCache: read, prune, append, compare-and-set; re-read when another process wrote meanwhile. */
+  private async appendToOsloCacheList(
+    listKey: string,
+    instanceUuid: string,
+    token: string,
+    nowMs: number,
+    expiresAtMs: number,
+  ): Promise<void> {
     for (let attempt = 1; attempt <= LIST_WRITE_ATTEMPTS; attempt += 1) {
       const [readResult, ttlResult] = pipelineResults(
         await this.run(() => this.redis.pipeline().getrangeBuffer(listKey, 0, MAX_LEGACY_VALUE_BYTES).pttl(listKey).exec()),
@@ -528,7 +558,7 @@ export class LegacyTokenStore {
         }
       }
       kept.push(token);
-      const listValue = osloCacheValue(novaTokenListForPython(kept), createdAtFor(listExpiresAtMs));
+      const listValue = osloCacheValue(novaTokenListForPython(kept), this.osloCacheCreatedAtFor(listExpiresAtMs));
       const written = await this.run(() =>
         this.redis.osloCacheSetIfUnchanged(
           listKey,
