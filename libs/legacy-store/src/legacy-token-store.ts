@@ -382,7 +382,8 @@ export class LegacyTokenStore {
           if (entry.kind === 'skipped') {
             if (entry.reason === 'malformed') {
               this.logger?.warn(
-                { key: truncate(key), format: this.format, field: entry.field, reason: entry.detail },
+                // The token is unknown here (that is the fault); 12 hex of its key's sha1 find the key (SCAN MATCH).
+                { keyHashPrefix: rest.slice(0, 12), format: this.format, field: entry.field, reason: entry.detail },
                 'legacy token value is malformed; ignored',
               );
             }
