@@ -379,7 +379,8 @@ export const ENVIRONMENT_SCHEMA = z.object({
   ),
   KEYHOLE_LEGACY_OSLO_CACHE_EXPIRATION_SECONDS: setting(
     'purge-and-legacy',
-    integer(1, 31_622_400).default(600),
+    // Any whole number nova.conf's token_ttl (an IntOpt without maximum) may have held, up to 2^31-1.
+    integer(1, 2_147_483_647).default(600),
     "`oslo-cache-redis` only: an entry is expired once its dogpile creation time is older than this. Set it to Nova's `[consoleauth] token_ttl` (which consoleauth made its cache regions' expiration time).",
   ),
   KEYHOLE_LEGACY_KEY_PREFIX: setting(
