@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { fingerprintOfHash, sha256Hex } from '@keyhole/core';
-import { LegacyStoreUnavailable, LegacyTokenStore } from '@keyhole/legacy-store';
+import { LegacyScanEntry, LegacyStoreUnavailable, LegacyTokenStore } from '@keyhole/legacy-store';
 import { Redis } from 'ioredis';
 import { captureLogs } from '../support/log-capture';
 import { startRedisServer, TestRedisServer } from '../support/redis-server';
@@ -57,6 +57,23 @@ async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
     items.push(item);
   }
   return items;
+}
+
+type ScannedToken = Extract<LegacyScanEntry, { kind: 'token' }>;
+
+/** What a scan yields: its tokens (without `kind`), and how many entries it skipped for each reason. */
+async function scanAll(store: LegacyTokenStore): Promise<{ found: Omit<ScannedToken, 'kind'>[]; skipped: Record<string, number> }> {
+  const found: Omit<ScannedToken, 'kind'>[] = [];
+  const skipped: Record<string, number> = {};
+  for (const entry of await collect(store.scan())) {
+    if (entry.kind === 'token') {
+      const { kind: _kind, ...rest } = entry;
+      found.push(rest);
+    } else {
+      skipped[entry.reason] = (skipped[entry.reason] ?? 0) + 1;
+    }
+  }
+  return { found, skipped };
 }
 
 describe('LegacyTokenStore on a real Redis', () => {
@@ -435,8 +452,10 @@ describe('LegacyTokenStore on a real Redis', () => {
       await raw.set(`scanX:${uuid(3000)}`, novaValue(uuid(3000)));
       const linesBefore = logs.lines.length;
 
-      const found = await collect(store.scan());
+      const { found, skipped } = await scanAll(store);
       expect(found.map((entry) => entry.token).sort()).toEqual([...live, uuid(2000)].sort());
+      // Reported for the import: two malformed values and a key that is not a string.
+      expect(skipped).toEqual({ malformed: 2, 'not-a-token': 1 });
       const withTtl = found.find((entry) => entry.token === live[0])!;
       expect(withTtl.ttlSeconds).toBeGreaterThanOrEqual(898);
       expect(withTtl.authorization).toMatchObject({ instanceUuid: INSTANCE_A, host: '192.0.2.10', port: 5900 });
@@ -455,7 +474,8 @@ describe('LegacyTokenStore on a real Redis', () => {
       await raw.set('w*[s]:two', '[fd00::2]:5901');
       await raw.set('wXs:three', '10.0.1.3:5900');
       await raw.set('w*[s]:bad', 'nope');
-      const found = await collect(store.scan());
+      const { found, skipped } = await scanAll(store);
+      expect(skipped).toEqual({ malformed: 1 });
       expect(found.sort((a, b) => a.token.localeCompare(b.token))).toEqual([
         {
           token: 'one',

@@ -11,12 +11,13 @@ export interface TcpUpstream {
 }
 
 /**
- * A TCP server on 127.0.0.1 and a free port; `onConnection` decides what it does. With
- * `allowHalfOpen`, a client's end does not end the server's side (half-close tests).
+ * A TCP server on 127.0.0.1 and a free port (or `port`, for a fixture that names one);
+ * `onConnection` decides what it does. With `allowHalfOpen`, a client's end does not end the
+ * server's side (half-close tests).
  */
 export async function startTcpUpstream(
   onConnection: (socket: Socket) => void = () => undefined,
-  { allowHalfOpen = false }: { allowHalfOpen?: boolean } = {},
+  { allowHalfOpen = false, port: wantedPort = 0 }: { allowHalfOpen?: boolean; port?: number } = {},
 ): Promise<TcpUpstream> {
   const connections: Socket[] = [];
   const waiters: ((socket: Socket) => void)[] = [];
@@ -26,7 +27,13 @@ export async function startTcpUpstream(
     onConnection(socket);
     waiters.shift()?.(socket);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(wantedPort, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
   const { port } = server.address() as { port: number };
   return {
     port,

@@ -7,7 +7,10 @@ import { Command, UsageError } from './commands/command';
 import { COMMANDS } from './commands';
 import { openServices } from './services';
 
-/** Exit codes: 0 done, 1 the operation failed, 2 the command was called wrongly or misconfigured. */
+/**
+ * Exit codes: 0 done, 1 the operation failed, 2 the command was called wrongly or misconfigured,
+ * 3 `legacy import` finished but skipped entries (reported by reason).
+ */
 export async function runCli(argv: string[], out: (line: string) => void = (line) => process.stdout.write(`${line}\n`)): Promise<number> {
   const found = findCommand(argv);
   if (!found) {

@@ -374,8 +374,14 @@ export const ENVIRONMENT_SCHEMA = z.object({
   ),
   KEYHOLE_LEGACY_FORMAT: setting(
     'purge-and-legacy',
-    z.enum(['nova', 'websockify']).default('nova'),
-    '`nova` (consoleauth: key = token, JSON value, TTL = expiry, per-instance lists) or `websockify` (TokenRedis: `{"host":"HOST:PORT"}` or `HOST:PORT`).',
+    z.enum(['nova', 'websockify', 'oslo-cache-redis']).default('nova'),
+    '`nova` (consoleauth: key = token, JSON value, TTL = expiry, per-instance lists), `websockify` (TokenRedis: `{"host":"HOST:PORT"}` or `HOST:PORT`) or `oslo-cache-redis` (consoleauth through oslo.cache\'s `dogpile.cache.redis` backend: key = sha1 hex of the token, value = dogpile `metadata|pickle`; see the legacy fallback section).',
+  ),
+  KEYHOLE_LEGACY_OSLO_CACHE_EXPIRATION_SECONDS: setting(
+    'purge-and-legacy',
+    // Any whole number nova.conf's token_ttl (an IntOpt without maximum) may have held, up to 2^31-1.
+    integer(1, 2_147_483_647).default(600),
+    "`oslo-cache-redis` only: an entry is expired once its dogpile creation time is older than this. Set it to Nova's `[consoleauth] token_ttl` (which consoleauth made its cache regions' expiration time).",
   ),
   KEYHOLE_LEGACY_KEY_PREFIX: setting(
     'purge-and-legacy',

@@ -71,6 +71,7 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     redisUrl: env.KEYHOLE_LEGACY_REDIS_URL,
     format: env.KEYHOLE_LEGACY_FORMAT,
     keyPrefix: env.KEYHOLE_LEGACY_KEY_PREFIX,
+    osloCacheExpirationSeconds: env.KEYHOLE_LEGACY_OSLO_CACHE_EXPIRATION_SECONDS,
     timeoutMs: env.KEYHOLE_LEGACY_TIMEOUT_MS,
     forcedFallback: env.KEYHOLE_LEGACY_FALLBACK === undefined ? undefined : env.KEYHOLE_LEGACY_FALLBACK === 'on',
     dualWrite: env.KEYHOLE_LEGACY_DUAL_WRITE,

@@ -1,5 +1,7 @@
+import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
-import { consoleHostSchema, instanceUuidSchema, portSchema } from '@keyhole/core';
+import { consoleHostSchema, instanceUuidSchema, isPlausibleToken, portSchema } from '@keyhole/core';
+import { parsePickledString, pickleString } from './pickle-string.parser';
 
 /*
  * The two value formats of legacy Redis token stores, parsed and written here and nowhere else.
@@ -8,7 +10,12 @@ import { consoleHostSchema, instanceUuidSchema, portSchema } from '@keyhole/core
  * token or an address).
  */
 
-export type LegacyFormat = 'nova' | 'websockify';
+/**
+ * `nova`: raw token keys and plain JSON values (see parseNovaValue); `websockify`: TokenRedis;
+ * `oslo-cache-redis`: what consoleauth wrote through oslo.cache's `dogpile.cache.redis` backend
+ * with dogpile.cache >= 1.1 (see parseOsloCacheValue).
+ */
+export type LegacyFormat = 'nova' | 'websockify' | 'oslo-cache-redis';
 
 /** What a legacy token authorizes, whichever format it came from. */
 export interface LegacyAuthorization {
@@ -60,7 +67,7 @@ function malformed(field: string, reason: string): LegacyValue {
 const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Parses a raw Redis value stored under `token` (the token without the key prefix). */
-export function parseLegacyValue(format: LegacyFormat, raw: Buffer, token: string): LegacyValue {
+export function parseLegacyValue(format: 'nova' | 'websockify', raw: Buffer, token: string): LegacyValue {
   // Checked before decoding or parsing: the size of what we parse is bounded whatever Redis holds.
   if (raw.length > MAX_LEGACY_VALUE_BYTES) {
     return malformed('value', 'larger than 64 KiB');
@@ -100,7 +107,11 @@ function parseNovaValue(text: string, token: string): LegacyValue {
   if (!isRecord(data)) {
     return malformed('value', 'not a JSON object');
   }
+  return parseNovaTokenDict(data, token);
+}
 
+/** consoleauth's token dict (whichever store it came from), stored for `token`. */
+function parseNovaTokenDict(data: Record<string, unknown>, token: string): LegacyValue {
   // Nova always wrote the key's own token here; a different one means the entry is not what it seems.
   if (data.token !== undefined && data.token !== token) {
     return malformed('token', 'differs from the key');
@@ -303,4 +314,171 @@ export function novaTokenValue(token: string, authorization: LegacyWrite, nowMs:
 /** A websockify TokenRedis value: `{"host": "HOST:PORT"}`, IPv6 in brackets. */
 export function websockifyTokenValue(host: string, port: number): string {
   return JSON.stringify({ host: `${isIP(host) === 6 ? `[${host}]` : host}:${port}` });
+}
+
+/*
+ * Nova consoleauth (Newton..Stein) through oslo.cache with `[cache] backend = dogpile.cache.redis`
+ * and dogpile.cache >= 1.1 (checked against oslo.cache 3.2.0 and dogpile.cache 1.1.8, see
+ * test/fixtures/legacy/generate-oslo-cache.py):
+ *
+ *   key   = keyPrefix + sha1(token) in lowercase hex: oslo.cache sets `_sha1_mangle_key` as the
+ *           region's key mangler, with no prefix (`[cache] config_prefix` only names configuration
+ *           keys). The instance's list is under sha1(instance_uuid).
+ *   value = dogpile's BytesBackend serialization: `<metadata JSON>|<pickle.dumps(payload)>`, the
+ *           metadata `{"ct": <creation time, float epoch seconds>, "v": 2}` (json.dumps, ASCII), the
+ *           payload the str consoleauth stored: its token dict as JSON (jsonutils.dumps), or the
+ *           instance's JSON array of tokens.
+ *   TTL   = none by default (dogpile's `redis_expiration_time` is 0): dogpile's reader treats a
+ *           value as gone once now - ct > the region's expiration_time, which consoleauth set to
+ *           `[consoleauth] token_ttl` (600 s) for both regions.
+ *
+ * The pickle is read by parsePickledString, which accepts one str and refuses every other pickle
+ * without executing anything. Older dogpile.cache (< 1.1, e.g. 0.7.1 of Stein's upper-constraints)
+ * pickled a `CachedValue` object instead: that needs GLOBAL/NEWOBJ and is refused as `not a token`.
+ */
+
+/** dogpile.cache's `value_version` in the metadata of the `metadata|pickle` serialization. */
+const DOGPILE_VALUE_VERSION = 2;
+/** `{"ct": 1796326014.9326782, "v": 2}` is 35 bytes; anything much longer is not dogpile's. */
+const MAX_DOGPILE_METADATA_BYTES = 256;
+
+/** What an oslo.cache entry holds, or why it is refused. */
+export type OsloCacheValue =
+  | {
+      kind: 'authorization';
+      /** The token, from the dict (checked against the key's hash). */
+      token: string;
+      authorization: Omit<LegacyAuthorization, 'expiresAt'>;
+      /** dogpile's `ct`, epoch seconds. */
+      createdAt: number;
+    }
+  | { kind: 'instance-list'; tokens: string[]; createdAt: number }
+  /** A pickle that is not one str: another oslo.cache user's entry (or a forged one), never consoleauth's. */
+  | { kind: 'not-a-token'; reason: string }
+  | { kind: 'malformed'; field: string; reason: string };
+
+/** The Redis key (without keyPrefix) oslo.cache uses for `value`: sha1 of its UTF-8 bytes, lowercase hex. */
+export function osloCacheKey(value: string): string {
+  return createHash('sha1').update(value, 'utf8').digest('hex');
+}
+
+/** Whether a key (without keyPrefix) can be an oslo.cache key: 40 lowercase hex digits. */
+export function isOsloCacheKey(key: string): boolean {
+  return /^[0-9a-f]{40}$/.test(key);
+}
+
+/**
+ * Parses a raw value found under keyPrefix + `keyHash`. A token dict must carry the token whose
+ * sha1 is `keyHash` (consoleauth always wrote it): the import gets the token from there.
+ */
+export function parseOsloCacheValue(raw: Buffer, keyHash: string): OsloCacheValue {
+  if (raw.length > MAX_LEGACY_VALUE_BYTES) {
+    return { kind: 'malformed', field: 'value', reason: 'larger than 64 KiB' };
+  }
+  const separator = raw.subarray(0, MAX_DOGPILE_METADATA_BYTES + 1).indexOf(0x7c); // '|'
+  if (separator < 0) {
+    return { kind: 'malformed', field: 'metadata', reason: "no dogpile metadata (JSON then '|')" };
+  }
+  let metadata: unknown;
+  try {
+    metadata = JSON.parse(STRICT_UTF8.decode(raw.subarray(0, separator)));
+  } catch {
+    return { kind: 'malformed', field: 'metadata', reason: 'not JSON' };
+  }
+  if (!isRecord(metadata) || typeof metadata.ct !== 'number' || !Number.isFinite(metadata.ct) || metadata.ct <= 0) {
+    return { kind: 'malformed', field: 'metadata', reason: 'no creation time (ct)' };
+  }
+  if (metadata.v !== DOGPILE_VALUE_VERSION) {
+    return { kind: 'malformed', field: 'metadata', reason: 'not dogpile value version 2' };
+  }
+  const createdAt = metadata.ct;
+
+  const pickled = parsePickledString(raw.subarray(separator + 1), MAX_LEGACY_VALUE_BYTES);
+  if (!pickled.ok) {
+    return pickled.reason === 'pickle does not hold a single str' || pickled.reason === 'not a pickle of protocol 2 or later'
+      ? { kind: 'not-a-token', reason: pickled.reason }
+      : { kind: 'malformed', field: 'pickle', reason: pickled.reason };
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(pickled.value);
+  } catch {
+    return { kind: 'malformed', field: 'value', reason: 'not JSON' };
+  }
+  if (Array.isArray(data)) {
+    const tokens = data.filter((token): token is string => typeof token === 'string' && isPlausibleToken(token));
+    if (tokens.length !== data.length) {
+      return { kind: 'malformed', field: 'value', reason: 'a list of something else than tokens' };
+    }
+    return { kind: 'instance-list', tokens, createdAt };
+  }
+  if (!isRecord(data)) {
+    return { kind: 'malformed', field: 'value', reason: 'not a JSON object' };
+  }
+  const token = data.token;
+  if (typeof token !== 'string' || !isPlausibleToken(token) || osloCacheKey(token) !== keyHash) {
+    return { kind: 'malformed', field: 'token', reason: 'missing, or its sha1 is not the key' };
+  }
+  const parsed = parseNovaTokenDict(data, token);
+  if (parsed.kind !== 'authorization') {
+    return parsed.kind === 'malformed' ? parsed : { kind: 'malformed', field: 'value', reason: 'not a token' };
+  }
+  return { kind: 'authorization', token, authorization: parsed.authorization, createdAt };
+}
+
+/**
+ * dogpile's serialization of a str payload: `json.dumps({"ct": createdAt, "v": 2})`, `|`, then
+ * `pickle.dumps(payload)` (protocol 4). What `region.set(key, payload)` writes.
+ */
+export function osloCacheValue(payload: string, createdAt: number): Buffer {
+  const metadata = `{"ct": ${pythonFloat(createdAt)}, "v": ${DOGPILE_VALUE_VERSION}}`;
+  return Buffer.concat([Buffer.from(`${metadata}|`, 'ascii'), pickleString(payload)]);
+}
+
+/** consoleauth's token dict as `jsonutils.dumps` wrote it (Python's separators and ASCII escapes). */
+export function novaTokenJsonForPython(token: string, authorization: LegacyWrite, nowMs: number): string {
+  return pythonJsonObject([
+    ['token', token],
+    ['instance_uuid', authorization.instanceUuid],
+    ['console_type', authorization.consoleType],
+    ['host', authorization.host],
+    ['port', authorization.port],
+    ['internal_access_path', authorization.internalAccessPath],
+    ['access_url', authorization.accessUrl],
+    ['last_activity_at', { float: nowMs / 1000 }],
+  ]);
+}
+
+/** An instance's token list as `jsonutils.dumps(tokens)` wrote it. */
+export function novaTokenListForPython(tokens: string[]): string {
+  return `[${tokens.map(pythonJsonString).join(', ')}]`;
+}
+
+type PythonJsonValue = string | number | null | { float: number };
+
+function pythonJsonObject(entries: [string, PythonJsonValue][]): string {
+  const members = entries.map(([key, value]) => {
+    let text: string;
+    if (value === null) {
+      text = 'null';
+    } else if (typeof value === 'string') {
+      text = pythonJsonString(value);
+    } else if (typeof value === 'number') {
+      text = String(value);
+    } else {
+      text = pythonFloat(value.float);
+    }
+    return `${pythonJsonString(key)}: ${text}`;
+  });
+  return `{${members.join(', ')}}`;
+}
+
+/** json.dumps of a str (ensure_ascii): everything outside space..~ as \uXXXX (lowercase hex). */
+function pythonJsonString(value: string): string {
+  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** Python's repr of a float for epoch timestamps: the shortest round-trip digits, `.0` when whole. */
+function pythonFloat(value: number): string {
+  return Number.isInteger(value) ? `${value}.0` : String(value);
 }

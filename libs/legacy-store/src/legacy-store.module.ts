@@ -16,11 +16,14 @@ export const LEGACY_TOKEN_STORE = Symbol('keyhole.legacyTokenStore');
       provide: LEGACY_TOKEN_STORE,
       inject: [KEYHOLE_CONFIG, { token: CLOCK, optional: true }],
       useFactory: (config: KeyholeConfig, clock: Clock | undefined): LegacyTokenStore | null => {
-        const { redisUrl, format, keyPrefix, timeoutMs } = config.legacy;
+        const { redisUrl, format, keyPrefix, timeoutMs, osloCacheExpirationSeconds } = config.legacy;
         if (!redisUrl) {
           return null;
         }
-        return new LegacyTokenStore({ redisUrl, format, keyPrefix, timeoutMs, clock }, new Logger(LegacyTokenStore.name));
+        return new LegacyTokenStore(
+          { redisUrl, format, keyPrefix, timeoutMs, osloCacheExpirationSeconds, clock },
+          new Logger(LegacyTokenStore.name),
+        );
       },
     },
   ],

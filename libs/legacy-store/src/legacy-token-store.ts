@@ -3,12 +3,18 @@ import { join } from 'node:path';
 import { Clock, fingerprintOfHash, instanceUuidSchema, isPlausibleToken, KeyholeError, sha256Hex, systemClock } from '@keyhole/core';
 import { Redis, RedisOptions } from 'ioredis';
 import {
+  isOsloCacheKey,
   LegacyAuthorization,
   LegacyFormat,
   LegacyWrite,
   MAX_LEGACY_VALUE_BYTES,
+  novaTokenJsonForPython,
+  novaTokenListForPython,
   novaTokenValue,
+  osloCacheKey,
+  osloCacheValue,
   parseLegacyValue,
+  parseOsloCacheValue,
   websockifyTokenValue,
 } from './legacy-formats';
 import { LegacyStoreFailure, LegacyStoreUnavailable } from './legacy-store.errors';
@@ -22,6 +28,12 @@ export interface LegacyTokenStoreOptions {
   keyPrefix: string;
   /** Longest wait for one Redis answer, in ms; past it the call throws LegacyStoreUnavailable. */
   timeoutMs: number;
+  /**
+   * `oslo-cache-redis` only: the expiration time of consoleauth's cache regions, in seconds (its
+   * `[consoleauth] token_ttl`, 600 by default). An entry is gone once its dogpile creation time is
+   * older than this, whether or not the key has a Redis TTL.
+   */
+  osloCacheExpirationSeconds?: number;
   /** Where "now" comes from for `expiresAt`; the system clock by default. */
   clock?: Clock;
 }
@@ -31,6 +43,21 @@ export interface LegacyStoreLogger {
   warn(fields: Record<string, unknown>, message: string): void;
   log?(fields: Record<string, unknown>, message: string): void;
 }
+
+/** Why `scan` passed over a legacy entry; `keyhole legacy import` reports them. */
+export type LegacySkipReason = 'expired' | 'malformed' | 'not-a-token';
+
+/** One entry `scan` found: a live token, or an entry it could not take and why. */
+export type LegacyScanEntry =
+  | { kind: 'token'; token: string; authorization: LegacyAuthorization; ttlSeconds: number | null }
+  | { kind: 'skipped'; reason: LegacySkipReason };
+
+/** consoleauth's `[consoleauth] token_ttl` default, which it also made its cache regions' expiration time. */
+export const DEFAULT_OSLO_CACHE_EXPIRATION_SECONDS = 600;
+/** How often `write` re-reads an instance's oslo.cache list that changed under it before giving up. */
+const LIST_WRITE_ATTEMPTS = 10;
+/** Keys of keyhole's own (the auth limiter's) that may share the legacy store's Redis: never legacy tokens. */
+const KEYHOLE_OWN_KEY_PREFIX = 'keyhole:';
 
 /** How many keys one SCAN step asks for. */
 const SCAN_COUNT = 100;
@@ -61,6 +88,15 @@ interface LegacyScripts {
   ): Promise<unknown>;
   /** lua/nova-delete-instance.lua: the instance's listed tokens, then its list. Replies `[deleted, malformed 0|1]`. */
   novaDeleteInstance(listKey: string, keyPrefix: string, instanceUuid: string): Promise<unknown>;
+  /** lua/oslo-cache-set-if-unchanged.lua: compare-and-set of an instance's list. Replies 1 (written) or 0. */
+  osloCacheSetIfUnchanged(
+    listKey: string,
+    existed: '0' | '1',
+    read: Buffer,
+    value: Buffer,
+    ttlMs: number,
+    lastOffset: number,
+  ): Promise<unknown>;
 }
 
 function readScript(name: string): string {
@@ -80,8 +116,11 @@ export class LegacyTokenStore {
   private readonly redis: Redis & LegacyScripts;
   private readonly format: LegacyFormat;
   private readonly keyPrefix: string;
+  private readonly osloCacheExpirationSeconds: number;
   private readonly clock: Clock;
   private lastSucceeded = false;
+  /** oslo-cache-redis list writes in flight, per list key: one at a time per process (the CAS covers other processes). */
+  private readonly listWrites = new Map<string, Promise<void>>();
   /** Set while an outage has been logged, so a reconnect loop logs once, not every second. */
   private outageLogged = false;
 
@@ -97,6 +136,10 @@ export class LegacyTokenStore {
     }
     this.format = options.format;
     this.keyPrefix = options.keyPrefix;
+    this.osloCacheExpirationSeconds = options.osloCacheExpirationSeconds ?? DEFAULT_OSLO_CACHE_EXPIRATION_SECONDS;
+    if (!Number.isInteger(this.osloCacheExpirationSeconds) || this.osloCacheExpirationSeconds < 1) {
+      throw new KeyholeError('INVALID_INPUT', 'The oslo.cache expiration time must be a whole number of seconds, at least 1');
+    }
     this.clock = options.clock ?? systemClock;
 
     const redisOptions: RedisOptions = {
@@ -125,6 +168,7 @@ export class LegacyTokenStore {
     const redis = new Redis(options.redisUrl, redisOptions);
     redis.defineCommand('novaWrite', { numberOfKeys: 2, lua: readScript('nova-write') });
     redis.defineCommand('novaDeleteInstance', { numberOfKeys: 1, lua: readScript('nova-delete-instance') });
+    redis.defineCommand('osloCacheSetIfUnchanged', { numberOfKeys: 1, lua: readScript('oslo-cache-set-if-unchanged') });
     this.redis = redis as Redis & LegacyScripts;
 
     // Without an 'error' listener ioredis prints every failed reconnect; log the outage once instead.
@@ -164,7 +208,7 @@ export class LegacyTokenStore {
     if (!isPlausibleToken(token)) {
       return null;
     }
-    const key = this.keyPrefix + token;
+    const key = this.keyOf(token);
     // GETRANGE bounds what Redis sends: one byte past the limit is enough to know a value is too big.
     const results = await this.run(() => this.redis.pipeline().getrangeBuffer(key, 0, MAX_LEGACY_VALUE_BYTES).pttl(key).exec());
     const [valueResult, ttlResult] = pipelineResults(results, 2);
@@ -190,6 +234,21 @@ export class LegacyTokenStore {
       throw this.unavailable(new Error('unexpected GETRANGE reply'));
     }
 
+    if (this.format === 'oslo-cache-redis') {
+      const entry = this.readOsloCacheEntry(key.slice(this.keyPrefix.length), valueResult.value, ttlMs);
+      if (entry.kind === 'instance-list') {
+        this.warnMalformed(token, 'value', 'a per-instance token list, not a token');
+        return null;
+      }
+      if (entry.kind === 'skipped') {
+        // Expired is the ordinary end of a token, not a fault to log.
+        if (entry.reason !== 'expired') {
+          this.warnMalformed(token, entry.field, entry.detail);
+        }
+        return null;
+      }
+      return entry.authorization;
+    }
     const parsed = parseLegacyValue(this.format, valueResult.value, token);
     if (parsed.kind === 'instance-list') {
       // Someone presented an instance UUID: a Nova per-instance list, not a token.
@@ -214,6 +273,10 @@ export class LegacyTokenStore {
     }
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_TTL_SECONDS) {
       throw new KeyholeError('INVALID_INPUT', 'A legacy token TTL must be a whole number of seconds, at least 1');
+    }
+    if (this.format === 'oslo-cache-redis') {
+      await this.writeOsloCache(token, authorization, ttlSeconds);
+      return;
     }
     const key = this.keyPrefix + token;
     if (this.format === 'websockify') {
@@ -241,6 +304,9 @@ export class LegacyTokenStore {
     if (this.format === 'websockify') {
       return 0;
     }
+    if (this.format === 'oslo-cache-redis') {
+      return this.deleteOsloCacheInstance(this.instanceUuid(instanceUuid));
+    }
     const uuid = this.instanceUuid(instanceUuid);
     const reply = await this.run(() => this.redis.novaDeleteInstance(this.keyPrefix + uuid, this.keyPrefix, uuid));
     if (!Array.isArray(reply) || typeof reply[0] !== 'number') {
@@ -253,22 +319,31 @@ export class LegacyTokenStore {
   }
 
   /**
-   * Every live legacy token under keyPrefix, with its authorization and remaining TTL (whole
-   * seconds, rounded down; null when the key has no TTL); for `keyhole legacy import`. SCAN with a
-   * bounded COUNT, one pipelined round trip per step; Nova's per-instance lists, keys that are not
-   * strings and keys that cannot be tokens are skipped silently, malformed values with a warning.
-   * A token is yielded once even if SCAN returns its key twice.
+   * Every legacy entry under keyPrefix, for `keyhole legacy import`: each live token with its
+   * authorization and remaining lifetime (whole seconds, rounded down; null when the key has no TTL
+   * and the format no expiry of its own), and each entry it could not take with the reason
+   * (`expired`, `malformed`, `not-a-token`: a key that is not a string, or an oslo.cache entry
+   * that is not a pickled str). SCAN with a bounded COUNT, one pipelined round trip per step.
+   * Passed over without a word: Nova's per-instance lists, keys that cannot be tokens (or, for
+   * oslo-cache-redis, sha1 hex), keyhole's own `keyhole:` keys, keys gone meanwhile. A key is
+   * reported once even if SCAN returns it twice. Malformed values are also logged (fingerprint).
    */
-  async *scan(): AsyncIterable<{ token: string; authorization: LegacyAuthorization; ttlSeconds: number | null }> {
-    const pattern = `${escapeGlob(this.keyPrefix)}*`;
+  async *scan(): AsyncIterable<LegacyScanEntry> {
+    const osloCache = this.format === 'oslo-cache-redis';
+    // oslo.cache keys are sha1 hex: MATCH says so, which keeps other keys of a shared Redis out.
+    const pattern = `${escapeGlob(this.keyPrefix)}${osloCache ? '[0-9a-f]'.repeat(40) : '*'}`;
     const seen = new Set<string>();
     let cursor = '0';
     do {
       const [next, keys] = await this.run(() => this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', SCAN_COUNT));
       cursor = next;
-      const candidates = keys.filter(
-        (key) => key.startsWith(this.keyPrefix) && !seen.has(key) && isPlausibleToken(key.slice(this.keyPrefix.length)),
-      );
+      const candidates = keys.filter((key) => {
+        if (!key.startsWith(this.keyPrefix) || seen.has(key)) {
+          return false;
+        }
+        const rest = key.slice(this.keyPrefix.length);
+        return osloCache ? isOsloCacheKey(rest) : isPlausibleToken(rest) && !key.startsWith(KEYHOLE_OWN_KEY_PREFIX);
+      });
       if (candidates.length === 0) {
         continue;
       }
@@ -290,6 +365,7 @@ export class LegacyTokenStore {
         }
         if (valueResult.error) {
           if (isWrongType(valueResult.error)) {
+            yield { kind: 'skipped', reason: 'not-a-token' };
             continue;
           }
           throw this.unavailable(valueResult.error);
@@ -297,17 +373,44 @@ export class LegacyTokenStore {
         if (!Buffer.isBuffer(valueResult.value)) {
           continue;
         }
-        const token = key.slice(this.keyPrefix.length);
-        const parsed = parseLegacyValue(this.format, valueResult.value, token);
+        const rest = key.slice(this.keyPrefix.length);
+        if (osloCache) {
+          const entry = this.readOsloCacheEntry(rest, valueResult.value, ttlMs);
+          if (entry.kind === 'instance-list') {
+            continue;
+          }
+          if (entry.kind === 'skipped') {
+            if (entry.reason === 'malformed') {
+              this.logger?.warn(
+                // The token is unknown here (that is the fault); 12 hex of its key's sha1 find the key (SCAN MATCH).
+                { keyHashPrefix: rest.slice(0, 12), format: this.format, field: entry.field, reason: entry.detail },
+                'legacy token value is malformed; ignored',
+              );
+            }
+            yield { kind: 'skipped', reason: entry.reason };
+            continue;
+          }
+          const remainingMs = entry.expiresAtMs - this.clock.nowMs();
+          yield {
+            kind: 'token',
+            token: entry.token,
+            authorization: entry.authorization,
+            ttlSeconds: Math.max(0, Math.floor(remainingMs / 1000)),
+          };
+          continue;
+        }
+        const parsed = parseLegacyValue(this.format, valueResult.value, rest);
         if (parsed.kind === 'instance-list') {
           continue;
         }
         if (parsed.kind === 'malformed') {
-          this.warnMalformed(token, parsed.field, parsed.reason);
+          this.warnMalformed(rest, parsed.field, parsed.reason);
+          yield { kind: 'skipped', reason: 'malformed' };
           continue;
         }
         yield {
-          token,
+          kind: 'token',
+          token: rest,
           authorization: { ...parsed.authorization, expiresAt: this.expiresAt(ttlMs) },
           ttlSeconds: ttlMs >= 0 ? Math.floor(ttlMs / 1000) : null,
         };
@@ -327,6 +430,192 @@ export class LegacyTokenStore {
       }
     }
     this.redis.disconnect();
+  }
+
+  /** Where a token is kept: keyPrefix + the token, or + its sha1 hex for oslo-cache-redis. */
+  private keyOf(token: string): string {
+    return this.keyPrefix + (this.format === 'oslo-cache-redis' ? osloCacheKey(token) : token);
+  }
+
+  /**
+   * An oslo.cache entry and when it stops counting: the earlier of its Redis TTL (if any) and
+   * dogpile's creation time + the expiration time, which is what consoleauth's reader checked
+   * (dogpile ignores the TTL; Redis drops the key at it).
+   */
+  private readOsloCacheEntry(keyHash: string, raw: Buffer, ttlMs: number): OsloCacheEntry {
+    const parsed = parseOsloCacheValue(raw, keyHash);
+    if (parsed.kind === 'malformed') {
+      return { kind: 'skipped', reason: 'malformed', field: parsed.field, detail: parsed.reason };
+    }
+    if (parsed.kind === 'not-a-token') {
+      return { kind: 'skipped', reason: 'not-a-token', field: 'pickle', detail: parsed.reason };
+    }
+    const nowMs = this.clock.nowMs();
+    const dogpileExpiryMs = (parsed.createdAt + this.osloCacheExpirationSeconds) * 1000;
+    const expiresAtMs = ttlMs >= 0 ? Math.min(nowMs + ttlMs, dogpileExpiryMs) : dogpileExpiryMs;
+    if (parsed.kind === 'instance-list') {
+      return { kind: 'instance-list', tokens: parsed.tokens, expiresAtMs };
+    }
+    if (expiresAtMs <= nowMs) {
+      return { kind: 'skipped', reason: 'expired', field: 'metadata', detail: 'expired' };
+    }
+    return {
+      kind: 'authorization',
+      token: parsed.token,
+      authorization: { ...parsed.authorization, expiresAt: Math.floor(expiresAtMs / 1000) },
+      expiresAtMs,
+    };
+  }
+
+  /**
+   * oslo-cache-redis dual-write, as consoleauth's authorize_console: the token's entry (dogpile
+   * `metadata|pickle` of its JSON dict), then the instance's list with the expired or missing
+   * tokens pruned and this one appended. Both get a Redis TTL (dogpile's reader ignores it; it
+   * spares Redis the dead entries), and `ct` is set so that ct + the expiration time is the token's
+   * expiry: a consoleauth reader then drops it exactly when keyhole does. The list is written by
+   * compare-and-set (re-read up to LIST_WRITE_ATTEMPTS times) and lives as long as its longest-lived token.
+   */
+  private async writeOsloCache(token: string, authorization: LegacyWrite, ttlSeconds: number): Promise<void> {
+    const instanceUuid = this.instanceUuid(authorization.instanceUuid);
+    const nowMs = this.clock.nowMs();
+    const expiresAtMs = nowMs + ttlSeconds * 1000;
+    const tokenValue = osloCacheValue(
+      novaTokenJsonForPython(token, { ...authorization, instanceUuid }, nowMs),
+      this.osloCacheCreatedAtFor(expiresAtMs),
+    );
+    await this.run(() => this.redis.set(this.keyOf(token), tokenValue, 'PX', ttlSeconds * 1000));
+
+    const listKey = this.keyPrefix + osloCacheKey(instanceUuid);
+    const previous = this.listWrites.get(listKey) ?? Promise.resolve();
+    const current = previous.then(() => this.appendToOsloCacheList(listKey, instanceUuid, token, nowMs, expiresAtMs));
+    const settled = current.catch(() => undefined);
+    this.listWrites.set(listKey, settled);
+    try {
+      await current;
+    } finally {
+      if (this.listWrites.get(listKey) === settled) {
+        this.listWrites.delete(listKey);
+      }
+    }
+  }
+
+  /** The dogpile `ct` that makes ct + the expiration time land on `expiresAtMs` (epoch seconds, may lie ahead). */
+  private osloCacheCreatedAtFor(expiresAtMs: number): number {
+    return expiresAtMs / 1000 - this.osloCacheExpirationSeconds;
+  }
+
+  /** The list part of writeOsloCache: read, prune, append, compare-and-set; re-read when another process wrote meanwhile. */
+  private async appendToOsloCacheList(
+    listKey: string,
+    instanceUuid: string,
+    token: string,
+    nowMs: number,
+    expiresAtMs: number,
+  ): Promise<void> {
+    for (let attempt = 1; attempt <= LIST_WRITE_ATTEMPTS; attempt += 1) {
+      const [readResult, ttlResult] = pipelineResults(
+        await this.run(() => this.redis.pipeline().getrangeBuffer(listKey, 0, MAX_LEGACY_VALUE_BYTES).pttl(listKey).exec()),
+        2,
+      );
+      const existed = ttlResult.value !== -2 && !readResult.error && Buffer.isBuffer(readResult.value);
+      if (readResult.error && !isWrongType(readResult.error)) {
+        throw this.unavailable(readResult.error);
+      }
+      const read = existed ? (readResult.value as Buffer) : Buffer.alloc(0);
+      let listed: string[] = [];
+      if (existed) {
+        const entry = this.readOsloCacheEntry(osloCacheKey(instanceUuid), read, ttlResult.value as number);
+        if (entry.kind === 'instance-list') {
+          listed = entry.tokens;
+        } else if (entry.kind !== 'skipped' || entry.reason !== 'expired') {
+          this.logger?.warn({ instance: instanceUuid }, 'legacy per-instance token list was malformed; replaced');
+        }
+      } else if (readResult.error) {
+        this.logger?.warn({ instance: instanceUuid }, 'legacy per-instance token list was malformed; replaced');
+      }
+      const others = [...new Set(listed.filter((listedToken) => listedToken !== token))].slice(-(MAX_LISTED_TOKENS - 1));
+      const kept: string[] = [];
+      let listExpiresAtMs = expiresAtMs;
+      if (others.length > 0) {
+        const pipeline = this.redis.pipeline();
+        for (const other of others) {
+          pipeline.getrangeBuffer(this.keyOf(other), 0, MAX_LEGACY_VALUE_BYTES).pttl(this.keyOf(other));
+        }
+        const results = pipelineResults(await this.run(() => pipeline.exec()), others.length * 2);
+        for (const [index, other] of others.entries()) {
+          const value = results[index * 2].value;
+          const otherTtlMs = results[index * 2 + 1].value;
+          if (!Buffer.isBuffer(value) || typeof otherTtlMs !== 'number' || otherTtlMs === -2) {
+            continue; // gone: consoleauth's get_multi returned None for it
+          }
+          const entry = this.readOsloCacheEntry(osloCacheKey(other), value, otherTtlMs);
+          if (entry.kind === 'skipped' && entry.reason === 'expired') {
+            continue;
+          }
+          kept.push(other);
+          if (entry.kind === 'authorization') {
+            listExpiresAtMs = Math.max(listExpiresAtMs, entry.expiresAtMs);
+          }
+        }
+      }
+      kept.push(token);
+      const listValue = osloCacheValue(novaTokenListForPython(kept), this.osloCacheCreatedAtFor(listExpiresAtMs));
+      const written = await this.run(() =>
+        this.redis.osloCacheSetIfUnchanged(
+          listKey,
+          existed ? '1' : '0',
+          read,
+          listValue,
+          Math.max(1, Math.ceil(listExpiresAtMs - nowMs)),
+          MAX_LEGACY_VALUE_BYTES,
+        ),
+      );
+      if (written === 1) {
+        return;
+      }
+    }
+    throw this.unavailable(new Error('the per-instance list kept changing'));
+  }
+
+  /**
+   * oslo-cache-redis, as consoleauth's delete_tokens_for_instance: the listed tokens whose entries
+   * are this instance's (a listed key holding anything else is left alone), then the list, in one
+   * DEL (never without keys: Nova bug 1794812). A malformed list is left alone and logged.
+   */
+  private async deleteOsloCacheInstance(instanceUuid: string): Promise<number> {
+    const listKey = this.keyPrefix + osloCacheKey(instanceUuid);
+    const raw = await this.run(() => this.redis.getrangeBuffer(listKey, 0, MAX_LEGACY_VALUE_BYTES)).catch((error: unknown) => {
+      if (error instanceof LegacyStoreUnavailable && error.reason === 'reply WRONGTYPE') {
+        return null;
+      }
+      throw error;
+    });
+    if (raw === null || raw.length === 0) {
+      return 0;
+    }
+    // Expiry does not matter here: an expired list still names keys that may linger.
+    const parsed = parseOsloCacheValue(raw, osloCacheKey(instanceUuid));
+    if (parsed.kind !== 'instance-list') {
+      this.logger?.warn({ instance: instanceUuid }, 'legacy per-instance token list is malformed; left alone');
+      return 0;
+    }
+    const listed = [...new Set(parsed.tokens)];
+    const owned: string[] = [];
+    if (listed.length > 0) {
+      const values = await this.run(() => this.redis.mgetBuffer(...listed.map((token) => this.keyOf(token))));
+      for (const [index, token] of listed.entries()) {
+        const value = values[index];
+        if (!value) {
+          continue;
+        }
+        const entry = parseOsloCacheValue(value, osloCacheKey(token));
+        if (entry.kind === 'authorization' && entry.authorization.instanceUuid === instanceUuid) {
+          owned.push(this.keyOf(token));
+        }
+      }
+    }
+    const deleted = await this.run(() => this.redis.del(...owned, listKey));
+    return Math.max(0, deleted - 1);
   }
 
   /** Runs Redis commands, turning every failure into LegacyStoreUnavailable and tracking health. */
@@ -368,6 +657,12 @@ export class LegacyTokenStore {
 }
 
 type PipelineResult = { error: Error | null; value: unknown };
+
+/** An oslo.cache entry as readOsloCacheEntry sees it; `expiresAtMs` is epoch ms. */
+type OsloCacheEntry =
+  | { kind: 'authorization'; token: string; authorization: LegacyAuthorization; expiresAtMs: number }
+  | { kind: 'instance-list'; tokens: string[]; expiresAtMs: number }
+  | { kind: 'skipped'; reason: LegacySkipReason; field: string; detail: string };
 
 /** ioredis pipeline replies as `{error, value}`, checking that every command answered. */
 function pipelineResults(results: [Error | null, unknown][] | null, expected: number): PipelineResult[] {

@@ -2,19 +2,27 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { CellDatabases, CellsService } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
 import { CLOCK, Clock, isConsoleType, KeyholeError, nowSeconds, sha256Hex } from '@keyhole/core';
-import { LEGACY_TOKEN_STORE, LegacyTokenStore, NO_INSTANCE_UUID, WEBSOCKIFY_CONSOLE_TYPE } from '@keyhole/legacy-store';
+import { LEGACY_TOKEN_STORE, LegacySkipReason, LegacyTokenStore, NO_INSTANCE_UUID, WEBSOCKIFY_CONSOLE_TYPE } from '@keyhole/legacy-store';
 import { CURRENT_OBJECT_VERSION } from './console-auth-token.object';
+
+/** Why an entry was not imported: the store's reasons (expired, malformed, not a token) or an unserved console type. */
+export type LegacyImportSkipReason = LegacySkipReason | 'unserved-type';
 
 export interface LegacyImportResult {
   cell: string;
-  /** Live legacy tokens read. */
+  /** Legacy entries read: live tokens and skipped entries (Nova's per-instance lists are not entries). */
   seen: number;
   /** Rows written (hashed) to the cell database. */
   imported: number;
   /** Already in the cell database (an earlier import, or a dual-written token). */
   alreadyPresent: number;
-  /** Legacy tokens of a console type keyhole does not serve. */
-  skipped: number;
+  /** Entries not imported, by reason. Any at all means some legacy console URL will not survive the fallback. */
+  skipped: Record<LegacyImportSkipReason, number>;
+}
+
+/** Entries the import skipped, all reasons together. */
+export function skippedCount(result: LegacyImportResult): number {
+  return Object.values(result.skipped).reduce((sum, count) => sum + count, 0);
 }
 
 /**
@@ -40,12 +48,23 @@ export class LegacyImportService {
     }
     const cell = await this.cells.get(cellName);
     const database = await this.databases.get(cellName);
-    const result: LegacyImportResult = { cell: cellName, seen: 0, imported: 0, alreadyPresent: 0, skipped: 0 };
-    for await (const { token, authorization, ttlSeconds } of this.legacy.scan()) {
+    const result: LegacyImportResult = {
+      cell: cellName,
+      seen: 0,
+      imported: 0,
+      alreadyPresent: 0,
+      skipped: { expired: 0, malformed: 0, 'not-a-token': 0, 'unserved-type': 0 },
+    };
+    for await (const entry of this.legacy.scan()) {
       result.seen += 1;
+      if (entry.kind === 'skipped') {
+        result.skipped[entry.reason] += 1;
+        continue;
+      }
+      const { token, authorization, ttlSeconds } = entry;
       const consoleType = authorization.consoleType ?? WEBSOCKIFY_CONSOLE_TYPE;
       if (!isConsoleType(consoleType)) {
-        result.skipped += 1;
+        result.skipped['unserved-type'] += 1;
         continue;
       }
       // A key without TTL gets the default lifetime: keyhole tokens always expire.
@@ -69,7 +88,7 @@ export class LegacyImportService {
         result.alreadyPresent += 1;
       }
     }
-    this.logger.log({ ...result }, 'legacy tokens imported');
+    this.logger.log({ ...result, skipped: { ...result.skipped } }, 'legacy tokens imported');
     return result;
   }
 }
