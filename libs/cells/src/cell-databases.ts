@@ -6,8 +6,8 @@ import {
   createDataSource,
   createPool,
   DatabaseMetrics,
-  databaseSettings,
-  migrateDatabase,
+  cellDatabaseSettings,
+  migrateCellDatabase,
   migrationSettings,
   redactDatabaseUrl,
 } from '@keyhole/db';
@@ -47,7 +47,7 @@ export class CellDatabases implements OnApplicationShutdown {
     const database = new CellDatabase(
       cellName,
       createPool({
-        ...databaseSettings(this.config, url, this.applicationNameOf(cellName)),
+        ...cellDatabaseSettings(this.config, url, this.applicationNameOf(cellName)),
         onDeadlineExceeded: this.metrics.deadlineCounter(cellName),
       }),
     );
@@ -73,7 +73,7 @@ export class CellDatabases implements OnApplicationShutdown {
       throw cellDatabaseUnreachable(cellName, error);
     }
     try {
-      return await migrateDatabase(dataSource);
+      return await migrateCellDatabase(dataSource);
     } finally {
       await dataSource.destroy();
     }

@@ -6,7 +6,7 @@ import type { Duplex } from 'node:stream';
 import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
-import { createPool, DatabaseMetrics, databaseSettings, redactDatabaseUrl } from '@keyhole/db';
+import { cellDatabaseSettings, createPool, DatabaseMetrics, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
@@ -44,7 +44,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     this.cell = new CellDatabase(
       cellName,
       createPool({
-        ...databaseSettings(config, cellDatabaseUrl, `keyhole-proxy:${cellName}`),
+        ...cellDatabaseSettings(config, cellDatabaseUrl, `keyhole-proxy:${cellName}`),
         onDeadlineExceeded: new DatabaseMetrics(this.metrics.registry).deadlineCounter(cellName),
       }),
     );
