@@ -10,7 +10,7 @@ import { Teardown } from '../support/teardown';
  */
 
 const teardown = new Teardown();
-afterAll(() => teardown.stopAll());
+afterAll(() => teardown.stopAll(), 60_000);
 
 /** Undoes one applied migration by hand, as a restore of an older backup would. */
 async function removeExclusiveConsoleIndex(url: string): Promise<void> {

@@ -28,7 +28,7 @@ const sha256 = (value: string) => createHash('sha256').update(value).digest('hex
 const now = () => Math.floor(Date.now() / 1000);
 
 const teardown = new Teardown();
-afterAll(() => teardown.stopAll());
+afterAll(() => teardown.stopAll(), 60_000);
 
 /** An empty database (no template, no migration), dropped after the file. */
 async function emptyDatabase(): Promise<string> {
