@@ -1,5 +1,8 @@
 import { createTestDatabase, migrateTestDatabase, queryDatabase } from '../support/databases';
+import { testConfig } from '../support/config';
+import { startTestDeployment } from '../support/deployment';
 import { startProxyProcess } from '../support/proxy-process';
+import { call, startTokenApi } from '../support/token-api';
 import { Teardown } from '../support/teardown';
 
 /*
@@ -63,5 +66,28 @@ describe('console proxy on an incomplete cell schema', () => {
     // `keyhole migrate` applies it again; the proxy is ready without a restart.
     expect(await migrateTestDatabase('cell', cell.url)).toEqual(['AddExclusiveConsoleIndex1796025000000']);
     expect(await readiness()).toMatchObject({ status: 200, body: { status: 'ready', cellSchema: true } });
+  });
+
+  it("answers 503 CELL_SCHEMA_INCOMPLETE from the token API for a cell whose database lost part of keyhole's schema", async () => {
+    const deployment = teardown.add(await startTestDeployment(), (started) => started.stop());
+    await removeExclusiveConsoleIndex(deployment.cellUrls.cell1);
+    // A token API that starts now (the running one opened cell1 while it was complete).
+    const api = teardown.add(await startTokenApi(testConfig(deployment.controlUrl)));
+    const issued = await call(api.baseUrl, 'POST', '/v1/cells/cell1/tokens', {
+      key: deployment.agentKeys.cell1,
+      body: { instanceUuid: '7d4f0a2e-5b6c-4d8e-9f01-23456789abcd', consoleType: 'serial', host: '192.0.2.10', port: 10000 },
+    });
+    expect(issued.status).toBe(503);
+    expect(issued.body).toMatchObject({
+      code: 'CELL_SCHEMA_INCOMPLETE',
+      message: expect.stringContaining('keyhole migrate'),
+      details: { cell: 'cell1', problems: ['migrations not applied: AddExclusiveConsoleIndex1796025000000'] },
+    });
+    // The other cell is served.
+    const other = await call(api.baseUrl, 'POST', '/v1/cells/cell2/tokens', {
+      key: deployment.agentKeys.cell2,
+      body: { instanceUuid: '7d4f0a2e-5b6c-4d8e-9f01-23456789abcd', consoleType: 'serial', host: '192.0.2.10', port: 10000 },
+    });
+    expect(other.status).toBe(201);
   });
 });
