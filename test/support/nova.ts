@@ -110,7 +110,15 @@ export const nova = {
   /** ConsoleAuthToken.authorize: a UUID token (Nova's), stored as its SHA-256; returns the id and hash. */
   async authorize(
     url: string,
-    row: { tokenHash: string; instanceUuid?: string; host?: string; port?: number; expires?: number; consoleType?: string },
+    row: {
+      tokenHash: string;
+      instanceUuid?: string;
+      host?: string;
+      port?: number;
+      expires?: number;
+      consoleType?: string;
+      accessUrlBase?: string;
+    },
   ): Promise<number> {
     const result = await runRecorded(url, only('authorize'), {
       created_at: new Date().toISOString().replace('T', ' ').replace('Z', ''),
@@ -122,7 +130,7 @@ export const nova = {
       internal_access_path: null,
       instance_uuid: row.instanceUuid ?? randomUUID(),
       expires: row.expires ?? nowSeconds() + 600,
-      access_url_base: 'http://127.0.0.1:6080/vnc_auto.html',
+      access_url_base: row.accessUrlBase ?? 'http://127.0.0.1:6080/vnc_auto.html',
     });
     return Number(result.rows[0].id);
   },
