@@ -145,7 +145,7 @@ export class ConsoleAuthTokenRepository {
 
   /** Inserts a row unless its hash is already stored; returns whether it was inserted (imports). */
   async insertIfAbsent(row: NewConsoleAuthTokenRow): Promise<boolean> {
-    const statements = await this.current();
+    const statements = await this.forWriting();
     const inserted = await this.pool.query(
       statements.insertIfAbsent,
       NEW_ROW_PROPERTIES.map((property) => [row[property]]),
@@ -337,6 +337,17 @@ export class ConsoleAuthTokenRepository {
     return this.statementsFor(await this.table.shape());
   }
 
+  /**
+   * The statements for writing a new token. While the token table is keyhole's own, it is
+   * resolved again first (one catalog query per batch): a token written into keyhole's table after
+   * Nova's appeared would be stranded there until the next `keyhole migrate`, while every proxy
+   * already looks in Nova's. Once it is Nova's it stays Nova's.
+   */
+  private async forWriting(): Promise<TokenStatements> {
+    const shape = await this.table.shape();
+    return this.statementsFor(shape.nova ? shape : await this.table.resolve());
+  }
+
   /** After a miss: the statements of the token table if it changed since `statements`, else null. */
   private async recheck(statements: TokenStatements): Promise<TokenStatements | null> {
     const changed = await this.table.recheckAfterMiss(statements.shape);
@@ -358,7 +369,7 @@ export class ConsoleAuthTokenRepository {
    * was written and each row is tried again alone, so that one row's error is its own.
    */
   private async insertBatch(rows: NewConsoleAuthTokenRow[]): Promise<BatchOutcome<ConsoleAuthTokenEntity>[]> {
-    const statements = await this.current();
+    const statements = await this.forWriting();
     let raws: Record<string, unknown>[];
     try {
       raws = await runPrepared<Record<string, unknown>>(
