@@ -11,6 +11,7 @@ import {
   KEYHOLE_SCHEMA,
   migrateDatabase,
   NewConsoleAuthTokenRow,
+  NOVA_EXPIRES_INDEX_SQL,
 } from '@keyhole/db';
 import { CELL_MIGRATIONS } from '@keyhole/migrations';
 import { migrateTestDatabase, queryDatabase, urlForDatabase } from '../support/databases';
@@ -327,6 +328,40 @@ describe(`a cell database shared with Nova (fixture of Nova ${NOVA_FIXTURE_VERSI
     expect(await cell.tokens.findValidByHash(after.tokenHash, now())).toMatchObject({ tlsPort: 5904 });
     expect(await cell.tokens.findValidByHash(before.tokenHash, now())).toMatchObject({ tlsPort: 5903 });
     expect(await nova.validate(url, before.tokenHash)).toBeDefined();
+  });
+
+  it("works as a database role of its own that does not own Nova's table: no index on it, everything else as usual", async () => {
+    const url = await emptyDatabase();
+    await applyNovaSchema(url);
+    const novaToken = randomUUID();
+    await nova.authorize(url, { tokenHash: sha256(novaToken) });
+    // keyhole's role: may create its schema, and read and write Nova's table; owns nothing of Nova's.
+    const role = `keyhole_test_role_${randomBytes(4).toString('hex')}`;
+    const database = new URL(url).pathname.slice(1);
+    await queryDatabase(url, `CREATE ROLE ${role} LOGIN`);
+    // The role owns keyhole's schema: the database goes first (its own stop is IF EXISTS).
+    teardown.add(role, async () => {
+      await dropDatabase(url);
+      await queryDatabase(urlForDatabase('postgres'), `DROP ROLE IF EXISTS ${role}`);
+    });
+    await queryDatabase(url, `GRANT CREATE, CONNECT ON DATABASE "${database}" TO ${role}`);
+    await queryDatabase(url, `GRANT SELECT, INSERT, UPDATE, DELETE ON public.console_auth_tokens TO ${role}`);
+    await queryDatabase(url, `GRANT USAGE ON SEQUENCE public.console_auth_tokens_id_seq TO ${role}`);
+    const asRole = Object.assign(new URL(url), { username: role }).toString();
+
+    expect(await migrateTestDatabase('cell', asRole)).toHaveLength(CELL_MIGRATIONS.length);
+    expect(await indexNames(url)).not.toContain('keyhole_console_auth_tokens_expires_idx');
+    const cell = openCell(asRole);
+    expect(await cell.checkSchema()).toMatchObject({ problems: [], tokenTable: { nova: true } });
+    expect(await cell.tokens.findValidByHash(sha256(novaToken), now())).not.toBeNull();
+    const issued = keyholeRow();
+    await cell.tokens.insert(issued);
+    expect(await nova.validate(url, issued.tokenHash)).toBeDefined();
+    expect(await cell.tokens.deleteExpiredBatch(now() + 3600, 100)).toBe(2);
+    // Nova's role (the table's owner) can add the index later; keyhole's next run leaves it be.
+    await queryDatabase(url, NOVA_EXPIRES_INDEX_SQL);
+    expect(await migrateTestDatabase('cell', asRole)).toEqual([]);
+    expect(await indexNames(url)).toContain('keyhole_console_auth_tokens_expires_idx');
   });
 
   it('moves the tables of an older keyhole from public into the keyhole schema, with their rows and ids', async () => {

@@ -1,7 +1,7 @@
 import { Client } from 'pg';
 import { Logger } from '@nestjs/common';
 import { DataSource, MigrationExecutor, QueryRunner } from 'typeorm';
-import { adoptCellTokens, KEYHOLE_SCHEMA, prepareCellSchema } from './cell/cell-schema';
+import { adoptCellTokens, KEYHOLE_SCHEMA, NOVA_EXPIRES_INDEX_SQL, prepareCellSchema } from './cell/cell-schema';
 
 // Any fixed 64-bit key works; it only has to differ from the purge leader lock.
 const MIGRATION_LOCK_KEY = 0x6b68_6d69_6772; // "khmigr"
@@ -165,7 +165,14 @@ export function migrateCellDatabase(dataSource: DataSource, nowSeconds = Math.fl
     after: async (queryRunner) => {
       const adoption = await adoptCellTokens(queryRunner, nowSeconds);
       if (adoption && adoption.adopted + adoption.expired > 0) {
-        logger.log(adoption, "moved keyhole's own tokens into Nova's console_auth_tokens");
+        logger.log({ adopted: adoption.adopted, expired: adoption.expired }, "moved keyhole's own tokens into Nova's console_auth_tokens");
+      }
+      if (adoption?.expiresIndex === 'not owner') {
+        logger.warn(
+          { statement: NOVA_EXPIRES_INDEX_SQL },
+          "keyhole's database role does not own Nova's console_auth_tokens and cannot index it: the purge scans the table " +
+            "until Nova's role runs this statement",
+        );
       }
     },
   });

@@ -100,7 +100,15 @@ export interface TokenAdoption {
   adopted: number;
   /** Expired rows dropped instead of copied. */
   expired: number;
+  /**
+   * Whether Nova's table has keyhole's purge index: 'not owner' when keyhole's database role does
+   * not own Nova's table and so cannot index it (create it as Nova's role: see NOVA_EXPIRES_INDEX_SQL).
+   */
+  expiresIndex: 'present' | 'not owner';
 }
+
+/** The statement that gives Nova's table keyhole's purge index, for an operator to run as the table's owner. */
+export const NOVA_EXPIRES_INDEX_SQL = `CREATE INDEX IF NOT EXISTS ${NOVA_EXPIRES_INDEX} ON public.console_auth_tokens (expires)`;
 
 /**
  * Run last in a cell migration's transaction, when Nova's `public.console_auth_tokens` exists:
@@ -122,7 +130,16 @@ export async function adoptCellTokens(queryRunner: QueryRunner, nowSeconds: numb
   if (!nova) {
     return null;
   }
-  await queryRunner.query(`CREATE INDEX IF NOT EXISTS ${NOVA_EXPIRES_INDEX} ON public.console_auth_tokens (expires)`);
+  // Only the table's owner may index it: where keyhole connects as a role of its own, the index is
+  // left to an operator (the purge then scans), never a reason to fail the run.
+  const [{ owner }] = (await queryRunner.query(
+    `SELECT pg_has_role(current_user, relowner, 'MEMBER') AS owner FROM pg_class WHERE oid = 'public.console_auth_tokens'::regclass`,
+  )) as { owner: boolean }[];
+  let expiresIndex: TokenAdoption['expiresIndex'] = 'not owner';
+  if (owner) {
+    await queryRunner.query(`CREATE INDEX IF NOT EXISTS ${NOVA_EXPIRES_INDEX} ON public.console_auth_tokens (expires)`);
+    expiresIndex = 'present';
+  }
   const own = `${KEYHOLE_SCHEMA}.console_auth_tokens`;
   const [expired] = (await queryRunner.query(
     `WITH gone AS (DELETE FROM ${own} WHERE expires <= $1 RETURNING 1) SELECT count(*)::int AS n FROM gone`,
@@ -154,5 +171,5 @@ export async function adoptCellTokens(queryRunner: QueryRunner, nowSeconds: numb
             ON CONFLICT (token_hash) DO UPDATE SET tls_port = EXCLUDED.tls_port)
      SELECT count(*)::int AS n FROM inserted`,
   )) as { n: number }[];
-  return { adopted: adopted.n, expired: expired.n };
+  return { adopted: adopted.n, expired: expired.n, expiresIndex };
 }
