@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'pg';
+import { CELL_CONNECTION_OPTIONS } from '../libs/db/src/cell/cell-schema';
 import { expiredBatchDeleteSql } from '../libs/db/src/cell/purge-statements';
 import { QemuVm, startQemuVm } from '../test/support/real/qemu';
 import { waitUntil, withDeadline } from '../test/support/wait';
@@ -863,7 +864,7 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     samples: [],
   };
   log(`figure 6: purge of ${options.purgeRows} expired rows`);
-  const cell = new Client({ connectionString: keyhole.cellUrl });
+  const cell = new Client({ connectionString: keyhole.cellUrl, options: CELL_CONNECTION_OPTIONS });
   await cell.connect();
   try {
     const fillStarted = Date.now();
@@ -872,9 +873,9 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     for (let first = 0; first < options.purgeRows; first += 100_000) {
       const last = Math.min(options.purgeRows, first + 100_000) - 1;
       await cell.query(
-        `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base, object_version)
+        `INSERT INTO console_auth_tokens (token_hash, console_type, host, port, instance_uuid, expires, access_url_base)
          SELECT encode(sha256(convert_to('bench-purge-' || g, 'UTF8')), 'hex'), 'novnc', 'compute-' || (g % 50), 5900 + (g % 100),
-                '00000000-0000-4000-8000-' || lpad(to_hex(g % 100000), 12, '0'), $1::bigint - 60 - (g % 86400), 'http://127.0.0.1/vnc_lite.html', '1.4'
+                '00000000-0000-4000-8000-' || lpad(to_hex(g % 100000), 12, '0'), $1::bigint - 60 - (g % 86400), 'http://127.0.0.1/vnc_lite.html'
            FROM generate_series($2::bigint, $3::bigint) AS g`,
         [now, first, last],
       );
@@ -889,10 +890,10 @@ async function figurePurge(env: Environment, checkTokens: string[]): Promise<Fig
     log(`  inserted ${options.purgeRows} expired rows in ${fillSeconds.toFixed(1)} s`);
     // One batch as the purge runs it, rolled back: the plan, for the record.
     await cell.query('BEGIN');
-    const plan = await cell.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${expiredBatchDeleteSql('console_auth_tokens')}`, [
-      now,
-      5_000,
-    ]);
+    const plan = await cell.query<{ 'QUERY PLAN': string }>(
+      `EXPLAIN (ANALYZE, BUFFERS) ${expiredBatchDeleteSql('keyhole.console_auth_tokens')}`,
+      [now, 5_000],
+    );
     await cell.query('ROLLBACK');
     env.diagnostics.purgeBatchPlan = plan.rows.map((row) => row['QUERY PLAN']);
 

@@ -3,6 +3,7 @@ import { AddRevokedTokenHashes1795330000000 } from './cell/1795330000000-AddRevo
 import { AddExclusiveConsoleIndex1796025000000 } from './cell/1796025000000-AddExclusiveConsoleIndex';
 import { AddSessionRoute1796305000000 } from './cell/1796305000000-AddSessionRoute';
 import { AddLiveSessionProxyIndex1796410000000 } from './cell/1796410000000-AddLiveSessionProxyIndex';
+import { MoveTokenExtrasToSideTable1796500000000 } from './cell/1796500000000-MoveTokenExtrasToSideTable';
 import { CreateControlSchema1795316000000 } from './control/1795316000000-CreateControlSchema';
 import { CreateAuthFailures1796400000000 } from './control/1796400000000-CreateAuthFailures';
 
@@ -18,4 +19,5 @@ export const CELL_MIGRATIONS = [
   AddExclusiveConsoleIndex1796025000000,
   AddSessionRoute1796305000000,
   AddLiveSessionProxyIndex1796410000000,
+  MoveTokenExtrasToSideTable1796500000000,
 ];

@@ -1,3 +1,4 @@
+import { CELL_CONNECTION_OPTIONS } from '@keyhole/db';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createServer, Socket, connect as connectTcp } from 'node:net';
 import { Client } from 'pg';
@@ -626,7 +627,7 @@ describe('exclusive serial consoles (Nova bug 1425640)', () => {
 
     // A busy database: the write that records the end of the first session has to wait (here, for
     // a row lock the test holds). Without it the same race shows about once in twenty reconnects.
-    const locker = new Client({ connectionString: deployment.cellUrls.cell1 });
+    const locker = new Client({ connectionString: deployment.cellUrls.cell1, options: CELL_CONNECTION_OPTIONS });
     await locker.connect();
     try {
       await locker.query('BEGIN');

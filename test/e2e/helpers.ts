@@ -111,17 +111,19 @@ export async function countTokenRows(cellUrl: string, where = 'TRUE', parameters
 }
 
 /**
- * Every value of every row of every table of a database's public schema, as text (binary columns
+ * Every value of every row of every table of a database's public and keyhole schemas, as text (binary columns
  * both as UTF-8 and hex), keyed by table: what someone with a dump of the database would see.
  */
 export async function dumpDatabase(url: string): Promise<Record<string, string>> {
-  const tables = await queryDatabase<{ table_name: string }>(
+  const tables = await queryDatabase<{ table_schema: string; table_name: string }>(
     url,
-    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name",
+    `SELECT table_schema, table_name FROM information_schema.tables
+      WHERE table_schema IN ('public', 'keyhole') AND table_type = 'BASE TABLE' ORDER BY table_name, table_schema`,
   );
   const dump: Record<string, string> = {};
-  for (const { table_name: table } of tables) {
-    const rows = await queryDatabase(url, `SELECT * FROM "${table.replace(/"/g, '""')}"`);
+  for (const { table_schema: schema, table_name: table } of tables) {
+    const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
+    const rows = await queryDatabase(url, `SELECT * FROM ${quote(schema)}.${quote(table)}`);
     dump[table] = rows
       .map((row) =>
         Object.values(row)

@@ -311,7 +311,12 @@ async function endedSessionsOf(token: string, count: number): Promise<SessionRow
 }
 
 async function tokenRowsByHash(token: string): Promise<TokenRow[]> {
-  return queryDatabase<TokenRow>(deployment.cellUrls.cell1, 'SELECT * FROM console_auth_tokens WHERE token_hash = $1', [sha256(token)]);
+  // keyhole's extras (issued_by) beside the token table's columns, as keyhole reads a token.
+  return queryDatabase<TokenRow>(
+    deployment.cellUrls.cell1,
+    'SELECT t.*, x.issued_by FROM console_auth_tokens t LEFT JOIN console_auth_token_extras x USING (token_hash) WHERE t.token_hash = $1',
+    [sha256(token)],
+  );
 }
 
 /** Runs `keyhole ARGV` in-process as an operator would, against this deployment's control database. */

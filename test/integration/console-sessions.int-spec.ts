@@ -1,6 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { Pool } from 'pg';
-import { ConsoleAuthTokenRepository, ConsoleSessionRepository, createPool, NewConsoleSessionRow } from '@keyhole/db';
+import {
+  CELL_CONNECTION_OPTIONS,
+  ConsoleAuthTokenRepository,
+  ConsoleSessionRepository,
+  createPool,
+  NewConsoleSessionRow,
+} from '@keyhole/db';
 import { createTestDatabase, queryDatabase } from '../support/databases';
 
 /*
@@ -28,6 +34,7 @@ describe('console sessions on a real cell database', () => {
           queryTimeoutMs: 5_000,
           statementTimeoutMs: 5_000,
           applicationName: `keyhole-test-${index}`,
+          connectionOptions: CELL_CONNECTION_OPTIONS,
         }),
       );
     }

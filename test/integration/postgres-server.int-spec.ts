@@ -40,12 +40,14 @@ describe('test PostgreSQL server harness', () => {
   }, 15_000);
 
   it('starts with the control and cell schemas migrated', async () => {
-    const tables = async (url: string) =>
-      (await queryDatabase<{ name: string }>(url, "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'")).map(
+    const tables = async (url: string, schema: string) =>
+      (await queryDatabase<{ name: string }>(url, 'SELECT tablename AS name FROM pg_tables WHERE schemaname = $1', [schema])).map(
         (row) => row.name,
       );
-    expect(await tables(server.controlUrl)).toEqual(expect.arrayContaining(['cells', 'api_credentials']));
-    expect(await tables(server.cellUrl)).toEqual(expect.arrayContaining(['console_auth_tokens', 'console_sessions', 'cell_settings']));
+    expect(await tables(server.controlUrl, 'public')).toEqual(expect.arrayContaining(['cells', 'api_credentials']));
+    expect(await tables(server.cellUrl, 'keyhole')).toEqual(
+      expect.arrayContaining(['console_auth_tokens', 'console_sessions', 'cell_settings']),
+    );
   });
 
   it('a frozen server answers neither an open connection nor a new one, and answers both again once resumed', async () => {

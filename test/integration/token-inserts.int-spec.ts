@@ -1,7 +1,7 @@
 import { INestApplicationContext } from '@nestjs/common';
 import { CellDatabases, CellsService } from '@keyhole/cells';
 import { KeyholeError, sha256Hex } from '@keyhole/core';
-import { ConsoleAuthTokenRepository, NewConsoleAuthTokenRow, postgresErrorCode } from '@keyhole/db';
+import { ConsoleAuthTokenRepository, NewConsoleAuthTokenRow, postgresErrorCode, CELL_CONNECTION_OPTIONS } from '@keyhole/db';
 import { randomTokenGenerator, TokensService } from '@keyhole/tokens';
 import { Client, Pool, QueryConfig } from 'pg';
 import { testConfig } from '../support/config';
@@ -47,7 +47,7 @@ describe('concurrent token inserts on a real cell database', () => {
     return () =>
       query.mock.calls
         .map(([config]) => config)
-        .filter((config) => typeof config === 'object' && config.text.trimStart().startsWith('INSERT INTO console_auth_tokens'))
+        .filter((config) => typeof config === 'object' && /^keyhole_insert_tokens_/.test(config.name ?? ''))
         .map((config) => (config.values as string[][])[0]);
   };
 
@@ -146,7 +146,7 @@ describe('concurrent token inserts on a real cell database', () => {
 
   it('fails every caller of a batch when the database cannot be asked, and stores nothing', async () => {
     // A statement that cannot finish in time stands in for a dead server: no row's fault, no retry.
-    const blocker = new Client({ connectionString: cell.url });
+    const blocker = new Client({ connectionString: cell.url, options: CELL_CONNECTION_OPTIONS });
     await blocker.connect();
     await blocker.query('BEGIN');
     await blocker.query('LOCK TABLE console_auth_tokens IN ACCESS EXCLUSIVE MODE');

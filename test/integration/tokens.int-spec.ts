@@ -1,3 +1,4 @@
+import { CELL_CONNECTION_OPTIONS } from '@keyhole/db';
 import { INestApplicationContext } from '@nestjs/common';
 import { CellDatabases, CellsService } from '@keyhole/cells';
 import { KeyholeError, ManualClock, sha256Hex } from '@keyhole/core';
@@ -71,7 +72,10 @@ describe('TokensService on a real cell database', () => {
 
   it('stores only the SHA-256 of the token, nowhere the token itself', async () => {
     const issued = await authorize({ consoleType: 'serial', internalAccessPath: 'vm-42' });
-    const rows = await queryDatabase(cell.url, 'SELECT * FROM console_auth_tokens');
+    const rows = await queryDatabase(
+      cell.url,
+      'SELECT * FROM console_auth_tokens t LEFT JOIN console_auth_token_extras x USING (token_hash, expires)',
+    );
     expect(rows).toHaveLength(1);
     expect(rows[0].token_hash).toBe(sha256Hex(issued.token!));
     expect(JSON.stringify(rows)).not.toContain(issued.token!);
@@ -184,7 +188,7 @@ describe('TokensService on a real cell database', () => {
   it('lets one replica purge a cell at a time: a purge that finds the lock held skips', async () => {
     await authorize({ ttlSeconds: 1 });
     clock.set((T0 + 5) * 1000);
-    const other = new Client({ connectionString: cell.url });
+    const other = new Client({ connectionString: cell.url, options: CELL_CONNECTION_OPTIONS });
     await other.connect();
     try {
       await other.query('SELECT pg_advisory_lock($1)', [0x6b68_7075_7267]);

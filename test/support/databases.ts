@@ -1,6 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
-import { createDatabaseIfMissing, createDataSource, DatabaseKind, dropDatabase, migrateDatabase } from '@keyhole/db';
+import {
+  CELL_CONNECTION_OPTIONS,
+  createDatabaseIfMissing,
+  createDataSource,
+  DatabaseKind,
+  dropDatabase,
+  migrateCellDatabase,
+  migrateDatabase,
+} from '@keyhole/db';
 
 /** The PostgreSQL server the tests use; each test file creates and drops its own databases on it. */
 export const TEST_SERVER_URL = process.env.KEYHOLE_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -41,7 +49,7 @@ export async function migrateTestDatabase(kind: DatabaseKind, url: string): Prom
   });
   await dataSource.initialize();
   try {
-    return await migrateDatabase(dataSource);
+    return await (kind === 'cell' ? migrateCellDatabase(dataSource) : migrateDatabase(dataSource));
   } finally {
     await dataSource.destroy();
   }
@@ -81,13 +89,17 @@ export interface SessionRow extends Record<string, unknown> {
   bytes_to_upstream: string;
 }
 
-/** Runs one query on a database with a short-lived client (assertions on raw rows). */
+/**
+ * Runs one query on a database with a short-lived client (assertions on raw rows). Its search_path
+ * is a keyhole connection's to a cell (keyhole's schema, then public), so that `console_sessions`
+ * names keyhole's table in a cell database; on a control database it is only `public`.
+ */
 export async function queryDatabase<Row extends Record<string, unknown>>(
   url: string,
   sql: string,
   parameters: unknown[] = [],
 ): Promise<Row[]> {
-  const client = new Client({ connectionString: url });
+  const client = new Client({ connectionString: url, options: CELL_CONNECTION_OPTIONS });
   await client.connect();
   try {
     return (await client.query<Row>(sql, parameters)).rows;

@@ -1,13 +1,16 @@
 import { Inject, Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { KEYHOLE_CONFIG, KeyholeConfig } from '@keyhole/config';
+import { KeyholeError } from '@keyhole/core';
 import {
   APPLICATION_NAME,
+  CELL_MIGRATE_COMMAND,
+  CellSchemaStatus,
   ControlDatabase,
   createDataSource,
   createPool,
   DatabaseMetrics,
-  databaseSettings,
-  migrateDatabase,
+  cellDatabaseSettings,
+  migrateCellDatabase,
   migrationSettings,
   redactDatabaseUrl,
 } from '@keyhole/db';
@@ -42,12 +45,15 @@ export class CellDatabases implements OnApplicationShutdown {
     return pending;
   }
 
-  /** Opens a cell's pool at this URL and checks that the database answers (CELL_DATABASE_UNREACHABLE if not). */
+  /**
+   * Opens a cell's pool at this URL and checks that the database answers (CELL_DATABASE_UNREACHABLE
+   * if not) and has keyhole's complete schema (CELL_SCHEMA_INCOMPLETE if not).
+   */
   async connectUrl(cellName: string, url: string): Promise<CellDatabase> {
     const database = new CellDatabase(
       cellName,
       createPool({
-        ...databaseSettings(this.config, url, this.applicationNameOf(cellName)),
+        ...cellDatabaseSettings(this.config, url, this.applicationNameOf(cellName)),
         onDeadlineExceeded: this.metrics.deadlineCounter(cellName),
       }),
     );
@@ -57,7 +63,22 @@ export class CellDatabases implements OnApplicationShutdown {
       await database.close();
       throw cellDatabaseUnreachable(cellName, error);
     }
-    this.logger.log({ cell: cellName, database: redactDatabaseUrl(url) }, 'cell database connected');
+    // A cell whose schema is incomplete is refused here, with the command that completes it,
+    // rather than served until a statement fails on what is missing.
+    let schema: CellSchemaStatus;
+    try {
+      schema = await database.requireCompleteSchema();
+    } catch (error) {
+      await database.close();
+      throw error instanceof KeyholeError ? error : cellDatabaseUnreachable(cellName, error);
+    }
+    if (schema.strandedTokens > 0) {
+      this.logger.warn(
+        { cell: cellName, strandedTokens: schema.strandedTokens },
+        `tokens in keyhole's own token table are not served since Nova's console_auth_tokens exists: run \`${CELL_MIGRATE_COMMAND}\` to move them`,
+      );
+    }
+    this.logger.log({ cell: cellName, database: redactDatabaseUrl(url), tokenTable: schema.tokenTable?.table }, 'cell database connected');
     return database;
   }
 
@@ -73,7 +94,7 @@ export class CellDatabases implements OnApplicationShutdown {
       throw cellDatabaseUnreachable(cellName, error);
     }
     try {
-      return await migrateDatabase(dataSource);
+      return await migrateCellDatabase(dataSource);
     } finally {
       await dataSource.destroy();
     }

@@ -4,7 +4,7 @@ import { sendFixedError } from '@keyhole/web-clients';
 import { ProxyRuntime } from './proxy-runtime';
 import { clusterMetricsText, isProxyWorker } from './workers';
 
-/** Liveness, readiness (cell database and revocation channel) and Prometheus metrics. */
+/** Liveness, readiness (cell database and its keyhole schema, revocation channel) and Prometheus metrics. */
 @Controller()
 export class OperationsController {
   private readonly logger = new Logger('ConsoleProxy');
@@ -19,13 +19,16 @@ export class OperationsController {
 
   @Get('readyz')
   async ready(@Res({ passthrough: true }) response: Response) {
-    const database = await this.runtime.cell.isReachable();
-    const ready = database && this.runtime.proxy.ready;
+    const database = await this.runtime.checkCellDatabase();
+    const ready = database.reachable && database.schemaComplete && this.runtime.proxy.ready;
     response.status(ready ? 200 : 503);
     return {
       status: ready ? 'ready' : 'unavailable',
       cell: this.runtime.cellName,
-      cellDatabase: database,
+      cellDatabase: database.reachable,
+      cellSchema: database.schemaComplete,
+      ...(database.problems.length > 0 ? { cellSchemaProblems: database.problems, fix: 'keyhole migrate' } : {}),
+      ...(database.strandedTokens > 0 ? { strandedTokens: database.strandedTokens } : {}),
       listening: this.runtime.proxy.ready,
       liveSessions: this.runtime.proxy.liveSessions,
     };

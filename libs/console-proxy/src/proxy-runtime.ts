@@ -6,7 +6,7 @@ import type { Duplex } from 'node:stream';
 import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
-import { createPool, DatabaseMetrics, databaseSettings, redactDatabaseUrl } from '@keyhole/db';
+import { CELL_MIGRATE_COMMAND, cellDatabaseSettings, CellSchemaStatus, createPool, DatabaseMetrics, redactDatabaseUrl } from '@keyhole/db';
 import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
@@ -44,7 +44,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     this.cell = new CellDatabase(
       cellName,
       createPool({
-        ...databaseSettings(config, cellDatabaseUrl, `keyhole-proxy:${cellName}`),
+        ...cellDatabaseSettings(config, cellDatabaseUrl, `keyhole-proxy:${cellName}`),
         onDeadlineExceeded: new DatabaseMetrics(this.metrics.registry).deadlineCounter(cellName),
       }),
     );
@@ -73,6 +73,10 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
 
   async onModuleInit(): Promise<void> {
     await this.cell.open();
+    // Refuse to start on a cell database whose keyhole schema is incomplete: serving it would
+    // answer ready and then fail consoles on what is missing (a 503 on every serial console).
+    const schema = await this.cell.requireCompleteSchema();
+    this.warnIfStranded(schema.strandedTokens);
     await this.proxy.start();
     this.releaseGranted = capPendingConnections(
       this.server(),
@@ -115,6 +119,39 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     this.stopWatchingCertificates?.();
     await this.proxy.stop();
     await this.cell.close();
+  }
+
+  /**
+   * Readiness of the cell database: it answers and has keyhole's complete schema (a database
+   * restored from an older backup, or a migration rolled back, is not ready). Also logs stranded
+   * tokens when their count changes.
+   */
+  async checkCellDatabase(): Promise<{ reachable: boolean; schemaComplete: boolean; problems: string[]; strandedTokens: number }> {
+    let status: CellSchemaStatus;
+    try {
+      status = await this.cell.checkSchema();
+    } catch {
+      return { reachable: false, schemaComplete: false, problems: [], strandedTokens: 0 };
+    }
+    this.warnIfStranded(status.strandedTokens);
+    return {
+      reachable: true,
+      schemaComplete: status.problems.length === 0,
+      problems: status.problems,
+      strandedTokens: status.strandedTokens,
+    };
+  }
+
+  private lastStranded = 0;
+
+  private warnIfStranded(strandedTokens: number): void {
+    if (strandedTokens !== this.lastStranded && strandedTokens > 0) {
+      this.logger.warn(
+        { cell: this.cellName, strandedTokens },
+        `tokens in keyhole's own token table are not served since Nova's console_auth_tokens exists: run \`${CELL_MIGRATE_COMMAND}\` to move them`,
+      );
+    }
+    this.lastStranded = strandedTokens;
   }
 
   private server(): Server {

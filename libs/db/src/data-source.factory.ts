@@ -2,6 +2,7 @@ import { DataSource, DataSourceOptions } from 'typeorm';
 import { CELL_MIGRATIONS, CONTROL_MIGRATIONS } from '@keyhole/migrations';
 import { ApiCredentialEntity } from './control/api-credential.entity';
 import { CellEntity } from './control/cell.entity';
+import { KEYHOLE_SCHEMA } from './cell/cell-schema';
 import { CellSettingEntity } from './cell/cell-setting.entity';
 import { ConsoleAuthTokenEntity } from './cell/console-auth-token.entity';
 import { ConsoleSessionEntity } from './cell/console-session.entity';
@@ -23,6 +24,9 @@ export function createDataSource(kind: DatabaseKind, settings: DatabaseSettings)
     entities: kind === 'control' ? CONTROL_ENTITIES : CELL_ENTITIES,
     migrations: kind === 'control' ? CONTROL_MIGRATIONS : CELL_MIGRATIONS,
     migrationsTableName: 'keyhole_migrations',
+    // A cell's keyhole tables, its migrations table included, live in keyhole's own schema (see
+    // cell-schema.ts); TypeORM looks for its migrations table there.
+    ...(kind === 'cell' ? { schema: KEYHOLE_SCHEMA } : {}),
     synchronize: false,
     migrationsRun: false,
     logging: false,

@@ -1,6 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { Pool, PoolClient, QueryResultRow, types } from 'pg';
 import type { KeyholeConfig } from '@keyhole/config';
+import { CELL_CONNECTION_OPTIONS } from './cell/cell-schema';
 import { DeadlineStage, deadlineStage, isConnectionBroken } from './postgres-errors';
 
 // Nova's created_at/updated_at are `timestamp without time zone` holding UTC. pg would read them
@@ -23,6 +24,11 @@ export interface DatabaseSettings {
   statementTimeoutMs: number;
   /** Shown in pg_stat_activity, e.g. `keyhole-api` or `keyhole-proxy:cell1`. */
   applicationName: string;
+  /**
+   * libpq startup options of each connection: CELL_CONNECTION_OPTIONS for a cell database (its
+   * search_path finds keyhole's tables in the `keyhole` schema). Absent: the server's defaults.
+   */
+  connectionOptions?: string;
   /** Called when an operation of this pool missed a client-side deadline (for a metric). */
   onDeadlineExceeded?: (stage: DeadlineStage) => void;
 }
@@ -37,6 +43,11 @@ export function databaseSettings(config: KeyholeConfig, url: string, application
     statementTimeoutMs: config.database.statementTimeoutMs,
     applicationName,
   };
+}
+
+/** The settings of an app's pool on the cell database at `url`: databaseSettings with the cell's search_path. */
+export function cellDatabaseSettings(config: KeyholeConfig, url: string, applicationName: string): DatabaseSettings {
+  return { ...databaseSettings(config, url, applicationName), connectionOptions: CELL_CONNECTION_OPTIONS };
 }
 
 /**
@@ -78,6 +89,7 @@ export function createPool(settings: DatabaseSettings): Pool {
     query_timeout: settings.queryTimeoutMs,
     statement_timeout: settings.statementTimeoutMs,
     application_name: settings.applicationName,
+    ...(settings.connectionOptions !== undefined ? { options: settings.connectionOptions } : {}),
     // An idle connection to a frozen server is half-closed by end() and would keep a CLI process
     // from exiting until the server answers: idle connections do not hold the process open.
     allowExitOnIdle: true,

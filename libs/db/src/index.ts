@@ -9,6 +9,8 @@ export * from './cell/console-auth-token.repository';
 export * from './cell/console-session.repository';
 export * from './cell/cell-setting.repository';
 export * from './cell/console-events';
+export * from './cell/cell-schema';
+export * from './cell/cell-token-table';
 export * from './data-source.factory';
 export * from './migration-runner';
 export * from './postgres-errors';

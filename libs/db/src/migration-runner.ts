@@ -1,17 +1,36 @@
 import { Client } from 'pg';
-import { DataSource } from 'typeorm';
+import { Logger } from '@nestjs/common';
+import { DataSource, MigrationExecutor, QueryRunner } from 'typeorm';
+import { adoptCellTokens, KEYHOLE_SCHEMA, NOVA_EXPIRES_INDEX_SQL, prepareCellSchema } from './cell/cell-schema';
 
 // Any fixed 64-bit key works; it only has to differ from the purge leader lock.
 const MIGRATION_LOCK_KEY = 0x6b68_6d69_6772; // "khmigr"
 
+/** What a cell database's migration run does around the migrations themselves. */
+export interface MigrationRunOptions {
+  /**
+   * The schema that holds every table of the run, the migrations table included. The run creates
+   * it, sets the transaction's search_path to it (the migrations name tables unqualified), and
+   * calls `before` and `after` inside the same transaction. Absent: the database's default schema.
+   */
+  schema?: string;
+  /** Runs first (e.g. moves the tables of an older layout into `schema`). */
+  before?: (queryRunner: QueryRunner) => Promise<unknown>;
+  /** Runs after the pending migrations (e.g. adopts rows into another table). */
+  after?: (queryRunner: QueryRunner) => Promise<unknown>;
+}
+
 /**
  * Brings one database to the latest schema. Several processes may start at once (replicas, CLI),
- * so the run holds a session advisory lock; each migration runs in its own transaction.
+ * so the run holds a session advisory lock. The whole run is ONE transaction: the schema, the
+ * migrations table (which TypeORM would otherwise create outside any transaction), every pending
+ * migration and the `before`/`after` steps commit together or not at all, so a failed run leaves
+ * the database exactly as it found it.
  * A DataSource that is not initialized is opened for the run and destroyed after it (the apps
  * reach their tables through their own pools and keep no DataSource open).
  * Returns the names of the migrations that ran.
  */
-export async function migrateDatabase(dataSource: DataSource): Promise<string[]> {
+export async function migrateDatabase(dataSource: DataSource, options: MigrationRunOptions = {}): Promise<string[]> {
   const openedHere = !dataSource.isInitialized;
   if (openedHere) {
     await dataSource.initialize();
@@ -24,18 +43,51 @@ export async function migrateDatabase(dataSource: DataSource): Promise<string[]>
     connectionTimeoutMillis: extra?.connectionTimeoutMillis,
     query_timeout: extra?.query_timeout,
   });
+  const queryRunner = dataSource.createQueryRunner();
   try {
     await lock.connect();
     await lock.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
-    const applied = await dataSource.runMigrations({ transaction: 'each' });
-    return applied.map((migration) => migration.name);
+    await queryRunner.startTransaction();
+    try {
+      const applied = await migrateInTransaction(dataSource, queryRunner, options);
+      await queryRunner.commitTransaction();
+      return applied;
+    } catch (error) {
+      if (queryRunner.isTransactionActive) {
+        await queryRunner.rollbackTransaction().catch(() => undefined);
+      }
+      throw error;
+    }
   } finally {
+    await queryRunner.release();
     // Ending the session releases the lock even if the unlock is never sent.
     await lock.end();
     if (openedHere) {
       await dataSource.destroy();
     }
   }
+}
+
+async function migrateInTransaction(dataSource: DataSource, queryRunner: QueryRunner, options: MigrationRunOptions): Promise<string[]> {
+  const { schema } = options;
+  if (schema !== undefined) {
+    if (!/^[a-z_][a-z0-9_]*$/.test(schema)) {
+      throw new Error('unsupported schema name');
+    }
+    await queryRunner.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+  }
+  await options.before?.(queryRunner);
+  if (schema !== undefined) {
+    // LOCAL: ends with the transaction, so the pooled connection does not keep it.
+    await queryRunner.query(`SET LOCAL search_path = ${schema}`);
+  }
+  // On the run's own query runner, inside its transaction: TypeORM starts none of its own then,
+  // and creates its migrations table (in the search_path's schema) inside this one.
+  const executor = new MigrationExecutor(dataSource, queryRunner);
+  executor.transaction = 'all';
+  const applied = await executor.executePendingMigrations();
+  await options.after?.(queryRunner);
+  return applied.map((migration) => migration.name);
 }
 
 /**
@@ -90,5 +142,38 @@ function adminClient(admin: URL): Client {
     connectionString: admin.toString(),
     connectionTimeoutMillis: ADMIN_CONNECT_TIMEOUT_MS,
     query_timeout: ADMIN_QUERY_TIMEOUT_MS,
+  });
+}
+
+const logger = new Logger('CellMigrations');
+
+/**
+ * Brings a cell database to the latest schema: keyhole's tables in the `keyhole` schema (an older
+ * keyhole's tables moved there from `public` first), then, when Nova's `console_auth_tokens`
+ * exists, the valid rows of keyhole's own token table adopted into it. All in one transaction
+ * (see migrateDatabase and cell-schema.ts). Returns the names of the migrations that ran.
+ */
+export function migrateCellDatabase(dataSource: DataSource, nowSeconds = Math.floor(Date.now() / 1000)): Promise<string[]> {
+  return migrateDatabase(dataSource, {
+    schema: KEYHOLE_SCHEMA,
+    before: async (queryRunner) => {
+      const moved = await prepareCellSchema(queryRunner);
+      if (moved.length > 0) {
+        logger.log({ tables: moved }, `moved the tables of an older keyhole from public into the ${KEYHOLE_SCHEMA} schema`);
+      }
+    },
+    after: async (queryRunner) => {
+      const adoption = await adoptCellTokens(queryRunner, nowSeconds);
+      if (adoption && adoption.adopted + adoption.expired > 0) {
+        logger.log({ adopted: adoption.adopted, expired: adoption.expired }, "moved keyhole's own tokens into Nova's console_auth_tokens");
+      }
+      if (adoption?.expiresIndex === 'not owner') {
+        logger.warn(
+          { statement: NOVA_EXPIRES_INDEX_SQL },
+          "keyhole's database role does not own Nova's console_auth_tokens and cannot index it: the purge scans the table " +
+            "until Nova's role runs this statement",
+        );
+      }
+    },
   });
 }

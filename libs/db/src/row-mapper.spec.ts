@@ -31,7 +31,7 @@ describe('RowMapper', () => {
 });
 
 describe('consoleAuthTokenRows', () => {
-  // As pg returns it for `SELECT ${consoleAuthTokenRows.selectList()}`.
+  // As pg returns it for `SELECT ${consoleAuthTokenRows(false).selectList()}`.
   const row = {
     id: '42',
     tokenHash: 'a'.repeat(64),
@@ -45,18 +45,23 @@ describe('consoleAuthTokenRows', () => {
     accessUrlBase: 'https://console.example.com/vnc_lite.html',
     createdAt: new Date('2026-01-01T00:00:00Z'),
     updatedAt: null,
-    rowVersion: 1,
     objectVersion: '1.4',
     issuedBy: null,
   };
 
   it('reads int8 ids and expiries (strings from pg) as numbers', () => {
-    const token = consoleAuthTokenRows.fromRow(row);
+    const token = consoleAuthTokenRows(false).fromRow(row);
     expect(token).toBeInstanceOf(ConsoleAuthTokenEntity);
     expect(token).toMatchObject({ id: 42, expires: 2_000_000_000, tokenHash: row.tokenHash, createdAt: row.createdAt, tlsPort: null });
   });
 
+  it("reads tls_port from the token table's column when it has one, else from keyhole's extras", () => {
+    expect(consoleAuthTokenRows(true).selectList()).toContain('COALESCE(t.tls_port, x.tls_port) AS "tlsPort"');
+    expect(consoleAuthTokenRows(false).selectList()).toContain('x.tls_port AS "tlsPort"');
+    expect(consoleAuthTokenRows(false).selectList()).not.toContain('t.tls_port');
+  });
+
   it('refuses an int8 beyond 2^53 rather than rounding it', () => {
-    expect(() => consoleAuthTokenRows.fromRow({ ...row, id: '9007199254740993' })).toThrow(RangeError);
+    expect(() => consoleAuthTokenRows(false).fromRow({ ...row, id: '9007199254740993' })).toThrow(RangeError);
   });
 });

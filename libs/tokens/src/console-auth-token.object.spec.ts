@@ -18,7 +18,6 @@ function row(overrides: Partial<ConsoleAuthTokenEntity> = {}): ConsoleAuthTokenE
     accessUrlBase: 'http://fake.url.fake/root.html',
     createdAt: new Date('2026-01-01T00:00:00Z'),
     updatedAt: null,
-    rowVersion: 1,
     objectVersion: '1.4',
     issuedBy: '0123456789abcdef',
     ...overrides,

@@ -62,6 +62,8 @@ export class PurgeService {
       // Tombstones of revoked tokens outlive nothing: once the token would have expired, they go.
       if (options.host === undefined) {
         await this.inBatches(batchSize, () => database.tokens.deleteExpiredTombstonesBatch(now, batchSize));
+        // So do keyhole's extras of expired tokens, also of those that Nova's own cleanups deleted.
+        await this.inBatches(batchSize, () => database.tokens.deleteExpiredExtrasBatch(now, batchSize));
       }
       let sessions = 0;
       if (options.host === undefined && this.config.purge.sessionRetentionMs > 0) {

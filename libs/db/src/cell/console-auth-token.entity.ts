@@ -3,8 +3,10 @@ import { bigintAsNumber, int8AsNumber } from '../column-transformers';
 import { RowMapper } from '../row-mapper';
 
 /**
- * A row of Nova's `console_auth_tokens` cell table plus keyhole's own columns. The plaintext token
- * is never stored: `tokenHash` is sha256(token) in lowercase hex.
+ * A token of a cell: a row of the cell's token table (Nova's `console_auth_tokens`, or keyhole's
+ * own with the same columns; see cell-schema.ts) joined with keyhole's extras of that token
+ * (`objectVersion`, `issuedBy`, and `tlsPort` when the token table has no such column). The
+ * plaintext token is never stored: `tokenHash` is sha256(token) in lowercase hex.
  */
 @Entity({ name: 'console_auth_tokens' })
 export class ConsoleAuthTokenEntity {
@@ -23,7 +25,7 @@ export class ConsoleAuthTokenEntity {
   @Column({ type: 'integer' })
   port!: number;
 
-  @Column({ name: 'tls_port', type: 'integer', nullable: true })
+  /** The token table's column when it has one (Nova >= 31, keyhole's own), else the extras'. */
   tlsPort!: number | null;
 
   @Column({ name: 'internal_access_path', type: 'text', nullable: true })
@@ -32,7 +34,7 @@ export class ConsoleAuthTokenEntity {
   @Column({ name: 'instance_uuid', type: 'varchar', length: 36 })
   instanceUuid!: string;
 
-  /** Unix epoch seconds; the token is valid while `expires > now`. */
+  /** Unix epoch seconds; the token is valid while `expires > now`. Nova's column is 32-bit: 2038. */
   @Column({ type: 'bigint', transformer: bigintAsNumber })
   expires!: number;
 
@@ -46,34 +48,37 @@ export class ConsoleAuthTokenEntity {
   @Column({ name: 'updated_at', type: 'timestamp', nullable: true })
   updatedAt!: Date | null;
 
-  /** Optimistic locking: bumped by every keyhole update of the row. */
-  @Column({ name: 'row_version', type: 'integer', default: 1 })
-  rowVersion!: number;
-
-  /** ConsoleAuthToken object version the row was written at; null when Nova wrote it. */
-  @Column({ name: 'object_version', type: 'varchar', length: 16, nullable: true })
+  /** ConsoleAuthToken object version the row was written at (extras); null when Nova wrote it. */
   objectVersion!: string | null;
 
-  /** Public id of the API credential that issued the token; null when Nova wrote it. */
-  @Column({ name: 'issued_by', type: 'varchar', length: 32, nullable: true })
+  /** Public id of the API credential that issued the token (extras); null when Nova wrote it. */
   issuedBy!: string | null;
 }
 
-/** How keyhole's SQL statements read `console_auth_tokens` rows. */
-export const consoleAuthTokenRows = new RowMapper(ConsoleAuthTokenEntity, {
-  id: { column: 'id', read: int8AsNumber },
-  tokenHash: { column: 'token_hash' },
-  consoleType: { column: 'console_type' },
-  host: { column: 'host' },
-  port: { column: 'port' },
-  tlsPort: { column: 'tls_port' },
-  internalAccessPath: { column: 'internal_access_path' },
-  instanceUuid: { column: 'instance_uuid' },
-  expires: { column: 'expires', read: int8AsNumber },
-  accessUrlBase: { column: 'access_url_base' },
-  createdAt: { column: 'created_at' },
-  updatedAt: { column: 'updated_at' },
-  rowVersion: { column: 'row_version' },
-  objectVersion: { column: 'object_version' },
-  issuedBy: { column: 'issued_by' },
+/**
+ * How keyhole's SQL statements read tokens: from the token table as `t` LEFT JOINed with the
+ * extras as `x`. `hasTlsPort`: whether the token table has a `tls_port` column (its value wins).
+ */
+export function consoleAuthTokenRows(hasTlsPort: boolean): RowMapper<ConsoleAuthTokenEntity> {
+  return hasTlsPort ? TOKEN_ROWS_WITH_TLS_PORT : TOKEN_ROWS;
+}
+
+const tokenColumns = (tlsPort: string): ConstructorParameters<typeof RowMapper<ConsoleAuthTokenEntity>>[1] => ({
+  id: { column: 't.id', read: int8AsNumber },
+  tokenHash: { column: 't.token_hash' },
+  consoleType: { column: 't.console_type' },
+  host: { column: 't.host' },
+  port: { column: 't.port' },
+  tlsPort: { column: tlsPort },
+  internalAccessPath: { column: 't.internal_access_path' },
+  instanceUuid: { column: 't.instance_uuid' },
+  expires: { column: 't.expires', read: int8AsNumber },
+  accessUrlBase: { column: 't.access_url_base' },
+  createdAt: { column: 't.created_at' },
+  updatedAt: { column: 't.updated_at' },
+  objectVersion: { column: 'x.object_version' },
+  issuedBy: { column: 'x.issued_by' },
 });
+
+const TOKEN_ROWS = new RowMapper(ConsoleAuthTokenEntity, tokenColumns('x.tls_port'));
+const TOKEN_ROWS_WITH_TLS_PORT = new RowMapper(ConsoleAuthTokenEntity, tokenColumns('COALESCE(t.tls_port, x.tls_port)'));

@@ -1,5 +1,8 @@
 import type { Pool } from 'pg';
 import { ConsoleAuthTokenEntity, consoleAuthTokenRows } from './console-auth-token.entity';
+import { TOKEN_EXTRAS_TABLE } from './cell-schema';
+import { CellTokenTable, TokenTableShape } from './cell-token-table';
+import { RowMapper } from '../row-mapper';
 import { consoleEventPayloads } from './console-events';
 import { notify } from './console-session.repository';
 import { inTransaction, runCounted, runPrepared } from '../database-pool';
@@ -7,7 +10,7 @@ import { isRowDataError } from '../postgres-errors';
 import { expiredBatchDeleteSql } from './purge-statements';
 import { BatchOutcome, QueryBatcher } from '../query-batcher';
 
-/** What keyhole writes of a new row; the table fills in the rest (id, timestamps, row version). */
+/** What keyhole writes of a new token: the token table's columns, and its extras. */
 const NEW_ROW_PROPERTIES = [
   'tokenHash',
   'consoleType',
@@ -24,23 +27,11 @@ const NEW_ROW_PROPERTIES = [
 
 export type NewConsoleAuthTokenRow = Pick<ConsoleAuthTokenEntity, (typeof NEW_ROW_PROPERTIES)[number]>;
 
-const NEW_ROW_COLUMNS = consoleAuthTokenRows.columnNames(NEW_ROW_PROPERTIES);
-
-// The casts follow NEW_ROW_PROPERTIES, in order.
-const INSERT_ROWS_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS})
-  SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::integer[], $5::integer[], $6::text[], $7::varchar[],
-                       $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
-  RETURNING ${consoleAuthTokenRows.selectList()}`;
-
-const INSERT_IF_ABSENT_SQL = `INSERT INTO console_auth_tokens (${NEW_ROW_COLUMNS})
-  VALUES (${NEW_ROW_PROPERTIES.map((_, index) => `$${index + 1}`).join(', ')})
-  ON CONFLICT DO NOTHING RETURNING id`;
-
 /**
  * What the console proxy needs of a token to open its console. Its lookup runs on every connect
- * and every refused guess: no timestamps or bookkeeping columns to parse.
+ * and every refused guess: no timestamps, no extras, no join.
  */
-const grants = consoleAuthTokenRows.projection([
+const GRANT_PROPERTIES = [
   'id',
   'tokenHash',
   'consoleType',
@@ -50,13 +41,72 @@ const grants = consoleAuthTokenRows.projection([
   'instanceUuid',
   'expires',
   'accessUrlBase',
-]);
+] as const satisfies readonly (keyof ConsoleAuthTokenEntity)[];
+
+const grants = consoleAuthTokenRows(false).projection(GRANT_PROPERTIES);
 
 export type ConsoleGrantRow = ReturnType<typeof grants.read>;
 
-const FIND_GRANTS_SQL = `SELECT ${grants.selectList} FROM console_auth_tokens WHERE token_hash = ANY($1::varchar[]) AND expires > $2`;
+/**
+ * keyhole's statements on one token table shape (see CellTokenTable): the table is named with its
+ * schema, and each prepared statement's name carries the shape's key, so that a connection that
+ * prepared it for keyhole's own table never runs it against Nova's.
+ */
+class TokenStatements {
+  readonly rows: RowMapper<ConsoleAuthTokenEntity>;
+  /** The token table as `t`, LEFT JOINed with keyhole's extras as `x` (Nova's rows have none). */
+  readonly from: string;
+  readonly insertRows: string;
+  readonly insertIfAbsent: string;
+  readonly findGrants: string;
+  readonly findValid: string;
 
-const FIND_VALID_SQL = `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens WHERE token_hash = $1 AND expires > $2 LIMIT 1`;
+  constructor(readonly shape: TokenTableShape) {
+    this.rows = consoleAuthTokenRows(shape.hasTlsPort);
+    this.from = `${shape.table} t LEFT JOIN ${TOKEN_EXTRAS_TABLE} x ON x.token_hash = t.token_hash`;
+    this.insertRows = this.insert(false);
+    this.insertIfAbsent = this.insert(true);
+    this.findGrants = `SELECT ${grants.selectList} FROM ${shape.table} t WHERE t.token_hash = ANY($1::varchar[]) AND t.expires > $2`;
+    this.findValid = `SELECT ${this.rows.selectList()} FROM ${this.from} WHERE t.token_hash = $1 AND t.expires > $2 LIMIT 1`;
+  }
+
+  /** `keyhole_find_valid_token` -> `keyhole_find_valid_token_nova_tls`. */
+  name(statement: string): string {
+    return `${statement}_${this.shape.key}`;
+  }
+
+  /**
+   * One statement inserts the rows (arrays unnested, in NEW_ROW_PROPERTIES order: one prepared
+   * statement whatever the batch size) into the token table and their extras into keyhole's
+   * table, and returns them as stored. `created_at` is written explicitly, as Nova's code does
+   * (Nova's column has no default). tls_port goes to the token table when it has the column (so
+   * that Nova's own code sees it) and to the extras in any case. An extras row of the same hash
+   * (left by a token that Nova deleted) is replaced.
+   */
+  private insert(ifAbsent: boolean): string {
+    const tls = this.shape.hasTlsPort ? ', tls_port' : '';
+    return `WITH input AS (
+        SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::integer[], $5::integer[], $6::text[], $7::varchar[],
+                             $8::bigint[], $9::varchar[], $10::varchar[], $11::varchar[])
+          AS i(token_hash, console_type, host, port, tls_port, internal_access_path, instance_uuid, expires, access_url_base,
+               object_version, issued_by)),
+      t AS (
+        INSERT INTO ${this.shape.table}
+               (created_at, token_hash, console_type, host, port${tls}, internal_access_path, instance_uuid, expires, access_url_base)
+        SELECT timezone('utc', now()), token_hash, console_type, host, port${tls}, internal_access_path, instance_uuid, expires,
+               access_url_base FROM input
+        ${ifAbsent ? 'ON CONFLICT DO NOTHING' : ''}
+        RETURNING *),
+      x AS (
+        INSERT INTO ${TOKEN_EXTRAS_TABLE} (token_hash, expires, tls_port, object_version, issued_by)
+        SELECT i.token_hash, i.expires, i.tls_port, i.object_version, i.issued_by FROM input i JOIN t ON t.token_hash = i.token_hash
+        ON CONFLICT (token_hash) DO UPDATE
+           SET expires = EXCLUDED.expires, tls_port = EXCLUDED.tls_port, object_version = EXCLUDED.object_version,
+               issued_by = EXCLUDED.issued_by
+        RETURNING *)
+      SELECT ${this.rows.selectList()} FROM t LEFT JOIN x ON x.token_hash = t.token_hash`;
+  }
+}
 
 export interface TokenListFilter {
   instanceUuid?: string;
@@ -65,14 +115,22 @@ export interface TokenListFilter {
   limit: number;
 }
 
-/** Every side effect on one cell's `console_auth_tokens`. Built per cell by the cell registry. */
+/**
+ * Every side effect on one cell's tokens: its token table (Nova's `console_auth_tokens`, or
+ * keyhole's own; see CellTokenTable) and keyhole's extras of them. Built per cell by the cell
+ * registry.
+ */
 export class ConsoleAuthTokenRepository {
+  /** Which table holds this cell's tokens; resolved on first use. */
+  readonly table: CellTokenTable;
   private readonly inserts: QueryBatcher<NewConsoleAuthTokenRow, ConsoleAuthTokenEntity>;
+  private readonly statements = new Map<string, TokenStatements>();
 
   constructor(
     readonly cellName: string,
     private readonly pool: Pool,
   ) {
+    this.table = new CellTokenTable(cellName, pool);
     this.inserts = new QueryBatcher((rows) => this.insertBatch(rows), { maxInFlight: 2, maxBatchSize: 256 });
   }
 
@@ -87,9 +145,10 @@ export class ConsoleAuthTokenRepository {
 
   /** Inserts a row unless its hash is already stored; returns whether it was inserted (imports). */
   async insertIfAbsent(row: NewConsoleAuthTokenRow): Promise<boolean> {
+    const statements = await this.forWriting();
     const inserted = await this.pool.query(
-      INSERT_IF_ABSENT_SQL,
-      NEW_ROW_PROPERTIES.map((property) => row[property]),
+      statements.insertIfAbsent,
+      NEW_ROW_PROPERTIES.map((property) => [row[property]]),
     );
     return inserted.rows.length > 0;
   }
@@ -98,8 +157,22 @@ export class ConsoleAuthTokenRepository {
   async findValidByHash(tokenHash: string, nowSeconds: number): Promise<ConsoleAuthTokenEntity | null> {
     // Every token check of the API runs this: a prepared statement on the unique index, without a
     // parse and plan per call.
-    const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_valid_token', FIND_VALID_SQL, [tokenHash, nowSeconds]);
-    return rows.length === 0 ? null : consoleAuthTokenRows.fromRow(rows[0]);
+    const find = async (statements: TokenStatements): Promise<ConsoleAuthTokenEntity | null> => {
+      const rows = await runPrepared<Record<string, unknown>>(
+        this.pool,
+        statements.name('keyhole_find_valid_token'),
+        statements.findValid,
+        [tokenHash, nowSeconds],
+      );
+      return rows.length === 0 ? null : statements.rows.fromRow(rows[0]);
+    };
+    const statements = await this.current();
+    const found = await find(statements);
+    if (found !== null) {
+      return found;
+    }
+    const changed = await this.recheck(statements);
+    return changed ? find(changed) : null;
   }
 
   /**
@@ -111,36 +184,51 @@ export class ConsoleAuthTokenRepository {
     if (tokenHashes.length === 0) {
       return [];
     }
-    const rows = await runPrepared<Record<string, unknown>>(this.pool, 'keyhole_find_console_grants', FIND_GRANTS_SQL, [
-      tokenHashes,
-      nowSeconds,
-    ]);
-    return rows.map((row) => grants.read(row));
+    const find = async (statements: TokenStatements): Promise<ConsoleGrantRow[]> => {
+      const rows = await runPrepared<Record<string, unknown>>(
+        this.pool,
+        statements.name('keyhole_find_console_grants'),
+        statements.findGrants,
+        [tokenHashes, nowSeconds],
+      );
+      return rows.map((row) => grants.read(row));
+    };
+    const statements = await this.current();
+    const found = await find(statements);
+    if (found.length === tokenHashes.length) {
+      return found;
+    }
+    // A miss may be a token of a table that appeared since (Nova's, created by nova-manage after
+    // keyhole started): look again there, at most once a second.
+    const changed = await this.recheck(statements);
+    return changed ? find(changed) : found;
   }
 
   async findById(id: number): Promise<ConsoleAuthTokenEntity | null> {
+    const statements = await this.current();
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens WHERE id = $1`,
+      `SELECT ${statements.rows.selectList()} FROM ${statements.from} WHERE t.id = $1`,
       [id],
     );
-    return rows.length === 0 ? null : consoleAuthTokenRows.fromRow(rows[0]);
+    return rows.length === 0 ? null : statements.rows.fromRow(rows[0]);
   }
 
   async list(filter: TokenListFilter): Promise<ConsoleAuthTokenEntity[]> {
+    const statements = await this.current();
     const conditions: string[] = [];
     const parameters: unknown[] = [];
     if (filter.instanceUuid !== undefined) {
-      conditions.push(`instance_uuid = $${parameters.push(filter.instanceUuid)}`);
+      conditions.push(`t.instance_uuid = $${parameters.push(filter.instanceUuid)}`);
     }
     if (filter.afterId !== undefined) {
-      conditions.push(`id > $${parameters.push(filter.afterId)}`);
+      conditions.push(`t.id > $${parameters.push(filter.afterId)}`);
     }
     const where = conditions.length > 0 ? `WHERE ${conditions.join(' AND ')}` : '';
     const { rows } = await this.pool.query<Record<string, unknown>>(
-      `SELECT ${consoleAuthTokenRows.selectList()} FROM console_auth_tokens ${where} ORDER BY id ASC LIMIT $${parameters.push(filter.limit)}`,
+      `SELECT ${statements.rows.selectList()} FROM ${statements.from} ${where} ORDER BY t.id ASC LIMIT $${parameters.push(filter.limit)}`,
       parameters,
     );
-    return rows.map((row) => consoleAuthTokenRows.fromRow(row));
+    return rows.map((row) => statements.rows.fromRow(row));
   }
 
   /**
@@ -173,10 +261,19 @@ export class ConsoleAuthTokenRepository {
     return runCounted(this.pool, expiredBatchDeleteSql('revoked_token_hashes'), [nowSeconds, batchSize]);
   }
 
+  /**
+   * Deletes at most `batchSize` extras of tokens that have expired (their token is purged, or was
+   * deleted by Nova's own cleanups, which know nothing of the extras); returns how many.
+   */
+  async deleteExpiredExtrasBatch(nowSeconds: number, batchSize: number): Promise<number> {
+    return runCounted(this.pool, expiredBatchDeleteSql(TOKEN_EXTRAS_TABLE), [nowSeconds, batchSize]);
+  }
+
   /** Distinct host:port targets of an instance's valid tokens of one console type. */
   async listValidTargets(instanceUuid: string, consoleType: string, nowSeconds: number): Promise<{ host: string; port: number }[]> {
+    const { table } = await this.table.shape();
     const { rows } = await this.pool.query<{ host: string; port: number }>(
-      `SELECT DISTINCT host, port FROM console_auth_tokens
+      `SELECT DISTINCT host, port FROM ${table}
         WHERE instance_uuid = $1 AND console_type = $2 AND expires > $3 ORDER BY host, port`,
       [instanceUuid, consoleType, nowSeconds],
     );
@@ -188,20 +285,23 @@ export class ConsoleAuthTokenRepository {
     if (ids.length === 0) {
       return [];
     }
-    const { rows } = await this.pool.query<{ id: string }>('SELECT id FROM console_auth_tokens WHERE id = ANY($1::bigint[])', [ids]);
+    const { table } = await this.table.shape();
+    const { rows } = await this.pool.query<{ id: string }>(`SELECT id FROM ${table} WHERE id = ANY($1::bigint[])`, [ids]);
     const present = new Set(rows.map((row) => Number(row.id)));
     return ids.filter((id) => !present.has(id));
   }
 
   /**
-   * Deletes the tokens matching `where`, leaves a tombstone of each hash until its expiry (so the
-   * legacy fallback never serves a copy of a revoked token), and tells every proxy of the cell to
-   * end their sessions, all in one transaction.
+   * Deletes the tokens matching `where` and their extras, leaves a tombstone of each hash until its
+   * expiry (so the legacy fallback never serves a copy of a revoked token), and tells every proxy
+   * of the cell to end their sessions, all in one transaction.
    */
-  private deleteAndAnnounce(where: string, parameters: unknown[], instanceUuids?: string[]): Promise<number[]> {
+  private async deleteAndAnnounce(where: string, parameters: unknown[], instanceUuids?: string[]): Promise<number[]> {
+    const { table } = await this.table.shape();
     return inTransaction(this.pool, async (client) => {
       const { rows } = await client.query<{ id: string }>(
-        `WITH deleted AS (DELETE FROM console_auth_tokens WHERE ${where} RETURNING id, token_hash, expires),
+        `WITH deleted AS (DELETE FROM ${table} WHERE ${where} RETURNING id, token_hash, expires),
+              extras AS (DELETE FROM ${TOKEN_EXTRAS_TABLE} x USING deleted d WHERE x.token_hash = d.token_hash),
               tombstones AS (
                 INSERT INTO revoked_token_hashes (token_hash, expires)
                 SELECT token_hash, expires FROM deleted WHERE token_hash ~ '^[0-9a-f]{64}$'
@@ -224,11 +324,43 @@ export class ConsoleAuthTokenRepository {
    * batch is picked through the `expires` (or `host, expires`) index.
    */
   async deleteExpiredBatch(nowSeconds: number, batchSize: number, host?: string): Promise<number> {
+    const { table } = await this.table.shape();
     const parameters: unknown[] = [nowSeconds, batchSize];
     if (host !== undefined) {
       parameters.push(host);
     }
-    return runCounted(this.pool, expiredBatchDeleteSql('console_auth_tokens', host !== undefined), parameters);
+    return runCounted(this.pool, expiredBatchDeleteSql(table, host !== undefined), parameters);
+  }
+
+  /** The statements of the current token table. */
+  private async current(): Promise<TokenStatements> {
+    return this.statementsFor(await this.table.shape());
+  }
+
+  /**
+   * The statements for writing a new token. While the token table is keyhole's own, it is
+   * resolved again first (one catalog query per batch): a token written into keyhole's table after
+   * Nova's appeared would be stranded there until the next `keyhole migrate`, while every proxy
+   * already looks in Nova's. Once it is Nova's it stays Nova's.
+   */
+  private async forWriting(): Promise<TokenStatements> {
+    const shape = await this.table.shape();
+    return this.statementsFor(shape.nova ? shape : await this.table.resolve());
+  }
+
+  /** After a miss: the statements of the token table if it changed since `statements`, else null. */
+  private async recheck(statements: TokenStatements): Promise<TokenStatements | null> {
+    const changed = await this.table.recheckAfterMiss(statements.shape);
+    return changed ? this.statementsFor(changed) : null;
+  }
+
+  private statementsFor(shape: TokenTableShape): TokenStatements {
+    let statements = this.statements.get(shape.key);
+    if (!statements) {
+      statements = new TokenStatements(shape);
+      this.statements.set(shape.key, statements);
+    }
+    return statements;
   }
 
   /**
@@ -237,12 +369,13 @@ export class ConsoleAuthTokenRepository {
    * was written and each row is tried again alone, so that one row's error is its own.
    */
   private async insertBatch(rows: NewConsoleAuthTokenRow[]): Promise<BatchOutcome<ConsoleAuthTokenEntity>[]> {
+    const statements = await this.forWriting();
     let raws: Record<string, unknown>[];
     try {
       raws = await runPrepared<Record<string, unknown>>(
         this.pool,
-        'keyhole_insert_tokens',
-        INSERT_ROWS_SQL,
+        statements.name('keyhole_insert_tokens'),
+        statements.insertRows,
         NEW_ROW_PROPERTIES.map((property) => rows.map((row) => row[property])),
       );
     } catch (error) {
@@ -266,7 +399,7 @@ export class ConsoleAuthTokenRepository {
       if (raw === undefined) {
         return { ok: false, error: new Error('an inserted token row was not returned') };
       }
-      return { ok: true, value: consoleAuthTokenRows.fromRow(raw) };
+      return { ok: true, value: statements.rows.fromRow(raw) };
     });
   }
 }

@@ -6,9 +6,13 @@
  * ids and probe the primary key once per row, ~1.7x slower on a million expired rows. The ctids
  * are stable for the statement: the rows are locked by it.
  *
+ * `table` is a token table (`public.` or `keyhole.console_auth_tokens`), `revoked_token_hashes` or
+ * `keyhole.console_auth_token_extras`: each has an `expires` index (Nova's table keyhole's
+ * `keyhole_console_auth_tokens_expires_idx`, once a migration run has seen it).
+ *
  * This module imports nothing, so that the benchmark can EXPLAIN ANALYZE the very statement.
  */
-export function expiredBatchDeleteSql(table: 'console_auth_tokens' | 'revoked_token_hashes', hostScoped = false): string {
+export function expiredBatchDeleteSql(table: string, hostScoped = false): string {
   return `DELETE FROM ${table} WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM ${table}
      WHERE expires <= $1 ${hostScoped ? 'AND host = $3' : ''}

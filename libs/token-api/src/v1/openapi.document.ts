@@ -44,7 +44,7 @@ const errors = (...statuses: number[]): Record<number, ResponseConfig> => {
     413: 'PAYLOAD_TOO_LARGE',
     415: 'UNSUPPORTED_MEDIA_TYPE: bodies must be application/json',
     429: 'TOO_MANY_REQUESTS: too many failed authentications for this key id or from this address; retry after `Retry-After` seconds',
-    503: 'CELL_DATABASE_UNREACHABLE, SERVICE_UNAVAILABLE, or AUTHENTICATION_BUSY (too many key verifications waiting; `Retry-After: 1`)',
+    503: 'CELL_DATABASE_UNREACHABLE, CELL_SCHEMA_INCOMPLETE (run `keyhole migrate`), SERVICE_UNAVAILABLE, or AUTHENTICATION_BUSY (too many key verifications waiting; `Retry-After: 1`)',
   };
   // Whatever authenticates may also be throttled.
   const answered = statuses.includes(401) ? [...statuses, 429] : statuses;
