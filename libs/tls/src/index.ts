@@ -1,7 +1,8 @@
 // A server's own TLS, without a front proxy: certificate files checked at start and reloaded on
-// SIGHUP, one port for TLS and (unless TLS-only) plain HTTP, client certificates, metrics.
+// SIGHUP, one port for TLS and (unless TLS-only) plain HTTP, client certificates, metrics; and the console proxy's VeNCrypt client files.
 export * from './certificate-store';
 export * from './certificate-reloader';
 export * from './client-certificate';
 export * from './tls-http-server';
 export * from './tls.metrics';
+export * from './vencrypt-credentials';
