@@ -1,4 +1,5 @@
-import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CellsService } from '@keyhole/cells';
@@ -9,6 +10,7 @@ import { startTestDeployment, TestDeployment } from '../support/deployment';
 import { metricValue, scrapeMetrics } from '../support/metrics';
 import { artifactsDir, Browser, launchBrowser, waitForVncScreen } from '../support/real/browser';
 import { startQemuVm } from '../support/real/qemu';
+import { startTcpUpstream } from '../support/tcp-upstreams';
 import { stopAfterTests, Teardown } from '../support/teardown';
 import { call } from '../support/token-api';
 import { waitUntil } from '../support/wait';
@@ -16,6 +18,34 @@ import { ConsoleClient, connectConsole } from '../support/websocket-client';
 
 const INSTANCE = '5f0c3a1e-7d2b-4c6a-9e8f-1a2b3c4d5e6f';
 const RFB_3_8 = Buffer.from('RFB 003.008\n', 'latin1');
+/** The whole negotiation's bound in these tests (KEYHOLE_PROXY_CONNECT_TIMEOUT_MS). */
+const NEGOTIATION_TIMEOUT_MS = 2_000;
+
+/**
+ * A scripted hypervisor: sends `banner`, then for each step waits for `read` bytes from the proxy
+ * and answers `reply`. After the last step it stays silent.
+ */
+function scriptedHypervisor(steps: { read: number; reply?: number[] }[], banner: Buffer = RFB_3_8) {
+  return (socket: Socket): void => {
+    socket.write(banner);
+    let buffered = Buffer.alloc(0);
+    let step = 0;
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      while (step < steps.length && buffered.length >= (steps[step]?.read ?? 0)) {
+        const { read, reply } = steps[step];
+        buffered = buffered.subarray(read);
+        if (reply) {
+          socket.write(Buffer.from(reply));
+        }
+        step += 1;
+      }
+    });
+  };
+}
+
+/** A u32 in network order, as bytes. */
+const u32 = (value: number): number[] => [(value >>> 24) & 255, (value >>> 16) & 255, (value >>> 8) & 255, value & 255];
 
 /**
  * VeNCrypt to the hypervisor, as nova-novncproxy does with `[vnc] auth_schemes = vencrypt`: QEMU
@@ -38,6 +68,9 @@ describe('VNC over VeNCrypt to the hypervisor', () => {
   /** vencrypt then none, without a client certificate. */
   let noClientCertificateProxy: RunningProxy;
   let browser: Browser;
+  /** The CA file of `wrongCaProxy` (a copy the SIGHUP test rewrites), and the right CA's. */
+  let wrongCaFile: string;
+  let rightCaFile: string;
 
   beforeAll(async () => {
     const ca = teardown.add(await TestCertificateAuthority.create('vnc-ca'), (authority) => authority.remove());
@@ -50,12 +83,20 @@ describe('VNC over VeNCrypt to the hypervisor', () => {
     await copyFile(ca.ca.certFile, join(qemuTls, 'ca-cert.pem'));
     await copyFile(server.certFile, join(qemuTls, 'server-cert.pem'));
     await copyFile(server.keyFile, join(qemuTls, 'server-key.pem'));
+    wrongCaFile = join(qemuTls, 'proxy-ca.pem');
+    await copyFile(otherCa.ca.certFile, wrongCaFile);
+    rightCaFile = ca.ca.certFile;
 
     deployment = teardown.add(await startTestDeployment(), (started) => started.stop());
     vencryptVm = teardown.add(await startQemuVm({ vncTls: { directory: qemuTls } }), (vm) => vm.stop());
     plainVm = teardown.add(await startQemuVm(), (vm) => vm.stop());
     const vencryptProxy = (name: string, environment: Record<string, string>) =>
-      startCell1Proxy(deployment, { KEYHOLE_PROXY_INSTANCE: name, KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'vencrypt', ...environment });
+      startCell1Proxy(deployment, {
+        KEYHOLE_PROXY_INSTANCE: name,
+        KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'vencrypt',
+        KEYHOLE_PROXY_CONNECT_TIMEOUT_MS: String(NEGOTIATION_TIMEOUT_MS),
+        ...environment,
+      });
     proxy = teardown.add(
       await vencryptProxy('vencrypt', {
         KEYHOLE_PROXY_VENCRYPT_CA_FILE: ca.ca.certFile,
@@ -65,7 +106,7 @@ describe('VNC over VeNCrypt to the hypervisor', () => {
     );
     wrongCaProxy = teardown.add(
       await vencryptProxy('wrong-ca', {
-        KEYHOLE_PROXY_VENCRYPT_CA_FILE: otherCa.ca.certFile,
+        KEYHOLE_PROXY_VENCRYPT_CA_FILE: wrongCaFile,
         KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE: client.certFile,
         KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE: client.keyFile,
       }),
@@ -246,4 +287,106 @@ describe('VNC over VeNCrypt to the hypervisor', () => {
     const metrics = await scrapeMetrics(proxy.httpBase);
     expect(metricValue(metrics, 'keyhole_proxy_connects_total', { result: 'client_security_refused' })).toBe(1);
   }, 30_000);
+  it('reloads the CA on SIGHUP for new sessions, and keeps the files in use when the new ones cannot be used', async () => {
+    const reloads = (message: string) =>
+      allLogs()
+        .split('\n')
+        .filter((text) => text.includes(message)).length;
+    const hangUp = async (message: string) => {
+      const before = reloads(message);
+      process.emit('SIGHUP', 'SIGHUP');
+      await waitUntil(async () => (reloads(message) > before ? true : undefined), 5_000, `"${message}"`, { intervalMs: 50 });
+    };
+    const negotiate = async () => {
+      const { client } = await open(wrongCaProxy, vencryptVm.vncPort);
+      const consumed = { bytes: 0 };
+      expect(await handshakeToSecurityTypes(client, consumed)).toEqual(Buffer.from([1, 1]));
+      await client.send(Buffer.from([1]));
+      return { client, consumed };
+    };
+
+    await writeFile(wrongCaFile, 'not a certificate\n');
+    await hangUp('SIGHUP: VeNCrypt files refused, the previous ones stay');
+    const refused = await negotiate();
+    await expectFailedSecurityResult(refused.client, refused.consumed, 'hypervisor certificate not trusted');
+
+    await copyFile(rightCaFile, wrongCaFile);
+    await hangUp('SIGHUP: VeNCrypt files reloaded for new connections');
+    const accepted = await negotiate();
+    expect(await next(accepted.client, accepted.consumed, 4)).toEqual(Buffer.from([0, 0, 0, 0]));
+    await accepted.client.close();
+    const metrics = await scrapeMetrics(wrongCaProxy.httpBase);
+    expect(metricValue(metrics, 'keyhole_tls_reloads_total', { listener: 'vencrypt', result: 'failed' })).toBe(1);
+    expect(metricValue(metrics, 'keyhole_tls_reloads_total', { listener: 'vencrypt', result: 'ok' })).toBeGreaterThanOrEqual(1);
+  }, 30_000);
+
+  describe('bounds every read and the whole exchange (scripted hypervisors)', () => {
+    const hypervisor = async (steps: { read: number; reply?: number[] }[], banner?: Buffer) =>
+      teardown.add(await startTcpUpstream(scriptedHypervisor(steps, banner)));
+
+    it('refuses a hypervisor that does not speak RFB 3.8, before the browser gets anything', async () => {
+      const server = await hypervisor([], Buffer.from('RFB 003.003\n', 'latin1'));
+      const { client } = await open(proxy, server.port);
+      expect(await client.waitForClose()).toMatchObject({ code: 1011, reason: 'hypervisor does not speak RFB 3.8' });
+      expect(client.receivedBytes).toBe(0);
+    }, 15_000);
+
+    it('does not read a refusal reason longer than 256 bytes (Nova bug 2155052), and refuses at once', async () => {
+      // Announces 100 000 bytes of reason and sends none of them: a proxy that waited would time out.
+      const server = await hypervisor([{ read: 12, reply: [0, ...u32(100_000)] }]);
+      const { client } = await open(proxy, server.port);
+      const consumed = { bytes: 0 };
+      const startedAt = Date.now();
+      expect(await next(client, consumed, 12)).toEqual(RFB_3_8);
+      await client.send(RFB_3_8);
+      expect(await next(client, consumed, 1)).toEqual(Buffer.from([0]));
+      const length = (await next(client, consumed, 4)).readUInt32BE(0);
+      expect((await next(client, consumed, length)).toString('latin1')).toBe('hypervisor refused the connection');
+      expect(await client.waitForClose()).toMatchObject({ code: 1011, reason: 'hypervisor refused the connection' });
+      expect(Date.now() - startedAt).toBeLessThan(NEGOTIATION_TIMEOUT_MS / 2);
+      const line = await waitUntil(
+        async () =>
+          allLogs()
+            .split('\n')
+            .find((text) => text.includes('a reason of 100000 bytes, not read')),
+        5_000,
+        'the refusal to be logged',
+        { intervalMs: 50 },
+      );
+      expect(JSON.parse(line)).toMatchObject({ reason: 'hypervisor refused the connection' });
+    }, 15_000);
+
+    it('refuses a VeNCrypt hypervisor without the X509None subtype (no anonymous TLS)', async () => {
+      const server = await hypervisor([
+        { read: 12, reply: [1, 19] },
+        { read: 1, reply: [0, 2] },
+        // Ack, then two subtypes: TLSNone (257) and X509Vnc (261).
+        { read: 2, reply: [0, 2, ...u32(257), ...u32(261)] },
+      ]);
+      const { client } = await open(proxy, server.port);
+      const consumed = { bytes: 0 };
+      expect(await handshakeToSecurityTypes(client, consumed)).toEqual(Buffer.from([1, 1]));
+      await client.send(Buffer.from([1]));
+      await expectFailedSecurityResult(client, consumed, 'hypervisor offers no VeNCrypt X509None');
+      expect(await client.waitForClose()).toMatchObject({ code: 1011, reason: 'hypervisor offers no VeNCrypt X509None' });
+    }, 15_000);
+
+    it('ends a negotiation the hypervisor stalls (1011) or the browser stalls (1008) within the connect timeout', async () => {
+      const silentHypervisor = await hypervisor([{ read: 12 }]);
+      const stalled = await open(proxy, silentHypervisor.port);
+      const consumed = { bytes: 0 };
+      const startedAt = Date.now();
+      expect(await next(stalled.client, consumed, 12)).toEqual(RFB_3_8);
+      await stalled.client.send(RFB_3_8);
+      const close = await stalled.client.waitForClose(NEGOTIATION_TIMEOUT_MS + 3_000);
+      expect(close).toMatchObject({ code: 1011, reason: 'RFB security negotiation timed out' });
+      expect(close.atMs - startedAt).toBeLessThan(NEGOTIATION_TIMEOUT_MS + 1_000);
+
+      // A browser that never answers the version: its fault, 1008.
+      const silentBrowser = await open(proxy, vencryptVm.vncPort);
+      const browserClose = await silentBrowser.client.waitForClose(NEGOTIATION_TIMEOUT_MS + 3_000);
+      expect(browserClose).toMatchObject({ code: 1008, reason: 'RFB security negotiation timed out' });
+      expect(await endedSession(silentBrowser.issued.id)).toMatchObject({ close_reason: 'client security refused' });
+    }, 20_000);
+  });
 });

@@ -33,11 +33,10 @@ export class ByteQueue {
     }
     this.chunks.push(chunk);
     this.buffered += chunk.length;
+    this.serve();
     if (this.buffered > this.maxBufferedBytes) {
       this.fail(this.overflow());
-      return;
     }
-    this.serve();
   }
 
   /** The peer is gone (or the exchange is abandoned): the waiting read and every later one reject with `error`. */
