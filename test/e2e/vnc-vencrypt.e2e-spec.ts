@@ -287,6 +287,26 @@ describe('VNC over VeNCrypt to the hypervisor', () => {
     const metrics = await scrapeMetrics(proxy.httpBase);
     expect(metricValue(metrics, 'keyhole_proxy_connects_total', { result: 'client_security_refused' })).toBe(1);
   }, 30_000);
+  it("shows the refusal in noVNC when the proxy does not trust the hypervisor: RFB's security failure, with the reason", async () => {
+    const issued = await issue(vencryptVm.vncPort);
+    const page = await browser.page();
+    // The same page and token, from the proxy that trusts another CA.
+    await page.goto(`${wrongCaProxy.httpBase}/vnc_lite.html?path=${encodeURIComponent(`websockify?token=${issued.token}`)}`);
+    await page
+      .waitForFunction(
+        // noVNC closes the websocket itself on a failed SecurityResult, so the reason it shows is RFB's.
+        () => /connection is closed: hypervisor certificate not trusted/.test(document.body.innerText),
+        undefined,
+        { timeout: 10_000 },
+      )
+      .catch(async (error: Error) => {
+        throw new Error(`${error.message}; the page says: ${await page.evaluate(() => document.body.innerText)}`);
+      });
+    await page.screenshot({ path: join(artifactsDir(), 'novnc-vencrypt-refused.png') });
+    await page.close();
+    expect(await endedSession(issued.id)).toMatchObject({ close_reason: 'console security failed' });
+  }, 30_000);
+
   it('reloads the CA on SIGHUP for new sessions, and keeps the files in use when the new ones cannot be used', async () => {
     const reloads = (message: string) =>
       allLogs()
