@@ -85,7 +85,7 @@ class Negotiation {
   );
   /** The stream the console's bytes come from: `upstream`, then the TLS socket over it. */
   private consoleStream: Duplex;
-  /** Whether the browser has been sent the security types (from then on, a failure goes in a SecurityResult). */
+  /** What the browser waits for next: it decides how a failure is told (no security types, or a failed SecurityResult). */
   private clientAwaits: 'version' | 'types' | 'result' | 'nothing' = 'version';
   private timer: NodeJS.Timeout | undefined;
 
