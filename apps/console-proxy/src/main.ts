@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import { ConfigurationError, KeyholeConfig, loadConfig, requireProxyCell } from '@keyhole/config';
-import { CertificateStore } from '@keyhole/tls';
+import { CertificateStore, VencryptCredentials } from '@keyhole/tls';
 import { createLogger, PinoNestLogger } from '@keyhole/observability';
 import { createConsoleProxyApp, isProxyWorker, superviseWorkers, workerId } from '@keyhole/console-proxy';
 
@@ -16,10 +16,13 @@ async function main(): Promise<void> {
     flushIntervalMs: supervisor ? undefined : 200,
   });
   if (supervisor) {
-    // The workers read the certificate files themselves; files that cannot be used stop the start
+    // The workers read the certificate (and VeNCrypt) files themselves; files that cannot be used stop the start
     // here, once, rather than in every worker.
     if (config.proxy.tls) {
       CertificateStore.load(config.proxy.tls);
+    }
+    if (config.proxy.vnc.vencrypt) {
+      VencryptCredentials.load(config.proxy.vnc.vencrypt);
     }
     superviseWorkers({ workers: config.proxy.workers, cellName, host: config.proxy.host, logger });
     return;

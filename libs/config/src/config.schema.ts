@@ -270,7 +270,37 @@ export const ENVIRONMENT_SCHEMA = z.object({
   KEYHOLE_PROXY_CONNECT_TIMEOUT_MS: setting(
     'console-proxy',
     integer(100, 120_000).default(5_000),
-    'Timeout of the TCP connect (and HTTP CONNECT) to the console.',
+    'Timeout of the TCP connect (and HTTP CONNECT) to the console; with `KEYHOLE_PROXY_VNC_AUTH_SCHEMES` other than `none`, also the bound on the whole RFB security negotiation (hypervisor, TLS and browser) after it.',
+  ),
+  KEYHOLE_PROXY_VNC_AUTH_SCHEMES: setting(
+    'console-proxy',
+    commaList
+      .pipe(
+        z
+          .array(z.enum(['none', 'vencrypt']))
+          .min(1)
+          .refine((schemes) => new Set(schemes).size === schemes.length, 'each scheme once'),
+      )
+      .default(['none']),
+    "Security types the proxy may use with a VNC console's hypervisor, in order of preference (Nova's `[vnc] auth_schemes`): `none`, `vencrypt` (TLS with X.509, the hypervisor's certificate verified against `KEYHOLE_PROXY_VENCRYPT_CA_FILE`). With anything but `none` alone, the proxy negotiates RFB security with the hypervisor itself and offers the browser only `None`; a hypervisor that offers none of these is refused (1011). `none` alone: bytes are passed through untouched. README's VNC security to the hypervisor.",
+  ),
+  KEYHOLE_PROXY_VENCRYPT_CA_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM CA certificate(s) that must have signed a hypervisor's VeNCrypt certificate (Nova's `[vnc] vencrypt_ca_certs`); required when `vencrypt` is allowed. The host name is not checked, as in Nova. Read at start and again on SIGHUP.",
+    '(unset)',
+  ),
+  KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM client certificate the proxy presents to hypervisors over VeNCrypt (Nova's `[vnc] vencrypt_client_cert`; QEMU's `verify-peer=on` requires one); needs `KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE`. Read again on SIGHUP.",
+    '(unset)',
+  ),
+  KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE: setting(
+    'console-proxy',
+    z.string().min(1).optional(),
+    "PEM private key of `KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE` (Nova's `[vnc] vencrypt_client_key`; unencrypted, it must match the certificate).",
+    '(unset)',
   ),
   KEYHOLE_PROXY_HEARTBEAT_INTERVAL_MS: setting(
     'console-proxy',

@@ -158,4 +158,41 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ KEYHOLE_ARGON2_CONCURRENCY: '0' })).toThrow(/KEYHOLE_ARGON2_CONCURRENCY/);
     expect(() => loadConfig({ KEYHOLE_AUTH_LIMITER: 'etcd' })).toThrow(/KEYHOLE_AUTH_LIMITER/);
   });
+  it('passes VNC bytes through by default, and needs a CA for vencrypt, a key with a client certificate, and vencrypt for its files', () => {
+    expect(loadConfig({}).proxy.vnc).toEqual({ authSchemes: ['none'], vencrypt: null });
+    expect(
+      loadConfig({
+        KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'vencrypt, none',
+        KEYHOLE_PROXY_VENCRYPT_CA_FILE: '/etc/ca.pem',
+        KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE: '/etc/client.pem',
+        KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE: '/etc/client-key.pem',
+      }).proxy.vnc,
+    ).toEqual({
+      authSchemes: ['vencrypt', 'none'],
+      vencrypt: { caFile: '/etc/ca.pem', clientCertFile: '/etc/client.pem', clientKeyFile: '/etc/client-key.pem' },
+    });
+    const problems = (environment: Record<string, string>): string[] => {
+      try {
+        loadConfig(environment);
+        return [];
+      } catch (error) {
+        return (error as ConfigurationError).problems;
+      }
+    };
+    expect(problems({ KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'vencrypt' })).toEqual([
+      expect.stringMatching(/^KEYHOLE_PROXY_VENCRYPT_CA_FILE: required when KEYHOLE_PROXY_VNC_AUTH_SCHEMES allows vencrypt/),
+    ]);
+    expect(
+      problems({
+        KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'vencrypt',
+        KEYHOLE_PROXY_VENCRYPT_CA_FILE: '/ca',
+        KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE: '/c',
+      }),
+    ).toEqual(['KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE: required with KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE']);
+    expect(problems({ KEYHOLE_PROXY_VENCRYPT_CA_FILE: '/ca' })).toEqual([
+      'KEYHOLE_PROXY_VENCRYPT_CA_FILE: has no effect unless KEYHOLE_PROXY_VNC_AUTH_SCHEMES allows vencrypt',
+    ]);
+    expect(problems({ KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'vnc' })).toHaveLength(1);
+    expect(problems({ KEYHOLE_PROXY_VNC_AUTH_SCHEMES: 'none,none' })).toEqual([expect.stringContaining('each scheme once')]);
+  });
 });

@@ -58,6 +58,14 @@ export const CONFIG_SCHEMA = ENVIRONMENT_SCHEMA.transform((env) => ({
     sessionWriteQueue: env.KEYHOLE_PROXY_SESSION_WRITE_QUEUE,
     spiceHtml5Dir: env.KEYHOLE_PROXY_SPICE_HTML5_DIR,
     frameAncestors: env.KEYHOLE_PROXY_FRAME_ANCESTORS,
+    vnc: {
+      authSchemes: env.KEYHOLE_PROXY_VNC_AUTH_SCHEMES,
+      vencrypt: vencryptSettings(
+        env.KEYHOLE_PROXY_VENCRYPT_CA_FILE,
+        env.KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE,
+        env.KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE,
+      ),
+    },
     tls: tlsSettings('proxy', {
       certFile: env.KEYHOLE_PROXY_TLS_CERT_FILE,
       keyFile: env.KEYHOLE_PROXY_TLS_KEY_FILE,
@@ -131,6 +139,35 @@ function tlsSettings(listener: TlsListenerName, variables: TlsVariables): TlsSet
   return { listener, certFile: variables.certFile, keyFile: variables.keyFile, clientCaFile: variables.clientCaFile, only: variables.only };
 }
 
+/** A VNC security type the proxy may use with a hypervisor (README's VNC security to the hypervisor). */
+export type VncAuthScheme = 'none' | 'vencrypt';
+
+/** The files of the proxy's VeNCrypt client: read at start and again on SIGHUP. */
+export interface VencryptSettings {
+  /** CA that must have signed the hypervisor's certificate. */
+  caFile: string;
+  /** The proxy's client certificate and key (both or neither; checked by `loadConfig`). */
+  clientCertFile: string | undefined;
+  clientKeyFile: string | undefined;
+}
+
+/** The variables of the VeNCrypt files, for messages that name the setting to fix. */
+export const VENCRYPT_VARIABLE_NAMES = {
+  schemes: 'KEYHOLE_PROXY_VNC_AUTH_SCHEMES',
+  ca: 'KEYHOLE_PROXY_VENCRYPT_CA_FILE',
+  clientCert: 'KEYHOLE_PROXY_VENCRYPT_CLIENT_CERT_FILE',
+  clientKey: 'KEYHOLE_PROXY_VENCRYPT_CLIENT_KEY_FILE',
+} as const;
+
+/** The settings when a CA is configured; null otherwise. Completeness is checked by `loadConfig`. */
+function vencryptSettings(
+  caFile: string | undefined,
+  clientCertFile: string | undefined,
+  clientKeyFile: string | undefined,
+): VencryptSettings | null {
+  return caFile === undefined ? null : { caFile, clientCertFile, clientKeyFile };
+}
+
 /** The names of a server's TLS variables, for messages that name the setting to fix. */
 export function tlsVariableNames(listener: TlsListenerName): { cert: string; key: string; clientCa: string; only: string } {
   const prefix = `KEYHOLE_${listener.toUpperCase()}_TLS`;
@@ -202,7 +239,7 @@ export function loadConfig(environment: NodeJS.ProcessEnv = process.env): Keyhol
   if (config.tokens.defaultTtlSeconds > config.tokens.maxTtlSeconds) {
     problems.push('KEYHOLE_TOKEN_TTL_SECONDS: must not exceed KEYHOLE_TOKEN_MAX_TTL_SECONDS');
   }
-  problems.push(...tlsProblems('api', relevant), ...tlsProblems('proxy', relevant));
+  problems.push(...tlsProblems('api', relevant), ...tlsProblems('proxy', relevant), ...vencryptProblems(config, relevant));
   if (problems.length > 0) {
     throw new ConfigurationError(problems);
   }
@@ -229,6 +266,32 @@ function tlsProblems(listener: TlsListenerName, relevant: Record<string, string>
     if (set && !has(names.cert)) {
       problems.push(`${option}: needs ${names.cert} and ${names.key}`);
     }
+  }
+  return problems;
+}
+
+/**
+ * VeNCrypt needs a CA (a hypervisor's certificate is never taken unverified); a client certificate
+ * needs its key and the reverse; VeNCrypt files with `vencrypt` not allowed would do nothing.
+ */
+function vencryptProblems(config: KeyholeConfig, relevant: Record<string, string>): string[] {
+  const names = VENCRYPT_VARIABLE_NAMES;
+  const has = (name: string) => relevant[name] !== undefined;
+  const problems: string[] = [];
+  if (config.proxy.vnc.authSchemes.includes('vencrypt')) {
+    if (!has(names.ca)) {
+      problems.push(`${names.ca}: required when ${names.schemes} allows vencrypt (the CA that signed the hypervisors' certificates)`);
+    }
+  } else {
+    for (const name of [names.ca, names.clientCert, names.clientKey].filter(has)) {
+      problems.push(`${name}: has no effect unless ${names.schemes} allows vencrypt`);
+    }
+  }
+  if (has(names.clientCert) && !has(names.clientKey)) {
+    problems.push(`${names.clientKey}: required with ${names.clientCert}`);
+  }
+  if (has(names.clientKey) && !has(names.clientCert)) {
+    problems.push(`${names.clientCert}: required with ${names.clientKey}`);
   }
   return problems;
 }

@@ -3,7 +3,7 @@ import { LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { ExpressAdapter, NestExpressApplication } from '@nestjs/platform-express';
 import { KeyholeConfig, TrustedProxies } from '@keyhole/config';
-import { CertificateStore, TlsHttpServer } from '@keyhole/tls';
+import { CertificateStore, TlsHttpServer, VencryptCredentials } from '@keyhole/tls';
 import type { NextFunction, Request, Response } from 'express';
 import { clientErrorStatus, endWithJson } from '@keyhole/core';
 import { createWebClientsRouter, fixedErrorBody, sendFixedError } from '@keyhole/web-clients';
@@ -20,6 +20,11 @@ export async function createConsoleProxyApp(
   logger: LoggerService,
   options: { handleSignals: boolean } = { handleSignals: true },
 ): Promise<NestExpressApplication> {
+  // VeNCrypt files that cannot be used stop the start here with the settings named, before Nest
+  // logs anything (the runtime reads them again for its own use).
+  if (config.proxy.vnc.vencrypt) {
+    VencryptCredentials.load(config.proxy.vnc.vencrypt);
+  }
   const app = await NestFactory.create<NestExpressApplication>(
     ProxyAppModule.forRoot(config),
     createProxyAdapter(config),

@@ -7,11 +7,11 @@ import { CellDatabase } from '@keyhole/cells';
 import { KEYHOLE_CONFIG, KeyholeConfig, requireProxyCell } from '@keyhole/config';
 import { CLOCK, Clock } from '@keyhole/core';
 import { CELL_MIGRATE_COMMAND, cellDatabaseSettings, CellSchemaStatus, createPool, DatabaseMetrics, redactDatabaseUrl } from '@keyhole/db';
-import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics } from '@keyhole/proxy';
+import { ConsoleProxy, nativeWebSocketMasking, ProxyMetrics, VncSecurityOptions } from '@keyhole/proxy';
 import { describeWebClients } from '@keyhole/web-clients';
 import { LEGACY_TOKEN_STORE, LegacyTokenStore } from '@keyhole/legacy-store';
 import { RoutesService } from '@keyhole/upstream';
-import { watchCertificates } from '@keyhole/tls';
+import { VencryptCredentials, watchCertificates, watchVencryptCredentials } from '@keyhole/tls';
 import { capPendingConnections } from './connection-caps';
 import { boundRequestHeadTime } from './header-deadline';
 import { isProxyWorker, joinSupervisor, proxyInstanceName } from './workers';
@@ -30,6 +30,9 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
   readonly proxy: ConsoleProxy;
   private releaseGranted: (socket: Duplex) => void = () => undefined;
   private stopWatchingCertificates: (() => void) | null = null;
+  /** The VeNCrypt CA and client certificate, when `vencrypt` is allowed; reloaded on SIGHUP. */
+  private readonly vencrypt: VencryptCredentials | null;
+  private stopWatchingVencrypt: (() => void) | null = null;
 
   constructor(
     @Inject(KEYHOLE_CONFIG) private readonly config: KeyholeConfig,
@@ -48,6 +51,8 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         onDeadlineExceeded: new DatabaseMetrics(this.metrics.registry).deadlineCounter(cellName),
       }),
     );
+    // Files that cannot be used stop the start here, naming the setting.
+    this.vencrypt = config.proxy.vnc.vencrypt ? VencryptCredentials.load(config.proxy.vnc.vencrypt) : null;
     routes.dialSshNodes(this.metrics.registry);
     if (isProxyWorker()) {
       joinSupervisor(this.metrics.registry);
@@ -64,6 +69,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         forcedFallback: config.legacy.forcedFallback,
         logEachRefusal: config.log.level === 'debug' || config.log.level === 'trace',
         granted: (socket) => this.releaseGranted(socket),
+        vncSecurity: this.vncSecurity(),
       },
       this.cell,
       this.metrics,
@@ -87,6 +93,9 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
     boundRequestHeadTime(this.server(), this.config.proxy.headersTimeoutMs);
     // SIGHUP reloads the certificate too (each worker its own: the supervisor passes SIGHUP on).
     this.stopWatchingCertificates = watchCertificates(this.server(), this.metrics.registry);
+    if (this.vencrypt) {
+      this.stopWatchingVencrypt = watchVencryptCredentials(this.vencrypt, this.metrics.registry);
+    }
     this.logger.log(
       {
         cell: this.cellName,
@@ -97,6 +106,8 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
         forcedFallback: this.config.legacy.forcedFallback,
         routesFile: this.config.routes.file ?? null,
         routes: this.routes.current?.size ?? null,
+        vncAuthSchemes: this.config.proxy.vnc.authSchemes,
+        vencryptClientCertificate: this.vencrypt?.clientCertificate ?? null,
       },
       'console proxy ready',
     );
@@ -117,6 +128,7 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
 
   async onApplicationShutdown(): Promise<void> {
     this.stopWatchingCertificates?.();
+    this.stopWatchingVencrypt?.();
     await this.proxy.stop();
     await this.cell.close();
   }
@@ -152,6 +164,23 @@ export class ProxyRuntime implements OnModuleInit, BeforeApplicationShutdown, On
       );
     }
     this.lastStranded = strandedTokens;
+  }
+
+  /**
+   * How VNC sessions negotiate security with their hypervisor; undefined when only `none` is
+   * allowed (the default), so that their bytes pass untouched, as before.
+   */
+  private vncSecurity(): VncSecurityOptions | undefined {
+    const schemes = this.config.proxy.vnc.authSchemes;
+    if (schemes.length === 1 && schemes[0] === 'none') {
+      return undefined;
+    }
+    const vencrypt = this.vencrypt;
+    return {
+      schemes,
+      vencryptContext: () => vencrypt?.secureContext,
+      timeoutMs: this.config.proxy.connectTimeoutMs,
+    };
   }
 
   private server(): Server {

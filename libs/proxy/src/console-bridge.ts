@@ -9,6 +9,8 @@ export type CloseReason =
   | 'console closed'
   | 'console error'
   | 'console unreachable'
+  | 'console security failed'
+  | 'client security refused'
   | 'heartbeat timeout'
   | 'idle timeout'
   | 'session time limit'
@@ -26,6 +28,10 @@ export const CLOSE_CODES: Record<CloseReason, number> = {
   'console closed': 1000,
   'console error': 1011,
   'console unreachable': 1011,
+  // RFB security with the hypervisor failed (README's VNC security to the hypervisor).
+  'console security failed': 1011,
+  // The browser did not follow the RFB exchange the proxy offers (RFB 3.8, security type None).
+  'client security refused': 1008,
   'heartbeat timeout': 1001,
   'idle timeout': 1008,
   'session time limit': 1008,

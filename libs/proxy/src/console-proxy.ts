@@ -15,12 +15,15 @@ import { SessionRecorder } from './session-recorder';
 import { SessionRegistry } from './session-registry';
 import { UpgradeGate, UpgradeGateOptions } from './upgrade-gate';
 import { Refusal, refuseUpgrade } from './upgrade-refusals';
+import type { VncSecurityOptions } from './vnc-security';
 
 export interface ConsoleProxyOptions extends UpgradeGateOptions {
   cellDatabaseUrl: string;
   /** Deadlines of the revocation channel's own connection to the cell database. */
   databaseDeadlines: EventsConnectionDeadlines;
   settings: KeyholeConfig['proxy'];
+  /** RFB security with VNC consoles' hypervisors; unset when only `none` is allowed (bytes pass untouched). */
+  vncSecurity?: VncSecurityOptions;
   /** Told of each socket whose upgrade was granted (it no longer counts as unauthenticated). */
   granted?: (socket: Duplex) => void;
 }
@@ -78,7 +81,16 @@ export class ConsoleProxy {
     );
     const recorder = new SessionRecorder(cell.sessions, { maxPending: settings.sessionWriteQueue, metrics: metrics.sessionWrites() });
     this.gate = new UpgradeGate(options, cell, recorder, metrics, clock);
-    this.launcher = new SessionLauncher(settings.connectTimeoutMs, this.registry, recorder, this.gate, metrics, clock, () => this.draining);
+    this.launcher = new SessionLauncher(
+      settings.connectTimeoutMs,
+      this.registry,
+      recorder,
+      this.gate,
+      metrics,
+      clock,
+      () => this.draining,
+      options.vncSecurity ?? null,
+    );
     this.events = new ConsoleEventsListener(
       options.cellDatabaseUrl,
       `keyhole-proxy:${options.cellName}:events`,

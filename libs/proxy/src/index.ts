@@ -10,4 +10,5 @@ export * from './session-recorder';
 export * from './session-registry';
 export * from './upgrade-gate';
 export * from './upgrade-refusals';
+export * from './vnc-security';
 export * from './websocket-masking';

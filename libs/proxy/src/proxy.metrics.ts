@@ -14,7 +14,9 @@ export type ConnectResult =
   | 'draining'
   | 'invalid_handshake'
   | 'unsupported_subprotocol'
-  | 'upstream_failed';
+  | 'upstream_failed'
+  | 'console_security_failed'
+  | 'client_security_refused';
 
 /**
  * How opening a console's stream through its route ended; the only result values of the per-route
@@ -41,6 +43,7 @@ export class ProxyMetrics {
   readonly routeConnects: Counter<'route' | 'result'>;
   readonly routeConnectSeconds: Histogram<'route'>;
   readonly connectionsRefused: Counter<'reason'>;
+  readonly vncSecurity: Counter<'scheme'>;
   readonly sessionWritesPending: Gauge;
   readonly sessionWritesRetried: Counter;
   readonly sessionWritesDropped: Counter<'reason'>;
@@ -53,6 +56,12 @@ export class ProxyMetrics {
       name: 'keyhole_proxy_connections_refused_total',
       help: 'Connections refused before their request head was read, by the cap they were over (per_address, total)',
       labelNames: ['reason'],
+      registers: [this.registry],
+    });
+    this.vncSecurity = new Counter({
+      name: 'keyhole_proxy_vnc_security_total',
+      help: 'VNC sessions whose RFB security the proxy negotiated with the hypervisor, by the scheme used (none, vencrypt)',
+      labelNames: ['scheme'],
       registers: [this.registry],
     });
     this.sessionWritesPending = new Gauge({

@@ -1,4 +1,5 @@
 import { Logger } from '@nestjs/common';
+import type { Duplex } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import type { Clock } from '@keyhole/core';
@@ -11,6 +12,7 @@ import type { ProxyMetrics, RouteConnectResult } from './proxy.metrics';
 import type { SessionRecorder } from './session-recorder';
 import type { SessionRegistry } from './session-registry';
 import type { UpgradeGate, UpgradeGrant } from './upgrade-gate';
+import { NegotiatedVnc, negotiateVncSecurity, VncSecurityError, VncSecurityOptions } from './vnc-security';
 
 /** Backpressure thresholds of each session's console-to-browser direction. */
 const HIGH_WATER_MARK_BYTES = 256 * 1024;
@@ -56,6 +58,8 @@ export class SessionLauncher {
     private readonly metrics: ProxyMetrics,
     private readonly clock: Clock,
     private readonly draining: () => boolean,
+    /** RFB security with VNC consoles' hypervisors; null when only `none` is allowed (bytes pass untouched). */
+    private readonly vncSecurity: VncSecurityOptions | null = null,
   ) {}
 
   /** Starts connecting to the granted console. */
@@ -121,22 +125,24 @@ export class SessionLauncher {
       this.recordEnd(session, 'console unreachable', this.noTraffic());
       return;
     }
-    const cancelled = this.connecting.get(session.id)?.cancelled;
-    this.connecting.delete(session.id);
-    const draining = this.draining();
-    if (ws.readyState !== WebSocket.OPEN || draining || cancelled) {
-      upstream.destroy();
-      const reason: CloseReason = cancelled ?? (draining ? 'proxy shutdown' : 'client closed');
-      ws.resume();
-      if (ws.readyState === WebSocket.OPEN) {
-        ws.close(CLOSE_CODES[reason], reason);
-      }
-      this.recordEnd(session, reason, this.noTraffic());
+    if (this.endsBeforeStart(ws, session, upstream)) {
       return;
     }
+    let consoleStream: Duplex = upstream;
+    let clientBytes: Buffer | undefined;
+    // Only when a scheme other than `none` is allowed: the default path never parses RFB.
+    if (this.vncSecurity !== null && session.consoleType === 'novnc') {
+      const negotiated = await this.negotiateVncSecurity(ws, session, upstream, this.vncSecurity);
+      if (negotiated === undefined || this.endsBeforeStart(ws, session, negotiated.console)) {
+        return;
+      }
+      consoleStream = negotiated.console;
+      clientBytes = negotiated.clientBytes;
+    }
+    this.connecting.delete(session.id);
     const live: LiveSession = {
       ...session,
-      bridge: new ConsoleBridge(ws, upstream, {
+      bridge: new ConsoleBridge(ws, consoleStream, {
         highWaterMarkBytes: HIGH_WATER_MARK_BYTES,
         lowWaterMarkBytes: LOW_WATER_MARK_BYTES,
         nowMs: () => this.clock.nowMs(),
@@ -153,7 +159,77 @@ export class SessionLauncher {
     this.metrics.sessionsLive.inc();
     this.metrics.connects.inc({ result: 'accepted' });
     this.metrics.connectSeconds.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
+    if (clientBytes !== undefined && clientBytes.length > 0) {
+      // What the browser sent past the security exchange, before the pump took over.
+      consoleStream.write(clientBytes);
+    }
     live.bridge.start();
+  }
+
+  /**
+   * Ends a session whose console is connected but which must not start: the browser left, the proxy
+   * drains, or it was revoked or ended meanwhile. Returns whether it ended it.
+   */
+  private endsBeforeStart(ws: WebSocket, session: UpgradeGrant, consoleStream: Duplex): boolean {
+    const cancelled = this.connecting.get(session.id)?.cancelled;
+    const draining = this.draining();
+    if (ws.readyState === WebSocket.OPEN && !draining && !cancelled) {
+      return false;
+    }
+    this.connecting.delete(session.id);
+    consoleStream.destroy();
+    const reason: CloseReason = cancelled ?? (draining ? 'proxy shutdown' : 'client closed');
+    ws.resume();
+    if (ws.readyState === WebSocket.OPEN) {
+      ws.close(CLOSE_CODES[reason], reason);
+    }
+    this.recordEnd(session, reason, this.noTraffic());
+    return true;
+  }
+
+  /**
+   * Negotiates RFB security with the hypervisor and the browser (README's VNC security to the
+   * hypervisor). On failure ends the session (1011 for the hypervisor's side, 1008 for the
+   * browser's) with the short reason, logged with the token's fingerprint and counted; returns
+   * undefined then.
+   */
+  private async negotiateVncSecurity(
+    ws: WebSocket,
+    session: UpgradeGrant,
+    upstream: Duplex,
+    options: VncSecurityOptions,
+  ): Promise<NegotiatedVnc | undefined> {
+    try {
+      const negotiated = await negotiateVncSecurity(ws, upstream, options);
+      this.metrics.vncSecurity.inc({ scheme: negotiated.scheme });
+      return negotiated;
+    } catch (error) {
+      this.connecting.delete(session.id);
+      const failure = error instanceof VncSecurityError ? error : new VncSecurityError('console', 'security negotiation failed');
+      if (failure.side === 'client gone') {
+        this.recordEnd(session, 'client closed', this.noTraffic());
+        return undefined;
+      }
+      const reason: CloseReason = failure.side === 'console' ? 'console security failed' : 'client security refused';
+      this.metrics.connects.inc({ result: failure.side === 'console' ? 'console_security_failed' : 'client_security_refused' });
+      this.logger.warn(
+        {
+          sessionId: session.id,
+          fingerprint: session.tokenFingerprint,
+          instance: session.instanceUuid,
+          route: session.route,
+          reason: failure.reason,
+          detail: failure.detail,
+        },
+        failure.side === 'console' ? 'VNC security with the hypervisor failed' : 'browser refused in the VNC security exchange',
+      );
+      ws.resume();
+      if (ws.readyState === WebSocket.OPEN) {
+        ws.close(CLOSE_CODES[reason], failure.reason);
+      }
+      this.recordEnd(session, reason, this.noTraffic());
+      return undefined;
+    }
   }
 
   /** Marks the connecting sessions of these tokens: they close as soon as they would start. */

@@ -2,6 +2,7 @@ import { Logger } from '@nestjs/common';
 import type { Registry } from 'prom-client';
 import { TlsHttpServer } from './tls-http-server';
 import { TlsMetrics } from './tls.metrics';
+import type { VencryptCredentials } from './vencrypt-credentials';
 
 /**
  * For a server that serves TLS: counts its refusals, shows its certificate's expiry, and reloads
@@ -14,7 +15,7 @@ export function watchCertificates(server: unknown, registry: Registry): (() => v
     return null;
   }
   const logger = new Logger('Tls');
-  const metrics = new TlsMetrics(registry);
+  const metrics = TlsMetrics.of(registry);
   const store = server.certificates;
   const labels = { listener: store.settings.listener };
   metrics.certificateExpiry.set(labels, store.certificate.notAfterSeconds);
@@ -58,5 +59,45 @@ export function watchCertificates(server: unknown, registry: Registry): (() => v
     server.off('plainRefused', plainRefused);
     server.off('handshakeCapped', handshakeCapped);
     server.off('clientCertificateRefused', clientCertificateRefused);
+  };
+}
+
+/**
+ * Reloads the console proxy's VeNCrypt CA, client certificate and key on SIGHUP, as
+ * `watchCertificates` does for a server's certificate: connections already open keep what they were
+ * opened with, and files that cannot be used are refused with an error line (the previous ones
+ * stay). Metrics carry `listener="vencrypt"`. Returns the function that stops watching.
+ */
+export function watchVencryptCredentials(credentials: VencryptCredentials, registry: Registry): () => void {
+  const logger = new Logger('Tls');
+  const metrics = TlsMetrics.of(registry);
+  const labels = { listener: 'vencrypt' };
+  const showExpiry = (notAfterSeconds: number | undefined): void => {
+    if (notAfterSeconds === undefined) {
+      metrics.certificateExpiry.remove(labels);
+    } else {
+      metrics.certificateExpiry.set(labels, notAfterSeconds);
+    }
+  };
+  showExpiry(credentials.clientCertificate?.notAfterSeconds);
+  metrics.reloads.inc({ ...labels, result: 'ok' }, 0);
+  metrics.reloads.inc({ ...labels, result: 'failed' }, 0);
+  const onHangup = (): void => {
+    const reload = credentials.reload();
+    if (!reload.ok) {
+      metrics.reloads.inc({ ...labels, result: 'failed' });
+      logger.error({ listener: labels.listener, problems: reload.problems }, 'SIGHUP: VeNCrypt files refused, the previous ones stay');
+      return;
+    }
+    metrics.reloads.inc({ ...labels, result: 'ok' });
+    showExpiry(reload.clientCertificate?.notAfterSeconds);
+    logger.log(
+      { listener: labels.listener, clientCertificate: reload.clientCertificate },
+      'SIGHUP: VeNCrypt files reloaded for new connections',
+    );
+  };
+  process.on('SIGHUP', onHangup);
+  return () => {
+    process.off('SIGHUP', onHangup);
   };
 }

@@ -23,7 +23,7 @@ import { failOnExit, findOnPath, ManagedProcess, startProcess } from './processe
 export interface QemuVm {
   /** Where VNC and the serial port listen: 127.0.0.1, or `listen.address` inside `listen.namespace`. */
   readonly host: string;
-  /** TCP port of QEMU's VNC server (RFB 3.8, no authentication) on `host`. */
+  /** TCP port of QEMU's VNC server (RFB 3.8; no authentication, or VeNCrypt x509 with `vncTls`) on `host`. */
   readonly vncPort: number;
   /** TCP port of the guest's first serial port (a raw TCP server) on `host`. */
   readonly serialPort: number;
@@ -77,6 +77,12 @@ export interface QemuVmOptions {
    * this process's namespace, 127.0.0.1.
    */
   listen?: { namespace: string; address: string };
+  /**
+   * Serve VNC with VeNCrypt x509 (`-object tls-creds-x509,...` and `-vnc ...,tls-creds=`): `directory`
+   * holds ca-cert.pem, server-cert.pem and server-key.pem, as QEMU expects them. `verifyPeer`
+   * (default true) makes QEMU require a client certificate signed by that CA. Default: plain VNC.
+   */
+  vncTls?: { directory: string; verifyPeer?: boolean };
 }
 
 const QEMU_BINARY = 'qemu-system-x86_64';
@@ -145,8 +151,14 @@ async function startOnce(options: QemuVmOptions, deadline: number): Promise<Qemu
     'std',
     '-display',
     'none',
+    ...(options.vncTls
+      ? [
+          '-object',
+          `tls-creds-x509,id=vnc-tls,dir=${options.vncTls.directory},endpoint=server,verify-peer=${options.vncTls.verifyPeer === false ? 'off' : 'on'}`,
+        ]
+      : []),
     '-vnc',
-    `${host}:${vncPort - 5900}`,
+    `${host}:${vncPort - 5900}${options.vncTls ? ',tls-creds=vnc-tls' : ''}`,
     '-chardev',
     `socket,id=${SERIAL_CHARDEV_ID},host=${host},port=${serialPort},server=on,wait=off`,
     '-serial',
