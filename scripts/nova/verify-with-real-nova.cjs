@@ -266,7 +266,12 @@ async function scenario(order, echo) {
       !novaCode(cellDatabase, 'validate', '--token', earlier.body.token).valid,
       "Nova does not see it yet (it is in keyhole's own table)",
     );
-    log(`  ${keyhole(['migrate'], environment).trim().replace(/\n/g, '\n  ')}`);
+    const migrated = keyhole(['migrate'], environment);
+    log(`  ${migrated.trim().replace(/\n/g, '\n  ')}`);
+    check(
+      migrated.includes(`cell ${cellName}: adopted 1 tokens into Nova's console_auth_tokens`),
+      'keyhole migrate says it adopted the stranded token',
+    );
     const adopted = novaCode(cellDatabase, 'validate', '--token', earlier.body.token);
     check(adopted.valid, `after keyhole migrate, Nova's validate accepts it (adopted into Nova's table as id ${adopted.id})`);
     check(

@@ -49,7 +49,7 @@ export async function migrateTestDatabase(kind: DatabaseKind, url: string): Prom
   });
   await dataSource.initialize();
   try {
-    return await (kind === 'cell' ? migrateCellDatabase(dataSource) : migrateDatabase(dataSource));
+    return kind === 'cell' ? (await migrateCellDatabase(dataSource)).applied : await migrateDatabase(dataSource);
   } finally {
     await dataSource.destroy();
   }

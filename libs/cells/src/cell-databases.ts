@@ -10,6 +10,7 @@ import {
   createPool,
   DatabaseMetrics,
   cellDatabaseSettings,
+  CellMigration,
   migrateCellDatabase,
   migrationSettings,
   redactDatabaseUrl,
@@ -84,9 +85,9 @@ export class CellDatabases implements OnApplicationShutdown {
 
   /**
    * Brings a cell database to the latest schema through a DataSource of one connection (plus the
-   * migration lock's), open for the run only; returns the migrations that ran.
+   * migration lock's), open for the run only; returns what the run did.
    */
-  async migrate(cellName: string, url: string): Promise<string[]> {
+  async migrate(cellName: string, url: string): Promise<CellMigration> {
     const dataSource = createDataSource('cell', migrationSettings(this.config, url, this.applicationNameOf(cellName)));
     try {
       await dataSource.initialize();

@@ -1,6 +1,6 @@
 import { Injectable, Logger } from '@nestjs/common';
 import { ConsoleType, KeyholeError } from '@keyhole/core';
-import { CellEntity, ControlDatabase, inTransaction, postgresErrorCode, runCounted, UNIQUE_VIOLATION } from '@keyhole/db';
+import { CellEntity, CellMigration, ControlDatabase, inTransaction, postgresErrorCode, runCounted, UNIQUE_VIOLATION } from '@keyhole/db';
 import { CellDatabases } from './cell-databases';
 import { cellNotFound } from './cells.errors';
 
@@ -111,9 +111,9 @@ export class CellsService {
     return { revokedCredentials };
   }
 
-  /** Migrates every registered cell database; returns the migrations applied per cell. */
-  async migrateAll(): Promise<Record<string, string[]>> {
-    const applied: Record<string, string[]> = {};
+  /** Migrates every registered cell database; returns what each run did, per cell. */
+  async migrateAll(): Promise<Record<string, CellMigration>> {
+    const applied: Record<string, CellMigration> = {};
     for (const cell of await this.control.cells.listAll()) {
       applied[cell.name] = await this.databases.migrate(cell.name, cell.databaseUrl);
     }
@@ -121,8 +121,8 @@ export class CellsService {
   }
 
   private async migrateUrl(name: string, databaseUrl: string): Promise<void> {
-    const applied = await this.databases.migrate(name, databaseUrl);
-    this.logger.log({ cell: name, migrations: applied }, 'cell database migrated');
+    const { applied, adoption } = await this.databases.migrate(name, databaseUrl);
+    this.logger.log({ cell: name, migrations: applied, adoptedTokens: adoption?.adopted ?? 0 }, 'cell database migrated');
   }
 
   private async getRow(name: string): Promise<CellEntity> {

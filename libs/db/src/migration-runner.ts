@@ -1,7 +1,7 @@
 import { Client } from 'pg';
 import { Logger } from '@nestjs/common';
 import { DataSource, MigrationExecutor, QueryRunner } from 'typeorm';
-import { adoptCellTokens, KEYHOLE_SCHEMA, NOVA_EXPIRES_INDEX_SQL, prepareCellSchema } from './cell/cell-schema';
+import { adoptCellTokens, KEYHOLE_SCHEMA, NOVA_EXPIRES_INDEX_SQL, prepareCellSchema, TokenAdoption } from './cell/cell-schema';
 
 // Any fixed 64-bit key works; it only has to differ from the purge leader lock.
 const MIGRATION_LOCK_KEY = 0x6b68_6d69_6772; // "khmigr"
@@ -147,23 +147,35 @@ function adminClient(admin: URL): Client {
 
 const logger = new Logger('CellMigrations');
 
+/** What a cell database's migration run did. */
+export interface CellMigration {
+  /** The names of the migrations that ran. */
+  applied: string[];
+  /** Tables of an older keyhole moved from `public` into the `keyhole` schema. */
+  movedTables: string[];
+  /** What adopting keyhole's own tokens into Nova's table did; null when the cell has no Nova table. */
+  adoption: TokenAdoption | null;
+}
+
 /**
  * Brings a cell database to the latest schema: keyhole's tables in the `keyhole` schema (an older
  * keyhole's tables moved there from `public` first), then, when Nova's `console_auth_tokens`
  * exists, the valid rows of keyhole's own token table adopted into it. All in one transaction
- * (see migrateDatabase and cell-schema.ts). Returns the names of the migrations that ran.
+ * (see migrateDatabase and cell-schema.ts).
  */
-export function migrateCellDatabase(dataSource: DataSource, nowSeconds = Math.floor(Date.now() / 1000)): Promise<string[]> {
-  return migrateDatabase(dataSource, {
+export async function migrateCellDatabase(dataSource: DataSource, nowSeconds = Math.floor(Date.now() / 1000)): Promise<CellMigration> {
+  let movedTables: string[] = [];
+  let adoption: TokenAdoption | null = null;
+  const applied = await migrateDatabase(dataSource, {
     schema: KEYHOLE_SCHEMA,
     before: async (queryRunner) => {
-      const moved = await prepareCellSchema(queryRunner);
-      if (moved.length > 0) {
-        logger.log({ tables: moved }, `moved the tables of an older keyhole from public into the ${KEYHOLE_SCHEMA} schema`);
+      movedTables = await prepareCellSchema(queryRunner);
+      if (movedTables.length > 0) {
+        logger.log({ tables: movedTables }, `moved the tables of an older keyhole from public into the ${KEYHOLE_SCHEMA} schema`);
       }
     },
     after: async (queryRunner) => {
-      const adoption = await adoptCellTokens(queryRunner, nowSeconds);
+      adoption = await adoptCellTokens(queryRunner, nowSeconds);
       if (adoption && adoption.adopted + adoption.expired > 0) {
         logger.log({ adopted: adoption.adopted, expired: adoption.expired }, "moved keyhole's own tokens into Nova's console_auth_tokens");
       }
@@ -176,4 +188,5 @@ export function migrateCellDatabase(dataSource: DataSource, nowSeconds = Math.fl
       }
     },
   });
+  return { applied, movedTables, adoption };
 }
