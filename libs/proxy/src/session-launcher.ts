@@ -112,17 +112,13 @@ export class SessionLauncher {
     try {
       upstream = await upstreamPromise;
     } catch (error) {
-      this.connecting.delete(session.id);
       const reason = error instanceof UpstreamError ? error.reason : 'connect failed';
       this.metrics.connects.inc({ result: 'upstream_failed' });
       this.logger.warn(
         { sessionId: session.id, fingerprint: session.tokenFingerprint, instance: session.instanceUuid, route: session.route, reason },
         'console unreachable',
       );
-      // Paused since the upgrade: read again, or the browser's close reply is never seen.
-      ws.resume();
-      ws.close(CLOSE_CODES['console unreachable'], `console unreachable: ${reason}`);
-      this.recordEnd(session, 'console unreachable', this.noTraffic());
+      this.endUnstarted(ws, session, 'console unreachable', `console unreachable: ${reason}`);
       return;
     }
     if (this.endsBeforeStart(ws, session, upstream)) {
@@ -176,15 +172,23 @@ export class SessionLauncher {
     if (ws.readyState === WebSocket.OPEN && !draining && !cancelled) {
       return false;
     }
-    this.connecting.delete(session.id);
     consoleStream.destroy();
-    const reason: CloseReason = cancelled ?? (draining ? 'proxy shutdown' : 'client closed');
+    this.endUnstarted(ws, session, cancelled ?? (draining ? 'proxy shutdown' : 'client closed'));
+    return true;
+  }
+
+  /**
+   * Ends a session that never reached the pump: closes the browser's websocket (if still open) with
+   * `reason`'s code and `closeMessage`, and records the end. The console's stream is the caller's.
+   */
+  private endUnstarted(ws: WebSocket, session: UpgradeGrant, reason: CloseReason, closeMessage: string = reason): void {
+    this.connecting.delete(session.id);
+    // Paused since the upgrade: read it again, or its close reply is never seen (ws's 30 s close timeout).
     ws.resume();
     if (ws.readyState === WebSocket.OPEN) {
-      ws.close(CLOSE_CODES[reason], reason);
+      ws.close(CLOSE_CODES[reason], closeMessage);
     }
     this.recordEnd(session, reason, this.noTraffic());
-    return true;
   }
 
   /**
@@ -204,10 +208,9 @@ export class SessionLauncher {
       this.metrics.vncSecurity.inc({ scheme: negotiated.scheme });
       return negotiated;
     } catch (error) {
-      this.connecting.delete(session.id);
       const failure = error instanceof VncSecurityError ? error : new VncSecurityError('console', 'security negotiation failed');
       if (failure.side === 'client gone') {
-        this.recordEnd(session, 'client closed', this.noTraffic());
+        this.endUnstarted(ws, session, 'client closed');
         return undefined;
       }
       const reason: CloseReason = failure.side === 'console' ? 'console security failed' : 'client security refused';
@@ -223,11 +226,7 @@ export class SessionLauncher {
         },
         failure.side === 'console' ? 'VNC security with the hypervisor failed' : 'browser refused in the VNC security exchange',
       );
-      ws.resume();
-      if (ws.readyState === WebSocket.OPEN) {
-        ws.close(CLOSE_CODES[reason], failure.reason);
-      }
-      this.recordEnd(session, reason, this.noTraffic());
+      this.endUnstarted(ws, session, reason, failure.reason);
       return undefined;
     }
   }
