@@ -1,5 +1,5 @@
 import { createSecureContext } from 'node:tls';
-import { ConfigurationError, TlsSettings, tlsVariableNames } from '@keyhole/config';
+import { TlsSettings, tlsVariableNames } from '@keyhole/config';
 import {
   CertificateSummary,
   checkCertificateAndKey,
@@ -8,6 +8,7 @@ import {
   readSettingFile,
   summarizeCertificate,
 } from './pem-files';
+import { FileLoading, ReloadableFiles } from './reloadable-files';
 
 export type { CertificateSummary } from './pem-files';
 
@@ -26,8 +27,6 @@ interface LoadedCertificate {
   summary: CertificateSummary;
 }
 
-type Loading = { ok: true; loaded: LoadedCertificate } | { ok: false; problems: string[] };
-
 /**
  * A server's certificate, key and optional client CA, read from their files: at start (files that
  * cannot be used stop the start with a message naming the setting) and again on `reload()` (files
@@ -36,27 +35,24 @@ type Loading = { ok: true; loaded: LoadedCertificate } | { ok: false; problems: 
  * Messages name the setting and the file, never anything read from them (pem-files.ts).
  */
 export class CertificateStore {
-  private constructor(
-    readonly settings: TlsSettings,
-    private loaded: LoadedCertificate,
-  ) {}
+  private constructor(private readonly files: ReloadableFiles<TlsSettings, LoadedCertificate>) {}
 
   /** Reads and checks the files; throws a ConfigurationError naming each setting whose file cannot be used. */
   static load(settings: TlsSettings, nowMs: number = Date.now()): CertificateStore {
-    const loading = readCertificateFiles(settings, nowMs);
-    if (!loading.ok) {
-      throw new ConfigurationError(loading.problems);
-    }
-    return new CertificateStore(settings, loading.loaded);
+    return new CertificateStore(ReloadableFiles.load(settings, readCertificateFiles, nowMs));
+  }
+
+  get settings(): TlsSettings {
+    return this.files.settings;
   }
 
   /** What a new TLS connection is served with. */
   get secureContextOptions(): SecureContextFiles {
-    return this.loaded.files;
+    return this.files.loaded.files;
   }
 
   get certificate(): CertificateSummary {
-    return this.loaded.summary;
+    return this.files.loaded.summary;
   }
 
   /** Whether clients are asked for a certificate (a client CA is configured). */
@@ -66,16 +62,12 @@ export class CertificateStore {
 
   /** Reads the files again; on any problem keeps the certificate in use. */
   reload(nowMs: number = Date.now()): CertificateReload {
-    const loading = readCertificateFiles(this.settings, nowMs);
-    if (!loading.ok) {
-      return { ok: false, problems: loading.problems };
-    }
-    this.loaded = loading.loaded;
-    return { ok: true, certificate: loading.loaded.summary };
+    const loading = this.files.reload(nowMs);
+    return loading.ok ? { ok: true, certificate: loading.loaded.summary } : { ok: false, problems: loading.problems };
   }
 }
 
-function readCertificateFiles(settings: TlsSettings, nowMs: number): Loading {
+function readCertificateFiles(settings: TlsSettings, nowMs: number): FileLoading<LoadedCertificate> {
   const names = tlsVariableNames(settings.listener);
   const problems: string[] = [];
   const certificatePem = readSettingFile(names.cert, settings.certFile, problems);

@@ -1,5 +1,5 @@
 import { createSecureContext, SecureContext } from 'node:tls';
-import { ConfigurationError, VENCRYPT_VARIABLE_NAMES, VencryptSettings } from '@keyhole/config';
+import { VENCRYPT_VARIABLE_NAMES, VencryptSettings } from '@keyhole/config';
 import {
   CertificateSummary,
   checkCertificateAndKey,
@@ -8,6 +8,7 @@ import {
   readSettingFile,
   summarizeCertificate,
 } from './pem-files';
+import { FileLoading, ReloadableFiles } from './reloadable-files';
 
 /** A reload's outcome: what is used now, or why the files were refused (the previous ones stay). */
 export type VencryptReload = { ok: true; clientCertificate: CertificateSummary | null } | { ok: false; problems: string[] };
@@ -17,8 +18,6 @@ interface LoadedCredentials {
   clientCertificate: CertificateSummary | null;
 }
 
-type Loading = { ok: true; loaded: LoadedCredentials } | { ok: false; problems: string[] };
-
 /**
  * What the console proxy's VeNCrypt client trusts and presents to hypervisors: the CA that must have
  * signed a hypervisor's certificate and, optionally, the proxy's own client certificate and key.
@@ -27,42 +26,35 @@ type Loading = { ok: true; loaded: LoadedCredentials } | { ok: false; problems: 
  * only as the TLS context built from them.
  */
 export class VencryptCredentials {
-  private constructor(
-    readonly settings: VencryptSettings,
-    private loaded: LoadedCredentials,
-  ) {}
+  private constructor(private readonly files: ReloadableFiles<VencryptSettings, LoadedCredentials>) {}
 
   /** Reads and checks the files; throws a ConfigurationError naming each setting whose file cannot be used. */
   static load(settings: VencryptSettings, nowMs: number = Date.now()): VencryptCredentials {
-    const loading = readVencryptFiles(settings, nowMs);
-    if (!loading.ok) {
-      throw new ConfigurationError(loading.problems);
-    }
-    return new VencryptCredentials(settings, loading.loaded);
+    return new VencryptCredentials(ReloadableFiles.load(settings, readVencryptFiles, nowMs));
+  }
+
+  get settings(): VencryptSettings {
+    return this.files.settings;
   }
 
   /** The TLS context a new VeNCrypt connection is opened with (CA, client certificate and key). */
   get secureContext(): SecureContext {
-    return this.loaded.secureContext;
+    return this.files.loaded.secureContext;
   }
 
   /** The client certificate presented, or null when none is configured. */
   get clientCertificate(): CertificateSummary | null {
-    return this.loaded.clientCertificate;
+    return this.files.loaded.clientCertificate;
   }
 
   /** Reads the files again; on any problem keeps the ones in use. */
   reload(nowMs: number = Date.now()): VencryptReload {
-    const loading = readVencryptFiles(this.settings, nowMs);
-    if (!loading.ok) {
-      return { ok: false, problems: loading.problems };
-    }
-    this.loaded = loading.loaded;
-    return { ok: true, clientCertificate: loading.loaded.clientCertificate };
+    const loading = this.files.reload(nowMs);
+    return loading.ok ? { ok: true, clientCertificate: loading.loaded.clientCertificate } : { ok: false, problems: loading.problems };
   }
 }
 
-function readVencryptFiles(settings: VencryptSettings, nowMs: number): Loading {
+function readVencryptFiles(settings: VencryptSettings, nowMs: number): FileLoading<LoadedCredentials> {
   const names = VENCRYPT_VARIABLE_NAMES;
   const problems: string[] = [];
   const caPem = readSettingFile(names.ca, settings.caFile, problems);
