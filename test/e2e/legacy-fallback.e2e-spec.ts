@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
-import { runCli } from '../../apps/cli/src/main';
+import { runKeyhole } from '../support/cli';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { queryDatabase, SessionRow } from '../support/databases';
@@ -321,21 +321,17 @@ async function tokenRowsByHash(token: string): Promise<TokenRow[]> {
 
 /** Runs `keyhole ARGV` in-process as an operator would, against this deployment's control database. */
 async function keyhole(argv: string[], environment: Record<string, string> = {}): Promise<{ code: number; out: string }> {
-  process.env = {
-    ...savedEnvironment,
-    KEYHOLE_DATABASE_URL: deployment.controlUrl,
-    KEYHOLE_ARGON2_MEMORY_KIB: '64',
-    KEYHOLE_ARGON2_TIME_COST: '1',
-    KEYHOLE_ARGON2_PARALLELISM: '1',
-    ...environment,
-  };
-  const lines: string[] = [];
-  try {
-    const code = await runCli(argv, (line) => lines.push(line));
-    return { code, out: lines.join('\n') };
-  } finally {
-    process.env = { ...savedEnvironment };
-  }
+  return runKeyhole(
+    argv,
+    {
+      KEYHOLE_DATABASE_URL: deployment.controlUrl,
+      KEYHOLE_ARGON2_MEMORY_KIB: '64',
+      KEYHOLE_ARGON2_TIME_COST: '1',
+      KEYHOLE_ARGON2_PARALLELISM: '1',
+      ...environment,
+    },
+    savedEnvironment,
+  );
 }
 
 /** Every log line of every app this file started, plus stderr. */

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { runCli } from '../../apps/cli/src/main';
+import { runKeyhole } from '../support/cli';
 import { testConfig } from '../support/config';
 import { RunningProxy, startConsoleProxy } from '../support/console-proxy';
 import { queryDatabase } from '../support/databases';
@@ -87,14 +87,7 @@ async function refusedStatus(token: string): Promise<number> {
 
 /** Runs `keyhole ARGV` in-process as an operator would. */
 async function keyhole(argv: string[], environment: Record<string, string> = {}): Promise<{ code: number; out: string }> {
-  process.env = { ...savedEnvironment, KEYHOLE_DATABASE_URL: deployment.controlUrl, ...environment };
-  const lines: string[] = [];
-  try {
-    const code = await runCli(argv, (line) => lines.push(line));
-    return { code, out: lines.join('\n') };
-  } finally {
-    process.env = { ...savedEnvironment };
-  }
+  return runKeyhole(argv, { KEYHOLE_DATABASE_URL: deployment.controlUrl, ...environment }, savedEnvironment);
 }
 
 function allLogs(): string {
